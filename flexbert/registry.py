@@ -1,0 +1,58 @@
+"""One small registry helper shared by every swappable kind of module.
+
+A registry maps a YAML name to a class or factory.  Adding a module is one class plus one
+``@REGISTRY.register("name")`` line; asking for an unknown name fails with the valid choices.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Callable, Dict, Generic, Iterable, TypeVar
+
+T = TypeVar("T")
+
+
+class RegistryError(ValueError):
+    """An unknown name was asked of a registry."""
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+class Registry(Generic[T]):
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._items: Dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        def deco(obj: T) -> T:
+            if name in self._items:
+                raise RegistryError(f"{self.kind} '{name}' is registered twice")
+            self._items[name] = obj
+            return obj
+
+        return deco
+
+    def get(self, name: str, key: str | None = None) -> T:
+        if name not in self._items:
+            where = f"{key}: " if key else ""
+            raise RegistryError(
+                f"{where}unknown {self.kind} '{name}'{did_you_mean(name, self._items)}; "
+                f"valid choices: {', '.join(self.choices)}"
+            )
+        return self._items[name]
+
+    def check(self, name: str, key: str | None = None) -> None:
+        self.get(name, key)
+
+    @property
+    def choices(self) -> list[str]:
+        return sorted(self._items)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._items
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind}: {', '.join(self.choices)})"
