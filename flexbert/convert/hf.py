@@ -1,0 +1,329 @@
+"""Conversion to and from transformers' ModernBERT (``ModernBertForMaskedLM``), safetensors only.
+
+FlexBERT's module names are ModernBERT's, so the weights convert by name; what needs care is the
+config.  The whole mapping lives here:
+
+* ``config_from_hf(hf_config) -> FlexBertConfig`` and ``config_to_hf(cfg) -> ModernBertConfig``;
+  options ModernBertConfig cannot express raise ``ValueError`` naming the option.
+* ``hf_state_dict(flex_state_dict, cfg)``: the tensors to write, checked key by key and shape by
+  shape against a ModernBertForMaskedLM built on the meta device.
+* ``from_hf(model_or_dir)`` and ``to_hf(model, out_dir, tokenizer=None)``.
+
+Dropout rates are training-time settings.  ModernBERT has one ``attention_dropout`` for both the
+attention probabilities and the attention output; FlexBERT has two.  When they differ (the
+ModernBERT recipe: 0.0 and 0.1) the export writes 0.0, as the released ModernBERT checkpoints do;
+inference is unaffected.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+import torch
+
+from flexbert.config import FlexBertConfig
+
+SAFETENSORS_NAME = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+TIED_KEY = "decoder.weight"
+EMBEDDING_KEY = "model.embeddings.tok_embeddings.weight"
+
+# FlexBERT activation name <-> transformers ACT2FN name (exactly the same function).
+_ACT_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "silu": "silu", "relu": "relu"}
+_ACT_FROM_HF = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "silu": "silu", "swish": "silu", "relu": "relu"}
+
+# FlexBERT options that ModernBERT hard-wires: (option, value ModernBERT uses, why).
+_FIXED_IN_HF = (
+    ("embedding", "sans_pos", "ModernBERT has no learned position embeddings"),
+    ("norm", "layernorm", "ModernBERT only has LayerNorm"),
+    ("mlp", "glu", "ModernBERT's MLP is always a GLU"),
+    ("block", "prenorm", "ModernBERT layers are pre-norm"),
+    ("skip_first_prenorm", True, "ModernBERT's layer 0 never has attn_norm"),
+    ("final_norm", True, "ModernBERT always applies final_norm"),
+    ("rotary", True, "ModernBERT always uses RoPE"),
+)
+
+
+class ConversionError(ValueError):
+    """A model or config cannot be converted; the message names the option or key."""
+
+
+# ---------------------------------------------------------------------------- config mapping
+def _hf_attr(hf, name: str, default: Any = None) -> Any:
+    return getattr(hf, name, default) if hasattr(hf, name) else default
+
+
+def _hf_rope_thetas(hf) -> tuple[float, float]:
+    """(global, local) theta from a 4.x config or a 5.x ``rope_parameters`` config."""
+    g, l = _hf_attr(hf, "global_rope_theta"), _hf_attr(hf, "local_rope_theta")
+    params = _hf_attr(hf, "rope_parameters")
+    if isinstance(params, Mapping):
+        g = g if g is not None else (params.get("full_attention") or {}).get("rope_theta")
+        l = l if l is not None else (params.get("sliding_attention") or {}).get("rope_theta")
+    if g is None:
+        raise ConversionError("hf config: cannot find the global rope theta (global_rope_theta / rope_parameters)")
+    return float(g), float(l if l is not None else g)
+
+
+def _hf_global_every(hf) -> int:
+    n = _hf_attr(hf, "global_attn_every_n_layers")
+    layer_types = _hf_attr(hf, "layer_types")
+    if n is None and layer_types:
+        globals_ = [i for i, t in enumerate(layer_types) if t == "full_attention"]
+        n = globals_[1] - globals_[0] if len(globals_) > 1 else len(layer_types)
+    n = int(n or 1)
+    if layer_types:
+        expected = ["full_attention" if i % n == 0 else "sliding_attention" for i in range(len(layer_types))]
+        if list(layer_types) != expected:
+            raise ConversionError(f"hf config.layer_types: pattern {layer_types} is not 'global every {n} layers'")
+    return n
+
+
+def config_from_hf(hf_config) -> FlexBertConfig:
+    """FlexBertConfig equivalent to a transformers ``ModernBertConfig``."""
+    act = _hf_attr(hf_config, "hidden_activation", "gelu")
+    head_act = _hf_attr(hf_config, "classifier_activation", "gelu")
+    for key, name in (("hidden_activation", act), ("classifier_activation", head_act)):
+        if name not in _ACT_FROM_HF:
+            raise ConversionError(f"hf config.{key}: '{name}' has no FlexBERT equivalent; valid: {', '.join(_ACT_FROM_HF)}")
+    global_theta, local_theta = _hf_rope_thetas(hf_config)
+    attn_drop = float(_hf_attr(hf_config, "attention_dropout", 0.0))
+    data = dict(
+        vocab_size=hf_config.vocab_size,
+        hidden_size=hf_config.hidden_size,
+        intermediate_size=hf_config.intermediate_size,
+        num_hidden_layers=hf_config.num_hidden_layers,
+        num_attention_heads=hf_config.num_attention_heads,
+        max_position_embeddings=hf_config.max_position_embeddings,
+        embedding="sans_pos",
+        norm="layernorm",
+        norm_eps=float(hf_config.norm_eps),
+        norm_bias=bool(hf_config.norm_bias),
+        activation=_ACT_FROM_HF[act],
+        mlp="glu",
+        block="prenorm",
+        skip_first_prenorm=True,
+        final_norm=True,
+        init_std=float(_hf_attr(hf_config, "initializer_range", 0.02)),
+        init_cutoff_factor=float(_hf_attr(hf_config, "initializer_cutoff_factor", None) or 2.0),
+        global_attn_every_n_layers=_hf_global_every(hf_config),
+        local_attention=int(hf_config.local_attention),
+        rotary=True,
+        global_rope_theta=global_theta,
+        local_rope_theta=local_theta,
+        attn_qkv_bias=bool(hf_config.attention_bias),
+        attn_out_bias=bool(hf_config.attention_bias),
+        mlp_in_bias=bool(hf_config.mlp_bias),
+        mlp_out_bias=bool(hf_config.mlp_bias),
+        head_bias=bool(_hf_attr(hf_config, "classifier_bias", False)),
+        decoder_bias=bool(_hf_attr(hf_config, "decoder_bias", True)),
+        head_activation=_ACT_FROM_HF[head_act],
+        embedding_dropout=float(_hf_attr(hf_config, "embedding_dropout", 0.0)),
+        attention_dropout=attn_drop,
+        attn_out_dropout=attn_drop,
+        mlp_dropout=float(_hf_attr(hf_config, "mlp_dropout", 0.0)),
+        sparse_prediction=bool(_hf_attr(hf_config, "sparse_prediction", False)),
+        tie_word_embeddings=bool(_hf_attr(hf_config, "tie_word_embeddings", True)),
+        num_labels=int(_hf_attr(hf_config, "num_labels", 2)),
+        classifier_pooling=_hf_attr(hf_config, "classifier_pooling", "cls"),
+        classifier_dropout=float(_hf_attr(hf_config, "classifier_dropout", 0.0)),
+    )
+    for ours, theirs in (("pad_token_id", "pad_token_id"), ("cls_token_id", "cls_token_id"), ("sep_token_id", "sep_token_id")):
+        value = _hf_attr(hf_config, theirs)
+        if value is not None:
+            data[ours] = int(value)
+    return FlexBertConfig.from_dict(data, prefix="model")
+
+
+def config_to_hf(cfg: FlexBertConfig):
+    """transformers ``ModernBertConfig`` for ``cfg``; raises ConversionError naming any option it
+    cannot express."""
+    from transformers import ModernBertConfig
+
+    for key, value, why in _FIXED_IN_HF:
+        if getattr(cfg, key) != value:
+            raise ConversionError(
+                f"model.{key}={getattr(cfg, key)!r} cannot be exported to transformers' ModernBERT ({why}; needs {value!r})"
+            )
+    if cfg.attn_qkv_bias != cfg.attn_out_bias:
+        raise ConversionError(
+            "model.attn_qkv_bias != model.attn_out_bias cannot be exported: ModernBERT has one attention_bias for Wqkv and Wo"
+        )
+    if cfg.mlp_in_bias != cfg.mlp_out_bias:
+        raise ConversionError(
+            "model.mlp_in_bias != model.mlp_out_bias cannot be exported: ModernBERT has one mlp_bias for Wi and Wo"
+        )
+    for key in ("activation", "head_activation"):
+        if getattr(cfg, key) not in _ACT_TO_HF:
+            raise ConversionError(f"model.{key}='{getattr(cfg, key)}' has no transformers equivalent; exportable: {', '.join(_ACT_TO_HF)}")
+    all_global = cfg.local_attention == -1
+    attn_drop = cfg.attention_dropout if cfg.attention_dropout == cfg.attn_out_dropout else 0.0
+    return ModernBertConfig(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        hidden_activation=_ACT_TO_HF[cfg.activation],
+        max_position_embeddings=cfg.max_position_embeddings,
+        initializer_range=cfg.init_std,
+        initializer_cutoff_factor=cfg.init_cutoff_factor,
+        norm_eps=cfg.norm_eps,
+        norm_bias=cfg.norm_bias,
+        pad_token_id=cfg.pad_token_id,
+        bos_token_id=cfg.cls_token_id,
+        eos_token_id=cfg.sep_token_id,
+        cls_token_id=cfg.cls_token_id,
+        sep_token_id=cfg.sep_token_id,
+        global_rope_theta=cfg.global_rope_theta,
+        local_rope_theta=cfg.local_rope_theta,
+        attention_bias=cfg.attn_qkv_bias,
+        attention_dropout=attn_drop,
+        global_attn_every_n_layers=1 if all_global else cfg.global_attn_every_n_layers,
+        local_attention=128 if all_global else cfg.local_attention,  # unused when every layer is global
+        embedding_dropout=cfg.embedding_dropout,
+        mlp_bias=cfg.mlp_in_bias,
+        mlp_dropout=cfg.mlp_dropout,
+        decoder_bias=cfg.decoder_bias,
+        classifier_pooling=cfg.classifier_pooling,
+        classifier_dropout=cfg.classifier_dropout,
+        classifier_bias=cfg.head_bias,
+        classifier_activation=_ACT_TO_HF[cfg.head_activation],
+        sparse_prediction=cfg.sparse_prediction,
+        tie_word_embeddings=cfg.tie_word_embeddings,
+        num_labels=cfg.num_labels,
+        architectures=["ModernBertForMaskedLM"],
+        model_type="modernbert",
+    )
+
+
+# ---------------------------------------------------------------------------- weights
+def _expected_hf_shapes(hf_config) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of a ModernBertForMaskedLM's state dict, built on the meta device (no memory)."""
+    from transformers import ModernBertForMaskedLM
+
+    with torch.device("meta"):
+        hf = ModernBertForMaskedLM(hf_config)
+    return {k: tuple(v.shape) for k, v in hf.state_dict().items()}
+
+
+def _check_keys(got: Mapping[str, torch.Tensor], expected: Mapping[str, tuple], what: str) -> None:
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    if missing or unexpected:
+        raise ConversionError(f"{what}: missing keys {missing[:8]}, unexpected keys {unexpected[:8]}")
+    for k, shape in expected.items():
+        if tuple(got[k].shape) != shape:
+            raise ConversionError(f"{what}: {k} has shape {tuple(got[k].shape)}, expected {shape}")
+
+
+def hf_state_dict(state_dict: Mapping[str, torch.Tensor], cfg: FlexBertConfig) -> dict[str, torch.Tensor]:
+    """The tensors to save for transformers, checked against ModernBertForMaskedLM's own keys.
+
+    FlexBERT and ModernBERT share names, so this is a check, not a rename.  A tied decoder
+    weight is left out (safetensors refuses shared tensors; transformers re-ties on load).
+    """
+    hf_config = config_to_hf(cfg)
+    out = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    expected = _expected_hf_shapes(hf_config)
+    _check_keys(out, expected, "FlexBERT state dict vs ModernBertForMaskedLM")
+    if cfg.tie_word_embeddings:
+        out.pop(TIED_KEY)
+    else:
+        out[TIED_KEY] = out[TIED_KEY].clone()
+    return out
+
+
+def _load_safetensors_dir(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    if (path / SAFETENSORS_NAME).exists():
+        return load_file(str(path / SAFETENSORS_NAME))
+    if (path / SAFETENSORS_INDEX).exists():
+        index = json.loads((path / SAFETENSORS_INDEX).read_text())
+        tensors: dict[str, torch.Tensor] = {}
+        for shard in sorted(set(index["weight_map"].values())):
+            tensors.update(load_file(str(path / shard)))
+        return tensors
+    raise ConversionError(f"{path}: no {SAFETENSORS_NAME} (FlexBERT reads safetensors only)")
+
+
+# ---------------------------------------------------------------------------- public API
+def from_hf(model_or_dir: Union[str, os.PathLike, Any]):
+    """A FlexBertForMaskedLM with the weights of a transformers ModernBertForMaskedLM.
+
+    ``model_or_dir`` is a loaded ``ModernBertForMaskedLM`` or a local folder with ``config.json``
+    and ``model.safetensors`` (as ``save_pretrained`` or ``to_hf`` write it).
+    """
+    from flexbert.model import FlexBertForMaskedLM
+
+    if isinstance(model_or_dir, (str, os.PathLike)):
+        from transformers import AutoConfig
+
+        path = Path(model_or_dir)
+        hf_config = AutoConfig.from_pretrained(str(path))
+        tensors = _load_safetensors_dir(path)
+    else:
+        hf_config = model_or_dir.config
+        tensors = dict(model_or_dir.state_dict())
+    if getattr(hf_config, "model_type", None) != "modernbert":
+        raise ConversionError(f"from_hf: expected a ModernBERT model, got model_type={getattr(hf_config, 'model_type', None)!r}")
+    cfg = config_from_hf(hf_config)
+    if cfg.tie_word_embeddings and TIED_KEY not in tensors and EMBEDDING_KEY in tensors:
+        tensors[TIED_KEY] = tensors[EMBEDDING_KEY]
+    model = FlexBertForMaskedLM(cfg)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    _check_keys(tensors, expected, "ModernBERT checkpoint vs FlexBertForMaskedLM")
+    model.load_state_dict(tensors, strict=True)
+    model.tie_weights()
+    return model
+
+
+def to_hf(model, out_dir: Union[str, os.PathLike], tokenizer: Any = None, config: Optional[FlexBertConfig] = None) -> Path:
+    """Write ``out_dir/config.json`` (ModernBertConfig) and ``out_dir/model.safetensors``.
+
+    ``model`` is a FlexBertForMaskedLM, or its state dict together with ``config``.  The folder
+    loads with ``AutoModelForMaskedLM.from_pretrained(out_dir)``.  ``tokenizer`` (optional) is a
+    transformers tokenizer, a ``tokenizers.Tokenizer``, or a path to a ``tokenizer.json``.
+    """
+    from safetensors.torch import save_file
+
+    if isinstance(model, Mapping):
+        if config is None:
+            raise ConversionError("to_hf: pass config= when giving a state dict")
+        cfg, state_dict = config, model
+    else:
+        cfg, state_dict = model.config, model.state_dict()
+    tensors = hf_state_dict(state_dict, cfg)  # validates the config first
+    hf_config = config_to_hf(cfg)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / SAFETENSORS_NAME), metadata={"format": "pt"})
+    hf_config.save_pretrained(str(out))
+    if tokenizer is not None:
+        _save_tokenizer(tokenizer, out, cfg)
+    return out
+
+
+def _save_tokenizer(tokenizer: Any, out: Path, cfg: FlexBertConfig) -> None:
+    if hasattr(tokenizer, "save_pretrained"):
+        tokenizer.save_pretrained(str(out))
+        return
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    if isinstance(tokenizer, (str, os.PathLike)):
+        tokenizer = Tokenizer.from_file(str(tokenizer))
+    name = tokenizer.id_to_token
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        cls_token=name(cfg.cls_token_id),
+        sep_token=name(cfg.sep_token_id),
+        pad_token=name(cfg.pad_token_id),
+        mask_token=name(cfg.mask_token_id),
+        model_input_names=["input_ids", "attention_mask"],
+    )
+    fast.save_pretrained(str(out))

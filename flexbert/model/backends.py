@@ -1,0 +1,281 @@
+"""Attention kernels behind one signature.
+
+Every backend works on *unpadded* tokens: ``q, k, v`` of shape ``(T, heads, head_dim)`` with the
+document boundaries in ``batch.cu_seqlens`` / ``batch.max_seqlen``, and a ``window`` that is either
+``None`` (global attention) or ``(left, right)``: query ``i`` sees key ``j`` of the same document iff
+``i - left <= j <= i + right`` (ModernBERT's local layers use ``(w // 2, w // 2)``).
+
+A backend has two steps, so that per-batch work is done once and shared by every layer:
+
+* ``prepare(batch, windows)`` -- once per forward, in the encoder: build whatever the kernel needs
+  (gather/scatter indices and masks for ``sdpa``, block masks for ``flex``); stored on ``batch``.
+* ``__call__(q, k, v, batch, window, dropout_p, scale)`` -- per layer; no host syncs.
+
+Backends: ``sdpa`` (exact reference, any device/dtype), ``flex`` (FlexAttention, CUDA), ``varlen``
+(torch's own FlashAttention-2 varlen kernel, CUDA fp16/bf16), ``flash_attn`` (the flash-attn
+package), and ``auto`` (best available for the device and dtype, decided at run time).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import inspect
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+
+from flexbert.model.registries import ATTENTION_BACKENDS
+
+Window = Optional[tuple[int, int]]
+
+
+class BackendUnavailable(RuntimeError):
+    """The chosen attention backend cannot run on this device / dtype / install."""
+
+
+class AttentionBackend:
+    name = "base"
+
+    @classmethod
+    def why_unavailable(cls, device: torch.device, dtype: torch.dtype) -> Optional[str]:
+        """None if usable for tensors on ``device`` with ``dtype``, else the reason."""
+        return None
+
+    def prepare(self, batch, windows: list[Window]) -> Any:
+        return None
+
+    def __call__(self, q, k, v, batch, window: Window, dropout_p: float, scale: float) -> torch.Tensor:
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------------------- sdpa
+@ATTENTION_BACKENDS.register("sdpa")
+class SDPABackend(AttentionBackend):
+    """Reference path: regroup tokens per document, run torch SDPA, scatter back.
+
+    Tokens are scattered into an ``(n_docs, max_seqlen)`` grid (each document padded to the
+    batch's longest segment), so memory and compute follow the documents: ``n * L^2`` rather
+    than a dense ``(T, T)`` mask over the packed row.  The scatter index and the masks (key
+    padding, plus the band for each window size) are built once per batch in ``prepare``.
+    """
+
+    name = "sdpa"
+
+    def prepare(self, batch, windows: list[Window]) -> dict:
+        cu, L = batch.cu_seqlens, batch.max_seqlen
+        n = cu.numel() - 1
+        device = cu.device
+        lens = (cu[1:] - cu[:-1]).long()
+        slot = batch.seq_ids * L + batch.positions  # where each token sits in the (n*L) grid
+        j = torch.arange(L, device=device)
+        key_ok = j[None, :] < lens[:, None]  # (n, L)
+        key_ok[:, 0] = True  # never a fully masked row, even for an empty segment
+        masks: dict[Window, Optional[torch.Tensor]] = {}
+        for window in set(windows):
+            if window is None:
+                # Key padding only; a (n, 1, 1, L) mask broadcasts over heads and queries.
+                masks[window] = None if bool(L * n == batch.total) else key_ok[:, None, None, :]
+                continue
+            left, right = window
+            rel = j[None, :] - j[:, None]  # key - query
+            band = (rel >= -left) & (rel <= right)  # (L, L)
+            m = key_ok[:, None, :] & band[None]  # (n, L, L)
+            # Padded query rows would be fully masked far from the real keys (NaN rows, NaN
+            # gradients); let them see everything instead -- their outputs are discarded.
+            q_pad = j[None, :] >= lens[:, None]
+            masks[window] = (m | q_pad[:, :, None])[:, None]
+        return {"slot": slot, "n": n, "L": L, "masks": masks}
+
+    def __call__(self, q, k, v, batch, window: Window, dropout_p: float, scale: float) -> torch.Tensor:
+        st = batch.attn
+        n, L, slot = st["n"], st["L"], st["slot"]
+        T, H, D = q.shape
+        qkv = torch.stack((q, k, v), dim=1)  # (T, 3, H, D)
+        grid = qkv.new_zeros(n * L, 3, H, D).index_copy(0, slot, qkv)
+        grid = grid.view(n, L, 3, H, D).permute(2, 0, 3, 1, 4)  # (3, n, H, L, D)
+        out = F.scaled_dot_product_attention(
+            grid[0], grid[1], grid[2], attn_mask=st["masks"][window], dropout_p=dropout_p, scale=scale
+        )
+        return out.transpose(1, 2).reshape(n * L, H, D).index_select(0, slot)
+
+
+# --------------------------------------------------------------------------------------- flex
+@functools.lru_cache(maxsize=None)
+def _compiled_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+@ATTENTION_BACKENDS.register("flex")
+class FlexBackend(AttentionBackend):
+    """FlexAttention with a block-sparse (document x window) mask built once per batch."""
+
+    name = "flex"
+
+    @classmethod
+    def why_unavailable(cls, device, dtype):
+        if device.type != "cuda":
+            return "flex attention needs CUDA here (no backward on CPU)"
+        if importlib.util.find_spec("torch.nn.attention.flex_attention") is None:
+            return "this torch has no torch.nn.attention.flex_attention"
+        return None
+
+    def prepare(self, batch, windows: list[Window]) -> dict:
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        doc = batch.seq_ids
+        T = batch.total
+        masks = {}
+        for window in set(windows):
+            if window is None:
+
+                def mask_mod(b, h, qi, ki):
+                    return doc[qi] == doc[ki]
+
+            else:
+                left, right = window
+
+                def mask_mod(b, h, qi, ki, left=left, right=right):
+                    # documents are contiguous, so packed-index distance is in-document distance
+                    return (doc[qi] == doc[ki]) & (ki - qi >= -left) & (ki - qi <= right)
+
+            masks[window] = create_block_mask(mask_mod, None, None, T, T, device=doc.device)
+        return masks
+
+    def __call__(self, q, k, v, batch, window: Window, dropout_p: float, scale: float) -> torch.Tensor:
+        if dropout_p > 0:
+            raise BackendUnavailable("flex attention has no attention-probability dropout; set attention_dropout: 0")
+        qh, kh, vh = (x.transpose(0, 1)[None] for x in (q, k, v))  # (1, H, T, D)
+        out = _compiled_flex()(qh, kh, vh, block_mask=batch.attn[window], scale=scale)
+        return out[0].transpose(0, 1)
+
+
+# ------------------------------------------------------------------------------------- varlen
+def _public_varlen():
+    """torch.nn.attention.varlen.varlen_attn if this torch has one that takes a window."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn if "window_size" in inspect.signature(varlen_attn).parameters else None
+
+
+def _aten_flash_available() -> bool:
+    return hasattr(torch.ops.aten, "_flash_attention_forward") and hasattr(torch.ops.aten, "_flash_attention_backward")
+
+
+class _AtenFlashVarlen(torch.autograd.Function):
+    """Autograd wrapper around torch's private FlashAttention-2 varlen ops (torch >= 2.5)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, cu, max_seqlen, dropout_p, scale, left, right):
+        out, lse, rng_state, unused, _ = torch.ops.aten._flash_attention_forward(
+            q, k, v, cu, cu, max_seqlen, max_seqlen, dropout_p, False, False,
+            scale=scale, window_size_left=left, window_size_right=right,
+        )  # fmt: skip
+        ctx.save_for_backward(q, k, v, out, lse, cu, rng_state, unused)
+        ctx.args = (max_seqlen, dropout_p, scale, left, right)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, out, lse, cu, rng_state, unused = ctx.saved_tensors
+        max_seqlen, dropout_p, scale, left, right = ctx.args
+        dq, dk, dv = torch.ops.aten._flash_attention_backward(
+            grad_out.contiguous(), q, k, v, out, lse, cu, cu, max_seqlen, max_seqlen, dropout_p, False,
+            rng_state, unused, scale=scale, window_size_left=left, window_size_right=right,
+        )  # fmt: skip
+        return dq, dk, dv, None, None, None, None, None, None
+
+
+@ATTENTION_BACKENDS.register("varlen")
+class VarlenBackend(AttentionBackend):
+    """torch's built-in variable-length FlashAttention-2 (no extra package), with windows."""
+
+    name = "varlen"
+
+    @classmethod
+    def why_unavailable(cls, device, dtype):
+        if device.type != "cuda":
+            return "varlen attention needs CUDA"
+        if dtype not in (torch.float16, torch.bfloat16):
+            return f"varlen attention needs fp16/bf16, got {dtype}"
+        if _public_varlen() is None and not _aten_flash_available():
+            return "this torch has neither varlen_attn(window_size=) nor aten::_flash_attention_forward"
+        return None
+
+    def __call__(self, q, k, v, batch, window: Window, dropout_p: float, scale: float) -> torch.Tensor:
+        left, right = window if window is not None else (-1, -1)
+        cu, L = batch.cu_seqlens, batch.max_seqlen
+        public = _public_varlen()
+        if public is not None and dropout_p == 0.0:
+            return public(q, k, v, cu, cu, L, L, scale=scale, window_size=(left, right))
+        return _AtenFlashVarlen.apply(q, k, v, cu, L, dropout_p, scale, left, right)
+
+
+# --------------------------------------------------------------------------------- flash_attn
+@ATTENTION_BACKENDS.register("flash_attn")
+class FlashAttnBackend(AttentionBackend):
+    """The flash-attn package's varlen kernel (``pip install flexbert[flash]``)."""
+
+    name = "flash_attn"
+
+    @classmethod
+    def why_unavailable(cls, device, dtype):
+        if importlib.util.find_spec("flash_attn") is None:
+            return "the flash-attn package is not installed"
+        if device.type != "cuda":
+            return "flash-attn needs CUDA"
+        if dtype not in (torch.float16, torch.bfloat16):
+            return f"flash-attn needs fp16/bf16, got {dtype}"
+        return None
+
+    def __call__(self, q, k, v, batch, window: Window, dropout_p: float, scale: float) -> torch.Tensor:
+        from flash_attn import flash_attn_varlen_func
+
+        cu, L = batch.cu_seqlens, batch.max_seqlen
+        return flash_attn_varlen_func(
+            q, k, v, cu, cu, L, L, dropout_p=dropout_p, softmax_scale=scale, causal=False,
+            window_size=window if window is not None else (-1, -1),
+        )  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------- auto
+# Preference order for ``auto``; the first usable one wins.  flex is last among the GPU kernels
+# because it compiles on first use; sdpa always works.
+AUTO_ORDER = ("flash_attn", "varlen", "flex", "sdpa")
+
+
+@ATTENTION_BACKENDS.register("auto")
+class AutoBackend(AttentionBackend):
+    """Marker: resolved by ``resolve_backend`` to the best backend for the device and dtype."""
+
+    name = "auto"
+
+
+@functools.lru_cache(maxsize=None)
+def _resolve(name: str, device_type: str, dtype: torch.dtype, dropout: bool) -> AttentionBackend:
+    device = torch.device(device_type)
+    if name == "auto":
+        for cand in AUTO_ORDER:
+            cls = ATTENTION_BACKENDS.get(cand)
+            if cls.why_unavailable(device, dtype) is None and not (dropout and cand == "flex"):
+                return cls()
+        raise AssertionError("sdpa is always available")
+    cls = ATTENTION_BACKENDS.get(name, "attention_backend")
+    why = cls.why_unavailable(device, dtype)
+    if why is not None:
+        raise BackendUnavailable(f"attention_backend '{name}' cannot run on {device_type}/{dtype}: {why}")
+    return cls()
+
+
+def resolve_backend(name: str, device: torch.device, dtype: torch.dtype, dropout: bool = False) -> AttentionBackend:
+    """The backend instance for ``name`` on this device/dtype (``auto`` picks the best usable)."""
+    return _resolve(name, torch.device(device).type, dtype, dropout)
+
+
+def available_backends(device: torch.device, dtype: torch.dtype) -> list[str]:
+    return [n for n in AUTO_ORDER if ATTENTION_BACKENDS.get(n).why_unavailable(torch.device(device), dtype) is None]

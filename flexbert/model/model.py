@@ -1,0 +1,235 @@
+"""FlexBERT encoder and its task models.
+
+One layout inside: tokens travel unpadded, ``(T, hidden)`` with ``cu_seqlens``, from the embedding to
+the head.  Two input forms (see docs/internals.md):
+
+* packed: ``input_ids (T,)``, ``cu_seqlens (n+1,)``, ``max_seqlen`` (int) -- the data loader's rows;
+* padded: ``input_ids (B, S)``, ``attention_mask (B, S)`` -- HF style; unpadded once at the
+  entrance, outputs re-padded once at the exit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from flexbert.model.attention import BatchInfo, batch_info, layer_window, rope_tables
+from flexbert.model.backends import resolve_backend
+from flexbert.model.blocks import build_block
+from flexbert.model.embeddings import build_embeddings
+from flexbert.model.heads import PredictionHead, pool
+from flexbert.model.init import init_weights
+from flexbert.model.norms import build_norm
+
+IGNORE_INDEX = -100
+
+
+# ------------------------------------------------------------------------------ input layouts
+@dataclass
+class Layout:
+    """How the caller's input maps onto the unpadded token stream."""
+
+    input_ids: torch.Tensor  # (T,)
+    cu_seqlens: torch.Tensor  # (n+1,) int32
+    max_seqlen: int
+    indices: Optional[torch.Tensor] = None  # padded input: flat (B*S) index of each token
+    shape: Optional[tuple[int, int]] = None  # padded input: (B, S)
+
+    def flatten(self, x: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """Bring a per-token tensor given in the caller's layout (e.g. labels) to (T, ...)."""
+        if x is None or self.indices is None:
+            return x
+        return x.reshape(-1, *x.shape[2:])[self.indices]
+
+    def repad(self, x: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+        """(T, ...) -> the caller's layout: unchanged if packed, (B, S, ...) if padded."""
+        if self.indices is None:
+            return x
+        B, S = self.shape
+        out = x.new_full((B * S, *x.shape[1:]), fill)
+        out[self.indices] = x
+        return out.view(B, S, *x.shape[1:])
+
+
+def make_layout(
+    input_ids: torch.Tensor,
+    attention_mask: Optional[torch.Tensor] = None,
+    cu_seqlens: Optional[torch.Tensor] = None,
+    max_seqlen: Optional[int] = None,
+) -> Layout:
+    if input_ids.dim() == 1:  # packed
+        T = input_ids.shape[0]
+        if cu_seqlens is None:  # a single document
+            cu_seqlens = torch.tensor([0, T], dtype=torch.int32, device=input_ids.device)
+            max_seqlen = T
+        if max_seqlen is None:
+            max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())  # host sync; pass it instead
+        return Layout(input_ids, cu_seqlens.to(torch.int32), int(max_seqlen))
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be (T,) packed or (B, S) padded, got shape {tuple(input_ids.shape)}")
+    if cu_seqlens is not None:
+        raise ValueError("cu_seqlens is for packed (1-D) input_ids; for (B, S) pass attention_mask")
+    B, S = input_ids.shape
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    mask = attention_mask.reshape(-1).bool()
+    lens = attention_mask.bool().sum(1, dtype=torch.int32)
+    indices = torch.nonzero(mask).flatten()  # the one host sync of the padded path
+    cu = F.pad(torch.cumsum(lens, 0, dtype=torch.int32), (1, 0))
+    return Layout(input_ids.reshape(-1)[indices], cu, int(lens.max()) if B else 0, indices, (B, S))
+
+
+# ------------------------------------------------------------------------------ outputs
+@dataclass
+class MaskedLMOutput:
+    loss: Optional[torch.Tensor]
+    logits: torch.Tensor
+    labels: Optional[torch.Tensor]  # aligned with logits
+
+
+@dataclass
+class SequenceClassifierOutput:
+    loss: Optional[torch.Tensor]
+    logits: torch.Tensor  # (num_segments, num_labels); B for padded input
+
+
+def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over positions whose label is not -100 (0 if there are none)."""
+    logits = logits.reshape(-1, logits.shape[-1]).float()
+    labels = labels.reshape(-1)
+    total = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
+
+
+# ------------------------------------------------------------------------------ encoder
+class FlexBertModel(nn.Module):
+    """Embeddings -> blocks -> final norm, on unpadded tokens."""
+
+    def __init__(self, config, init: bool = True):
+        super().__init__()
+        self.config = config
+        self.embeddings = build_embeddings(config)
+        self.layers = nn.ModuleList(build_block(config, i) for i in range(config.num_hidden_layers))
+        self.final_norm = build_norm(config) if config.final_norm else None
+        if config.compile:
+            for layer in self.layers:
+                layer.compile(dynamic=True)  # in place: parameter names are unchanged
+        if init:
+            init_weights(self, config)
+
+    def _compute_dtype(self, device: torch.device) -> torch.dtype:
+        if torch.is_autocast_enabled(device.type):
+            return torch.get_autocast_dtype(device.type)
+        return self.embeddings.tok_embeddings.weight.dtype
+
+    def prepare_batch(self, cu_seqlens: torch.Tensor, max_seqlen: int, total: int) -> BatchInfo:
+        """Everything per batch that layers share: positions, RoPE tables, backend + its masks."""
+        cfg = self.config
+        batch = batch_info(cu_seqlens, max_seqlen, total)
+        device = cu_seqlens.device
+        dropout = self.training and cfg.attention_dropout > 0
+        batch.backend = resolve_backend(cfg.attention_backend, device, self._compute_dtype(device), dropout)
+        windows = [layer_window(cfg, i) for i in range(cfg.num_hidden_layers)]
+        batch.attn = batch.backend.prepare(batch, windows)
+        batch.rope = rope_tables(cfg, batch.positions, [w is None for w in windows])
+        return batch
+
+    def encode(self, layout: Layout) -> tuple[torch.Tensor, BatchInfo]:
+        """Unpadded hidden states (T, H) and the batch facts, for heads to use."""
+        ids = layout.input_ids
+        batch = self.prepare_batch(layout.cu_seqlens, layout.max_seqlen, ids.shape[0])
+        h = self.embeddings(ids, batch.positions)
+        for layer in self.layers:
+            h = layer(h, batch)
+        if self.final_norm is not None:
+            h = self.final_norm(h)
+        return h, batch
+
+    def forward(self, input_ids, attention_mask=None, cu_seqlens=None, max_seqlen=None) -> torch.Tensor:
+        """Last hidden states: (T, H) for packed input, (B, S, H) for padded input."""
+        layout = make_layout(input_ids, attention_mask, cu_seqlens, max_seqlen)
+        h, _ = self.encode(layout)
+        return layout.repad(h)
+
+
+# ------------------------------------------------------------------------------ masked LM
+class FlexBertForMaskedLM(nn.Module):
+    """Encoder + MLM head (dense -> act -> norm) + decoder tied to the token embeddings."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.model = FlexBertModel(config, init=False)
+        self.head = PredictionHead(config)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=config.decoder_bias)
+        self.tie_weights()
+        init_weights(self, config)
+
+    def tie_weights(self) -> None:
+        if self.config.tie_word_embeddings:
+            self.decoder.weight = self.model.embeddings.tok_embeddings.weight
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        cu_seqlens: Optional[torch.Tensor] = None,
+        max_seqlen: Optional[int] = None,
+        labels: Optional[torch.Tensor] = None,
+        num_tokens: Optional[int] = None,  # accepted (and unused) so a packed row can be passed as **row
+        num_masked: Optional[int] = None,
+    ) -> MaskedLMOutput:
+        layout = make_layout(input_ids, attention_mask, cu_seqlens, max_seqlen)
+        h, _ = self.model.encode(layout)
+        flat_labels = layout.flatten(labels)
+        if labels is not None and self.training and self.config.sparse_prediction:
+            # Sparse prediction: the full-vocabulary decoder only on the ~30% masked positions.
+            keep = flat_labels != IGNORE_INDEX
+            h, flat_labels = h[keep], flat_labels[keep]
+            logits = self.decoder(self.head(h))
+            return MaskedLMOutput(masked_lm_loss(logits, flat_labels), logits, flat_labels)
+        logits = self.decoder(self.head(h))
+        loss = masked_lm_loss(logits, flat_labels) if labels is not None else None
+        return MaskedLMOutput(loss, layout.repad(logits), labels)
+
+
+# ------------------------------------------------------------------------------ classification
+class FlexBertForSequenceClassification(nn.Module):
+    """Encoder -> pooling (cls | mean over real tokens) -> head -> dropout -> classifier.
+
+    One prediction per segment: per row for padded input, per document for packed input.
+    ``num_labels == 1`` is regression (MSE), otherwise single-label cross-entropy.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.model = FlexBertModel(config, init=False)
+        self.head = PredictionHead(config)
+        self.drop = nn.Dropout(config.classifier_dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        init_weights(self, config)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        cu_seqlens: Optional[torch.Tensor] = None,
+        max_seqlen: Optional[int] = None,
+        labels: Optional[torch.Tensor] = None,
+    ) -> SequenceClassifierOutput:
+        layout = make_layout(input_ids, attention_mask, cu_seqlens, max_seqlen)
+        h, batch = self.model.encode(layout)
+        pooled = pool(h, batch, self.config.classifier_pooling)
+        logits = self.classifier(self.drop(self.head(pooled)))
+        loss = None
+        if labels is not None:
+            if self.config.num_labels == 1:
+                loss = F.mse_loss(logits.squeeze(-1).float(), labels.float())
+            else:
+                loss = F.cross_entropy(logits.float(), labels.long())
+        return SequenceClassifierOutput(loss, logits)
