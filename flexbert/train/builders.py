@@ -1,0 +1,246 @@
+"""Turn a validated RunConfig into a Composer Trainer (model, data, optimizer, schedule, callbacks).
+
+``build_trainer(cfg)`` returns a ``TrainRun`` holding the trainer and the pieces tests look at;
+``TrainRun.fit()`` trains.  What to load is decided here, not by Composer's autoresume:
+
+1. ``autoresume`` and an intact checkpoint in ``save_folder`` -> full resume from the newest one
+   (truncated / corrupt newer files are skipped with a warning);
+2. else ``load_path``: ``load_weights_only`` takes just the weights; ``reset_time`` starts a new
+   phase (clock, schedule, data position and RNG fresh; optimizer moments kept unless
+   ``load_optimizer_state: false``); otherwise a full resume from that file.
+In every case the configured optimizer hyper-parameters override the loaded ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+
+from flexbert.config import ConfigError
+from flexbert.train.config import RunConfig
+
+log = logging.getLogger(__name__)
+
+
+class SetupError(RuntimeError):
+    """The run cannot start (missing data, unreadable checkpoint...); the message is one line."""
+
+
+def resolve_device(cfg: RunConfig) -> str:
+    if cfg.device == "gpu":
+        if not torch.cuda.is_available():
+            raise SetupError("device: gpu was asked for but CUDA is not available")
+        return "gpu"
+    if cfg.device == "cpu":
+        return "cpu"
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_precision(cfg: RunConfig, device: str) -> str:
+    if cfg.precision == "auto":
+        return "amp_bf16" if device == "gpu" else "fp32"
+    if device == "cpu" and cfg.precision != "fp32":
+        raise SetupError(f"precision: {cfg.precision} is not supported on CPU (Composer trains fp32 there); use fp32 or auto")
+    return cfg.precision
+
+
+def build_model(cfg: RunConfig):
+    from flexbert.train.composer_model import FlexBertMLM
+
+    model_cfg = cfg.model
+    if cfg.compile == "blocks" and not model_cfg.compile:
+        import dataclasses
+
+        model_cfg = dataclasses.replace(model_cfg, compile=True)
+    return FlexBertMLM(model_cfg)
+
+
+def build_loaders(cfg: RunConfig):
+    """(train loader, eval loader or None) from the data section."""
+    from flexbert.data import loader as data_loader
+
+    data_cfg = cfg.data_config()
+    try:
+        train = data_loader.build_train_loader(data_cfg, seed=cfg.seed)
+        evaluation = data_loader.build_eval_loader(data_cfg) if data_loader.has_eval(data_cfg) else None
+    except FileNotFoundError as e:
+        raise SetupError(f"data: {e}") from None
+    return train, evaluation
+
+
+def _phase_ignore_keys(cfg: RunConfig) -> list[str]:
+    keys = ["state/timestamp", "state/schedulers", "state/callbacks", "state/dataset_state", "rng",
+            "state/train_metrics", "state/eval_metrics"]
+    if not cfg.load_optimizer_state:
+        keys.append("state/optimizers")
+    return keys
+
+
+@dataclass
+class LoadPlan:
+    path: Optional[str] = None
+    weights_only: bool = False
+    ignore_keys: Optional[list[str]] = None
+    kind: str = "scratch"  # scratch | resume | phase | weights | load
+
+
+def plan_load(cfg: RunConfig) -> LoadPlan:
+    from flexbert.train.checkpointing import checkpoint_problem, find_resume_checkpoint
+
+    folder = cfg.resolved_save_folder
+    if cfg.autoresume and folder:
+        found = find_resume_checkpoint(folder)
+        if found:
+            return LoadPlan(found, False, None, "resume")
+    if cfg.load_path:
+        if "://" not in cfg.load_path:
+            problem = checkpoint_problem(cfg.load_path)
+            if problem is not None:
+                raise SetupError(f"load_path: cannot read checkpoint {cfg.load_path}: {problem}")
+        if cfg.load_weights_only:
+            return LoadPlan(cfg.load_path, True, None, "weights")
+        if cfg.reset_time:
+            return LoadPlan(cfg.load_path, False, _phase_ignore_keys(cfg), "phase")
+        return LoadPlan(cfg.load_path, False, None, "load")
+    return LoadPlan()
+
+
+@dataclass
+class TrainRun:
+    cfg: RunConfig
+    trainer: Any
+    model: Any
+    optimizer: Any
+    train_loader: Any
+    eval_loader: Any
+    saver: Any
+    plan: LoadPlan
+    callbacks: dict = field(default_factory=dict)
+
+    def fit(self) -> None:
+        self.trainer.fit()
+
+    def close(self) -> None:
+        self.trainer.close()
+
+
+def build_loggers(cfg: RunConfig, run_dir: str) -> list:
+    from flexbert.train.callbacks import ConsoleLogger, JSONLLogger
+
+    loggers: list = []
+    if cfg.loggers.console:
+        loggers.append(ConsoleLogger(cfg.loggers.console_interval))
+    if cfg.loggers.jsonl:
+        loggers.append(JSONLLogger(os.path.join(run_dir, "metrics.jsonl")))
+    if cfg.loggers.wandb:
+        from composer.loggers import WandBLogger
+
+        from flexbert.train.config import as_plain_dict
+
+        loggers.append(
+            WandBLogger(
+                project=cfg.loggers.wandb_project,
+                entity=cfg.loggers.wandb_entity,
+                tags=list(cfg.loggers.wandb_tags) or None,
+                init_kwargs={"config": as_plain_dict(cfg), "dir": run_dir, "name": cfg.run_name},
+            )
+        )
+    return loggers
+
+
+def build_trainer(cfg: RunConfig, extra_callbacks: Optional[list] = None) -> TrainRun:
+    from composer import Trainer
+    from composer.core import Evaluator
+
+    from flexbert.train import callbacks as cb
+    from flexbert.train.checkpointing import AtomicCheckpointSaver
+    from flexbert.train.composer_model import flexbert_data_spec
+    from flexbert.train.flops import body_flops_per_token, head_flops_per_prediction
+    from flexbert.train.optim import build_optimizer
+    from flexbert.train.schedulers import build_scheduler, to_composer_time
+
+    device = resolve_device(cfg)
+    precision = resolve_precision(cfg, device)
+    run_dir = cfg.resolved_run_dir
+    plan = plan_load(cfg)
+
+    # Seed before building the model so initial weights follow the run's seed.
+    from composer.utils import reproducibility
+
+    reproducibility.seed_all(cfg.seed)
+    model = build_model(cfg)
+    optimizer = build_optimizer(model, cfg.optimizer, on_cuda=device == "gpu")
+    scheduler = build_scheduler(cfg.scheduler)
+    train_loader, eval_loader = build_loaders(cfg)
+    data_cfg = cfg.data_config()
+
+    callbacks: dict[str, Any] = {}
+    callbacks["schedule"] = cb.ScheduleStepper()
+    callbacks["resume"] = cb.ExactResume(train_loader)
+    callbacks["phase"] = cb.PhaseOverride(cfg.optimizer)
+    saver = None
+    if cfg.resolved_save_folder:
+        saver = AtomicCheckpointSaver(cfg.resolved_save_folder, to_composer_time(cfg.save_interval, "save_interval"),
+                                      cfg.save_num_to_keep)
+        callbacks["saver"] = saver
+    seq_len = int(getattr(data_cfg, "max_seq_len", 1024))
+    callbacks["metrics"] = cb.RunMetrics(
+        lr=cfg.callbacks.lr_monitor,
+        packing=cfg.callbacks.packing_efficiency,
+        throughput=cfg.callbacks.throughput,
+        window=cfg.callbacks.throughput_window,
+        flops_per_token_body=body_flops_per_token(cfg.model, seq_len),
+        flops_per_prediction=head_flops_per_prediction(cfg.model),
+        sparse_head=cfg.model.sparse_prediction,
+        peak_flops=cfg.callbacks.peak_flops,
+        memory=cfg.callbacks.memory,
+    )
+    if cfg.callbacks.nan_guard:
+        # before the saver in event order: a diverged step must never be checkpointed
+        callbacks["nan_guard"] = cb.NaNGuard(cfg.callbacks.max_loss, saver)
+    ordered = [callbacks[k] for k in ("schedule", "resume", "phase", "nan_guard", "metrics") if k in callbacks]
+    if saver is not None:
+        ordered.append(saver)
+    ordered += list(extra_callbacks or [])
+
+    evaluators = None
+    if eval_loader is not None:
+        evaluators = Evaluator(
+            label="eval",
+            dataloader=flexbert_data_spec(eval_loader),
+            metric_names=["MLMLoss", "MLMAccuracy", "MLMPerplexity"],
+            device_eval_microbatch_size=1,
+        )
+
+    trainer = Trainer(
+        model=model,
+        run_name=cfg.run_name,
+        train_dataloader=flexbert_data_spec(train_loader),
+        eval_dataloader=evaluators,
+        eval_interval=to_composer_time(cfg.eval_interval, "eval_interval"),
+        eval_subset_num_batches=cfg.eval_subset_num_batches,
+        max_duration=to_composer_time(cfg.max_duration, "max_duration"),
+        optimizers=optimizer,
+        schedulers=scheduler,
+        step_schedulers_every_batch=False,  # ScheduleStepper steps at BATCH_START instead
+        spin_dataloaders=False,  # the loader restores its own position: never replay batches
+        device=device,
+        precision=precision,
+        device_train_microbatch_size=1,  # one packed row per microbatch (rows are fixed-size)
+        seed=cfg.seed,
+        callbacks=ordered,
+        loggers=build_loggers(cfg, run_dir),
+        progress_bar=False,
+        log_to_console=False,
+        load_path=plan.path,
+        load_weights_only=plan.weights_only,
+        load_ignore_keys=plan.ignore_keys,
+        load_progress_bar=False,
+        dist_timeout=cfg.dist_timeout,
+        compile_config={} if cfg.compile == "model" else None,
+    )
+    return TrainRun(cfg, trainer, model, optimizer, train_loader, eval_loader, saver, plan, callbacks)

@@ -1,0 +1,178 @@
+"""Crash-safe checkpoints and the choice of what to resume from.
+
+Composer's own saver writes the checkpoint straight into its final name and then replaces the
+``latest`` symlink with a remove + create; a kill during either leaves a truncated file or no
+pointer at all.  ``AtomicCheckpointSaver`` instead writes ``.ba{N}.pt.tmp``, fsyncs it, and
+``os.replace``s it into ``ba{N}.pt`` (a rename is atomic on POSIX), then swaps the ``latest.pt``
+symlink the same way.  Resume never trusts the pointer: ``find_resume_checkpoint`` lists
+``ba*.pt`` newest first and takes the first one whose zip archive is intact (torch.save writes a
+zip whose central directory is at the very end, so any truncation is caught; CRCs catch the
+rest), warning about every file it skips.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import warnings
+import zipfile
+from typing import Optional
+
+from composer.core import Callback, Event, State
+from composer.loggers import Logger
+from composer.utils import checkpoint as composer_checkpoint
+from composer.utils import dist
+from composer.utils.misc import create_interval_scheduler
+
+log = logging.getLogger(__name__)
+
+CKPT_RE = re.compile(r"^ba(\d+)\.pt$")
+LATEST = "latest.pt"
+
+
+class CheckpointWarning(UserWarning):
+    pass
+
+
+def list_checkpoints(folder: str) -> list[tuple[int, str]]:
+    """(batch, path) of every ``ba{N}.pt`` in ``folder``, newest first."""
+    if not folder or not os.path.isdir(folder):
+        return []
+    found = []
+    for name in os.listdir(folder):
+        m = CKPT_RE.match(name)
+        if m:
+            found.append((int(m.group(1)), os.path.join(folder, name)))
+    return sorted(found, reverse=True)
+
+
+def checkpoint_problem(path: str, full_check: bool = True) -> Optional[str]:
+    """None if ``path`` looks like an intact torch.save archive, else why not."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+            if not any(n.endswith("data.pkl") for n in names):
+                return "no data.pkl inside"
+            if full_check:
+                bad = zf.testzip()
+                if bad is not None:
+                    return f"corrupt member {bad}"
+    except FileNotFoundError:
+        return "missing"
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        return f"not a complete checkpoint ({type(e).__name__}: {e})"
+    return None
+
+
+def find_resume_checkpoint(folder: Optional[str]) -> Optional[str]:
+    """The newest intact checkpoint in ``folder``; truncated or corrupt ones are skipped with a warning."""
+    for batch, path in list_checkpoints(folder or ""):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        msg = f"skipping checkpoint {path}: {problem}; trying the previous one"
+        warnings.warn(msg, CheckpointWarning, stacklevel=2)
+        log.warning(msg)
+    return None
+
+
+def _fsync_dir(folder: str) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_symlink(target: str, link: str) -> None:
+    tmp = f"{link}.tmp{os.getpid()}"
+    try:
+        os.remove(tmp)
+    except FileNotFoundError:
+        pass
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+
+
+class AtomicCheckpointSaver(Callback):
+    """Save the full training state every ``interval`` (and at the end) without ever exposing a
+    partial file; keep the newest ``num_to_keep``.
+
+    Uses Composer's ``save_checkpoint`` for the content (model, optimizer, schedulers, callbacks
+    such as the data state, timestamp, RNG of every rank); only rank 0 writes a file.
+    """
+
+    def __init__(self, folder: str, interval: str | int = "1000ba", num_to_keep: int = -1):
+        self.folder = folder
+        self.num_to_keep = num_to_keep
+        self.save_interval = create_interval_scheduler(interval, include_end_of_training=True)
+        self.saved: list[str] = []
+        self.last_saved_batch: Optional[int] = None
+        self.enabled = True  # the NaN guard turns saving off once the weights are bad
+
+    def fit_start(self, state: State, logger: Logger) -> None:
+        if dist.get_global_rank() == 0:
+            os.makedirs(self.folder, exist_ok=True)
+            # leftovers of a write that was killed are never picked up, but clear them
+            for name in os.listdir(self.folder):
+                if name.endswith(".tmp") or ".tmp" in name and name.startswith((".ba", LATEST)):
+                    try:
+                        os.remove(os.path.join(self.folder, name))
+                    except OSError:
+                        pass
+            self.saved = [p for _, p in sorted(list_checkpoints(self.folder))]
+        dist.barrier()
+
+    def batch_checkpoint(self, state: State, logger: Logger) -> None:
+        if self.enabled and self.save_interval(state, Event.BATCH_CHECKPOINT):
+            self.save(state, logger)
+
+    def epoch_checkpoint(self, state: State, logger: Logger) -> None:
+        if self.enabled and self.save_interval(state, Event.EPOCH_CHECKPOINT):
+            self.save(state, logger)
+
+    def save(self, state: State, logger: Logger) -> Optional[str]:
+        batch = int(state.timestamp.batch)
+        if batch == self.last_saved_batch:
+            return None
+        self.last_saved_batch = batch
+        final = os.path.join(self.folder, f"ba{batch}.pt")
+        tmp = os.path.join(self.folder, f".ba{batch}.pt.tmp")
+        written = composer_checkpoint.save_checkpoint(state, filename=tmp)  # all ranks; rank 0 writes
+        if dist.get_global_rank() == 0 and written:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+            _fsync_dir(self.folder)
+            atomic_symlink(os.path.basename(final), os.path.join(self.folder, LATEST))
+            _fsync_dir(self.folder)
+            if final not in self.saved:
+                self.saved.append(final)
+            self._rotate()
+            logger.log_metrics({"checkpoint/batch": batch})
+            log.info("saved checkpoint %s", final)
+        dist.barrier()
+        return final
+
+    def _rotate(self) -> None:
+        if self.num_to_keep < 0:
+            return
+        while len(self.saved) > self.num_to_keep:
+            old = self.saved.pop(0)
+            try:
+                os.remove(old)
+            except FileNotFoundError:
+                pass
+
+    # the list of saved files is re-read from the folder at fit start; nothing to serialise
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass

@@ -1,0 +1,149 @@
+"""Composer adapter for the MLM model: one packed row per microbatch, exact token-mean loss.
+
+The loader yields a device batch ``{"rows": [row, ...]}`` (docs/internals.md).  Composer splits
+it into microbatches with ``split_batch`` (one row each) and scales each microbatch's loss by
+``num_samples(row) / num_samples(batch)``.  Making "samples" the number of *masked tokens* turns
+that scaling into the exact mean over every masked token of the step, across rows and ranks --
+the reference weighted row means by sequence count instead (facts §4).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from composer.core import DataSpec
+from composer.models import ComposerModel
+from torchmetrics import Metric
+
+from flexbert.config import FlexBertConfig
+
+IGNORE_INDEX = -100
+ROW_TENSOR_KEYS = ("input_ids", "labels", "cu_seqlens")
+
+
+# --------------------------------------------------------------------------- metrics
+class _MaskedCE(Metric):
+    """Sums of cross-entropy, correct predictions and count over masked tokens."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("loss_sum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("correct", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        logits = logits.reshape(-1, logits.shape[-1])
+        labels = labels.reshape(-1)
+        keep = labels != IGNORE_INDEX
+        if logits.shape[0] != labels.shape[0]:
+            raise ValueError(f"logits ({logits.shape[0]}) and labels ({labels.shape[0]}) are not aligned")
+        logits, labels = logits[keep].float(), labels[keep]
+        self.loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
+        self.correct += (logits.argmax(-1) == labels).sum()
+        self.count += labels.numel()
+
+
+class MLMLoss(_MaskedCE):
+    def compute(self) -> torch.Tensor:
+        return (self.loss_sum / self.count.clamp(min=1)).float()
+
+
+class MLMAccuracy(_MaskedCE):
+    def compute(self) -> torch.Tensor:
+        return self.correct.double().div(self.count.clamp(min=1)).float()
+
+
+class MLMPerplexity(_MaskedCE):
+    def compute(self) -> torch.Tensor:
+        return torch.exp(self.loss_sum / self.count.clamp(min=1)).float()
+
+
+# --------------------------------------------------------------------------- model
+class FlexBertMLM(ComposerModel):
+    """``FlexBertForMaskedLM`` as a ComposerModel; ``forward`` takes one packed row."""
+
+    def __init__(self, config: FlexBertConfig, model: torch.nn.Module | None = None, train_metrics: bool = True):
+        super().__init__()
+        if model is None:
+            from flexbert.model.model import FlexBertForMaskedLM
+
+            model = FlexBertForMaskedLM(config)
+        self.config = config
+        self.model = model
+        self._train_metrics = {"MLMAccuracy": MLMAccuracy(), "MLMLoss": MLMLoss()} if train_metrics else {}
+        self._eval_metrics = {"MLMLoss": MLMLoss(), "MLMAccuracy": MLMAccuracy(), "MLMPerplexity": MLMPerplexity()}
+
+    def forward(self, batch: dict[str, Any]):
+        if "rows" in batch:
+            raise ValueError("FlexBertMLM.forward takes one row; split the batch with flexbert_data_spec")
+        return self.model(
+            input_ids=batch["input_ids"],
+            cu_seqlens=batch["cu_seqlens"],
+            max_seqlen=int(batch["max_seqlen"]),
+            labels=batch["labels"],
+        )
+
+    def loss(self, outputs, batch) -> torch.Tensor:
+        return outputs.loss
+
+    def eval_forward(self, batch, outputs=None):
+        return outputs if outputs is not None else self.forward(batch)
+
+    def get_metrics(self, is_train: bool = False) -> dict[str, Metric]:
+        return self._train_metrics if is_train else self._eval_metrics
+
+    def update_metric(self, batch, outputs, metric: Metric) -> None:
+        labels = outputs.labels if getattr(outputs, "labels", None) is not None else batch["labels"]
+        metric.update(outputs.logits.detach(), labels)
+
+
+# --------------------------------------------------------------------------- data spec
+def split_rows(batch: dict[str, Any], microbatch_size: int | float | None = None) -> Sequence[dict]:
+    """The rows of a device batch are its microbatches (their size is fixed by the loader)."""
+    return list(batch["rows"]) if "rows" in batch else [batch]
+
+
+def _rows(batch: dict[str, Any]) -> list[dict]:
+    return batch["rows"] if "rows" in batch else [batch]
+
+
+def num_masked(batch: dict[str, Any]) -> int:
+    total = 0
+    for row in _rows(batch):
+        n = row.get("num_masked")
+        total += int(n) if n is not None else int((row["labels"] != IGNORE_INDEX).sum())
+    return total
+
+
+def num_real_tokens(batch: dict[str, Any]) -> int:
+    total = 0
+    for row in _rows(batch):
+        n = row.get("num_tokens")
+        total += int(n) if n is not None else int(row["cu_seqlens"][-1])
+    return total
+
+
+def flexbert_data_spec(dataloader) -> DataSpec:
+    """Wrap a FlexBERT loader so Composer splits rows and counts masked tokens / real tokens."""
+    return DataSpec(
+        dataloader,
+        split_batch=split_rows,
+        get_num_samples_in_batch=num_masked,
+        get_num_tokens_in_batch=lambda b: {"total": num_real_tokens(b), "loss_generating": num_masked(b)},
+    )
+
+
+def packing_efficiency(batch: dict[str, Any]) -> float:
+    """Real tokens / token budget over the rows of a batch."""
+    rows = _rows(batch)
+    budget = sum(int(r["input_ids"].numel()) for r in rows)
+    return num_real_tokens(batch) / budget if budget else 0.0
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(min(loss, 80.0))

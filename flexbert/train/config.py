@@ -1,0 +1,135 @@
+"""The run config: every option of a training run as typed dataclasses (defaults live here).
+
+``load_run_config("configs/tiny.yaml", ["optimizer.lr=1e-3"])`` merges YAML and ``key=value``
+overrides (OmegaConf) and validates the result: unknown keys fail with a did-you-mean, wrong types
+and impossible values with one line naming the key.  The ``model`` section is
+``flexbert.config.FlexBertConfig``; the ``data`` section is ``flexbert.data.config.DataConfig``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from flexbert.config import ConfigError, FlexBertConfig, from_dict, load_yaml
+from flexbert.train.optim import OptimizerConfig
+from flexbert.train.schedulers import build_scheduler, parse_time
+
+PRECISIONS = ("auto", "fp32", "amp_bf16", "amp_fp16")
+DEVICES = ("auto", "cpu", "gpu")
+COMPILE = ("none", "model", "blocks")
+
+
+@dataclass
+class LoggersConfig:
+    console: bool = True  # one line per console_interval batches, plus eval lines
+    console_interval: int = 10  # batches
+    jsonl: bool = True  # {run_dir}/metrics.jsonl: one record per batch (what sweeps read)
+    wandb: bool = False  # works offline: WANDB_MODE=offline
+    wandb_project: str = "flexbert"
+    wandb_entity: Optional[str] = None
+    wandb_tags: list[str] = field(default_factory=list)
+
+    def validate(self, prefix: str = "loggers") -> None:
+        if self.console_interval < 1:
+            raise ConfigError(f"{prefix}.console_interval: must be >= 1, got {self.console_interval}")
+
+
+@dataclass
+class CallbacksConfig:
+    lr_monitor: bool = True
+    packing_efficiency: bool = True
+    throughput: bool = True
+    throughput_window: int = 10  # batches averaged for tokens/s and MFU
+    peak_flops: Optional[float] = None  # per device, for MFU; default: a table of known GPUs
+    nan_guard: bool = True  # stop on a non-finite loss (keeps the last good checkpoint)
+    max_loss: Optional[float] = None  # also stop when the train loss exceeds this
+    memory: bool = True  # GPU memory (CUDA only)
+
+    def validate(self, prefix: str = "callbacks") -> None:
+        if self.throughput_window < 1:
+            raise ConfigError(f"{prefix}.throughput_window: must be >= 1")
+        if self.peak_flops is not None and self.peak_flops <= 0:
+            raise ConfigError(f"{prefix}.peak_flops: must be > 0")
+
+
+@dataclass
+class RunConfig:
+    run_name: str = "flexbert"
+    run_dir: Optional[str] = None  # default: runs/{run_name}
+    seed: int = 17
+
+    model: FlexBertConfig = field(default_factory=FlexBertConfig)
+    data: dict = field(default_factory=dict)  # validated into flexbert.data.config.DataConfig
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: dict = field(default_factory=lambda: {"name": "constant_with_warmup"})
+
+    max_duration: str = "1000ba"  # tok | ba | ep, e.g. 1719Btok
+    eval_interval: str = "500ba"  # also evaluated at the end of training
+    eval_subset_num_batches: int = -1  # -1: the whole eval set
+
+    # checkpoints
+    save_folder: Optional[str] = None  # default: {run_dir}/checkpoints; "" disables saving
+    save_interval: str = "1000ba"
+    save_num_to_keep: int = 3  # newest kept; -1 keeps all
+    autoresume: bool = True  # resume from the newest intact checkpoint in save_folder
+    load_path: Optional[str] = None  # initial checkpoint (phase change, init from another run)
+    load_weights_only: bool = False
+    load_optimizer_state: bool = True  # with load_path: keep the optimizer moments
+    reset_time: bool = False  # with load_path: start the clock (and schedule, data) from zero
+
+    precision: str = "auto"  # auto: amp_bf16 on GPU, fp32 on CPU
+    device: str = "auto"  # auto | cpu | gpu
+    compile: str = "none"  # none | model | blocks
+    dist_timeout: float = 300.0
+
+    loggers: LoggersConfig = field(default_factory=LoggersConfig)
+    callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
+
+    def validate(self, prefix: str = "") -> None:
+        for key, choices in (("precision", PRECISIONS), ("device", DEVICES), ("compile", COMPILE)):
+            value = getattr(self, key)
+            if value not in choices:
+                from flexbert.registry import did_you_mean
+
+                raise ConfigError(f"{key}: unknown value '{value}'{did_you_mean(value, choices)}; valid choices: {', '.join(choices)}")
+        _, unit = parse_time(self.max_duration, "max_duration")
+        if unit == "dur":
+            raise ConfigError("max_duration: must be in tok, ba, sp or ep, not a fraction")
+        parse_time(self.eval_interval, "eval_interval")
+        parse_time(self.save_interval, "save_interval")
+        if self.save_num_to_keep == 0 or self.save_num_to_keep < -1:
+            raise ConfigError(f"save_num_to_keep: must be >= 1 or -1 (keep all), got {self.save_num_to_keep}")
+        if not self.run_name or "/" in self.run_name:
+            raise ConfigError(f"run_name: must be a non-empty name without '/', got {self.run_name!r}")
+        build_scheduler(self.scheduler)  # validates the name and its arguments
+        self.data_config()  # validates the data section
+
+    # ----------------------------------------------------------------- derived values
+    def data_config(self):
+        from flexbert.data.config import DataConfig
+
+        return from_dict(DataConfig, self.data, "data")
+
+    @property
+    def resolved_run_dir(self) -> str:
+        return self.run_dir or os.path.join("runs", self.run_name)
+
+    @property
+    def resolved_save_folder(self) -> Optional[str]:
+        if self.save_folder == "":
+            return None
+        return self.save_folder or os.path.join(self.resolved_run_dir, "checkpoints")
+
+
+def load_run_config(path: Optional[str], overrides: Optional[list[str]] = None) -> RunConfig:
+    """YAML + ``key=value`` overrides -> a validated RunConfig (ConfigError on any problem)."""
+    raw: dict[str, Any] = load_yaml(path, overrides)
+    return from_dict(RunConfig, raw, "")
+
+
+def as_plain_dict(cfg: RunConfig) -> dict:
+    from flexbert.config import to_dict
+
+    return to_dict(cfg)
