@@ -12,7 +12,8 @@ config.  The whole mapping lives here:
 Dropout rates are training-time settings.  ModernBERT has one ``attention_dropout`` for both the
 attention probabilities and the attention output; FlexBERT has two.  When they differ (the
 ModernBERT recipe: 0.0 and 0.1) the export writes 0.0, as the released ModernBERT checkpoints do;
-inference is unaffected.
+inference is unaffected.  Likewise ``sparse_prediction`` (a training-speed option) is exported as
+False, the transformers default.
 """
 
 from __future__ import annotations
@@ -37,13 +38,13 @@ _ACT_FROM_HF = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "silu": "silu"
 
 # FlexBERT options that ModernBERT hard-wires: (option, value ModernBERT uses, why).
 _FIXED_IN_HF = (
+    ("rotary", True, "ModernBERT always uses RoPE"),
     ("embedding", "sans_pos", "ModernBERT has no learned position embeddings"),
     ("norm", "layernorm", "ModernBERT only has LayerNorm"),
     ("mlp", "glu", "ModernBERT's MLP is always a GLU"),
     ("block", "prenorm", "ModernBERT layers are pre-norm"),
     ("skip_first_prenorm", True, "ModernBERT's layer 0 never has attn_norm"),
     ("final_norm", True, "ModernBERT always applies final_norm"),
-    ("rotary", True, "ModernBERT always uses RoPE"),
 )
 
 
@@ -192,7 +193,9 @@ def config_to_hf(cfg: FlexBertConfig):
         classifier_dropout=cfg.classifier_dropout,
         classifier_bias=cfg.head_bias,
         classifier_activation=_ACT_TO_HF[cfg.head_activation],
-        sparse_prediction=cfg.sparse_prediction,
+        # FlexBERT predicts sparsely only in training; transformers would do it whenever labels are
+        # given (even in eval) and return (M, V) logits, so exported models predict densely.
+        sparse_prediction=False,
         tie_word_embeddings=cfg.tie_word_embeddings,
         num_labels=cfg.num_labels,
         architectures=["ModernBertForMaskedLM"],
