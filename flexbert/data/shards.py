@@ -1,0 +1,329 @@
+"""Tokenize text documents into MDS shards that ``StreamingDataset`` reads (library behind
+``data_prep/tokenize_to_mds.py``).
+
+Layout written under ``out``::
+
+    out/train/index.json + shard.*.mds        one sample per document chunk
+    out/validation/index.json + shard.*.mds   (only when the split got documents)
+    out/tokenizer/                            copy of the tokenizer used (reproducibility)
+    out/stats.json                            counts that add up (see ``check_stats``)
+
+A sample is ``{"input_ids": ndarray uint16|uint32, "length": uint32}``.  Every document is encoded
+through the tokenizer's post-processor (``[CLS] ... [SEP]``); documents longer than
+``max_seq_len`` are split into chunks that are each wrapped the same way (or truncated to the
+first chunk when asked).  Which split a document lands in is decided by a hash of its text, so it
+does not depend on the order of files, the number of workers or the machine.
+
+Tokenization runs in worker processes; the main process reads inputs and writes shards in input
+order, so the output is byte-identical for any number of workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from flexbert.data.sources import InputError, expand_inputs, iter_documents
+
+SPLITS = ("train", "validation")
+
+
+class OutputError(ValueError):
+    """The output folder cannot be used (one-line message)."""
+
+
+@dataclass
+class ShardOptions:
+    max_seq_len: int
+    val_fraction: float = 0.01  # share of documents (by text hash) sent to validation
+    workers: int = 1
+    overwrite: bool = False
+    field: str = "text"  # JSONL field / parquet column
+    txt_mode: str = "line"  # "line": a document per line; "paragraph": per blank-line paragraph
+    errors: str = "strict"  # "replace": substitute U+FFFD for invalid UTF-8 instead of failing
+    truncate: bool = False  # keep only the first chunk of long documents
+    size_limit: str = "64mb"  # shard size
+    compression: str | None = None  # e.g. "zstd"
+    progress: bool = True
+    task_chars: int = 1 << 20  # text per worker task
+
+    def validate(self) -> None:
+        if self.max_seq_len < 4:
+            raise ValueError(f"max_seq_len must be >= 4, got {self.max_seq_len}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
+
+
+# --------------------------------------------------------------------------- worker side
+_W: dict = {}  # per-process tokenizer state, set by _init_worker
+
+
+def _init_worker(tokenizer_dir: str, max_seq_len: int, truncate: bool, val_fraction: float) -> None:
+    from flexbert.data.tokenizer import load_tokenizer, special_tokens_template
+
+    tok = load_tokenizer(tokenizer_dir)
+    pre, post = special_tokens_template(tok)
+    cap = max_seq_len - len(pre) - len(post)
+    if cap < 1:
+        raise ValueError(f"max_seq_len {max_seq_len} leaves no room next to the special tokens")
+    vocab = tok.get_vocab_size(with_added_tokens=True)
+    _W.update(
+        tok=tok,
+        pre=np.array(pre, np.int64),
+        post=np.array(post, np.int64),
+        cap=cap,
+        truncate=truncate,
+        val_fraction=val_fraction,
+        dtype=np.uint16 if vocab <= 1 << 16 else np.uint32,
+    )
+
+
+def in_validation(text: str, val_fraction: float) -> bool:
+    """Deterministic split: a document goes to validation iff a hash of its text falls below the fraction."""
+    if val_fraction <= 0:
+        return False
+    h = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(h, "little") < val_fraction * 2.0**64
+
+
+def _encode_task(task: tuple[list[str], list[int]]) -> tuple[np.ndarray, list[tuple[int, list[int], int]]]:
+    """Encode one batch of documents.
+
+    ``task`` = (texts, forced split per text: -1 = decide by hash, 0 = train, 1 = validation).
+    Returns (all chunk ids concatenated, per document (split, chunk lengths, dropped tokens)).
+    An empty chunk list means the document produced no tokens.
+    """
+    texts, forced = task
+    tok, pre, post, cap = _W["tok"], _W["pre"], _W["post"], _W["cap"]
+    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)  # fast: skips offsets
+    encs = encode(texts, add_special_tokens=True)
+    pieces, meta = [], []
+    npre, npost = len(pre), len(post)
+    for text, f, enc in zip(texts, forced, encs):
+        ids = np.asarray(enc.ids, dtype=np.int64)
+        body = ids[npre : len(ids) - npost]
+        split = f if f >= 0 else int(in_validation(text, _W["val_fraction"]))
+        if len(body) == 0:
+            meta.append((split, [], 0))
+            continue
+        dropped = 0
+        if _W["truncate"] and len(body) > cap:
+            dropped, body = len(body) - cap, body[:cap]
+        lengths = []
+        for s in range(0, len(body), cap):
+            piece = body[s : s + cap]
+            pieces += [pre, piece, post]
+            lengths.append(npre + len(piece) + npost)
+        meta.append((split, lengths, dropped))
+    flat = np.concatenate(pieces).astype(_W["dtype"]) if pieces else np.zeros(0, _W["dtype"])
+    return flat, meta
+
+
+# --------------------------------------------------------------------------- main side
+@dataclass
+class _Stats:
+    inputs: list = field(default_factory=list)
+    documents_read: int = 0
+    documents_written: int = 0
+    documents_chunked: int = 0
+    documents_truncated: int = 0
+    documents_with_replaced_bytes: int = 0
+    tokens_truncated: int = 0
+    skipped: dict = field(default_factory=lambda: {"empty": 0, "no_tokens": 0})
+    splits: dict = field(default_factory=lambda: {s: {"documents": 0, "samples": 0, "tokens": 0} for s in SPLITS})
+
+
+def _prepare_out(out: str, overwrite: bool) -> None:
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise OutputError(f"{out}: exists and is not a directory")
+    if os.path.isdir(out) and os.listdir(out):
+        if not overwrite:
+            raise OutputError(f"{out}: output folder is not empty; pass --overwrite to replace it")
+        real = os.path.realpath(out)
+        if real in ("/", os.path.expanduser("~")) or os.path.realpath(os.getcwd()).startswith(real + os.sep) or real == os.path.realpath(os.getcwd()):
+            raise OutputError(f"{out}: refusing to overwrite this folder (it holds the working directory or home)")
+        shutil.rmtree(out)
+    os.makedirs(out, exist_ok=True)
+
+
+def _tasks(files: list[tuple[str, int]], opts: ShardOptions, stats: _Stats) -> Iterator[tuple[list[str], list[int]]]:
+    """Batches of non-empty texts for the workers; empty documents are counted here."""
+    texts: list[str] = []
+    forced: list[int] = []
+    size = 0
+    for path, force in files:
+        n = 0
+        for doc in iter_documents(path, field=opts.field, txt_mode=opts.txt_mode, errors=opts.errors):
+            n += 1
+            stats.documents_read += 1
+            stats.documents_with_replaced_bytes += doc.replaced
+            if not doc.text.strip():
+                stats.skipped["empty"] += 1
+                continue
+            texts.append(doc.text)
+            forced.append(force)
+            size += len(doc.text)
+            if size >= opts.task_chars:
+                yield texts, forced
+                texts, forced, size = [], [], 0
+        stats.inputs.append({"path": path, "split": "auto" if force < 0 else SPLITS[force], "documents": n})
+    if texts:
+        yield texts, forced
+
+
+def _results(tasks: Iterable, tokenizer_dir: str, opts: ShardOptions) -> Iterator:
+    """Encoded tasks, in order.  Workers > 1: a process pool with a bounded number of tasks in
+    flight (Pool.imap would read the whole input ahead into memory)."""
+    init_args = (tokenizer_dir, opts.max_seq_len, opts.truncate, opts.val_fraction)
+    if opts.workers == 1:
+        _init_worker(*init_args)
+        for t in tasks:
+            yield _encode_task(t)
+        return
+    import multiprocessing as mp
+
+    methods = mp.get_all_start_methods()
+    ctx = mp.get_context("fork" if "fork" in methods else "spawn")
+    # each worker is one core: keep the Rust tokenizer from spawning its own thread pool
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    with ctx.Pool(opts.workers, initializer=_init_worker, initargs=init_args) as pool:
+        pending: deque = deque()
+        for t in tasks:
+            pending.append(pool.apply_async(_encode_task, (t,)))
+            if len(pending) >= 2 * opts.workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+def tokenize_to_mds(
+    inputs: list[str], tokenizer_dir: str, out: str, opts: ShardOptions, val_inputs: list[str] | None = None
+) -> dict:
+    """Write MDS shards + stats.json; returns the stats.  Raises InputError / OutputError."""
+    from streaming import MDSWriter
+
+    from flexbert.data.tokenizer import SpecialTokens, load_tokenizer
+
+    opts.validate()
+    t0 = time.time()
+    tok = load_tokenizer(tokenizer_dir)
+    special = SpecialTokens.from_tokenizer(tok)
+    dtype = "uint16" if special.vocab_size <= 1 << 16 else "uint32"
+    files = [(p, -1) for p in expand_inputs(inputs)] + [(p, 1) for p in expand_inputs(val_inputs or [])]
+    if not files:
+        raise InputError("no input files given")
+    _prepare_out(out, opts.overwrite)
+
+    stats = _Stats()
+    writers: dict = {}
+    columns = {"input_ids": f"ndarray:{dtype}", "length": "uint32"}
+    bar = None
+    if opts.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(unit=" docs", desc="tokenize", dynamic_ncols=True, mininterval=0.5)
+    ok = False
+    try:
+        for flat, meta in _results(_tasks(files, opts, stats), tokenizer_dir, opts):
+            pos = 0
+            for split, lengths, dropped in meta:
+                if not lengths:
+                    stats.skipped["no_tokens"] += 1
+                    continue
+                name = SPLITS[split]
+                w = writers.get(name)
+                if w is None:
+                    w = writers[name] = MDSWriter(
+                        out=os.path.join(out, name), columns=columns, size_limit=opts.size_limit, compression=opts.compression
+                    )
+                for n in lengths:
+                    w.write({"input_ids": flat[pos : pos + n], "length": n})
+                    pos += n
+                s = stats.splits[name]
+                s["documents"] += 1
+                s["samples"] += len(lengths)
+                s["tokens"] += sum(lengths)
+                stats.documents_written += 1
+                stats.documents_chunked += len(lengths) > 1
+                stats.documents_truncated += dropped > 0
+                stats.tokens_truncated += dropped
+            if bar is not None:
+                bar.update(len(meta))
+                bar.set_postfix(tokens=sum(s["tokens"] for s in stats.splits.values()), refresh=False)
+        for w in writers.values():
+            w.finish()
+        if stats.documents_written == 0:
+            raise InputError(
+                f"no documents to write: {len(files)} input file(s), {stats.documents_read} document(s) read, "
+                f"all empty ({stats.skipped['empty']} empty, {stats.skipped['no_tokens']} without tokens)"
+            )
+        ok = True
+    finally:
+        if bar is not None:
+            bar.close()
+        if not ok:  # never leave a half-written dataset behind
+            for name in writers:
+                shutil.rmtree(os.path.join(out, name), ignore_errors=True)
+
+    _copy_tokenizer(tokenizer_dir, os.path.join(out, "tokenizer"))
+    elapsed = time.time() - t0
+    tokens = sum(s["tokens"] for s in stats.splits.values())
+    result = {
+        "inputs": stats.inputs,
+        "documents_read": stats.documents_read,
+        "documents_written": stats.documents_written,
+        "documents_skipped": dict(stats.skipped),
+        "documents_chunked": stats.documents_chunked,
+        "documents_truncated": stats.documents_truncated,
+        "documents_with_replaced_bytes": stats.documents_with_replaced_bytes,
+        "samples_written": sum(s["samples"] for s in stats.splits.values()),
+        "tokens_written": tokens,
+        "tokens_truncated": stats.tokens_truncated,
+        "splits": stats.splits,
+        "max_seq_len": opts.max_seq_len,
+        "dtype": dtype,
+        "vocab_size": special.vocab_size,
+        "special_ids": {"cls": special.cls_id, "sep": special.sep_id, "pad": special.pad_id, "mask": special.mask_id},
+        "val_fraction": opts.val_fraction,
+        "truncate": opts.truncate,
+        "workers": opts.workers,
+        "elapsed_s": round(elapsed, 3),
+        "tokens_per_s": round(tokens / max(elapsed, 1e-9), 1),
+    }
+    check_stats(result)
+    with open(os.path.join(out, "stats.json"), "w") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
+    return result
+
+
+def _copy_tokenizer(src: str, dst: str) -> None:
+    os.makedirs(dst, exist_ok=True)
+    if not os.path.isdir(src):
+        shutil.copyfile(src, os.path.join(dst, "tokenizer.json"))
+        return
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if os.path.isfile(os.path.join(src, name)):
+            shutil.copyfile(os.path.join(src, name), os.path.join(dst, name))
+
+
+def check_stats(s: dict) -> None:
+    """The invariants stats.json promises: every document read is written or skipped for a reason."""
+    skipped = sum(s["documents_skipped"].values())
+    assert s["documents_read"] == s["documents_written"] + skipped, "documents read != written + skipped"
+    assert s["documents_read"] == sum(i["documents"] for i in s["inputs"]), "per-file counts do not add up"
+    sp = s["splits"].values()
+    assert s["documents_written"] == sum(x["documents"] for x in sp), "split documents do not add up"
+    assert s["samples_written"] == sum(x["samples"] for x in sp), "split samples do not add up"
+    assert s["tokens_written"] == sum(x["tokens"] for x in sp), "split tokens do not add up"
+    assert s["samples_written"] >= s["documents_written"], "fewer samples than documents"
