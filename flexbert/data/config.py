@@ -1,0 +1,117 @@
+"""``DataConfig``: every option of the data pipeline, defaults in code, loaded with
+``flexbert.config.from_dict(DataConfig, mapping, "data")`` (unknown keys fail with a did-you-mean).
+
+Units, so that YAML reads like the paper:
+
+* a *sequence* is ``max_seq_len`` tokens of budget; batch sizes are counted in sequences
+  (ModernBERT-base: global 4608, microbatch 96, warmup from 768 over 50B tokens);
+* a *row* is one packed microbatch of ``microbatch_size * max_seq_len`` tokens (docs/internals.md);
+* a step on one rank holds ``global_batch_size / microbatch_size / world_size`` rows.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+from flexbert.config import ConfigError
+
+
+@dataclass
+class DataConfig:
+    # where the MDS shards are (written by data_prep/tokenize_to_mds.py)
+    local: str = ""  # folder with <split>/index.json; the download cache when remote is set
+    remote: Optional[str] = None  # s3://, gs://, oci://, hf:// ... (Streaming downloads into local)
+    split: str = "train"
+    eval_split: Optional[str] = "validation"  # None or "": no evaluation data
+    tokenizer: str = ""  # folder with tokenizer.json; default: <local>/tokenizer (written with the shards)
+
+    # row shape and step size
+    max_seq_len: int = 1024  # longest document (chunk) and the attention span unit
+    microbatch_size: int = 1  # sequences per row: a row holds microbatch_size * max_seq_len tokens
+    global_batch_size: int = 0  # sequences per optimizer step over all ranks; 0: one row per rank
+
+    # batch-size warmup (counted in tokens, see flexbert/data/warmup.py); 0 turns it off
+    batch_size_warmup_min: int = 0  # sequences per step at the start
+    batch_size_warmup_tokens: int = 0  # tokens over which the batch grows to global_batch_size
+
+    # MLM
+    mlm_probability: float = 0.30
+    eval_mlm_probability: float = 0.15  # fixed so eval losses compare across runs
+    seed: int = 17  # shuffle and training masks; build_train_loader(seed=...) overrides it
+    eval_seed: int = 1234  # eval masks: the same every evaluation and every run
+
+    # packing
+    packer_buffer_size: int = 2048  # documents held for best-fit lookahead
+    eval_rows_per_batch: int = 1
+
+    # reading
+    num_workers: int = 2  # DataLoader worker processes decoding shards (0: in the main process)
+    doc_batch_size: int = 256  # documents fetched from Streaming per DataLoader batch
+    shuffle: bool = True
+    shuffle_algo: str = "py1e"
+    shuffle_block_size: Optional[int] = None
+    num_canonical_nodes: Optional[int] = None  # default: number of nodes (fixed at first run)
+    predownload: Optional[int] = None
+    cache_limit: Optional[str] = None  # e.g. "100gb": evict shards beyond this (remote only)
+    download_timeout: float = 60.0
+    epochs: Optional[int] = None  # train loader stops after this many passes; None: never stops
+    return_doc_ids: bool = False  # add "doc_ids" (Streaming sample ids) to each row, for audits
+
+    def validate(self, prefix: str = "data") -> None:
+        p = (prefix + ".") if prefix else ""
+
+        def bad(key: str, msg: str) -> ConfigError:
+            return ConfigError(f"{p}{key}: {msg}")
+
+        if not self.local and not self.remote:
+            raise bad("local", "set the folder of the MDS shards (data_prep/tokenize_to_mds.py --out)")
+        if not self.split:
+            raise bad("split", "must name a split, e.g. 'train'")
+        for key, lo in (("max_seq_len", 4), ("microbatch_size", 1), ("packer_buffer_size", 1), ("doc_batch_size", 1),
+                        ("eval_rows_per_batch", 1)):
+            if getattr(self, key) < lo:
+                raise bad(key, f"must be >= {lo}, got {getattr(self, key)}")
+        for key in ("global_batch_size", "batch_size_warmup_min", "batch_size_warmup_tokens", "num_workers", "seed", "eval_seed"):
+            if getattr(self, key) < 0:
+                raise bad(key, f"must be >= 0, got {getattr(self, key)}")
+        for key in ("mlm_probability", "eval_mlm_probability"):
+            if not 0.0 < getattr(self, key) < 1.0:
+                raise bad(key, f"must be in (0, 1), got {getattr(self, key)}")
+        if self.global_batch_size % self.microbatch_size:
+            raise bad("global_batch_size", f"{self.global_batch_size} is not a multiple of microbatch_size {self.microbatch_size}")
+        if self.batch_size_warmup_min:
+            if not self.global_batch_size:
+                raise bad("batch_size_warmup_min", "batch-size warmup needs global_batch_size")
+            if self.batch_size_warmup_min > self.global_batch_size:
+                raise bad("batch_size_warmup_min", f"{self.batch_size_warmup_min} exceeds global_batch_size {self.global_batch_size}")
+            if not self.batch_size_warmup_tokens:
+                raise bad("batch_size_warmup_tokens", "must be > 0 when batch_size_warmup_min is set")
+        if self.epochs is not None and self.epochs < 1:
+            raise bad("epochs", f"must be >= 1 or null, got {self.epochs}")
+        if self.num_canonical_nodes is not None and self.num_canonical_nodes < 1:
+            raise bad("num_canonical_nodes", f"must be >= 1, got {self.num_canonical_nodes}")
+        if self.download_timeout <= 0:
+            raise bad("download_timeout", "must be > 0")
+
+    @property
+    def row_tokens(self) -> int:
+        """T: the static length of every packed row."""
+        return self.microbatch_size * self.max_seq_len
+
+    def tokenizer_dir(self) -> str:
+        if self.tokenizer:
+            return self.tokenizer
+        guess = os.path.join(self.local, "tokenizer")
+        if os.path.isfile(os.path.join(guess, "tokenizer.json")):
+            return guess
+        raise FileNotFoundError(
+            f"no tokenizer: set data.tokenizer (none found at {guess}, where tokenize_to_mds.py puts a copy)"
+        )
+
+    @classmethod
+    def from_dict(cls, data, prefix: str = "data") -> "DataConfig":
+        from flexbert.config import from_dict
+
+        return from_dict(cls, data, prefix)
