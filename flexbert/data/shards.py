@@ -210,8 +210,6 @@ def tokenize_to_mds(
     inputs: list[str], tokenizer_dir: str, out: str, opts: ShardOptions, val_inputs: list[str] | None = None
 ) -> dict:
     """Write MDS shards + stats.json; returns the stats.  Raises InputError / OutputError."""
-    from streaming import MDSWriter
-
     from flexbert.data.tokenizer import SpecialTokens, load_tokenizer
 
     opts.validate()
@@ -223,6 +221,7 @@ def tokenize_to_mds(
     if not files:
         raise InputError("no input files given")
     _prepare_out(out, opts.overwrite)
+    from streaming import MDSWriter  # heavy import (torch): after the cheap checks
 
     stats = _Stats()
     writers: dict = {}

@@ -1,0 +1,78 @@
+"""Shared helpers for the data-pipeline tests (imported as ``data_fixtures.helpers``).
+
+A small byte-level BPE is trained once per test session on generated English-like text (well
+under a second), so the tests need neither network nor the demo corpus.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+
+WORDS = (
+    "the a of and to in is was for on that with as by at from his her their it an be this which "
+    "or are were had not but have has one all new more first two after who other also its over time "
+    "people year city state world music film river king war church school house team game party "
+    "village north south river played became during between history known early public family"
+).split()
+
+_CACHE: dict = {}
+
+
+def sentences(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        k = rng.randint(3, 30)
+        s = " ".join(rng.choice(WORDS) for _ in range(k))
+        out.append(s[0].upper() + s[1:] + rng.choice([".", "!", "?", ", then more."]))
+    return out
+
+
+def small_tokenizer_dir(factory) -> str:
+    """A 512-token BPE with BERT specials, saved once per session (``tmp_path_factory``)."""
+    if "tok" not in _CACHE:
+        from flexbert.data.tokenizer import save_tokenizer, train_bpe
+
+        d = str(factory.mktemp("tok512"))
+        texts = sentences(3000) + ["Ünïcödé façade — naïve café 😀 漢字 ∑x²", "tabs\tand  double  spaces"] * 20
+        save_tokenizer(train_bpe(texts, vocab_size=512, min_frequency=2), d)
+        _CACHE["tok"] = d
+    return _CACHE["tok"]
+
+
+def write_doc_shards(root: str, docs: list[np.ndarray], split: str = "train", size_limit: int = 1 << 14) -> None:
+    """MDS shards with the exact documents given (small shards so that several exist)."""
+    from streaming import MDSWriter
+
+    with MDSWriter(out=os.path.join(root, split), columns={"input_ids": "ndarray:uint16", "length": "uint32"},
+                   size_limit=size_limit) as w:
+        for d in docs:
+            w.write({"input_ids": np.asarray(d, dtype=np.uint16), "length": len(d)})
+
+
+def synthetic_docs(n: int, special, lo: int, hi: int, seed: int = 0) -> list[np.ndarray]:
+    """``n`` documents [CLS] body [SEP], lengths uniform in [lo, hi], bodies of non-special ids."""
+    rng = np.random.default_rng(seed)
+    pool = special.replacement_ids()
+    docs = []
+    for _ in range(n):
+        body = rng.choice(pool, size=int(rng.integers(lo, hi + 1)) - 2)
+        docs.append(np.concatenate(([special.cls_id], body, [special.sep_id])).astype(np.int64))
+    return docs
+
+
+def original_ids(row) -> np.ndarray:
+    """Undo the masking of a row: labels hold the original id wherever a token was selected."""
+    ids = row["input_ids"].numpy().copy()
+    lab = row["labels"].numpy()
+    ids[lab != -100] = lab[lab != -100]
+    return ids
+
+
+def clean_shm() -> None:
+    from streaming.base.util import clean_stale_shared_memory
+
+    clean_stale_shared_memory()
