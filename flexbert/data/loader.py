@@ -217,6 +217,8 @@ class PackedLoader:
             if self._finished or self._epoch_exhausted:
                 return False
             if self._it is None:
+                if self.world_size > 1:
+                    return False  # epochs are opened by _open_epoch, on every rank at once
                 self._it = iter(self.dataloader)
             try:
                 batch = next(self._it)
@@ -236,6 +238,15 @@ class PackedLoader:
                     self._pending.append((piece, sample_id))
             if self._pending:
                 return True
+
+    def _open_epoch(self) -> None:
+        """Start reading the current epoch.  Streaming begins an epoch with a barrier over all the
+        ranks of a node, so with several ranks every rank must get here at the same step: at the
+        first batch (fresh or resumed) and right after the ranks agreed to start the next epoch --
+        never lazily when one rank's buffer happens to run low."""
+        if self._it is None and not self._epoch_exhausted and not self._finished:
+            self._it = iter(self.dataloader)
+            self._fetch()  # the first next(): where Streaming's barrier is
 
     def _next_epoch(self) -> None:
         """The current epoch is exhausted on every rank: move to the next, or finish."""
@@ -279,6 +290,7 @@ class PackedLoader:
 
     def _next_batch(self) -> Optional[dict]:
         n_rows = self.rows_per_step()
+        self._open_epoch()
         self._fill()
         if self.world_size > 1:
             # one tiny all-reduce per step: (does any rank still read this epoch, does any have data)
@@ -286,6 +298,7 @@ class PackedLoader:
             any_reading, any_data = self._sync.max([1 - waiting, int(len(self.packer) > 0)])
             if waiting and not any_reading and self.training:
                 self._next_epoch()  # every rank exhausted the epoch: all start the next together
+                self._open_epoch()
                 self._fill()
                 any_data = self._sync.max([int(len(self.packer) > 0)])[0]
             if not any_data and (self._finished or not self.training):
