@@ -221,7 +221,6 @@ def tokenize_to_mds(
     if not files:
         raise InputError("no input files given")
     _prepare_out(out, opts.overwrite)
-    from streaming import MDSWriter  # heavy import (torch): after the cheap checks
 
     stats = _Stats()
     writers: dict = {}
@@ -242,6 +241,8 @@ def tokenize_to_mds(
                 name = SPLITS[split]
                 w = writers.get(name)
                 if w is None:
+                    from streaming import MDSWriter  # heavy (imports torch): only once there is output
+
                     w = writers[name] = MDSWriter(
                         out=os.path.join(out, name), columns=columns, size_limit=opts.size_limit, compression=opts.compression
                     )
