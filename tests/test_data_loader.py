@@ -105,11 +105,11 @@ def test_exact_rows_through_the_loader(tmp_path, tok, special):
     cfg = cfg_for(str(tmp_path), tok, max_seq_len=8, microbatch_size=2, global_batch_size=2, packer_buffer_size=10,
                   shuffle=False, epochs=1)
     rows = [r for b in build_train_loader(cfg) for r in b["rows"]]
-    assert [r["doc_ids"].tolist() for r in rows] == [[2, 4, 3], [0, 5, 1]]
-    assert [r["cu_seqlens"].tolist() for r in rows] == [[0, 8, 14, 16], [0, 5, 9, 12, 16]]
-    assert [r["max_seqlen"] for r in rows] == [8, 5]
-    expect0 = np.concatenate([docs[2], docs[4], docs[3]])
-    expect1 = np.concatenate([docs[0], docs[5], docs[1], [special.pad_id] * 4])
+    assert [r["doc_ids"].tolist() for r in rows] == [[0, 2, 1], [3, 4, 5]]
+    assert [r["cu_seqlens"].tolist() for r in rows] == [[0, 5, 13, 16], [0, 2, 8, 12, 16]]
+    assert [r["max_seqlen"] for r in rows] == [8, 6]
+    expect0 = np.concatenate([docs[0], docs[2], docs[1]])
+    expect1 = np.concatenate([docs[3], docs[4], docs[5], [special.pad_id] * 4])
     assert np.array_equal(original_ids(rows[0]), expect0) and np.array_equal(original_ids(rows[1]), expect1)
 
 

@@ -39,27 +39,35 @@ def pack_all(docs, row_tokens, max_seq_len, buffer_size):
 
 
 def test_exact_rows_large_buffer():
-    # lengths A5 B3 C8 D2 E6 F4, T=16, whole lookahead: row 1 = C8 E6 D2 (full); row 2 = A5 F4 B3 + 4 pad
+    # lengths A5 B3 C8 D2 E6 F4, T=16: a row opens with the oldest document, then best fit:
+    # row 1 = A5 + C8 (largest <= 11) + B3 (exactly the 3 left); row 2 = D2 + E6 + F4 + 4 pad
     docs = [doc(1, 5), doc(2, 3), doc(3, 8), doc(4, 2), doc(5, 6), doc(6, 4)]
     rows = pack_all(docs, 16, 8, buffer_size=10)
     assert len(rows) == 2
-    assert rows[0]["input_ids"].tolist() == [3] * 8 + [5] * 6 + [4] * 2
-    assert rows[0]["cu_seqlens"].tolist() == [0, 8, 14, 16]
+    assert rows[0]["input_ids"].tolist() == [1] * 5 + [3] * 8 + [2] * 3
+    assert rows[0]["cu_seqlens"].tolist() == [0, 5, 13, 16]
     assert rows[0]["max_seqlen"] == 8 and rows[0]["num_tokens"] == 16
-    assert rows[0]["doc_ids"] == [3, 5, 4]
-    assert rows[1]["input_ids"].tolist() == [1] * 5 + [6] * 4 + [2] * 3 + [PAD] * 4
-    assert rows[1]["cu_seqlens"].tolist() == [0, 5, 9, 12, 16]  # the pad tail is its own segment
-    assert rows[1]["max_seqlen"] == 5 and rows[1]["num_tokens"] == 12
+    assert rows[0]["doc_ids"] == [1, 3, 2]
+    assert rows[1]["input_ids"].tolist() == [4] * 2 + [5] * 6 + [6] * 4 + [PAD] * 4
+    assert rows[1]["cu_seqlens"].tolist() == [0, 2, 8, 12, 16]  # the pad tail is its own segment
+    assert rows[1]["max_seqlen"] == 6 and rows[1]["num_tokens"] == 12
     assert rows[0]["cu_seqlens"].dtype == torch.int32
 
 
 def test_exact_rows_small_buffer_refills_during_a_row():
-    # buffer of 2: row 1 takes A5, sees C8 after the refill, then B3; row 2: E6, F4, D2
+    # buffer of 2: C8 only becomes visible after A5 is taken (refill inside the row)
     docs = [doc(1, 5), doc(2, 3), doc(3, 8), doc(4, 2), doc(5, 6), doc(6, 4)]
     rows = pack_all(docs, 16, 8, buffer_size=2)
-    assert [r["doc_ids"] for r in rows] == [[1, 3, 2], [5, 6, 4]]
-    assert rows[0]["input_ids"].tolist() == [1] * 5 + [3] * 8 + [2] * 3
-    assert rows[1]["cu_seqlens"].tolist() == [0, 6, 10, 12, 16]
+    assert [r["doc_ids"] for r in rows] == [[1, 3, 2], [4, 5, 6]]
+    # a one-document buffer degenerates to taking documents in order while they fit
+    rows1 = pack_all(docs, 16, 8, buffer_size=1)
+    assert [r["doc_ids"] for r in rows1] == [[1, 2, 3], [4, 5, 6]]
+
+
+def test_a_row_opens_with_the_oldest_document():
+    docs = [doc(1, 3), doc(2, 8), doc(3, 5), doc(4, 8)]
+    rows = pack_all(docs, 16, 8, buffer_size=10)
+    assert [r["doc_ids"] for r in rows] == [[1, 2, 3], [4]]
 
 
 def test_ties_are_first_in_first_out():
