@@ -121,8 +121,14 @@ class TrainRun:
     plan: LoadPlan
     callbacks: dict = field(default_factory=dict)
 
-    def fit(self) -> None:
+    def fit(self) -> bool:
+        """Train to max_duration; False (and nothing done) when a resumed run is already complete."""
+        state = self.trainer.state
+        if state.max_duration is not None and state.timestamp.get(state.max_duration.unit) >= state.max_duration:
+            log.warning("run already complete at batch %d; nothing to do", int(state.timestamp.batch))
+            return False
         self.trainer.fit()
+        return True
 
     def close(self) -> None:
         self.trainer.close()
@@ -152,6 +158,14 @@ def build_loggers(cfg: RunConfig, run_dir: str) -> list:
     return loggers
 
 
+def _quiet_known_warnings() -> None:
+    import warnings
+
+    # ScheduleStepper steps at BATCH_START, before the first optimizer.step(): intended.
+    warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+    warnings.filterwarnings("ignore", message=r".*is not in the state_dict. Its state will not be restored")
+
+
 def build_trainer(cfg: RunConfig, extra_callbacks: Optional[list] = None) -> TrainRun:
     from composer import Trainer
     from composer.core import Evaluator
@@ -163,6 +177,7 @@ def build_trainer(cfg: RunConfig, extra_callbacks: Optional[list] = None) -> Tra
     from flexbert.train.optim import build_optimizer
     from flexbert.train.schedulers import build_scheduler, to_composer_time
 
+    _quiet_known_warnings()
     device = resolve_device(cfg)
     precision = resolve_precision(cfg, device)
     run_dir = cfg.resolved_run_dir

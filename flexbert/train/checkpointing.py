@@ -2,7 +2,7 @@
 
 Composer's own saver writes the checkpoint straight into its final name and then replaces the
 ``latest`` symlink with a remove + create; a kill during either leaves a truncated file or no
-pointer at all.  ``AtomicCheckpointSaver`` instead writes ``.ba{N}.pt.tmp``, fsyncs it, and
+pointer at all.  ``AtomicCheckpointSaver`` instead writes ``.tmp-ba{N}.pt``, fsyncs it, and
 ``os.replace``s it into ``ba{N}.pt`` (a rename is atomic on POSIX), then swaps the ``latest.pt``
 symlink the same way.  Resume never trusts the pointer: ``find_resume_checkpoint`` lists
 ``ba*.pt`` newest first and takes the first one whose zip archive is intact (torch.save writes a
@@ -121,7 +121,7 @@ class AtomicCheckpointSaver(Callback):
             os.makedirs(self.folder, exist_ok=True)
             # leftovers of a write that was killed are never picked up, but clear them
             for name in os.listdir(self.folder):
-                if name.endswith(".tmp") or ".tmp" in name and name.startswith((".ba", LATEST)):
+                if name.startswith(".tmp-") or name.startswith(LATEST + ".tmp"):
                     try:
                         os.remove(os.path.join(self.folder, name))
                     except OSError:
@@ -143,7 +143,7 @@ class AtomicCheckpointSaver(Callback):
             return None
         self.last_saved_batch = batch
         final = os.path.join(self.folder, f"ba{batch}.pt")
-        tmp = os.path.join(self.folder, f".ba{batch}.pt.tmp")
+        tmp = os.path.join(self.folder, f".tmp-ba{batch}.pt")  # must end in .pt for Composer
         written = composer_checkpoint.save_checkpoint(state, filename=tmp)  # all ranks; rank 0 writes
         if dist.get_global_rank() == 0 and written:
             with open(tmp, "rb+") as f:

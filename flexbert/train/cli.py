@@ -84,7 +84,8 @@ def run(cfg, debug: bool = False) -> int:
     try:
         _write_config(cfg)
         run_obj = build_trainer(cfg)
-        run_obj.fit()
+        if not run_obj.fit() and _rank() == 0:
+            print(f"[flexbert] {cfg.run_name} is already complete ({run_obj.plan.path}); nothing to do", flush=True)
     except TrainingDiverged as e:
         _close(run_obj)
         return _fail(str(e), 3, debug, e)

@@ -123,9 +123,35 @@ class RunConfig:
         return self.save_folder or os.path.join(self.resolved_run_dir, "checkpoints")
 
 
+def _load_with_inherit(path: str, seen: tuple[str, ...] = ()) -> dict:
+    """A YAML file as a dict; ``inherit: other.yaml`` (relative to the file) is loaded first and
+    this file's keys are merged over it (mappings merge, everything else replaces)."""
+    from omegaconf import OmegaConf
+
+    real = os.path.realpath(path)
+    if real in seen:
+        raise ConfigError(f"inherit: {path} inherits from itself")
+    raw = load_yaml(path)
+    parent = raw.pop("inherit", None)
+    if parent is None:
+        return raw
+    if not isinstance(parent, str):
+        raise ConfigError(f"inherit: expected a YAML file name in {path}, got {parent!r}")
+    parent_path = parent if os.path.isabs(parent) else os.path.join(os.path.dirname(path), parent)
+    if not os.path.exists(parent_path):
+        raise ConfigError(f"inherit: {path} inherits from {parent_path}, which does not exist")
+    base = _load_with_inherit(parent_path, seen + (real,))
+    return OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(base), OmegaConf.create(raw)), resolve=True)
+
+
 def load_run_config(path: Optional[str], overrides: Optional[list[str]] = None) -> RunConfig:
-    """YAML + ``key=value`` overrides -> a validated RunConfig (ConfigError on any problem)."""
-    raw: dict[str, Any] = load_yaml(path, overrides)
+    """YAML (with optional ``inherit:``) + ``key=value`` overrides -> a validated RunConfig."""
+    from omegaconf import OmegaConf
+
+    raw: dict[str, Any] = _load_with_inherit(path) if path else {}
+    if overrides:
+        with_cli = load_yaml(None, overrides)
+        raw = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(raw), OmegaConf.create(with_cli)), resolve=True)
     return from_dict(RunConfig, raw, "")
 
 
