@@ -169,7 +169,7 @@ class PackedLoader:
         nodes = self.world_size // int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size) or 1) or 1
         self.num_canonical_nodes = cfg.num_canonical_nodes or nodes
         kwargs = dict(
-            local=cfg.local, remote=cfg.remote, split=self.split,
+            local=cfg.local or None, remote=cfg.remote, split=self.split,  # None: Streaming picks a cache dir
             batch_size=cfg.doc_batch_size,  # must equal the DataLoader's: Streaming partitions by it
             shuffle=cfg.shuffle and self.training, shuffle_seed=self.seed, shuffle_algo=cfg.shuffle_algo,
             shuffle_block_size=cfg.shuffle_block_size, num_canonical_nodes=self.num_canonical_nodes,
