@@ -59,6 +59,36 @@ def build_model(cfg: RunConfig):
     return FlexBertMLM(model_cfg)
 
 
+def load_initial_weights(model, path: str) -> None:
+    """``init_from``: weights only, from an HF ModernBERT / exported FlexBERT folder, a
+    ``.safetensors`` file or a ``.pt`` state dict (FlexBertForMaskedLM keys, or a Composer
+    checkpoint).  Shapes must match the configured model exactly."""
+    if not os.path.exists(path):
+        raise SetupError(f"init_from: {path} does not exist")
+    try:
+        if os.path.isdir(path):
+            from flexbert.convert.hf import from_hf
+
+            state = from_hf(path).state_dict()
+        elif path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+            if isinstance(state, dict) and "state" in state:  # a Composer checkpoint
+                state = {k[len("model."):]: v for k, v in state["state"]["model"].items()}
+    except SetupError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets one line
+        raise SetupError(f"init_from: cannot read weights from {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    target = model.model
+    missing, unexpected = target.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k != "decoder.weight"]  # tied to the embeddings
+    if missing or unexpected:
+        raise SetupError(f"init_from: {path} does not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
 def build_loaders(cfg: RunConfig):
     """(train loader, eval loader or None) from the data section."""
     from flexbert.data import loader as data_loader
@@ -73,8 +103,7 @@ def build_loaders(cfg: RunConfig):
 
 
 def _phase_ignore_keys(cfg: RunConfig) -> list[str]:
-    keys = ["state/timestamp", "state/schedulers", "state/callbacks", "state/dataset_state", "rng",
-            "state/train_metrics", "state/eval_metrics"]
+    keys = ["state/timestamp", "state/schedulers", "state/callbacks", "state/dataset_state", "rng"]
     if not cfg.load_optimizer_state:
         keys.append("state/optimizers")
     return keys
@@ -188,6 +217,8 @@ def build_trainer(cfg: RunConfig, extra_callbacks: Optional[list] = None) -> Tra
 
     reproducibility.seed_all(cfg.seed)
     model = build_model(cfg)
+    if cfg.init_from:
+        load_initial_weights(model, cfg.init_from)
     optimizer = build_optimizer(model, cfg.optimizer, on_cuda=device == "gpu")
     scheduler = build_scheduler(cfg.scheduler)
     train_loader, eval_loader = build_loaders(cfg)

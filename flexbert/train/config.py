@@ -74,7 +74,8 @@ class RunConfig:
     save_interval: str = "1000ba"
     save_num_to_keep: int = 3  # newest kept; -1 keeps all
     autoresume: bool = True  # resume from the newest intact checkpoint in save_folder
-    load_path: Optional[str] = None  # initial checkpoint (phase change, init from another run)
+    init_from: Optional[str] = None  # initial weights only: HF/FlexBERT folder, .safetensors or .pt state dict
+    load_path: Optional[str] = None  # a Composer checkpoint (phase change, init from another run)
     load_weights_only: bool = False
     load_optimizer_state: bool = True  # with load_path: keep the optimizer moments
     reset_time: bool = False  # with load_path: start the clock (and schedule, data) from zero
