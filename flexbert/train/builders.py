@@ -94,6 +94,12 @@ def build_loaders(cfg: RunConfig):
     from flexbert.data import loader as data_loader
 
     data_cfg = cfg.data_config()
+    if cfg.callbacks.audit_doc_ids:
+        import dataclasses
+
+        data_cfg = dataclasses.replace(data_cfg, return_doc_ids=True)
+    if not data_cfg.remote and not os.path.isdir(data_cfg.local):
+        raise SetupError(f"data.local: folder {data_cfg.local} does not exist (write shards with data_prep/tokenize_to_mds.py)")
     try:
         train = data_loader.build_train_loader(data_cfg, seed=cfg.seed)
         evaluation = data_loader.build_eval_loader(data_cfg) if data_loader.has_eval(data_cfg) else None
@@ -251,6 +257,9 @@ def build_trainer(cfg: RunConfig, extra_callbacks: Optional[list] = None) -> Tra
     ordered = [callbacks[k] for k in ("schedule", "resume", "phase", "nan_guard", "metrics") if k in callbacks]
     if saver is not None:
         ordered.append(saver)
+    if cfg.callbacks.audit_doc_ids:
+        callbacks["audit"] = cb.DocAudit(os.path.join(run_dir, "doc_ids"))
+        ordered.append(callbacks["audit"])
     ordered += list(extra_callbacks or [])
 
     evaluators = None

@@ -206,6 +206,30 @@ class RunMetrics(Callback):
             logger.log_metrics(out)
 
 
+class DocAudit(Callback):
+    """Record which documents (Streaming sample ids) each rank trained on, per step.
+
+    Writes ``{folder}/rank{r}.jsonl``: one ``{"batch": b, "doc_ids": [...]}`` line per step (ids of
+    the documents in that step's rows; chunks of one long document share its id).  For checking
+    that ranks read disjoint data and that a resume neither skips nor replays documents."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+        self._ids: list[int] = []
+
+    def fit_start(self, state: State, logger: Logger) -> None:
+        os.makedirs(self.folder, exist_ok=True)
+
+    def after_dataloader(self, state: State, logger: Logger) -> None:
+        rows = state.batch["rows"] if isinstance(state.batch, dict) and "rows" in state.batch else [state.batch]
+        self._ids = [int(i) for r in rows if "doc_ids" in r for i in r["doc_ids"].tolist()]
+
+    def batch_end(self, state: State, logger: Logger) -> None:
+        path = os.path.join(self.folder, f"rank{dist.get_global_rank()}.jsonl")
+        with open(path, "a") as f:
+            f.write(json.dumps({"batch": int(state.timestamp.batch), "doc_ids": self._ids}) + "\n")
+
+
 # --------------------------------------------------------------------------- loggers
 def _plain(value: Any) -> Any:
     if isinstance(value, torch.Tensor):

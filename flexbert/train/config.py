@@ -46,6 +46,7 @@ class CallbacksConfig:
     nan_guard: bool = True  # stop on a non-finite loss (keeps the last good checkpoint)
     max_loss: Optional[float] = None  # also stop when the train loss exceeds this
     memory: bool = True  # GPU memory (CUDA only)
+    audit_doc_ids: bool = False  # write the document ids each rank trained on to {run_dir}/doc_ids/
 
     def validate(self, prefix: str = "callbacks") -> None:
         if self.throughput_window < 1:
