@@ -145,6 +145,13 @@ def _compiled_flex():
     return torch.compile(flex_attention, dynamic=False)
 
 
+@functools.lru_cache(maxsize=None)
+def _block_mask_kwargs() -> tuple:
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    return (("_compile", True),) if "_compile" in inspect.signature(create_block_mask).parameters else ()
+
+
 @ATTENTION_BACKENDS.register("flex")
 class FlexBackend(AttentionBackend):
     """FlexAttention with a block-sparse (document x window) mask built once per batch."""
@@ -178,7 +185,8 @@ class FlexBackend(AttentionBackend):
                     # documents are contiguous, so packed-index distance is in-document distance
                     return (doc[qi] == doc[ki]) & (ki - qi >= -left) & (ki - qi <= right)
 
-            masks[window] = create_block_mask(mask_mod, None, None, T, T, device=doc.device)
+            # _compile builds the block mask without materialising a dense (T, T) mask first
+            masks[window] = create_block_mask(mask_mod, None, None, T, T, device=doc.device, **dict(_block_mask_kwargs()))
         return masks
 
     def __call__(self, q, k, v, batch, window: Window, dropout_p: float, scale: float) -> torch.Tensor:
@@ -190,6 +198,7 @@ class FlexBackend(AttentionBackend):
 
 
 # ------------------------------------------------------------------------------------- varlen
+@functools.lru_cache(maxsize=None)
 def _public_varlen():
     """torch.nn.attention.varlen.varlen_attn if this torch has one that takes a window."""
     try:
@@ -249,7 +258,7 @@ class VarlenBackend(AttentionBackend):
         public = _public_varlen()
         if public is not None and dropout_p == 0.0:
             return public(q, k, v, cu, cu, L, L, scale=scale, window_size=(left, right))
-        return _AtenFlashVarlen.apply(q, k, v, cu, L, dropout_p, scale, left, right)
+        return _AtenFlashVarlen.apply(q.contiguous(), k.contiguous(), v.contiguous(), cu, L, dropout_p, scale, left, right)
 
 
 # --------------------------------------------------------------------------------- flash_attn
