@@ -288,7 +288,8 @@ def from_hf(model_or_dir: Union[str, os.PathLike, Any]):
 def to_hf(model, out_dir: Union[str, os.PathLike], tokenizer: Any = None, config: Optional[FlexBertConfig] = None) -> Path:
     """Write ``out_dir/config.json`` (ModernBertConfig) and ``out_dir/model.safetensors``.
 
-    ``model`` is a FlexBertForMaskedLM, or its state dict together with ``config``.  The folder
+    ``model`` is a FlexBertForMaskedLM, or its state dict together with ``config`` (keys as
+    FlexBertForMaskedLM names them: strip a wrapper's prefix, e.g. Composer's ``model.``, first).  The folder
     loads with ``AutoModelForMaskedLM.from_pretrained(out_dir)``.  ``tokenizer`` (optional) is a
     transformers tokenizer, a ``tokenizers.Tokenizer``, or a path to a ``tokenizer.json``.
     """
