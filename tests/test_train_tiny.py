@@ -57,3 +57,33 @@ def test_tiny_run_lowers_eval_loss(tmp_path, data):
 
     ckpt = find_resume_checkpoint(str(tmp_path / "run" / "checkpoints"))
     assert ckpt.endswith("ba40.pt") and checkpoint_problem(ckpt) is None
+
+
+def test_export_of_the_trained_checkpoint_matches(tmp_path, data):
+    """scripts/export_hf.py's library path: the HF folder reproduces the trained model's logits."""
+    import torch
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    from flexbert.train.config import load_run_config
+    from flexbert.train.export import checkpoint_model_state, export_to_hf
+    from test_train_fixtures import build_and_fit
+
+    cfg = run_config(tmp_path, data, max_duration="3ba")
+    build_and_fit(cfg)  # writes run/config.yaml, as train.py does
+    info = export_to_hf(str(tmp_path / "hf"), run_dir=str(tmp_path / "run"))
+    assert info["checkpoint"].endswith("ba3.pt")
+    hf = AutoModelForMaskedLM.from_pretrained(str(tmp_path / "hf"), attn_implementation="sdpa").eval()
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    from flexbert.model.model import FlexBertForMaskedLM
+
+    flex = FlexBertForMaskedLM(load_run_config(str(tmp_path / "run" / "config.yaml")).model)
+    flex.load_state_dict(checkpoint_model_state(info["checkpoint"]), strict=False)
+    flex.tie_weights()
+    flex.eval()
+    enc = tok(["Lists are mutable sequences.", "The with statement is used to wrap a block."], padding=True,
+              return_tensors="pt")
+    with torch.no_grad():
+        a = hf(**enc).logits
+        b = flex(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+    mask = enc["attention_mask"].bool()
+    torch.testing.assert_close(a[mask], b[mask], rtol=1e-4, atol=1e-4)

@@ -169,6 +169,21 @@ class TrainRun:
         self.trainer.close()
 
 
+def write_config(cfg: RunConfig) -> None:
+    """Save the resolved config as {run_dir}/config.yaml (rank 0): what ran, and what export reads."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    import yaml
+
+    from flexbert.train.config import as_plain_dict
+
+    os.makedirs(cfg.resolved_run_dir, exist_ok=True)
+    tmp = os.path.join(cfg.resolved_run_dir, ".config.yaml.tmp")
+    with open(tmp, "w") as f:
+        yaml.safe_dump(as_plain_dict(cfg), f, sort_keys=False)
+    os.replace(tmp, os.path.join(cfg.resolved_run_dir, "config.yaml"))
+
+
 def build_loggers(cfg: RunConfig, run_dir: str) -> list:
     from flexbert.train.callbacks import ConsoleLogger, JSONLLogger
 
@@ -213,6 +228,7 @@ def build_trainer(cfg: RunConfig, extra_callbacks: Optional[list] = None) -> Tra
     from flexbert.train.schedulers import build_scheduler, to_composer_time
 
     _quiet_known_warnings()
+    write_config(cfg)
     device = resolve_device(cfg)
     precision = resolve_precision(cfg, device)
     run_dir = cfg.resolved_run_dir

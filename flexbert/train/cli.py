@@ -82,7 +82,6 @@ def run(cfg, debug: bool = False) -> int:
 
     run_obj = None
     try:
-        _write_config(cfg)
         run_obj = build_trainer(cfg)
         if not run_obj.fit() and _rank() == 0:
             print(f"[flexbert] {cfg.run_name} is already complete ({run_obj.plan.path}); nothing to do", flush=True)
@@ -105,19 +104,6 @@ def _close(run_obj) -> None:
             run_obj.close()
         except Exception:  # noqa: BLE001 - already failing or done; never mask the real error
             pass
-
-
-def _write_config(cfg) -> None:
-    """Save the resolved config next to the run's metrics (rank 0)."""
-    if _rank() != 0:
-        return
-    import yaml
-
-    from flexbert.train.config import as_plain_dict
-
-    os.makedirs(cfg.resolved_run_dir, exist_ok=True)
-    with open(os.path.join(cfg.resolved_run_dir, "config.yaml"), "w") as f:
-        yaml.safe_dump(as_plain_dict(cfg), f, sort_keys=False)
 
 
 def _handle(e: BaseException, debug: bool) -> int:
