@@ -47,7 +47,7 @@ def flexbert_run(config: str, shards: str, tokens: int, extra: list[str]) -> dic
     return {"steps": int(m.group(1)), "tokens": n_tokens, "seconds": secs, "tokens_per_s": n_tokens / secs}
 
 
-def baseline_run(config: str, shards: str, tokens: int, extra: list[str]) -> dict:
+def baseline_run(config: str, shards: str, tokens: int, extra: list[str], sparse: bool = False) -> dict:
     import torch
     from streaming import StreamingDataset
     from streaming.base.util import clean_stale_shared_memory
@@ -60,6 +60,7 @@ def baseline_run(config: str, shards: str, tokens: int, extra: list[str]) -> dic
     data = cfg.data_config()
     hf_config = config_to_hf(cfg.model)
     hf_config._attn_implementation = "sdpa"
+    hf_config.sparse_prediction = sparse  # transformers' default is False
     torch.manual_seed(cfg.seed)
     model = ModernBertForMaskedLM(hf_config).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optimizer.lr, betas=tuple(cfg.optimizer.betas),
@@ -109,6 +110,7 @@ def main(argv=None) -> int:
     p.add_argument("--shards", default=os.path.join(ROOT, "runs", "demo", "shards"), help="MDS shards (make demo writes runs/demo/shards)")
     p.add_argument("--config", default=os.path.join(ROOT, "configs", "tiny.yaml"))
     p.add_argument("--tokens", type=int, default=300_000, help="token budget of each run")
+    p.add_argument("--hf-sparse", action="store_true", help="switch on transformers' sparse_prediction in the baseline")
     p.add_argument("overrides", nargs="*", help="key=value overrides applied to both runs (model/data/optimizer)")
     a = p.parse_args(argv)
     if not os.path.exists(os.path.join(a.shards, "train", "index.json")):
@@ -120,8 +122,8 @@ def main(argv=None) -> int:
     flex = flexbert_run(a.config, a.shards, a.tokens, a.overrides)
     print(f"FlexBERT train.py : {flex['tokens_per_s']:10,.0f} tok/s  ({flex['tokens']:,.0f} tokens, {flex['steps']} steps, "
           f"{flex['seconds']:.1f}s)", flush=True)
-    base = baseline_run(a.config, a.shards, a.tokens, a.overrides)
-    print(f"HF baseline       : {base['tokens_per_s']:10,.0f} tok/s  ({base['tokens']:,} tokens, {base['steps']} steps, "
+    base = baseline_run(a.config, a.shards, a.tokens, a.overrides, sparse=a.hf_sparse)
+    print(f"HF baseline{' (sparse)' if a.hf_sparse else '         '}: {base['tokens_per_s']:10,.0f} tok/s  ({base['tokens']:,} tokens, {base['steps']} steps, "
           f"{base['seconds']:.1f}s, {100 * base['padding']:.0f}% of each batch is padding)")
     print(f"ratio FlexBERT / baseline: {flex['tokens_per_s'] / base['tokens_per_s']:.2f}x")
     return 0

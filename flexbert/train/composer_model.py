@@ -25,42 +25,56 @@ ROW_TENSOR_KEYS = ("input_ids", "labels", "cu_seqlens")
 
 
 # --------------------------------------------------------------------------- metrics
-class _MaskedCE(Metric):
-    """Sums of cross-entropy, correct predictions and count over masked tokens."""
+def _masked(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = logits.reshape(-1, logits.shape[-1])
+    labels = labels.reshape(-1)
+    if logits.shape[0] != labels.shape[0]:
+        raise ValueError(f"logits ({logits.shape[0]}) and labels ({labels.shape[0]}) are not aligned")
+    keep = labels != IGNORE_INDEX
+    return logits[keep], labels[keep]
+
+
+class MLMAccuracy(Metric):
+    """Share of masked tokens whose argmax prediction is the original token."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("correct", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        logits, labels = _masked(logits, labels)
+        self.correct += (logits.argmax(-1) == labels).sum()
+        self.count += labels.numel()
+
+    def compute(self) -> torch.Tensor:
+        return self.correct.double().div(self.count.clamp(min=1)).float()
+
+
+class MLMLoss(Metric):
+    """Mean cross-entropy over all masked tokens seen (not a mean of batch means)."""
 
     full_state_update = False
 
     def __init__(self) -> None:
         super().__init__()
         self.add_state("loss_sum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("correct", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        logits = logits.reshape(-1, logits.shape[-1])
-        labels = labels.reshape(-1)
-        keep = labels != IGNORE_INDEX
-        if logits.shape[0] != labels.shape[0]:
-            raise ValueError(f"logits ({logits.shape[0]}) and labels ({labels.shape[0]}) are not aligned")
-        logits, labels = logits[keep].float(), labels[keep]
-        self.loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
-        self.correct += (logits.argmax(-1) == labels).sum()
+        logits, labels = _masked(logits, labels)
+        self.loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").double()
         self.count += labels.numel()
 
-
-class MLMLoss(_MaskedCE):
     def compute(self) -> torch.Tensor:
         return (self.loss_sum / self.count.clamp(min=1)).float()
 
 
-class MLMAccuracy(_MaskedCE):
+class MLMPerplexity(MLMLoss):
     def compute(self) -> torch.Tensor:
-        return self.correct.double().div(self.count.clamp(min=1)).float()
-
-
-class MLMPerplexity(_MaskedCE):
-    def compute(self) -> torch.Tensor:
-        return torch.exp(self.loss_sum / self.count.clamp(min=1)).float()
+        return torch.exp(super().compute())
 
 
 # --------------------------------------------------------------------------- model
@@ -75,7 +89,8 @@ class FlexBertMLM(ComposerModel):
             model = FlexBertForMaskedLM(config)
         self.config = config
         self.model = model
-        self._train_metrics = {"MLMAccuracy": MLMAccuracy(), "MLMLoss": MLMLoss()} if train_metrics else {}
+        # train: accuracy only (the train loss is already logged as loss/train/total)
+        self._train_metrics = {"MLMAccuracy": MLMAccuracy()} if train_metrics else {}
         self._eval_metrics = {"MLMLoss": MLMLoss(), "MLMAccuracy": MLMAccuracy(), "MLMPerplexity": MLMPerplexity()}
 
     def forward(self, batch: dict[str, Any]):
