@@ -105,6 +105,12 @@ class RunConfig:
             raise ConfigError(f"save_num_to_keep: must be >= 1 or -1 (keep all), got {self.save_num_to_keep}")
         if not self.run_name or "/" in self.run_name:
             raise ConfigError(f"run_name: must be a non-empty name without '/', got {self.run_name!r}")
+        if not self.load_path:
+            for key in ("reset_time", "load_weights_only"):
+                if getattr(self, key):
+                    raise ConfigError(f"{key}: only applies with load_path (set load_path to the checkpoint to start from)")
+        elif self.init_from:
+            raise ConfigError("init_from and load_path both give initial weights: set only one")
         build_scheduler(self.scheduler)  # validates the name and its arguments
         self.data_config()  # validates the data section
 
