@@ -160,7 +160,7 @@ class TrainRun:
         """Train to max_duration; False (and nothing done) when a resumed run is already complete."""
         state = self.trainer.state
         if state.max_duration is not None and state.timestamp.get(state.max_duration.unit) >= state.max_duration:
-            log.warning("run already complete at batch %d; nothing to do", int(state.timestamp.batch))
+            log.info("run already complete at batch %d; nothing to do", int(state.timestamp.batch))
             return False
         self.trainer.fit()
         return True
