@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 from flexbert.config import ConfigError, from_dict
 from flexbert.registry import Registry
@@ -179,13 +179,11 @@ class WarmupStableDecay:
         return warm * decay_value(self.decay_shape, frac, self.alpha_f)
 
 
-@SCHEDULERS.register("one_minus_sqrt")
 @dataclass
-class OneMinusSqrt:
-    """Optional warmup, then ``1 - sqrt`` decay from the peak to ``alpha_f`` at ``t_max``.
+class _WarmupThenDecay:
+    """Optional linear warmup, then a decay of shape ``shape`` from the peak to ``alpha_f`` at ``t_max``."""
 
-    The paper's decay phase (base-decay: 50B tokens, peak 3e-4 -> 0.001x)."""
-
+    shape: ClassVar[str]
     t_warmup: str = "0ba"
     alpha_f: float = 0.0
     t_max: str = "1dur"
@@ -196,25 +194,23 @@ class OneMinusSqrt:
             raise ConfigError(f"{prefix}.alpha_f: must be in [0, 1], got {self.alpha_f}")
 
     def __call__(self, state, ssr: float = 1.0) -> float:
-        return _warmup_then_decay(state, ssr, self.t_warmup, self.t_max, "one_minus_sqrt", self.alpha_f)
+        return _warmup_then_decay(state, ssr, self.t_warmup, self.t_max, self.shape, self.alpha_f)
+
+
+@SCHEDULERS.register("one_minus_sqrt")
+@dataclass
+class OneMinusSqrt(_WarmupThenDecay):
+    """The paper's decay phase (base-decay: 50B tokens, peak 3e-4 -> 0.001x): ``1 - sqrt``."""
+
+    shape: ClassVar[str] = "one_minus_sqrt"
 
 
 @SCHEDULERS.register("cosine_with_warmup")
 @dataclass
-class CosineWithWarmup:
+class CosineWithWarmup(_WarmupThenDecay):
     """Linear warmup, then a cosine decay to ``alpha_f`` at ``t_max``."""
 
-    t_warmup: str = "0ba"
-    alpha_f: float = 0.0
-    t_max: str = "1dur"
-
-    def validate(self, prefix: str = "scheduler") -> None:
-        _check_times(t_warmup=self.t_warmup, t_max=self.t_max)
-        if not 0.0 <= self.alpha_f <= 1.0:
-            raise ConfigError(f"{prefix}.alpha_f: must be in [0, 1], got {self.alpha_f}")
-
-    def __call__(self, state, ssr: float = 1.0) -> float:
-        return _warmup_then_decay(state, ssr, self.t_warmup, self.t_max, "cosine", self.alpha_f)
+    shape: ClassVar[str] = "cosine"
 
 
 def _warmup_then_decay(state, ssr: float, t_warmup: str, t_max: str, shape: str, alpha_f: float) -> float:
