@@ -54,20 +54,15 @@ def test_auto_tokenizer_loads_offline(tmp_path_factory, monkeypatch):
 
 
 def _tiktoken():
+    """gpt2.tiktoken from the whisper sdist (800 KB, fetched from PyPI into the cache when missing);
+    skips only when the fetch itself fails, e.g. without network."""
     sys.path.insert(0, os.path.join(REPO, "data_prep"))
-    from fetch_demo_corpus import cache_dir
-
-    p = os.path.join(cache_dir(), "extracted", "gpt2.tiktoken")
-    if os.path.exists(p):
-        return p
-    import glob
-
-    sdists = glob.glob(os.path.join(cache_dir(), "pip", "openai_whisper-20250625.tar.gz"))
-    if not sdists:
-        pytest.skip("whisper sdist not in the cache (python data_prep/fetch_demo_corpus.py --tiktoken)")
     from fetch_demo_corpus import gpt2_tiktoken_path
 
-    return gpt2_tiktoken_path()
+    try:
+        return gpt2_tiktoken_path()
+    except Exception as e:  # noqa: BLE001 -- any fetch failure means "cannot test here"
+        pytest.skip(f"could not fetch the whisper sdist for gpt2.tiktoken: {e}")
 
 
 def test_modernbert_tokenizer_layout(tmp_path):
