@@ -126,10 +126,8 @@ def main(argv=None) -> int:
     hf_logging.set_verbosity_error()
     fill = pipeline("fill-mask", model=hf, tokenizer=hf, device="cpu")
     for prompt in PROMPTS:
-        # byte-level BPE keeps a word's leading space inside its token (" history"), so the mask
-        # stands for " word": glue it to the previous word, as the model saw masked words in training
-        guesses = ", ".join(f"{g['token_str'].strip()!r} {g['score']:.2f}"
-                            for g in fill(prompt.replace(" [MASK]", "[MASK]"), top_k=5))
+        # the tokenizer's [MASK] takes the space before it, so it stands for a whole " word" token
+        guesses = ", ".join(f"{g['token_str'].strip()!r} {g['score']:.2f}" for g in fill(prompt, top_k=5))
         print(f"{prompt}\n    -> {guesses}")
     print(f"\ndemo done in {time.time() - t0:.0f}s; everything is under {out}")
     return 0

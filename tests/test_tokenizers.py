@@ -51,6 +51,9 @@ def test_auto_tokenizer_loads_offline(tmp_path_factory, monkeypatch):
     assert hf("the city")["input_ids"] == t.encode("the city").ids
     assert (hf.cls_token, hf.sep_token, hf.mask_token, hf.pad_token, hf.unk_token) == ("[CLS]", "[SEP]", "[MASK]", "[PAD]", "[UNK]")
     assert hf.pad_token_id == 0 and len(hf) == t.get_vocab_size(with_added_tokens=True)
+    # [MASK] takes the space before it, as a masked word's token (" city") did in training
+    assert hf("the [MASK] is")["input_ids"] == t.encode("the [MASK] is").ids
+    assert t.encode("the [MASK] is").ids == t.encode("the[MASK] is").ids
 
 
 def _tiktoken():

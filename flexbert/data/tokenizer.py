@@ -157,7 +157,7 @@ def train_bpe(
     trainer = trainers.BpeTrainer(
         vocab_size=target,
         min_frequency=min_frequency,
-        special_tokens=[_special(t) for t in BERT_SPECIALS],
+        special_tokens=[_special(t, lstrip=(t == MASK)) for t in BERT_SPECIALS],  # "a [MASK]" eats the space
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=show_progress,
     )
