@@ -247,6 +247,18 @@ def _fmt_tokens(n: float) -> str:
     return f"{int(n)}"
 
 
+# What a console progress line shows, in order: (logged key, how to print it).
+_CONSOLE_FIELDS = (
+    ("loss/train/total", lambda x: f" loss {x:.4f}"),
+    ("metrics/train/MLMAccuracy", lambda x: f" acc {x:.3f}"),
+    ("lr", lambda x: f" lr {x:.3g}"),
+    ("throughput/tokens_per_sec", lambda x: f" | {_fmt_tokens(x)} tok/s"),
+    ("throughput/mfu", lambda x: f" mfu {100 * x:.1f}%"),
+    ("data/packing_efficiency", lambda x: f" pack {100 * x:.1f}%"),
+    ("memory/max_allocated_gb", lambda x: f" mem {x:.1f}GB"),
+)
+
+
 class JSONLLogger(LoggerDestination):
     """Append one JSON record per batch (and per final eval) to ``path``; rank 0 only.
 
@@ -339,21 +351,7 @@ class ConsoleLogger(LoggerDestination):
             parts = [f"[batch {batch}", f"tok {_fmt_tokens(int(ts.token))}"]
             if elapsed is not None:
                 parts.append(f"{100 * float(elapsed):.0f}%]")
-            line = " ".join(parts)
-            if "loss/train/total" in v:
-                line += f" loss {v['loss/train/total']:.4f}"
-            if "metrics/train/MLMAccuracy" in v:
-                line += f" acc {v['metrics/train/MLMAccuracy']:.3f}"
-            if "lr" in v:
-                line += f" lr {v['lr']:.3g}"
-            if "throughput/tokens_per_sec" in v:
-                line += f" | {_fmt_tokens(v['throughput/tokens_per_sec'])} tok/s"
-            if "throughput/mfu" in v:
-                line += f" mfu {100 * v['throughput/mfu']:.1f}%"
-            if "data/packing_efficiency" in v:
-                line += f" pack {100 * v['data/packing_efficiency']:.1f}%"
-            if "memory/max_allocated_gb" in v:
-                line += f" mem {v['memory/max_allocated_gb']:.1f}GB"
+            line = " ".join(parts) + "".join(fmt(v[key]) for key, fmt in _CONSOLE_FIELDS if key in v)
             self._print(line)
         if self._eval:
             e = self._eval
