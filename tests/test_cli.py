@@ -4,14 +4,9 @@ import os
 
 import pytest
 
-from test_train_fixtures import ROOT, data_dir, train_py
+from test_train_fixtures import ROOT, train_py
 
 TINY = os.path.join(ROOT, "configs", "tiny.yaml")
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return data_dir(tmp_path_factory)
 
 
 def one_line_error(proc) -> str:

@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from test_train_fixtures import ROOT, data_dir, read_jsonl, train_py
+from test_train_fixtures import ROOT, read_jsonl, train_py
 
 TINY = os.path.join(ROOT, "configs", "tiny.yaml")
 
@@ -28,11 +28,6 @@ def launch(data, run_dir, batches):
 
 def doc_ids(run_dir, rank):
     return [(s["batch"], s["doc_ids"]) for s in read_jsonl(os.path.join(run_dir, "doc_ids", f"rank{rank}.jsonl"))]
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return data_dir(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

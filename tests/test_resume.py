@@ -14,7 +14,7 @@ import time
 import pytest
 import torch
 
-from test_train_fixtures import ROOT, build_and_fit, data_dir, read_jsonl, run_config
+from test_train_fixtures import ROOT, build_and_fit, read_jsonl, run_config
 
 TOTAL = 12
 
@@ -44,11 +44,6 @@ def assert_same_weights(a, b):
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=lambda m: f"{k}: {m}")
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return data_dir(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,7 @@ import os
 import pytest
 import torch
 
-from test_train_fixtures import ROOT, build_and_fit, data_dir, read_jsonl, run_config
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return data_dir(tmp_path_factory)
+from test_train_fixtures import ROOT, build_and_fit, read_jsonl, run_config
 
 
 @pytest.fixture(scope="module")

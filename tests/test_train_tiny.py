@@ -4,12 +4,7 @@ import math
 
 import pytest
 
-from test_train_fixtures import data_dir, read_jsonl, run_config
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return data_dir(tmp_path_factory)
+from test_train_fixtures import read_jsonl, run_config
 
 
 def eval_loss(trainer) -> float:
