@@ -18,7 +18,7 @@ import numpy as np
 
 from flexbert.data.tokenizer import SpecialTokens
 
-IGNORE_INDEX = -100
+IGNORE_INDEX = -100  # the label of every position the loss ignores (one owner: this module)
 
 
 class MLMMasker:

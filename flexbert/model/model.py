@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from flexbert.data.masking import IGNORE_INDEX
 from flexbert.model.attention import BatchInfo, batch_info, layer_window, rope_tables
 from flexbert.model.backends import resolve_backend
 from flexbert.model.blocks import build_block
@@ -25,7 +26,6 @@ from flexbert.model.heads import PredictionHead, pool
 from flexbert.model.init import init_weights
 from flexbert.model.norms import build_norm
 
-IGNORE_INDEX = -100
 
 
 # ------------------------------------------------------------------------------ input layouts

@@ -19,8 +19,8 @@ from composer.models import ComposerModel
 from torchmetrics import Metric
 
 from flexbert.config import FlexBertConfig
+from flexbert.data.masking import IGNORE_INDEX
 
-IGNORE_INDEX = -100
 ROW_TENSOR_KEYS = ("input_ids", "labels", "cu_seqlens")
 
 
