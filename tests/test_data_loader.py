@@ -278,7 +278,7 @@ RANK_SCRIPT = textwrap.dedent(
     b.load_state_dict(state)
     resumed = take(b, 60)  # crosses the epoch boundary (~{{steps}} steps per epoch)
     json.dump({{"ids": ids, "steps": steps, "resume_ok": resumed == ref[60:120], "skip": state["skip"],
-               "epoch": b._epoch}}, open(out, "w"))
+               "epoch": b.docs.epoch}}, open(out, "w"))
     dist.destroy_process_group()
     """
 )

@@ -31,6 +31,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from flexbert.data.ragged import wrapped_chunks
 from flexbert.data.sources import InputError, expand_inputs, iter_documents
 
 SPLITS = ("train", "validation")
@@ -119,12 +120,9 @@ def _encode_task(task: tuple[list[str], list[int]]) -> tuple[np.ndarray, list[tu
         dropped = 0
         if _W["truncate"] and len(body) > cap:
             dropped, body = len(body) - cap, body[:cap]
-        lengths = []
-        for s in range(0, len(body), cap):
-            piece = body[s : s + cap]
-            pieces += [pre, piece, post]
-            lengths.append(npre + len(piece) + npost)
-        meta.append((split, lengths, dropped))
+        chunks = wrapped_chunks(body, cap, pre, post)
+        pieces += chunks
+        meta.append((split, [len(c) for c in chunks], dropped))
     flat = np.concatenate(pieces).astype(_W["dtype"]) if pieces else np.zeros(0, _W["dtype"])
     return flat, meta
 
