@@ -91,7 +91,7 @@ def from_dict(cls: type, data: Mapping[str, Any] | None, prefix: str = "") -> An
     for k in data:
         if k not in names:
             where = f"{prefix}.{k}" if prefix else str(k)
-            raise ConfigError(unknown_choice(None, "config key", where, names, valid="valid keys here"))
+            raise ConfigError(unknown_choice(None, "config key", k, names, valid="valid keys here", shown=where))
     kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)

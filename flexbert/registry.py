@@ -29,12 +29,14 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
 
 
 def unknown_choice(key: str | None, kind: str, name: object, choices: Iterable[str],
-                   valid: str = "valid choices") -> str:
+                   valid: str = "valid choices", shown: str | None = None) -> str:
     """The one-line message for a name that is not among ``choices``, e.g.
-    ``model.norm: unknown norm 'rmsnrom' (did you mean 'rmsnorm'?); valid choices: layernorm, rmsnorm``."""
+    ``model.norm: unknown norm 'rmsnrom' (did you mean 'rmsnorm'?); valid choices: layernorm, rmsnorm``
+    (``shown``: how to print the name, when not as compared, e.g. with its section in front)."""
     choices = list(choices)
     where = f"{key}: " if key else ""
-    return f"{where}unknown {kind} '{name}'{did_you_mean(str(name), choices)}; {valid}: {', '.join(choices)}"
+    label = name if shown is None else shown
+    return f"{where}unknown {kind} '{label}'{did_you_mean(str(name), choices)}; {valid}: {', '.join(choices)}"
 
 
 class Registry(Generic[T]):
