@@ -15,6 +15,7 @@ The loggers (console line, metrics.jsonl) live in flexbert/train/loggers.py.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -31,10 +32,6 @@ from flexbert.data.batch import batch_stats
 
 class TrainingDiverged(RuntimeError):
     """Raised by NaNGuard; train.py turns it into one clear line and a non-zero exit."""
-
-
-def _rank0() -> bool:
-    return dist.get_global_rank() == 0
 
 
 # --------------------------------------------------------------------------- schedule

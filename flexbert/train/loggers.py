@@ -10,14 +10,19 @@ import json
 import math
 import os
 import sys
+import time
 from typing import Any, Optional, TextIO
 
 import torch
 from composer.core import State
 from composer.loggers import Logger, LoggerDestination
+from composer.utils import dist
 
 
-# --------------------------------------------------------------------------- loggers
+def _rank0() -> bool:
+    return dist.get_global_rank() == 0
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         value = value.detach().float().cpu()
