@@ -104,7 +104,7 @@ def load_initial_weights(model, path: str) -> None:
 
 def build_loaders(cfg: RunConfig):
     """(train loader, eval loader or None) from the data section."""
-    data_cfg = cfg.data_config()
+    data_cfg = cfg.data
     if cfg.callbacks.audit_doc_ids:
         data_cfg = dataclasses.replace(data_cfg, return_doc_ids=True)
     if not data_cfg.remote and not os.path.isdir(data_cfg.local):
@@ -227,7 +227,7 @@ def build_callbacks(cfg: RunConfig, train_loader, extra: Optional[list] = None) 
         packing=cfg.callbacks.packing_efficiency,
         throughput=cfg.callbacks.throughput,
         window=cfg.callbacks.throughput_window,
-        flops_per_token_body=body_flops_per_token(cfg.model, cfg.data_config().max_seq_len),
+        flops_per_token_body=body_flops_per_token(cfg.model, cfg.data.max_seq_len),
         flops_per_prediction=head_flops_per_prediction(cfg.model),
         sparse_head=cfg.model.sparse_prediction,
         peak_flops=cfg.callbacks.peak_flops,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from flexbert.config import FlexBertConfig, from_dict, load_yaml
+from flexbert.data.config import DataConfig
 from flexbert.registry import ConfigError, unknown_choice
 from flexbert.train.optim import OptimizerConfig
 from flexbert.train.schedulers import build_scheduler, parse_time
@@ -64,7 +65,7 @@ class RunConfig:
     seed: int = 17
 
     model: FlexBertConfig = field(default_factory=FlexBertConfig)
-    data: dict = field(default_factory=dict)  # validated into flexbert.data.config.DataConfig
+    data: DataConfig = field(default_factory=DataConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: dict = field(default_factory=lambda: {"name": "constant_with_warmup"})
 
@@ -112,13 +113,11 @@ class RunConfig:
         elif self.init_from:
             raise ConfigError("init_from and load_path both give initial weights: set only one")
         build_scheduler(self.scheduler)  # validates the name and its arguments
-        self.data_config()  # validates the data section
 
     # ----------------------------------------------------------------- derived values
-    def data_config(self):
-        from flexbert.data.config import DataConfig
-
-        return from_dict(DataConfig, self.data, "data")
+    def data_config(self) -> DataConfig:
+        """The data section (typed since loading; kept for callers written against the dict form)."""
+        return self.data
 
     @property
     def resolved_run_dir(self) -> str:
@@ -162,7 +161,7 @@ def load_run_config(path: Optional[str], overrides: Optional[list[str]] = None) 
         raw = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(raw), OmegaConf.create(with_cli)), resolve=True)
     cfg = from_dict(RunConfig, raw, "")
     try:
-        tokenizer_dir = cfg.data_config().tokenizer_dir()
+        tokenizer_dir = cfg.data.tokenizer_dir()
     except FileNotFoundError:
         return cfg  # no tokenizer yet (shards not written): build_trainer checks the ids later
     return with_tokenizer_ids(cfg, tokenizer_dir, given=set((raw.get("model") or {}).keys()))

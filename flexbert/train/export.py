@@ -78,7 +78,7 @@ def export_to_hf(out_dir: str, run_dir: Optional[str] = None, checkpoint: Option
     tok_dir = tokenizer
     if tok_dir is None:
         try:
-            tok_dir = cfg.data_config().tokenizer_dir()
+            tok_dir = cfg.data.tokenizer_dir()
         except (FileNotFoundError, Exception):  # noqa: BLE001 - a model without tokenizer is still exportable
             tok_dir = None
     if tok_dir is not None:
