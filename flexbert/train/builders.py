@@ -44,12 +44,10 @@ class SetupError(RuntimeError):
 
 
 def resolve_device(cfg: RunConfig) -> str:
-    if cfg.device == "gpu":
-        if not torch.cuda.is_available():
-            raise SetupError("device: gpu was asked for but CUDA is not available")
-        return "gpu"
-    if cfg.device == "cpu":
-        return "cpu"
+    if cfg.device == "gpu" and not torch.cuda.is_available():
+        raise SetupError("device: gpu was asked for but CUDA is not available")
+    if cfg.device != "auto":
+        return cfg.device
     return "gpu" if torch.cuda.is_available() else "cpu"
 
 
@@ -250,7 +248,6 @@ def build_trainer(cfg: RunConfig, extra_callbacks: Optional[list] = None) -> Tra
     write_config(cfg)
     device = resolve_device(cfg)
     precision = resolve_precision(cfg, device)
-    run_dir = cfg.resolved_run_dir
     plan = plan_load(cfg)
 
     # Seed before building the model so initial weights follow the run's seed.
@@ -289,7 +286,7 @@ def build_trainer(cfg: RunConfig, extra_callbacks: Optional[list] = None) -> Tra
         device_train_microbatch_size=1,  # one packed row per microbatch (rows are fixed-size)
         seed=cfg.seed,
         callbacks=ordered,
-        loggers=build_loggers(cfg, run_dir),
+        loggers=build_loggers(cfg, cfg.resolved_run_dir),
         progress_bar=False,
         log_to_console=False,
         load_path=plan.path,
