@@ -19,7 +19,7 @@ from typing import Iterator, Optional
 
 import torch
 
-from flexbert.data.batch import batch_stats, packing_efficiency
+from flexbert.data.batch import batch_stats
 from flexbert.data.config import DataConfig
 from flexbert.data.documents import RankDocuments, build_dataset, resolve_world
 from flexbert.data.masking import MLMMasker
@@ -27,8 +27,6 @@ from flexbert.data.packing import BestFitPacker, make_row
 from flexbert.data.ragged import empty_state
 from flexbert.data.tokenizer import SpecialTokens
 from flexbert.data.warmup import BatchSizeWarmup, warmup_from_config
-
-__all__ = ["PackedLoader", "build_train_loader", "build_eval_loader", "has_eval", "packing_efficiency"]
 
 STATE_VERSION = 1
 
