@@ -10,14 +10,12 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from dataclasses import dataclass
+from typing import Any, Mapping
 
-from flexbert.registry import did_you_mean
+from flexbert.registry import ConfigError, unknown_choice
 
-
-class ConfigError(ValueError):
-    """A configuration is invalid; the message is one line naming the key."""
+__all__ = ["ConfigError", "FlexBertConfig", "from_dict", "to_dict", "load_yaml"]
 
 
 # --------------------------------------------------------------------------- generic loading
@@ -34,14 +32,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _coerce(value, arg, key)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                pass  # try the next member; the message below names them all
         raise ConfigError(
             f"{key}: expected {' or '.join(_type_name(a) for a in args)}, got {type(value).__name__} {value!r}"
         )
@@ -94,9 +91,7 @@ def from_dict(cls: type, data: Mapping[str, Any] | None, prefix: str = "") -> An
     for k in data:
         if k not in names:
             where = f"{prefix}.{k}" if prefix else str(k)
-            raise ConfigError(
-                f"unknown config key '{where}'{did_you_mean(k, names)}; valid keys here: {', '.join(names)}"
-            )
+            raise ConfigError(unknown_choice(None, "config key", k, names, valid="valid keys here", shown=where))
     kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
@@ -225,7 +220,7 @@ class FlexBertConfig:
             if not 0.0 <= getattr(self, key) < 1.0:
                 raise bad(key, f"must be in [0, 1), got {getattr(self, key)}")
         if self.classifier_pooling not in ("cls", "mean"):
-            raise bad("classifier_pooling", f"unknown pooling '{self.classifier_pooling}'; valid choices: cls, mean")
+            raise ConfigError(unknown_choice(f"{p}classifier_pooling", "pooling", self.classifier_pooling, ("cls", "mean")))
         if self.embedding == "sans_pos" and not self.rotary:
             raise bad("rotary", "sans_pos embeddings carry no position: enable rotary or use absolute_pos")
         # registry names: imported lazily so that config stays importable on its own

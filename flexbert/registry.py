@@ -12,6 +12,13 @@ from typing import Callable, Dict, Generic, Iterable, TypeVar
 T = TypeVar("T")
 
 
+class ConfigError(ValueError):
+    """A configuration is invalid; the message is one line naming the key.
+
+    Defined here, below both ``flexbert.config`` and ``flexbert.model.registries`` (which raise
+    it), so neither has to import the other."""
+
+
 class RegistryError(ValueError):
     """An unknown name was asked of a registry."""
 
@@ -19,6 +26,17 @@ class RegistryError(ValueError):
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def unknown_choice(key: str | None, kind: str, name: object, choices: Iterable[str],
+                   valid: str = "valid choices", shown: str | None = None) -> str:
+    """The one-line message for a name that is not among ``choices``, e.g.
+    ``model.norm: unknown norm 'rmsnrom' (did you mean 'rmsnorm'?); valid choices: layernorm, rmsnorm``
+    (``shown``: how to print the name, when not as compared, e.g. with its section in front)."""
+    choices = list(choices)
+    where = f"{key}: " if key else ""
+    label = name if shown is None else shown
+    return f"{where}unknown {kind} '{label}'{did_you_mean(str(name), choices)}; {valid}: {', '.join(choices)}"
 
 
 class Registry(Generic[T]):
@@ -37,11 +55,7 @@ class Registry(Generic[T]):
 
     def get(self, name: str, key: str | None = None) -> T:
         if name not in self._items:
-            where = f"{key}: " if key else ""
-            raise RegistryError(
-                f"{where}unknown {self.kind} '{name}'{did_you_mean(name, self._items)}; "
-                f"valid choices: {', '.join(self.choices)}"
-            )
+            raise RegistryError(unknown_choice(key, self.kind, name, self.choices))
         return self._items[name]
 
     def check(self, name: str, key: str | None = None) -> None:
@@ -50,9 +64,6 @@ class Registry(Generic[T]):
     @property
     def choices(self) -> list[str]:
         return sorted(self._items)
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._items
 
     def __repr__(self) -> str:
         return f"Registry({self.kind}: {', '.join(self.choices)})"

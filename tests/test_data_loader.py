@@ -19,7 +19,8 @@ import torch
 from data_fixtures.helpers import clean_shm, original_ids, small_tokenizer_dir, synthetic_docs, write_doc_shards
 from flexbert.config import ConfigError
 from flexbert.data.config import DataConfig
-from flexbert.data.loader import build_eval_loader, build_train_loader, packing_efficiency
+from flexbert.data.batch import packing_efficiency
+from flexbert.data.loader import build_eval_loader, build_train_loader
 from flexbert.data.tokenizer import SpecialTokens
 from flexbert.data.warmup import BatchSizeWarmup
 
@@ -278,7 +279,7 @@ RANK_SCRIPT = textwrap.dedent(
     b.load_state_dict(state)
     resumed = take(b, 60)  # crosses the epoch boundary (~{{steps}} steps per epoch)
     json.dump({{"ids": ids, "steps": steps, "resume_ok": resumed == ref[60:120], "skip": state["skip"],
-               "epoch": b._epoch}}, open(out, "w"))
+               "epoch": b.docs.epoch}}, open(out, "w"))
     dist.destroy_process_group()
     """
 )

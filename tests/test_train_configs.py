@@ -54,3 +54,39 @@ def test_inherit_and_cross_field_checks(tmp_path):
         load_run_config(str(child), ["max_duration=0.5dur"])
     with pytest.raises(ConfigError, match="data.microbatch_size"):
         load_run_config(str(child), ["data.microbatch_size=0"])
+
+
+def test_special_ids_come_from_the_tokenizer(data, tmp_path):
+    """tiny.yaml names no special ids: they are read from the data's tokenizer ([PAD] 0 .. [MASK] 4)."""
+    from flexbert.data.tokenizer import SpecialTokens
+
+    special = SpecialTokens.from_dir(os.path.join(data, "tokenizer"))
+    cfg = load_run_config(os.path.join(ROOT, "configs", "tiny.yaml"), [f"data.local={data}"])
+    m = cfg.model
+    assert (m.pad_token_id, m.cls_token_id, m.sep_token_id, m.mask_token_id) == (
+        special.pad_id, special.cls_id, special.sep_id, special.mask_id) == (0, 2, 3, 4)
+
+
+def test_special_id_mismatch_is_one_clear_line(data, tmp_path):
+    tiny = os.path.join(ROOT, "configs", "tiny.yaml")
+    with pytest.raises(ConfigError) as e:
+        load_run_config(tiny, [f"data.local={data}", "model.mask_token_id=7"])
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("model.mask_token_id: 7 disagrees with the tokenizer at ")
+    assert msg.endswith("([MASK] = 4); set it to 4 or leave it out"), msg
+    with pytest.raises(ConfigError, match=r"^model.vocab_size: 512 is smaller than the tokenizer's vocabulary \(1024 at "):
+        load_run_config(tiny, [f"data.local={data}", "model.vocab_size=512"])
+
+
+def test_train_py_reports_a_special_id_mismatch_in_one_line(data, tmp_path):
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), os.path.join(ROOT, "configs", "tiny.yaml"),
+                          f"data.local={data}", "model.pad_token_id=1", "--print-config"],
+                         capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=300)
+    assert out.returncode == 2 and out.stdout == ""
+    lines = out.stderr.strip().splitlines()
+    assert lines == [f"error: model.pad_token_id: 1 disagrees with the tokenizer at {data}/tokenizer "
+                     "([PAD] = 0); set it to 0 or leave it out"], out.stderr

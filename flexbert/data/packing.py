@@ -27,7 +27,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-Doc = tuple[np.ndarray, int]  # (token ids, document id)
+from flexbert.data.ragged import Doc, docs_from_state, docs_to_state
 
 
 class BestFitPacker:
@@ -110,23 +110,16 @@ class BestFitPacker:
 
     # ----------------------------------------------------------------- state
     def state_dict(self) -> dict:
-        """The buffered documents in arrival order, as tensors (``torch.load(weights_only=True)``
-        accepts them); re-adding them in that order rebuilds the same buckets and arrival order."""
+        """The buffered documents in arrival order (flexbert/data/ragged.py); re-adding them in
+        that order rebuilds the same buckets and arrival order."""
         docs = sorted((d for b in self._buckets.values() for d in b), key=lambda d: d[0])
-        return {
-            "tokens": torch.from_numpy(np.concatenate([d[1] for d in docs]).astype(np.int32)) if docs else torch.zeros(0, dtype=torch.int32),
-            "lengths": torch.tensor([len(d[1]) for d in docs], dtype=torch.int32),
-            "doc_ids": torch.tensor([d[2] for d in docs], dtype=torch.int64),
-        }
+        return docs_to_state([(d[1], d[2]) for d in docs])
 
     def load_state_dict(self, state: dict) -> None:
         self._buckets, self._lengths, self._arrivals = {}, [], deque()
         self._seq = self._count = self._tokens = 0
-        tokens = state["tokens"].numpy().astype(np.int64)
-        pos = 0
-        for n, doc_id in zip(state["lengths"].tolist(), state["doc_ids"].tolist()):
-            self.add(tokens[pos : pos + n], doc_id)
-            pos += n
+        for ids, doc_id in docs_from_state(state):
+            self.add(ids, doc_id)
 
 
 def make_row(docs: list[Doc], row_tokens: int, max_seq_len: int, pad_id: int) -> dict:

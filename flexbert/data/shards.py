@@ -26,14 +26,15 @@ import os
 import shutil
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import numpy as np
 
+from flexbert.data.ragged import wrapped_chunks
+from flexbert.data.shard_stats import SPLITS, ShardStats, check_stats
 from flexbert.data.sources import InputError, expand_inputs, iter_documents
 
-SPLITS = ("train", "validation")
 
 
 class OutputError(ValueError):
@@ -119,30 +120,14 @@ def _encode_task(task: tuple[list[str], list[int]]) -> tuple[np.ndarray, list[tu
         dropped = 0
         if _W["truncate"] and len(body) > cap:
             dropped, body = len(body) - cap, body[:cap]
-        lengths = []
-        for s in range(0, len(body), cap):
-            piece = body[s : s + cap]
-            pieces += [pre, piece, post]
-            lengths.append(npre + len(piece) + npost)
-        meta.append((split, lengths, dropped))
+        chunks = wrapped_chunks(body, cap, pre, post)
+        pieces += chunks
+        meta.append((split, [len(c) for c in chunks], dropped))
     flat = np.concatenate(pieces).astype(_W["dtype"]) if pieces else np.zeros(0, _W["dtype"])
     return flat, meta
 
 
 # --------------------------------------------------------------------------- main side
-@dataclass
-class _Stats:
-    inputs: list = field(default_factory=list)
-    documents_read: int = 0
-    documents_written: int = 0
-    documents_chunked: int = 0
-    documents_truncated: int = 0
-    documents_with_replaced_bytes: int = 0
-    tokens_truncated: int = 0
-    skipped: dict = field(default_factory=lambda: {"empty": 0, "no_tokens": 0})
-    splits: dict = field(default_factory=lambda: {s: {"documents": 0, "samples": 0, "tokens": 0} for s in SPLITS})
-
-
 def _prepare_out(out: str, overwrite: bool) -> None:
     if os.path.exists(out) and not os.path.isdir(out):
         raise OutputError(f"{out}: exists and is not a directory")
@@ -156,7 +141,7 @@ def _prepare_out(out: str, overwrite: bool) -> None:
     os.makedirs(out, exist_ok=True)
 
 
-def _tasks(files: list[tuple[str, int]], opts: ShardOptions, stats: _Stats) -> Iterator[tuple[list[str], list[int]]]:
+def _tasks(files: list[tuple[str, int]], opts: ShardOptions, stats: ShardStats) -> Iterator[tuple[list[str], list[int]]]:
     """Batches of non-empty texts for the workers; empty documents are counted here."""
     texts: list[str] = []
     forced: list[int] = []
@@ -206,23 +191,8 @@ def _results(tasks: Iterable, tokenizer_dir: str, opts: ShardOptions, tok=None) 
             yield pending.popleft().get()
 
 
-def tokenize_to_mds(
-    inputs: list[str], tokenizer_dir: str, out: str, opts: ShardOptions, val_inputs: list[str] | None = None
-) -> dict:
-    """Write MDS shards + stats.json; returns the stats.  Raises InputError / OutputError."""
-    from flexbert.data.tokenizer import SpecialTokens, load_tokenizer
-
-    opts.validate()
-    t0 = time.time()
-    tok = load_tokenizer(tokenizer_dir)
-    special = SpecialTokens.from_tokenizer(tok)
-    dtype = "uint16" if special.vocab_size <= 1 << 16 else "uint32"
-    files = [(p, -1) for p in expand_inputs(inputs)] + [(p, 1) for p in expand_inputs(val_inputs or [])]
-    if not files:
-        raise InputError("no input files given")
-    _prepare_out(out, opts.overwrite)
-
-    stats = _Stats()
+def _write(results: Iterable, out: str, dtype: str, opts: ShardOptions, stats: ShardStats) -> None:
+    """Encoded documents -> one MDSWriter per split; removes what it wrote if anything fails."""
     writers: dict = {}
     columns = {"input_ids": f"ndarray:{dtype}", "length": "uint32"}
     bar = None
@@ -232,7 +202,7 @@ def tokenize_to_mds(
         bar = tqdm(unit=" docs", desc="tokenize", dynamic_ncols=True, mininterval=0.5)
     ok = False
     try:
-        for flat, meta in _results(_tasks(files, opts, stats), tokenizer_dir, opts, tok):
+        for flat, meta in results:
             pos = 0
             for split, lengths, dropped in meta:
                 if not lengths:
@@ -249,24 +219,12 @@ def tokenize_to_mds(
                 for n in lengths:
                     w.write({"input_ids": flat[pos : pos + n], "length": n})
                     pos += n
-                s = stats.splits[name]
-                s["documents"] += 1
-                s["samples"] += len(lengths)
-                s["tokens"] += sum(lengths)
-                stats.documents_written += 1
-                stats.documents_chunked += len(lengths) > 1
-                stats.documents_truncated += dropped > 0
-                stats.tokens_truncated += dropped
+                stats.add(name, lengths, dropped)
             if bar is not None:
                 bar.update(len(meta))
-                bar.set_postfix(tokens=sum(s["tokens"] for s in stats.splits.values()), refresh=False)
+                bar.set_postfix(tokens=stats.tokens(), refresh=False)
         for w in writers.values():
             w.finish()
-        if stats.documents_written == 0:
-            raise InputError(
-                f"no documents to write: {len(files)} input file(s), {stats.documents_read} document(s) read, "
-                f"all empty ({stats.skipped['empty']} empty, {stats.skipped['no_tokens']} without tokens)"
-            )
         ok = True
     finally:
         if bar is not None:
@@ -275,31 +233,33 @@ def tokenize_to_mds(
             for name in writers:
                 shutil.rmtree(os.path.join(out, name), ignore_errors=True)
 
+
+def tokenize_to_mds(
+    inputs: list[str], tokenizer_dir: str, out: str, opts: ShardOptions, val_inputs: list[str] | None = None
+) -> dict:
+    """Write MDS shards + stats.json; returns the stats.  Raises InputError / OutputError."""
+    from flexbert.data.tokenizer import SpecialTokens, load_tokenizer
+
+    opts.validate()
+    t0 = time.time()
+    tok = load_tokenizer(tokenizer_dir)
+    special = SpecialTokens.from_tokenizer(tok)
+    dtype = "uint16" if special.vocab_size <= 1 << 16 else "uint32"
+    files = [(p, -1) for p in expand_inputs(inputs)] + [(p, 1) for p in expand_inputs(val_inputs or [])]
+    if not files:
+        raise InputError("no input files given")
+    _prepare_out(out, opts.overwrite)
+
+    stats = ShardStats()
+    _write(_results(_tasks(files, opts, stats), tokenizer_dir, opts, tok), out, dtype, opts, stats)
+    if stats.documents_written == 0:
+        raise InputError(
+            f"no documents to write: {len(files)} input file(s), {stats.documents_read} document(s) read, "
+            f"all empty ({stats.skipped['empty']} empty, {stats.skipped['no_tokens']} without tokens)"
+        )
+
     _copy_tokenizer(tokenizer_dir, os.path.join(out, "tokenizer"))
-    elapsed = time.time() - t0
-    tokens = sum(s["tokens"] for s in stats.splits.values())
-    result = {
-        "inputs": stats.inputs,
-        "documents_read": stats.documents_read,
-        "documents_written": stats.documents_written,
-        "documents_skipped": dict(stats.skipped),
-        "documents_chunked": stats.documents_chunked,
-        "documents_truncated": stats.documents_truncated,
-        "documents_with_replaced_bytes": stats.documents_with_replaced_bytes,
-        "samples_written": sum(s["samples"] for s in stats.splits.values()),
-        "tokens_written": tokens,
-        "tokens_truncated": stats.tokens_truncated,
-        "splits": stats.splits,
-        "max_seq_len": opts.max_seq_len,
-        "dtype": dtype,
-        "vocab_size": special.vocab_size,
-        "special_ids": {"cls": special.cls_id, "sep": special.sep_id, "pad": special.pad_id, "mask": special.mask_id},
-        "val_fraction": opts.val_fraction,
-        "truncate": opts.truncate,
-        "workers": opts.workers,
-        "elapsed_s": round(elapsed, 3),
-        "tokens_per_s": round(tokens / max(elapsed, 1e-9), 1),
-    }
+    result = stats.report(opts, special, dtype, time.time() - t0)
     check_stats(result)
     with open(os.path.join(out, "stats.json"), "w") as f:
         json.dump(result, f, indent=2)
@@ -315,15 +275,3 @@ def _copy_tokenizer(src: str, dst: str) -> None:
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         if os.path.isfile(os.path.join(src, name)):
             shutil.copyfile(os.path.join(src, name), os.path.join(dst, name))
-
-
-def check_stats(s: dict) -> None:
-    """The invariants stats.json promises: every document read is written or skipped for a reason."""
-    skipped = sum(s["documents_skipped"].values())
-    assert s["documents_read"] == s["documents_written"] + skipped, "documents read != written + skipped"
-    assert s["documents_read"] == sum(i["documents"] for i in s["inputs"]), "per-file counts do not add up"
-    sp = s["splits"].values()
-    assert s["documents_written"] == sum(x["documents"] for x in sp), "split documents do not add up"
-    assert s["samples_written"] == sum(x["samples"] for x in sp), "split samples do not add up"
-    assert s["tokens_written"] == sum(x["tokens"] for x in sp), "split tokens do not add up"
-    assert s["samples_written"] >= s["documents_written"], "fewer samples than documents"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 
-from flexbert.registry import Registry, RegistryError
+from flexbert.registry import ConfigError, Registry, RegistryError
 
 NORMS = Registry("norm")
 ACTIVATIONS = Registry("activation")
@@ -48,8 +48,6 @@ def check_names(config, prefix: str = "") -> None:
     ``prefix`` is where the config sits in the full config ("model" or "model."), so the message
     names the full key, e.g. ``model.norm: unknown norm 'rmsnrom' (did you mean 'rmsnorm'?); ...``.
     """
-    from flexbert.config import ConfigError
-
     load_all()
     if prefix and not prefix.endswith("."):
         prefix += "."

@@ -13,15 +13,28 @@ In every case the configured optimizer hyper-parameters override the loaded ones
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
+import yaml
+from composer import Trainer
+from composer.core import Evaluator
+from composer.utils import reproducibility
 
-from flexbert.config import ConfigError
-from flexbert.train.config import RunConfig
+from flexbert.data import loader as data_loader
+from flexbert.train import callbacks as cb
+from flexbert.train.checkpointing import AtomicCheckpointSaver, checkpoint_problem, find_resume_checkpoint
+from flexbert.train.composer_model import flexbert_data_spec
+from flexbert.train.config import RunConfig, as_plain_dict, tokenizer_mismatch
+from flexbert.train.flops import body_flops_per_token, head_flops_per_prediction
+from flexbert.train.loggers import ConsoleLogger, JSONLLogger
+from flexbert.train.optim import build_optimizer
+from flexbert.train.quiet import quiet_known_warnings
+from flexbert.train.schedulers import build_scheduler, to_composer_time
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +44,10 @@ class SetupError(RuntimeError):
 
 
 def resolve_device(cfg: RunConfig) -> str:
-    if cfg.device == "gpu":
-        if not torch.cuda.is_available():
-            raise SetupError("device: gpu was asked for but CUDA is not available")
-        return "gpu"
-    if cfg.device == "cpu":
-        return "cpu"
+    if cfg.device == "gpu" and not torch.cuda.is_available():
+        raise SetupError("device: gpu was asked for but CUDA is not available")
+    if cfg.device != "auto":
+        return cfg.device
     return "gpu" if torch.cuda.is_available() else "cpu"
 
 
@@ -91,12 +102,8 @@ def load_initial_weights(model, path: str) -> None:
 
 def build_loaders(cfg: RunConfig):
     """(train loader, eval loader or None) from the data section."""
-    from flexbert.data import loader as data_loader
-
-    data_cfg = cfg.data_config()
+    data_cfg = cfg.data
     if cfg.callbacks.audit_doc_ids:
-        import dataclasses
-
         data_cfg = dataclasses.replace(data_cfg, return_doc_ids=True)
     if not data_cfg.remote and not os.path.isdir(data_cfg.local):
         raise SetupError(f"data.local: folder {data_cfg.local} does not exist (write shards with data_prep/tokenize_to_mds.py)")
@@ -105,6 +112,9 @@ def build_loaders(cfg: RunConfig):
         evaluation = data_loader.build_eval_loader(data_cfg) if data_loader.has_eval(data_cfg) else None
     except FileNotFoundError as e:
         raise SetupError(f"data: {e}") from None
+    problem = tokenizer_mismatch(cfg.model, train.special, data_cfg.tokenizer_dir())
+    if problem:
+        raise SetupError(problem)
     return train, evaluation
 
 
@@ -124,8 +134,6 @@ class LoadPlan:
 
 
 def plan_load(cfg: RunConfig) -> LoadPlan:
-    from flexbert.train.checkpointing import checkpoint_problem, find_resume_checkpoint
-
     folder = cfg.resolved_save_folder
     if cfg.autoresume and folder:
         found = find_resume_checkpoint(folder)
@@ -173,10 +181,6 @@ def write_config(cfg: RunConfig) -> None:
     """Save the resolved config as {run_dir}/config.yaml (rank 0): what ran, and what export reads."""
     if int(os.environ.get("RANK", "0")) != 0:
         return
-    import yaml
-
-    from flexbert.train.config import as_plain_dict
-
     os.makedirs(cfg.resolved_run_dir, exist_ok=True)
     tmp = os.path.join(cfg.resolved_run_dir, ".config.yaml.tmp")
     with open(tmp, "w") as f:
@@ -185,17 +189,13 @@ def write_config(cfg: RunConfig) -> None:
 
 
 def build_loggers(cfg: RunConfig, run_dir: str) -> list:
-    from flexbert.train.callbacks import ConsoleLogger, JSONLLogger
-
     loggers: list = []
     if cfg.loggers.console:
         loggers.append(ConsoleLogger(cfg.loggers.console_interval))
     if cfg.loggers.jsonl:
         loggers.append(JSONLLogger(os.path.join(run_dir, "metrics.jsonl")))
     if cfg.loggers.wandb:
-        from composer.loggers import WandBLogger
-
-        from flexbert.train.config import as_plain_dict
+        from composer.loggers import WandBLogger  # only when asked for: imports wandb
 
         loggers.append(
             WandBLogger(
@@ -208,60 +208,24 @@ def build_loggers(cfg: RunConfig, run_dir: str) -> list:
     return loggers
 
 
-def _quiet_known_warnings() -> None:
-    import warnings
-
-    # ScheduleStepper steps at BATCH_START, before the first optimizer.step(): intended.
-    warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
-    warnings.filterwarnings("ignore", message=r".*is not in the state_dict. Its state will not be restored")
-
-
-def build_trainer(cfg: RunConfig, extra_callbacks: Optional[list] = None) -> TrainRun:
-    from composer import Trainer
-    from composer.core import Evaluator
-
-    from flexbert.train import callbacks as cb
-    from flexbert.train.checkpointing import AtomicCheckpointSaver
-    from flexbert.train.composer_model import flexbert_data_spec
-    from flexbert.train.flops import body_flops_per_token, head_flops_per_prediction
-    from flexbert.train.optim import build_optimizer
-    from flexbert.train.schedulers import build_scheduler, to_composer_time
-
-    _quiet_known_warnings()
-    write_config(cfg)
-    device = resolve_device(cfg)
-    precision = resolve_precision(cfg, device)
-    run_dir = cfg.resolved_run_dir
-    plan = plan_load(cfg)
-
-    # Seed before building the model so initial weights follow the run's seed.
-    from composer.utils import reproducibility
-
-    reproducibility.seed_all(cfg.seed)
-    model = build_model(cfg)
-    if cfg.init_from:
-        load_initial_weights(model, cfg.init_from)
-    optimizer = build_optimizer(model, cfg.optimizer, on_cuda=device == "gpu")
-    scheduler = build_scheduler(cfg.scheduler)
-    train_loader, eval_loader = build_loaders(cfg)
-    data_cfg = cfg.data_config()
-
-    callbacks: dict[str, Any] = {}
-    callbacks["schedule"] = cb.ScheduleStepper()
-    callbacks["resume"] = cb.ExactResume(train_loader)
-    callbacks["phase"] = cb.PhaseOverride(cfg.optimizer)
+def build_callbacks(cfg: RunConfig, train_loader, extra: Optional[list] = None) -> tuple[dict, list, Any]:
+    """(callbacks by name, callbacks in event order, checkpoint saver or None)."""
+    callbacks: dict[str, Any] = {
+        "schedule": cb.ScheduleStepper(),
+        "resume": cb.ExactResume(train_loader),
+        "phase": cb.PhaseOverride(cfg.optimizer),
+    }
     saver = None
     if cfg.resolved_save_folder:
         saver = AtomicCheckpointSaver(cfg.resolved_save_folder, to_composer_time(cfg.save_interval, "save_interval"),
                                       cfg.save_num_to_keep)
         callbacks["saver"] = saver
-    seq_len = int(getattr(data_cfg, "max_seq_len", 1024))
     callbacks["metrics"] = cb.RunMetrics(
         lr=cfg.callbacks.lr_monitor,
         packing=cfg.callbacks.packing_efficiency,
         throughput=cfg.callbacks.throughput,
         window=cfg.callbacks.throughput_window,
-        flops_per_token_body=body_flops_per_token(cfg.model, seq_len),
+        flops_per_token_body=body_flops_per_token(cfg.model, cfg.data.max_seq_len),
         flops_per_prediction=head_flops_per_prediction(cfg.model),
         sparse_head=cfg.model.sparse_prediction,
         peak_flops=cfg.callbacks.peak_flops,
@@ -274,9 +238,27 @@ def build_trainer(cfg: RunConfig, extra_callbacks: Optional[list] = None) -> Tra
     if saver is not None:
         ordered.append(saver)
     if cfg.callbacks.audit_doc_ids:
-        callbacks["audit"] = cb.DocAudit(os.path.join(run_dir, "doc_ids"))
+        callbacks["audit"] = cb.DocAudit(os.path.join(cfg.resolved_run_dir, "doc_ids"))
         ordered.append(callbacks["audit"])
-    ordered += list(extra_callbacks or [])
+    return callbacks, ordered + list(extra or []), saver
+
+
+def build_trainer(cfg: RunConfig, extra_callbacks: Optional[list] = None) -> TrainRun:
+    quiet_known_warnings()
+    write_config(cfg)
+    device = resolve_device(cfg)
+    precision = resolve_precision(cfg, device)
+    plan = plan_load(cfg)
+
+    # Seed before building the model so initial weights follow the run's seed.
+    reproducibility.seed_all(cfg.seed)
+    model = build_model(cfg)
+    if cfg.init_from:
+        load_initial_weights(model, cfg.init_from)
+    optimizer = build_optimizer(model, cfg.optimizer, on_cuda=device == "gpu")
+    scheduler = build_scheduler(cfg.scheduler)
+    train_loader, eval_loader = build_loaders(cfg)
+    callbacks, ordered, saver = build_callbacks(cfg, train_loader, extra_callbacks)
 
     evaluators = None
     if eval_loader is not None:
@@ -304,7 +286,7 @@ def build_trainer(cfg: RunConfig, extra_callbacks: Optional[list] = None) -> Tra
         device_train_microbatch_size=1,  # one packed row per microbatch (rows are fixed-size)
         seed=cfg.seed,
         callbacks=ordered,
-        loggers=build_loggers(cfg, run_dir),
+        loggers=build_loggers(cfg, cfg.resolved_run_dir),
         progress_bar=False,
         log_to_console=False,
         load_path=plan.path,

@@ -8,10 +8,10 @@ shows the traceback instead.  Exit codes: 2 bad config/usage, 3 diverged, 1 anyt
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
-import warnings
+
+from flexbert.train.quiet import quiet_known_warnings
 
 USAGE = "usage: train.py CONFIG.yaml [key=value ...] [--debug] [--print-config]"
 
@@ -19,21 +19,7 @@ USAGE = "usage: train.py CONFIG.yaml [key=value ...] [--debug] [--print-config]"
 def _quiet_third_party() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("WANDB_MODE", "offline")
-    logging.getLogger("composer").setLevel(logging.WARNING)
-    logging.getLogger("streaming").setLevel(logging.ERROR)
-    # Known, harmless notices from dependencies; our own warnings stay visible.
-    for pattern in (
-        r".*torch.cuda.amp.*",
-        r".*Cannot split.*",
-        r".*The `compile_config` argument.*",
-        r".*No batches were trained.*",
-        r".*is not in the state_dict. Its state will not be restored.*",
-        r".*TypedStorage is deprecated.*",
-        r".*Setting torch.backends.*",
-        r".*device_train_microbatch_size.*",
-        r".*sampler.*",
-    ):
-        warnings.filterwarnings("ignore", message=pattern)
+    quiet_known_warnings()
 
 
 def _rank() -> int:
@@ -50,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = [a for a in argv if a != "--print-config"]
     if argv and argv[0] in ("-h", "--help"):
         print(USAGE)
-        print(__doc__.strip().splitlines()[2].strip() if __doc__ else "")
+        print(__doc__.split("\n\n", 1)[1].strip())  # the whole paragraph, never a cut line
         return 0
     unknown_flags = [a for a in argv if a.startswith("--")]
     if unknown_flags:
@@ -61,8 +47,6 @@ def main(argv: list[str] | None = None) -> int:
 
     _quiet_third_party()
     try:
-        from flexbert.config import ConfigError
-        from flexbert.registry import RegistryError
         from flexbert.train.config import as_plain_dict, load_run_config
 
         cfg = load_run_config(config_path, overrides)

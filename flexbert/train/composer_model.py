@@ -19,6 +19,7 @@ from composer.models import ComposerModel
 from torchmetrics import Metric
 
 from flexbert.config import FlexBertConfig
+from flexbert.data.batch import num_masked, num_real_tokens, rows_of
 from flexbert.data.masking import IGNORE_INDEX
 
 ROW_TENSOR_KEYS = ("input_ids", "labels", "cu_seqlens")
@@ -118,29 +119,15 @@ class FlexBertMLM(ComposerModel):
 
 
 # --------------------------------------------------------------------------- data spec
+# "Microbatch" means one thing in FlexBERT: one packed row, i.e. one forward/backward.  A row holds
+# ``data.microbatch_size`` sequences' worth of tokens (``row_tokens``), and Composer's
+# ``device_train_microbatch_size`` / ``device_eval_microbatch_size`` are therefore always 1 (row).
 def split_rows(batch: dict[str, Any], microbatch_size: int | float | None = None) -> Sequence[dict]:
-    """The rows of a device batch are its microbatches (their size is fixed by the loader)."""
-    return list(batch["rows"]) if "rows" in batch else [batch]
-
-
-def _rows(batch: dict[str, Any]) -> list[dict]:
-    return batch["rows"] if "rows" in batch else [batch]
-
-
-def num_masked(batch: dict[str, Any]) -> int:
-    total = 0
-    for row in _rows(batch):
-        n = row.get("num_masked")
-        total += int(n) if n is not None else int((row["labels"] != IGNORE_INDEX).sum())
-    return total
-
-
-def num_real_tokens(batch: dict[str, Any]) -> int:
-    total = 0
-    for row in _rows(batch):
-        n = row.get("num_tokens")
-        total += int(n) if n is not None else int(row["cu_seqlens"][-1])
-    return total
+    """The rows of a device batch are its microbatches; ``microbatch_size`` counts rows and must be 1."""
+    if microbatch_size not in (None, 1):
+        raise ValueError(f"device microbatch size must be 1 (one packed row per microbatch), got {microbatch_size}; "
+                         "set data.microbatch_size for sequences per row")
+    return rows_of(batch)
 
 
 def flexbert_data_spec(dataloader) -> DataSpec:
@@ -151,13 +138,6 @@ def flexbert_data_spec(dataloader) -> DataSpec:
         get_num_samples_in_batch=num_masked,
         get_num_tokens_in_batch=lambda b: {"total": num_real_tokens(b), "loss_generating": num_masked(b)},
     )
-
-
-def packing_efficiency(batch: dict[str, Any]) -> float:
-    """Real tokens / token budget over the rows of a batch."""
-    rows = _rows(batch)
-    budget = sum(int(r["input_ids"].numel()) for r in rows)
-    return num_real_tokens(batch) / budget if budget else 0.0
 
 
 def perplexity(loss: float) -> float:

@@ -8,11 +8,14 @@ and impossible values with one line naming the key.  The ``model`` section is
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from flexbert.config import ConfigError, FlexBertConfig, from_dict, load_yaml
+from flexbert.config import FlexBertConfig, from_dict, load_yaml
+from flexbert.data.config import DataConfig
+from flexbert.registry import ConfigError, unknown_choice
 from flexbert.train.optim import OptimizerConfig
 from flexbert.train.schedulers import build_scheduler, parse_time
 
@@ -62,7 +65,7 @@ class RunConfig:
     seed: int = 17
 
     model: FlexBertConfig = field(default_factory=FlexBertConfig)
-    data: dict = field(default_factory=dict)  # validated into flexbert.data.config.DataConfig
+    data: DataConfig = field(default_factory=DataConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: dict = field(default_factory=lambda: {"name": "constant_with_warmup"})
 
@@ -93,9 +96,7 @@ class RunConfig:
         for key, choices in (("precision", PRECISIONS), ("device", DEVICES), ("compile", COMPILE)):
             value = getattr(self, key)
             if value not in choices:
-                from flexbert.registry import did_you_mean
-
-                raise ConfigError(f"{key}: unknown value '{value}'{did_you_mean(value, choices)}; valid choices: {', '.join(choices)}")
+                raise ConfigError(unknown_choice(key, "value", value, choices))
         _, unit = parse_time(self.max_duration, "max_duration")
         if unit == "dur":
             raise ConfigError("max_duration: must be in tok, ba, sp or ep, not a fraction")
@@ -112,13 +113,11 @@ class RunConfig:
         elif self.init_from:
             raise ConfigError("init_from and load_path both give initial weights: set only one")
         build_scheduler(self.scheduler)  # validates the name and its arguments
-        self.data_config()  # validates the data section
 
     # ----------------------------------------------------------------- derived values
-    def data_config(self):
-        from flexbert.data.config import DataConfig
-
-        return from_dict(DataConfig, self.data, "data")
+    def data_config(self) -> DataConfig:
+        """The data section (typed since loading; kept for callers written against the dict form)."""
+        return self.data
 
     @property
     def resolved_run_dir(self) -> str:
@@ -160,7 +159,44 @@ def load_run_config(path: Optional[str], overrides: Optional[list[str]] = None) 
     if overrides:
         with_cli = load_yaml(None, overrides)
         raw = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(raw), OmegaConf.create(with_cli)), resolve=True)
-    return from_dict(RunConfig, raw, "")
+    cfg = from_dict(RunConfig, raw, "")
+    try:
+        tokenizer_dir = cfg.data.tokenizer_dir()
+    except FileNotFoundError:
+        return cfg  # no tokenizer yet (shards not written): build_trainer checks the ids later
+    return with_tokenizer_ids(cfg, tokenizer_dir, given=set((raw.get("model") or {}).keys()))
+
+
+# The model's special-token ids come from the tokenizer (the one source of truth): a config that
+# leaves them out gets the tokenizer's; one that sets them must agree with it.
+SPECIAL_ID_FIELDS = {"pad_token_id": ("pad_id", "[PAD]"), "cls_token_id": ("cls_id", "[CLS]"),
+                     "sep_token_id": ("sep_id", "[SEP]"), "mask_token_id": ("mask_id", "[MASK]")}
+
+
+def tokenizer_mismatch(model: FlexBertConfig, special, tokenizer_dir: str) -> Optional[str]:
+    """One line naming the first model.* key that disagrees with the tokenizer, or None."""
+    for key, (attr, token) in SPECIAL_ID_FIELDS.items():
+        if getattr(model, key) != getattr(special, attr):
+            return (f"model.{key}: {getattr(model, key)} disagrees with the tokenizer at {tokenizer_dir} "
+                    f"({token} = {getattr(special, attr)}); set it to {getattr(special, attr)} or leave it out")
+    if model.vocab_size < special.vocab_size:
+        return (f"model.vocab_size: {model.vocab_size} is smaller than the tokenizer's vocabulary "
+                f"({special.vocab_size} at {tokenizer_dir})")
+    return None
+
+
+def with_tokenizer_ids(cfg: RunConfig, tokenizer_dir: str, given: set[str]) -> RunConfig:
+    """``cfg`` with the model ids the config left out taken from the tokenizer; ConfigError when
+    a given id (or the vocabulary size) disagrees with it."""
+    from flexbert.data.tokenizer import SpecialTokens
+
+    special = SpecialTokens.from_dir(tokenizer_dir)
+    filled = {k: getattr(special, attr) for k, (attr, _) in SPECIAL_ID_FIELDS.items() if k not in given}
+    model = dataclasses.replace(cfg.model, **filled)
+    problem = tokenizer_mismatch(model, special, tokenizer_dir)
+    if problem:
+        raise ConfigError(problem)
+    return dataclasses.replace(cfg, model=model)
 
 
 def as_plain_dict(cfg: RunConfig) -> dict:

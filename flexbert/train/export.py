@@ -19,12 +19,15 @@ class ExportError(RuntimeError):
     """One-line reason an export cannot be done."""
 
 
-def newest_checkpoint(run_dir: str) -> str:
+def newest_checkpoint(run_dir: str, save_folder: Optional[str] = None) -> str:
+    """The newest intact checkpoint of a run: in its ``save_folder`` when it set one, else in
+    ``{run_dir}/checkpoints``."""
     from flexbert.train.checkpointing import find_resume_checkpoint
 
-    path = find_resume_checkpoint(os.path.join(run_dir, "checkpoints"))
+    folder = save_folder or os.path.join(run_dir, "checkpoints")
+    path = find_resume_checkpoint(folder)
     if path is None:
-        raise ExportError(f"no intact checkpoint in {os.path.join(run_dir, 'checkpoints')}")
+        raise ExportError(f"no intact checkpoint in {folder}")
     return path
 
 
@@ -54,16 +57,16 @@ def export_to_hf(out_dir: str, run_dir: Optional[str] = None, checkpoint: Option
     from flexbert.model.model import FlexBertForMaskedLM
     from flexbert.train.config import load_run_config
 
-    if checkpoint is None:
-        if run_dir is None:
-            raise ExportError("give a run folder or a checkpoint")
-        checkpoint = newest_checkpoint(run_dir)
+    if checkpoint is None and run_dir is None:
+        raise ExportError("give a run folder or a checkpoint")
     if config is None:
         base = run_dir or os.path.dirname(os.path.dirname(os.path.abspath(checkpoint)))
         config = os.path.join(base, "config.yaml")
     if not os.path.exists(config):
         raise ExportError(f"run config {config} not found (pass --config)")
     cfg = load_run_config(config)
+    if checkpoint is None:
+        checkpoint = newest_checkpoint(run_dir, cfg.save_folder)
     model = FlexBertForMaskedLM(cfg.model)
     state = checkpoint_model_state(checkpoint)
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -75,7 +78,7 @@ def export_to_hf(out_dir: str, run_dir: Optional[str] = None, checkpoint: Option
     tok_dir = tokenizer
     if tok_dir is None:
         try:
-            tok_dir = cfg.data_config().tokenizer_dir()
+            tok_dir = cfg.data.tokenizer_dir()
         except (FileNotFoundError, Exception):  # noqa: BLE001 - a model without tokenizer is still exportable
             tok_dir = None
     if tok_dir is not None:

@@ -16,7 +16,7 @@ from typing import Optional
 
 import torch
 
-from flexbert.config import ConfigError
+from flexbert.registry import ConfigError, unknown_choice
 
 OPTIMIZERS = ("stable_adamw", "adamw")
 
@@ -35,12 +35,7 @@ class OptimizerConfig:
 
     def validate(self, prefix: str = "optimizer") -> None:
         if self.name not in OPTIMIZERS:
-            from flexbert.registry import did_you_mean
-
-            raise ConfigError(
-                f"{prefix}.name: unknown optimizer '{self.name}'{did_you_mean(self.name, OPTIMIZERS)}; "
-                f"valid choices: {', '.join(OPTIMIZERS)}"
-            )
+            raise ConfigError(unknown_choice(f"{prefix}.name", "optimizer", self.name, OPTIMIZERS))
         if self.lr < 0:
             raise ConfigError(f"{prefix}.lr: must be >= 0, got {self.lr}")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):

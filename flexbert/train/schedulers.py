@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Mapping
 
 from flexbert.config import ConfigError, from_dict
-from flexbert.registry import Registry
+from flexbert.registry import Registry, unknown_choice
 
 SCHEDULERS: Registry = Registry("scheduler")
 
@@ -120,12 +120,7 @@ def decay_value(shape: str, frac: float, alpha_f: float) -> float:
 
 def _check_shape(shape: str) -> None:
     if shape not in DECAY_SHAPES:
-        from flexbert.registry import did_you_mean
-
-        raise ConfigError(
-            f"scheduler.decay_shape: unknown shape '{shape}'{did_you_mean(shape, DECAY_SHAPES)}; "
-            f"valid choices: {', '.join(DECAY_SHAPES)}"
-        )
+        raise ConfigError(unknown_choice("scheduler.decay_shape", "shape", shape, DECAY_SHAPES))
 
 
 def _check_times(**times: str) -> None:

@@ -1,0 +1,271 @@
+"""Documents per rank per epoch: Streaming's ``StreamingDataset`` read through a torch
+``DataLoader`` (workers decode shards), with the epoch protocol across ranks and the state to
+resume exactly (docs/internals.md).  :class:`flexbert.data.loader.PackedLoader` turns these
+documents into rows.
+
+Exact resume without replay
+    The state holds Streaming's position -- epoch and ``sample_in_epoch`` -- which Streaming
+    resumes from without reading the skipped samples, and the documents fetched but not yet handed
+    on.  Ranks consume documents at different rates (their documents differ in length), while
+    Streaming resumes all ranks from one global sample count; the state therefore records the
+    slowest rank's count and each rank skips the few documents it had fetched beyond that.
+    ``state_dict()`` is collective when ``world_size > 1``.
+
+Epochs across ranks
+    Streaming starts an epoch with a barrier over every rank of a node; a rank whose epoch ends
+    earlier (shorter documents) must not block there while the others still train.  So with
+    ``world_size > 1`` the loader has ranks agree once per step, over a small gloo all-reduce
+    (:class:`RankSync`), that all of them have exhausted the epoch before any starts the next.
+
+The source is one ``StreamingDataset`` built from ``DataConfig``; :meth:`RankDocuments.__init__`
+takes any such dataset whose ``get_item`` yields ``(sample_id, input_ids)`` (see
+:func:`build_dataset`), so a mixture of Streaming ``Stream``s plugs in at that one place.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from contextlib import contextmanager
+from typing import Any, Iterator, Optional
+
+import torch
+from streaming import StreamingDataset
+from torch.utils.data import DataLoader
+
+from flexbert.data.config import DataConfig
+from flexbert.data.ragged import Doc, docs_from_state, docs_to_state, rechunk
+from flexbert.data.tokenizer import SpecialTokens
+
+
+class DocDataset(StreamingDataset):
+    """Yields ``(sample_id, input_ids)``: the global sample id identifies the document."""
+
+    def get_item(self, sample_id: int, retry: int = 7) -> Any:
+        return int(sample_id), super().get_item(sample_id, retry)["input_ids"]
+
+
+def _keep_batch(batch: list) -> list:
+    """DataLoader collate: documents have different lengths, so keep the list as is."""
+    return batch
+
+
+def resolve_world(rank: Optional[int] = None, world_size: Optional[int] = None) -> tuple[int, int]:
+    """(rank, world_size): given, else torch.distributed when initialized, else RANK/WORLD_SIZE, else (0, 1)."""
+    if rank is None or world_size is None:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            r, w = dist.get_rank(), dist.get_world_size()
+        else:
+            r, w = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        rank = r if rank is None else rank
+        world_size = w if world_size is None else world_size
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in [0, {world_size})")
+    return rank, world_size
+
+
+@contextmanager
+def _streaming_world(rank: int, world_size: int):
+    """Streaming reads the world from RANK / WORLD_SIZE / LOCAL_* when a dataset is built; make
+    them agree with the rank we were given (single node assumed when LOCAL_WORLD_SIZE is unset)."""
+    want = {"RANK": str(rank), "WORLD_SIZE": str(world_size)}
+    local_ws = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    if world_size % local_ws:
+        local_ws = world_size
+    want["LOCAL_WORLD_SIZE"] = str(local_ws)
+    want["LOCAL_RANK"] = str(rank % local_ws)
+    saved = {k: os.environ.get(k) for k in want}
+    os.environ.update(want)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+class RankSync:
+    """Tiny CPU collectives between ranks (a gloo group, created on first use)."""
+
+    _group = None
+
+    def __init__(self, world_size: int):
+        self.world_size = world_size
+
+    def _pg(self):
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            raise RuntimeError("world_size > 1 needs torch.distributed initialized before iterating the loader")
+        if dist.get_backend() == "gloo":
+            return None
+        if RankSync._group is None:
+            RankSync._group = dist.new_group(backend="gloo")
+        return RankSync._group
+
+    def max(self, values: list[int]) -> list[int]:
+        if self.world_size == 1:
+            return values
+        import torch.distributed as dist
+
+        t = torch.tensor(values, dtype=torch.int64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self._pg())
+        return t.tolist()
+
+    def gather(self, obj: Any) -> list:
+        if self.world_size == 1:
+            return [obj]
+        import torch.distributed as dist
+
+        out: list = [None] * self.world_size
+        dist.all_gather_object(out, obj, group=self._pg())
+        return out
+
+
+def local_nodes(world_size: int) -> int:
+    """Physical nodes of this run (ranks per node from LOCAL_WORLD_SIZE, one node when unset)."""
+    return world_size // int(os.environ.get("LOCAL_WORLD_SIZE", world_size) or 1) or 1
+
+
+def build_dataset(cfg: DataConfig, split: str, *, shuffle: bool, seed: int, rank: int,
+                  world_size: int) -> DocDataset:
+    """The Streaming dataset of one split, built as rank ``rank`` of ``world_size``."""
+    if not cfg.remote and not os.path.isfile(os.path.join(cfg.local, split, "index.json")):
+        raise FileNotFoundError(f"no MDS index at {os.path.join(cfg.local, split, 'index.json')} "
+                                "(write shards with data_prep/tokenize_to_mds.py)")
+    kwargs = dict(
+        local=cfg.local or None, remote=cfg.remote, split=split,  # None: Streaming picks a cache dir
+        batch_size=cfg.doc_batch_size,  # must equal the DataLoader's: Streaming partitions by it
+        shuffle=shuffle, shuffle_seed=seed, shuffle_algo=cfg.shuffle_algo,
+        shuffle_block_size=cfg.shuffle_block_size,
+        num_canonical_nodes=cfg.num_canonical_nodes or local_nodes(world_size),
+        predownload=cfg.predownload, cache_limit=cfg.cache_limit, download_timeout=cfg.download_timeout,
+    )
+    with _streaming_world(rank, world_size):
+        return DocDataset(**kwargs)
+
+
+class RankDocuments:
+    """This rank's documents, epoch after epoch (``epochs=None``: forever), each cut to at most
+    ``max_seq_len`` tokens.  :meth:`take` hands them out one at a time.  With ``sync_epochs`` the
+    caller decides, with all ranks, when to call :meth:`next_epoch` and :meth:`open_epoch`."""
+
+    def __init__(self, dataset: StreamingDataset, *, doc_batch_size: int, num_workers: int, max_seq_len: int,
+                 special: SpecialTokens, epochs: Optional[int], rank: int, world_size: int,
+                 split: str, sync_epochs: bool):
+        self.dataset, self.split = dataset, split
+        # sync_epochs: ranks start the next epoch together (training); False: each rank's pass ends alone
+        self.sync_epochs = sync_epochs and world_size > 1
+        self.num_canonical_nodes = dataset.num_canonical_nodes
+        self.max_seq_len, self.special, self.epochs = max_seq_len, special, epochs
+        self.rank, self.world_size = rank, world_size
+        self.dataloader = DataLoader(
+            dataset, batch_size=doc_batch_size, num_workers=num_workers, collate_fn=_keep_batch,
+            persistent_workers=False, prefetch_factor=4 if num_workers else None,
+        )
+        self.sync = RankSync(world_size)
+        self.reset()
+
+    def reset(self) -> None:
+        self._it: Optional[Iterator] = None  # live DataLoader iterator of the current epoch
+        self.epoch = 0  # Streaming epoch being read
+        self.epoch_docs = 0  # documents received from Streaming this epoch (from its start)
+        self.exhausted = False  # this rank has read all of the current epoch
+        self.epochs_done = 0
+        self.skip = 0  # documents to drop after a resume (fetched before the checkpoint)
+        self.pending: deque = deque()  # fetched documents not yet handed out
+        self.finished = False  # no more documents will come (epoch limit reached)
+        self.docs_fetched = 0  # documents received from Streaming since the reset (diagnostic)
+
+    def take(self) -> Optional[Doc]:
+        """The next document, or None when none is available now."""
+        if not self.pending and not self._fetch():
+            return None
+        return self.pending.popleft()
+
+    def _fetch(self) -> bool:
+        """Move one DataLoader batch of documents into ``pending``; False when none is available now."""
+        while True:
+            if self.finished or self.exhausted:
+                return False
+            if self._it is None:
+                if self.world_size > 1:
+                    return False  # epochs are opened by open_epoch, on every rank at once
+                self._it = iter(self.dataloader)
+            try:
+                batch = next(self._it)
+            except StopIteration:
+                self._it = None
+                self.exhausted = True
+                if not self.sync_epochs:
+                    self.next_epoch()  # alone, or eval: no need to wait for other ranks
+                continue
+            self.docs_fetched += len(batch)
+            for sample_id, ids in batch:
+                self.epoch_docs += 1
+                if self.skip:
+                    self.skip -= 1
+                    continue
+                for piece in rechunk(ids, self.max_seq_len, self.special.cls_id, self.special.sep_id):
+                    self.pending.append((piece, sample_id))
+            if self.pending:
+                return True
+
+    def open_epoch(self) -> None:
+        """Start reading the current epoch.  Streaming begins an epoch with a barrier over all the
+        ranks of a node, so with several ranks every rank must get here at the same step: at the
+        first batch (fresh or resumed) and right after the ranks agreed to start the next epoch --
+        never lazily when one rank's buffer happens to run low."""
+        if self._it is None and not self.exhausted and not self.finished:
+            self._it = iter(self.dataloader)
+            self._fetch()  # the first next(): where Streaming's barrier is
+
+    def next_epoch(self) -> None:
+        """The current epoch is exhausted on every rank: move to the next, or finish."""
+        if self.epoch_docs == 0 and self.epochs_done == 0 and not self.skip:
+            raise RuntimeError(f"split '{self.split}' gave rank {self.rank} no documents")
+        self.epochs_done += 1
+        self.epoch += 1
+        self.epoch_docs = 0
+        self.exhausted = False
+        if self.epochs is not None and self.epochs_done >= self.epochs:
+            self.finished = True
+
+    def state_dict(self, seed: int) -> dict:
+        """Position and pending documents (collective when world_size > 1)."""
+        counts = self.sync.gather((self.epoch, self.epoch_docs))
+        if len({e for e, _ in counts}) != 1:
+            raise RuntimeError(f"ranks are in different epochs: {counts}")  # cannot happen: epochs start together
+        common = min(c for _, c in counts)
+        return {
+            "streaming": {
+                "epoch": self.epoch,
+                "sample_in_epoch": common * self.world_size,
+                "num_canonical_nodes": self.num_canonical_nodes,
+                "shuffle_seed": seed,
+                "initial_physical_nodes": local_nodes(self.world_size),
+            },
+            "skip": self.epoch_docs - common,
+            "epoch_exhausted": self.exhausted,
+            "epochs_done": self.epochs_done,
+            "finished": self.finished,
+            "pending": docs_to_state(list(self.pending)),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        st = state["streaming"]
+        self.num_canonical_nodes = st["num_canonical_nodes"]
+        self.dataset.load_state_dict(dict(st))
+        self.reset()
+        self.epoch = st["epoch"]
+        self.epoch_docs = st["sample_in_epoch"] // self.world_size
+        self.skip = state["skip"]
+        self.epochs_done = state["epochs_done"]
+        self.finished = state["finished"]
+        # Even a rank that had exhausted the epoch re-opens it (it yields nothing): Streaming starts
+        # an epoch with a barrier over all ranks, so every rank must open it together.
+        self.pending.extend(docs_from_state(state["pending"]))

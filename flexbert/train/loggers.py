@@ -1,0 +1,161 @@
+"""Loggers of a FlexBERT run.
+
+* ``ConsoleLogger``     one readable line per N batches, plus eval lines.
+* ``JSONLLogger``       ``metrics.jsonl``: one record per batch with everything logged in it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Optional, TextIO
+
+import torch
+from composer.core import State
+from composer.loggers import Logger, LoggerDestination
+from composer.utils import dist
+
+
+def _rank0() -> bool:
+    return dist.get_global_rank() == 0
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().float().cpu()
+        return value.item() if value.numel() == 1 else value.tolist()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def _fmt_tokens(n: float) -> str:
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{int(n)}"
+
+
+# What a console progress line shows, in order: (logged key, how to print it).
+_CONSOLE_FIELDS = (
+    ("loss/train/total", lambda x: f" loss {x:.4f}"),
+    ("metrics/train/MLMAccuracy", lambda x: f" acc {x:.3f}"),
+    ("lr", lambda x: f" lr {x:.3g}"),
+    ("throughput/tokens_per_sec", lambda x: f" | {_fmt_tokens(x)} tok/s"),
+    ("throughput/mfu", lambda x: f" mfu {100 * x:.1f}%"),
+    ("data/packing_efficiency", lambda x: f" pack {100 * x:.1f}%"),
+    ("memory/max_allocated_gb", lambda x: f" mem {x:.1f}GB"),
+)
+
+
+class JSONLLogger(LoggerDestination):
+    """Append one JSON record per batch (and per final eval) to ``path``; rank 0 only.
+
+    A record holds ``batch`` (completed steps), ``tokens``, ``samples``, ``time`` and every metric
+    logged during that batch, eval included.  On resume, records past the resumed batch (written
+    after the checkpoint by the run that died) are dropped, so each batch appears once.
+    """
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+        self._pending: dict[str, Any] = {}
+        self._t0 = time.time()
+
+    def fit_start(self, state: State, logger: Logger) -> None:
+        if not _rank0():
+            return
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        resumed_at = int(state.timestamp.batch)
+        if os.path.exists(self.path):
+            kept = []
+            with open(self.path) as f:
+                for line in f:
+                    try:
+                        rec = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue  # a line cut by a crash
+                    if rec.get("batch", 0) <= resumed_at:
+                        kept.append(line if line.endswith("\n") else line + "\n")
+            tmp = self.path + ".tmp"
+            with open(tmp, "w") as f:
+                f.writelines(kept if resumed_at > 0 else [])
+            os.replace(tmp, self.path)
+
+    def log_metrics(self, metrics: dict[str, Any], step: Optional[int] = None) -> None:
+        if _rank0():
+            for k, v in metrics.items():
+                self._pending[k] = _plain(v)
+
+    def _write(self, state: State, kind: str) -> None:
+        if not _rank0() or not self._pending:
+            return
+        ts = state.timestamp
+        rec = {"kind": kind, "batch": int(ts.batch), "tokens": int(ts.token), "samples": int(ts.sample),
+               "time": round(time.time() - self._t0, 3)}
+        rec.update({k: v for k, v in self._pending.items() if not k.startswith("time/")})
+        self._pending = {}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+    def batch_checkpoint(self, state: State, logger: Logger) -> None:
+        self._write(state, "train")
+
+    def fit_end(self, state: State, logger: Logger) -> None:
+        self._write(state, "final")
+
+
+class ConsoleLogger(LoggerDestination):
+    """Readable progress on stdout (rank 0): a line per ``interval`` batches and one per eval."""
+
+    def __init__(self, interval: int = 10, stream: TextIO | None = None):
+        super().__init__()
+        self.interval = interval
+        self.stream = stream or sys.stdout
+        self.latest: dict[str, Any] = {}
+        self._eval: dict[str, Any] = {}
+        self._t0: Optional[float] = None
+
+    def log_metrics(self, metrics: dict[str, Any], step: Optional[int] = None) -> None:
+        for k, v in metrics.items():
+            v = _plain(v)
+            (self._eval if k.startswith("metrics/eval/") else self.latest).__setitem__(k, v)
+
+    def _print(self, line: str) -> None:
+        if _rank0():
+            print(line, file=self.stream, flush=True)
+
+    def fit_start(self, state: State, logger: Logger) -> None:
+        self._t0 = time.time()
+        where = f" (resumed at batch {int(state.timestamp.batch)})" if int(state.timestamp.batch) else ""
+        self._print(f"[flexbert] training {state.run_name} for {state.max_duration}{where}")
+
+    def batch_checkpoint(self, state: State, logger: Logger) -> None:
+        ts = state.timestamp
+        batch = int(ts.batch)
+        elapsed = state.get_elapsed_duration()
+        done = elapsed is not None and float(elapsed) >= 1.0
+        if batch % self.interval == 0 or done or batch == 1:
+            v = self.latest
+            parts = [f"[batch {batch}", f"tok {_fmt_tokens(int(ts.token))}"]
+            if elapsed is not None:
+                parts.append(f"{100 * float(elapsed):.0f}%]")
+            line = " ".join(parts) + "".join(fmt(v[key]) for key, fmt in _CONSOLE_FIELDS if key in v)
+            self._print(line)
+        if self._eval:
+            e = self._eval
+            line = f"[eval @ batch {batch}]"
+            for key, label in (("MLMLoss", "loss"), ("MLMAccuracy", "acc"), ("MLMPerplexity", "ppl")):
+                if f"metrics/eval/{key}" in e:
+                    line += f" {label} {e[f'metrics/eval/{key}']:.4f}"
+            self._print(line)
+            self.latest.update(e)
+            self._eval = {}
+
+    def fit_end(self, state: State, logger: Logger) -> None:
+        if self._t0 is not None:
+            self._print(f"[flexbert] done: {int(state.timestamp.batch)} batches, "
+                        f"{_fmt_tokens(int(state.timestamp.token))} tokens in {time.time() - self._t0:.1f}s")
