@@ -49,14 +49,17 @@ def resolve_precision(cfg: RunConfig, device: str) -> str:
 
 
 def build_model(cfg: RunConfig):
+    """The Composer model, with fixed row shapes from the data section and ``compile`` applied."""
+    from flexbert.model.compile import compile_model
+    from flexbert.model.static import StaticShapes
     from flexbert.train.composer_model import FlexBertMLM
 
-    model_cfg = cfg.model
-    if cfg.compile == "blocks" and not model_cfg.compile:
-        import dataclasses
-
-        model_cfg = dataclasses.replace(model_cfg, compile=True)
-    return FlexBertMLM(model_cfg)
+    data_cfg = cfg.data_config()
+    shapes = StaticShapes.for_rows(data_cfg.row_tokens, data_cfg.max_seq_len,
+                                   max(data_cfg.mlm_probability, data_cfg.eval_mlm_probability), cfg.model.sparse_prediction)  # fmt: skip
+    model = FlexBertMLM(cfg.model, shapes=shapes)
+    compile_model(model.model, cfg.compile)
+    return model
 
 
 def load_initial_weights(model, path: str) -> None:
@@ -312,6 +315,5 @@ def build_trainer(cfg: RunConfig, extra_callbacks: Optional[list] = None) -> Tra
         load_ignore_keys=plan.ignore_keys,
         load_progress_bar=False,
         dist_timeout=cfg.dist_timeout,
-        compile_config={} if cfg.compile == "model" else None,
     )
     return TrainRun(cfg, trainer, model, optimizer, train_loader, eval_loader, saver, plan, callbacks)
