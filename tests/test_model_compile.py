@@ -174,6 +174,6 @@ def test_sdpa_static_blocks_match_definition(window):
 
 def test_static_shapes_from_the_data_config():
     s = StaticShapes.for_rows(98_304, 1024, 0.3, sparse=True)
-    assert s.max_seqlen == 1024 and s.max_docs == 3072
+    assert s.max_seqlen == 1024 and s.max_docs == 1536
     assert 98_304 * 0.3 < s.max_predictions < 98_304 * 0.3 + 1000 and s.max_predictions % 64 == 0
     assert StaticShapes.for_rows(98_304, 1024, 0.3, sparse=False).max_predictions is None

@@ -136,6 +136,21 @@ def test_model_lean_loss_equals_logits_loss(sparse, bias):
         torch.testing.assert_close(g_lean[name], g, atol=1e-6, rtol=1e-5, msg=name)
 
 
+@pytest.mark.parametrize("choice", ["auto", "chunked", "liger", "plain"])
+def test_every_mlm_loss_choice_trains_the_model(choice):
+    if choice == "liger":
+        pytest.skip("liger runs on CUDA only: tests/test_model_loss.py::test_liger_equals_plain_on_gpu")
+    ids, cu, max_len, labels = packed([25, 14], seed=4)
+    torch.manual_seed(0)
+    model = FlexBertForMaskedLM(small_config(mlm_loss=choice)).train()
+    out = model(ids, cu_seqlens=cu, max_seqlen=max_len, labels=labels, return_logits=False)
+    out.loss.backward()
+    ref = FlexBertForMaskedLM(small_config(mlm_loss="plain")).train()
+    ref.load_state_dict(model.state_dict())
+    torch.testing.assert_close(out.loss, ref(ids, cu_seqlens=cu, max_seqlen=max_len, labels=labels).loss)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
 def test_fixed_prediction_capacity_changes_nothing():
     ids, cu, max_len, labels = packed([40, 24], seed=3)
     n = int((labels != IGNORE).sum())
@@ -149,7 +164,8 @@ def test_fixed_prediction_capacity_changes_nothing():
 
 
 def test_mlm_loss_choice_is_checked_with_the_valid_choices():
-    with pytest.raises(ConfigError, match=r"model\.mlm_loss: unknown mlm loss 'chunky'.*valid choices: auto, chunked, liger, plain"):
+    expect = r"model\.mlm_loss: unknown mlm loss 'chunky'.*valid choices: auto, chunked, liger, plain"
+    with pytest.raises(ConfigError, match=expect):
         small_config(mlm_loss="chunky")
 
 

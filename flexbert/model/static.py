@@ -43,10 +43,12 @@ class StaticShapes:
     def for_rows(cls, row_tokens: int, max_seq_len: int, mlm_probability: float, sparse: bool) -> "StaticShapes":
         """Capacities for rows of ``row_tokens`` tokens masked at ``mlm_probability``.
 
-        Documents: one per 32 tokens on average (ModernBERT's median document is ~460 tokens).
+        Documents: one per 64 tokens on average, at least 64 (ModernBERT's median document is
+        ~460 tokens; every padding document is an empty kernel block for varlen/flash attention,
+        so the capacity is generous but not unbounded).
         Predictions: the binomial mean plus 6 standard deviations, in multiples of 64 (special
         and padding tokens are never masked, so the true mean is lower)."""
-        docs = max(8, row_tokens // 32)
+        docs = max(64, row_tokens // 64)
         preds = None
         if sparse:
             p = min(max(mlm_probability, 0.0), 1.0)
@@ -56,7 +58,7 @@ class StaticShapes:
 
     def _grow(self, what: str, needed: int, current: int, limit: int) -> int:
         new = min(limit, max(2 * current, _round_up(needed, 64)))
-        log.warning("a row has %d %s, more than the static capacity %d: raised to %d (one recompilation)",
+        log.warning("a row has %d %s, more than the static capacity %d: raised to %d (a compiled model recompiles once)",
                     needed, what, current, new)  # fmt: skip
         return new
 

@@ -54,9 +54,9 @@ def build_model(cfg: RunConfig):
     from flexbert.model.static import StaticShapes
     from flexbert.train.composer_model import FlexBertMLM
 
-    data_cfg = cfg.data_config()
-    shapes = StaticShapes.for_rows(data_cfg.row_tokens, data_cfg.max_seq_len,
-                                   max(data_cfg.mlm_probability, data_cfg.eval_mlm_probability), cfg.model.sparse_prediction)  # fmt: skip
+    data = cfg.data_config()
+    masking = max(data.mlm_probability, data.eval_mlm_probability)
+    shapes = StaticShapes.for_rows(data.row_tokens, data.max_seq_len, masking, cfg.model.sparse_prediction)
     model = FlexBertMLM(cfg.model, shapes=shapes)
     compile_model(model.model, cfg.compile)
     return model
