@@ -96,6 +96,11 @@ class FlexBackend(AttentionBackend):
 
     name = "flex"
 
+    def __init__(self):
+        # looked up once here, not per call: a compiled model must not trace lru_cache/inspect
+        self.flex = _compiled_flex()
+        self.mask_kwargs = dict(_block_mask_kwargs())
+
     @classmethod
     def why_unavailable(cls, device, dtype):
         if device.type != "cuda":
@@ -124,14 +129,14 @@ class FlexBackend(AttentionBackend):
                     return (doc[qi] == doc[ki]) & (ki - qi >= -left) & (ki - qi <= right)
 
             # _compile builds the block mask without materialising a dense (T, T) mask first
-            masks[window] = create_block_mask(mask_mod, None, None, T, T, device=doc.device, **dict(_block_mask_kwargs()))
+            masks[window] = create_block_mask(mask_mod, None, None, T, T, device=doc.device, **self.mask_kwargs)
         return masks
 
     def __call__(self, q, k, v, batch, window: Window, dropout_p: float, scale: float) -> torch.Tensor:
         if dropout_p > 0:
             raise BackendUnavailable("flex attention has no attention-probability dropout; set attention_dropout: 0")
         qh, kh, vh = (x.transpose(0, 1)[None] for x in (q, k, v))  # (1, H, T, D)
-        out = _compiled_flex()(qh, kh, vh, block_mask=batch.attn[window], scale=scale)
+        out = self.flex(qh, kh, vh, block_mask=batch.attn[window], scale=scale)
         return out[0].transpose(0, 1)
 
 
@@ -180,6 +185,9 @@ class VarlenBackend(AttentionBackend):
 
     name = "varlen"
 
+    def __init__(self):
+        self.public = _public_varlen()  # once here: a compiled model must not trace lru_cache/inspect
+
     @classmethod
     def why_unavailable(cls, device, dtype):
         if device.type != "cuda":
@@ -193,7 +201,7 @@ class VarlenBackend(AttentionBackend):
     def __call__(self, q, k, v, batch, window: Window, dropout_p: float, scale: float) -> torch.Tensor:
         left, right = window if window is not None else (-1, -1)
         cu, L = batch.cu_seqlens, batch.max_seqlen
-        public = _public_varlen()
+        public = self.public
         if public is not None and dropout_p == 0.0:
             return public(q, k, v, cu, cu, L, L, scale=scale, window_size=(left, right))
         return _AtenFlashVarlen.apply(q.contiguous(), k.contiguous(), v.contiguous(), cu, L, dropout_p, scale, left, right)
@@ -216,11 +224,14 @@ class FlashAttnBackend(AttentionBackend):
             return f"flash-attn needs fp16/bf16, got {dtype}"
         return None
 
-    def __call__(self, q, k, v, batch, window: Window, dropout_p: float, scale: float) -> torch.Tensor:
-        from flash_attn import flash_attn_varlen_func
+    def __init__(self):
+        from flash_attn import flash_attn_varlen_func  # imported once, outside any traced code
 
+        self.varlen_func = flash_attn_varlen_func
+
+    def __call__(self, q, k, v, batch, window: Window, dropout_p: float, scale: float) -> torch.Tensor:
         cu, L = batch.cu_seqlens, batch.max_seqlen
-        return flash_attn_varlen_func(
+        return self.varlen_func(
             q, k, v, cu, cu, L, L, dropout_p=dropout_p, softmax_scale=scale, causal=False,
             window_size=window if window is not None else (-1, -1),
         )  # fmt: skip
@@ -255,6 +266,7 @@ def _resolve(name: str, device_type: str, dtype: torch.dtype, dropout: bool) -> 
     return cls()
 
 
+@torch.compiler.disable  # a host-side choice (imports, capability checks): never traced
 def resolve_backend(name: str, device: torch.device, dtype: torch.dtype, dropout: bool = False) -> AttentionBackend:
     """The backend instance for ``name`` on this device/dtype (``auto`` picks the best usable)."""
     return _resolve(name, torch.device(device).type, dtype, dropout)
