@@ -191,7 +191,7 @@ class FlexBertConfig:
     sep_token_id: int = 50282
     mask_token_id: int = 50284
 
-    compile: bool = False  # torch.compile each block
+    mlm_loss: str = "auto"  # auto | chunked | liger | plain (flexbert/model/loss.py)
 
     def validate(self, prefix: str = "model") -> None:
         p = (prefix + ".") if prefix else ""

@@ -93,20 +93,28 @@ def test_auto_picks_a_gpu_kernel():
     )
 
 
-def test_compiled_blocks_match_eager():
-    """``compile: true`` compiles each block in place: same parameter names, same outputs."""
+@pytest.mark.parametrize("mode", ["blocks", "model"])
+def test_compiled_matches_eager(mode):
+    """``compile_model`` compiles in place: same parameter names, same outputs (static shapes)."""
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
-    cfg = dict(vocab_size=1000, hidden_size=128, intermediate_size=192, num_hidden_layers=3, num_attention_heads=2,
-               local_attention=64, pad_token_id=0, attn_out_dropout=0.0, attention_backend="auto")  # fmt: skip
+    from flexbert.model.compile import compile_model
+    from flexbert.model.static import pad_cu_seqlens
+
+    cfg = FlexBertConfig.from_dict(dict(vocab_size=1000, hidden_size=128, intermediate_size=192, num_hidden_layers=3,
+                                        num_attention_heads=2, local_attention=64, pad_token_id=0, attn_out_dropout=0.0,
+                                        attention_backend="auto"))  # fmt: skip
     torch.manual_seed(0)
-    eager = FlexBertForMaskedLM(FlexBertConfig.from_dict(cfg)).cuda().eval()
-    compiled = FlexBertForMaskedLM(FlexBertConfig.from_dict(dict(cfg, compile=True))).cuda().eval()
-    compiled.load_state_dict(eager.state_dict())  # strict: names unchanged by compilation
-    lens = doc_lengths(2048, seed=2)
-    cu = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32, device="cuda")
-    ids = torch.randint(5, 1000, (2048,), device="cuda")
-    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-        a = eager(ids, cu_seqlens=cu, max_seqlen=max(lens)).logits.float()
-        b = compiled(ids, cu_seqlens=cu, max_seqlen=max(lens)).logits.float()
-    assert (a - b).abs().max() < 0.05
+    eager = FlexBertForMaskedLM(cfg).cuda().eval()
+    compiled = FlexBertForMaskedLM(cfg).cuda().eval()
+    compiled.load_state_dict(eager.state_dict())
+    compile_model(compiled, mode)
+    assert set(compiled.state_dict()) == set(eager.state_dict())  # names unchanged by compilation
+    for seed in range(3):
+        lens = doc_lengths(2048, seed=seed)
+        cu = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32, device="cuda")
+        ids = torch.randint(5, 1000, (2048,), device="cuda")
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            a = eager(ids, cu_seqlens=cu, max_seqlen=max(lens)).logits.float()
+            b = compiled(ids, cu_seqlens=pad_cu_seqlens(cu, 64), max_seqlen=512, static=True).logits.float()
+        assert (a - b).abs().max() < 0.05

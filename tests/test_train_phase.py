@@ -79,7 +79,7 @@ def test_theta_change_changes_outputs(tmp_path, data, phase1):
             row = next(iter(run.eval_loader))["rows"][0]
             run.model.eval()
             with torch.no_grad():
-                logits = run.model(row).logits
+                logits = run.model.model(row["input_ids"], cu_seqlens=row["cu_seqlens"], max_seqlen=int(row["max_seqlen"])).logits
         finally:
             run.close()
         if theta in outs:
@@ -111,5 +111,5 @@ def test_context_extension_configs_change_theta_and_outputs():
     row = {"input_ids": ids, "labels": ids.clone(), "cu_seqlens": torch.tensor([0, 300], dtype=torch.int32),
            "max_seqlen": 300}
     with torch.no_grad():
-        a, b = m_base(row).logits, m_ext(row).logits
+        a, b = (m.model(ids, cu_seqlens=row["cu_seqlens"], max_seqlen=300).logits for m in (m_base, m_ext))
     assert (a - b).abs().max().item() > 1e-3

@@ -25,19 +25,20 @@ class BatchInfo:
     total: int  # T, number of (unpadded) tokens
     seq_ids: torch.Tensor  # (T,) long, document index of each token
     positions: torch.Tensor  # (T,) long, position inside its document
+    static: bool = False  # fixed shapes (flexbert/model/static.py): layouts must not follow the documents
     backend: AttentionBackend | None = None
     attn: Any = None  # what backend.prepare built
     rope: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
-def batch_info(cu_seqlens: torch.Tensor, max_seqlen: int, total: int) -> BatchInfo:
+def batch_info(cu_seqlens: torch.Tensor, max_seqlen: int, total: int, static: bool = False) -> BatchInfo:
     """Document ids and per-document positions from ``cu_seqlens``, without a host sync."""
     cu = cu_seqlens.to(torch.int32)
     lens = (cu[1:] - cu[:-1]).long()
     n = lens.numel()
     seq_ids = torch.repeat_interleave(torch.arange(n, device=cu.device), lens, output_size=total)
     positions = torch.arange(total, device=cu.device) - cu.long()[seq_ids]
-    return BatchInfo(cu, int(max_seqlen), int(total), seq_ids, positions)
+    return BatchInfo(cu, int(max_seqlen), int(total), seq_ids, positions, static)
 
 
 def layer_window(config, layer_id: int) -> Window:

@@ -24,11 +24,10 @@ import inspect
 from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
 
+from flexbert.model import sdpa_layout
 from flexbert.model.registries import ATTENTION_BACKENDS
-
-Window = Optional[tuple[int, int]]
+from flexbert.model.sdpa_layout import Window, first_fit_rows  # noqa: F401 (re-exported)
 
 
 class BackendUnavailable(RuntimeError):
@@ -51,33 +50,14 @@ class AttentionBackend:
 
 
 # --------------------------------------------------------------------------------------- sdpa
-def first_fit_rows(lens: list[int], L: int) -> tuple[list[int], int]:
-    """Start slot of each document when documents are packed first-fit-decreasing into grid rows
-    of ``L`` slots (``L`` >= every length); returns (starts, number of rows)."""
-    free: list[int] = []  # free slots left in each grid row
-    starts = [0] * len(lens)
-    for d in sorted(range(len(lens)), key=lambda i: -lens[i]):
-        r = next((i for i, f in enumerate(free) if f >= lens[d]), len(free))
-        if r == len(free):
-            free.append(L)
-        starts[d] = r * L + (L - free[r])
-        free[r] -= lens[d]
-    return starts, len(free)
-
-
 @ATTENTION_BACKENDS.register("sdpa")
 class SDPABackend(AttentionBackend):
-    """Reference path: regroup tokens by document into a grid, run torch SDPA, scatter back.
+    """Reference path: regroup tokens by document, run torch SDPA, scatter back.
 
-    The grid has rows of ``max_seqlen`` slots, so memory and compute follow the documents
-    (``rows * L^2``), never a dense ``(T, T)`` mask over the packed row.  Two layouts:
-
-    * one document per grid row (any device): needs nothing from the host, so no sync;
-    * several documents per grid row, packed first-fit-decreasing (CPU tensors, where reading
-      ``cu_seqlens`` on the host is free): fewer padded slots, a document mask inside each row.
-
-    The scatter index and the masks (document, key padding, and the band of each window size)
-    are built once per batch in ``prepare`` and shared by every layer.
+    Memory and compute follow the documents, never a dense ``(T, T)`` mask over the packed row.
+    The layouts (flexbert/model/sdpa_layout.py): a grid of one document per row (any device, no
+    sync), documents packed first-fit into grid rows (CPU, fewer padded slots), and, for static
+    batches (compiled models), fixed query blocks that see every key a document can reach.
     """
 
     name = "sdpa"
@@ -86,55 +66,13 @@ class SDPABackend(AttentionBackend):
         self.pack_rows = pack_rows
 
     def prepare(self, batch, windows: list[Window]) -> dict:
-        cu, L = batch.cu_seqlens, batch.max_seqlen
-        n = cu.numel() - 1
-        device = cu.device
-        rows, starts = n, None
-        if self.pack_rows and device.type == "cpu" and n > 1:
-            host_starts, packed_rows = first_fit_rows((cu[1:] - cu[:-1]).tolist(), L)
-            if packed_rows < n:
-                rows, starts = packed_rows, torch.tensor(host_starts, device=device)
-        if starts is None:
-            starts = torch.arange(n, device=device) * L
-        slot = starts[batch.seq_ids] + batch.positions  # where each token sits in the (rows*L) grid
-        j = torch.arange(L, device=device)
-        band = {w: ((j[None, :] - j[:, None]) >= -w[0]) & ((j[None, :] - j[:, None]) <= w[1]) for w in windows if w}
-
-        masks: dict[Window, Optional[torch.Tensor]] = {}
-        if rows == n:  # one document per row: key padding is "slot < length"
-            lens = (cu[1:] - cu[:-1]).long()
-            key_ok = j[None, :] < lens[:, None]  # (n, L)
-            key_ok[:, 0] = True  # never a fully masked row, even for an empty segment
-            q_pad = ~key_ok[:, :, None]
-            for w in set(windows):
-                if w is None:  # (n, 1, 1, L) broadcasts over heads and queries
-                    masks[w] = None if L * n == batch.total else key_ok[:, None, None, :]
-                else:
-                    # Padded query rows would be fully masked far from the real keys (NaN rows,
-                    # NaN gradients); let them see everything -- their outputs are discarded.
-                    masks[w] = ((key_ok[:, None, :] & band[w][None]) | q_pad)[:, None]
-        else:  # several documents per row: same-document mask
-            doc = torch.full((rows * L,), -1, device=device, dtype=torch.long)
-            doc[slot] = batch.seq_ids
-            doc = doc.view(rows, L)
-            real = doc >= 0
-            same = (doc[:, :, None] == doc[:, None, :]) & real[:, None, :]  # (rows, L, L)
-            for w in set(windows):
-                m = same if w is None else same & band[w][None]
-                masks[w] = (m | ~real[:, :, None])[:, None]
-        return {"slot": slot, "rows": rows, "L": L, "masks": masks}
+        if batch.static:
+            return sdpa_layout.block_layout(batch, windows)
+        return sdpa_layout.grid_layout(batch, windows, self.pack_rows)
 
     def __call__(self, q, k, v, batch, window: Window, dropout_p: float, scale: float) -> torch.Tensor:
-        st = batch.attn
-        rows, L, slot = st["rows"], st["L"], st["slot"]
-        T, H, D = q.shape
-        qkv = torch.stack((q, k, v), dim=1)  # (T, 3, H, D)
-        grid = qkv.new_zeros(rows * L, 3, H, D).index_copy(0, slot, qkv)
-        grid = grid.view(rows, L, 3, H, D).permute(2, 0, 3, 1, 4)  # (3, rows, H, L, D)
-        out = F.scaled_dot_product_attention(
-            grid[0], grid[1], grid[2], attn_mask=st["masks"][window], dropout_p=dropout_p, scale=scale
-        )
-        return out.transpose(1, 2).reshape(rows * L, H, D).index_select(0, slot)
+        attend = sdpa_layout.block_attention if batch.attn["kind"] == "blocks" else sdpa_layout.grid_attention
+        return attend(q, k, v, batch.attn, window, dropout_p, scale)
 
 
 # --------------------------------------------------------------------------------------- flex
@@ -157,6 +95,11 @@ class FlexBackend(AttentionBackend):
     """FlexAttention with a block-sparse (document x window) mask built once per batch."""
 
     name = "flex"
+
+    def __init__(self):
+        # looked up once here, not per call: a compiled model must not trace lru_cache/inspect
+        self.flex = _compiled_flex()
+        self.mask_kwargs = dict(_block_mask_kwargs())
 
     @classmethod
     def why_unavailable(cls, device, dtype):
@@ -186,14 +129,14 @@ class FlexBackend(AttentionBackend):
                     return (doc[qi] == doc[ki]) & (ki - qi >= -left) & (ki - qi <= right)
 
             # _compile builds the block mask without materialising a dense (T, T) mask first
-            masks[window] = create_block_mask(mask_mod, None, None, T, T, device=doc.device, **dict(_block_mask_kwargs()))
+            masks[window] = create_block_mask(mask_mod, None, None, T, T, device=doc.device, **self.mask_kwargs)
         return masks
 
     def __call__(self, q, k, v, batch, window: Window, dropout_p: float, scale: float) -> torch.Tensor:
         if dropout_p > 0:
             raise BackendUnavailable("flex attention has no attention-probability dropout; set attention_dropout: 0")
         qh, kh, vh = (x.transpose(0, 1)[None] for x in (q, k, v))  # (1, H, T, D)
-        out = _compiled_flex()(qh, kh, vh, block_mask=batch.attn[window], scale=scale)
+        out = self.flex(qh, kh, vh, block_mask=batch.attn[window], scale=scale)
         return out[0].transpose(0, 1)
 
 
@@ -242,6 +185,9 @@ class VarlenBackend(AttentionBackend):
 
     name = "varlen"
 
+    def __init__(self):
+        self.public = _public_varlen()  # once here: a compiled model must not trace lru_cache/inspect
+
     @classmethod
     def why_unavailable(cls, device, dtype):
         if device.type != "cuda":
@@ -255,7 +201,7 @@ class VarlenBackend(AttentionBackend):
     def __call__(self, q, k, v, batch, window: Window, dropout_p: float, scale: float) -> torch.Tensor:
         left, right = window if window is not None else (-1, -1)
         cu, L = batch.cu_seqlens, batch.max_seqlen
-        public = _public_varlen()
+        public = self.public
         if public is not None and dropout_p == 0.0:
             return public(q, k, v, cu, cu, L, L, scale=scale, window_size=(left, right))
         return _AtenFlashVarlen.apply(q.contiguous(), k.contiguous(), v.contiguous(), cu, L, dropout_p, scale, left, right)
@@ -278,11 +224,14 @@ class FlashAttnBackend(AttentionBackend):
             return f"flash-attn needs fp16/bf16, got {dtype}"
         return None
 
-    def __call__(self, q, k, v, batch, window: Window, dropout_p: float, scale: float) -> torch.Tensor:
-        from flash_attn import flash_attn_varlen_func
+    def __init__(self):
+        from flash_attn import flash_attn_varlen_func  # imported once, outside any traced code
 
+        self.varlen_func = flash_attn_varlen_func
+
+    def __call__(self, q, k, v, batch, window: Window, dropout_p: float, scale: float) -> torch.Tensor:
         cu, L = batch.cu_seqlens, batch.max_seqlen
-        return flash_attn_varlen_func(
+        return self.varlen_func(
             q, k, v, cu, cu, L, L, dropout_p=dropout_p, softmax_scale=scale, causal=False,
             window_size=window if window is not None else (-1, -1),
         )  # fmt: skip
@@ -317,6 +266,7 @@ def _resolve(name: str, device_type: str, dtype: torch.dtype, dropout: bool) -> 
     return cls()
 
 
+@torch.compiler.disable  # a host-side choice (imports, capability checks): never traced
 def resolve_backend(name: str, device: torch.device, dtype: torch.dtype, dropout: bool = False) -> AttentionBackend:
     """The backend instance for ``name`` on this device/dtype (``auto`` picks the best usable)."""
     return _resolve(name, torch.device(device).type, dtype, dropout)

@@ -18,14 +18,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from flexbert.data.masking import IGNORE_INDEX
-from flexbert.model.attention import BatchInfo, batch_info, layer_window, rope_tables
+from flexbert.model.attention import BatchInfo, batch_info, rope_tables
 from flexbert.model.backends import resolve_backend
 from flexbert.model.blocks import build_block
 from flexbert.model.embeddings import build_embeddings
 from flexbert.model.heads import PredictionHead, pool
 from flexbert.model.init import init_weights
+from flexbert.model.loss import LossStats, mlm_loss, require_liger
 from flexbert.model.norms import build_norm
-
+from flexbert.model.static import gather_predicted
 
 
 # ------------------------------------------------------------------------------ input layouts
@@ -87,8 +88,9 @@ def make_layout(
 @dataclass
 class MaskedLMOutput:
     loss: Optional[torch.Tensor]
-    logits: torch.Tensor
+    logits: Optional[torch.Tensor]  # None on the lean path (return_logits=False)
     labels: Optional[torch.Tensor]  # aligned with logits
+    stats: Optional[LossStats] = None  # loss sum, correct predictions, predicted tokens (lean path)
 
 
 @dataclass
@@ -115,9 +117,7 @@ class FlexBertModel(nn.Module):
         self.embeddings = build_embeddings(config)
         self.layers = nn.ModuleList(build_block(config, i) for i in range(config.num_hidden_layers))
         self.final_norm = build_norm(config) if config.final_norm else None
-        if config.compile:
-            for layer in self.layers:
-                layer.compile(dynamic=True)  # in place: parameter names are unchanged
+        self.windows = [layer.attn.window for layer in self.layers]  # fixed at construction
         if init:
             init_weights(self, config)
 
@@ -126,22 +126,21 @@ class FlexBertModel(nn.Module):
             return torch.get_autocast_dtype(device.type)
         return self.embeddings.tok_embeddings.weight.dtype
 
-    def prepare_batch(self, cu_seqlens: torch.Tensor, max_seqlen: int, total: int) -> BatchInfo:
+    def prepare_batch(self, cu_seqlens: torch.Tensor, max_seqlen: int, total: int, static: bool = False) -> BatchInfo:
         """Everything per batch that layers share: positions, RoPE tables, backend + its masks."""
         cfg = self.config
-        batch = batch_info(cu_seqlens, max_seqlen, total)
+        batch = batch_info(cu_seqlens, max_seqlen, total, static)
         device = cu_seqlens.device
         dropout = self.training and cfg.attention_dropout > 0
         batch.backend = resolve_backend(cfg.attention_backend, device, self._compute_dtype(device), dropout)
-        windows = [layer_window(cfg, i) for i in range(cfg.num_hidden_layers)]
-        batch.attn = batch.backend.prepare(batch, windows)
-        batch.rope = rope_tables(cfg, batch.positions, [w is None for w in windows])
+        batch.attn = batch.backend.prepare(batch, self.windows)
+        batch.rope = rope_tables(cfg, batch.positions, [w is None for w in self.windows])
         return batch
 
-    def encode(self, layout: Layout) -> tuple[torch.Tensor, BatchInfo]:
+    def encode(self, layout: Layout, static: bool = False) -> tuple[torch.Tensor, BatchInfo]:
         """Unpadded hidden states (T, H) and the batch facts, for heads to use."""
         ids = layout.input_ids
-        batch = self.prepare_batch(layout.cu_seqlens, layout.max_seqlen, ids.shape[0])
+        batch = self.prepare_batch(layout.cu_seqlens, layout.max_seqlen, ids.shape[0], static)
         h = self.embeddings(ids, batch.positions)
         for layer in self.layers:
             h = layer(h, batch)
@@ -158,10 +157,21 @@ class FlexBertModel(nn.Module):
 
 # ------------------------------------------------------------------------------ masked LM
 class FlexBertForMaskedLM(nn.Module):
-    """Encoder + MLM head (dense -> act -> norm) + decoder tied to the token embeddings."""
+    """Encoder + MLM head (dense -> act -> norm) + decoder tied to the token embeddings.
+
+    Two ways out (docs/model.md):
+
+    * ``return_logits=True`` (the default, transformers' behaviour): logits for every token in the
+      caller's layout (only the labelled ones when training with sparse prediction) and, with
+      labels, the mean cross-entropy over labelled positions;
+    * ``return_logits=False`` with labels (training): no logits; ``model.mlm_loss`` computes the
+      loss and the accuracy counts in one pass (``out.stats``) without full fp32 logits.
+    """
 
     def __init__(self, config):
         super().__init__()
+        if config.mlm_loss == "liger":
+            require_liger()
         self.config = config
         self.model = FlexBertModel(config, init=False)
         self.head = PredictionHead(config)
@@ -180,16 +190,24 @@ class FlexBertForMaskedLM(nn.Module):
         cu_seqlens: Optional[torch.Tensor] = None,
         max_seqlen: Optional[int] = None,
         labels: Optional[torch.Tensor] = None,
-        num_tokens: Optional[int] = None,  # accepted (and unused) so a packed row can be passed as **row
-        num_masked: Optional[int] = None,
+        return_logits: bool = True,
+        static: bool = False,
+        max_predictions: Optional[int] = None,
     ) -> MaskedLMOutput:
+        """``static``: the caller padded ``cu_seqlens`` to a fixed capacity and fixed ``max_seqlen``
+        (flexbert/model/static.py); ``max_predictions``: with sparse prediction, the fixed number
+        of slots the labelled positions are gathered into (None: exactly the labelled ones)."""
         layout = make_layout(input_ids, attention_mask, cu_seqlens, max_seqlen)
-        h, _ = self.model.encode(layout)
+        h, _ = self.model.encode(layout, static)
         flat_labels = layout.flatten(labels)
+        if labels is not None and not return_logits:
+            if self.config.sparse_prediction:
+                h, flat_labels = gather_predicted(h, flat_labels, max_predictions, IGNORE_INDEX)
+            stats = mlm_loss(self.config.mlm_loss, self.head(h), self.decoder.weight, self.decoder.bias, flat_labels)
+            return MaskedLMOutput(stats.loss, None, None, stats)
         if labels is not None and self.training and self.config.sparse_prediction:
             # Sparse prediction: the full-vocabulary decoder only on the ~30% masked positions.
-            keep = flat_labels != IGNORE_INDEX
-            h, flat_labels = h[keep], flat_labels[keep]
+            h, flat_labels = gather_predicted(h, flat_labels, None, IGNORE_INDEX)
             logits = self.decoder(self.head(h))
             return MaskedLMOutput(masked_lm_loss(logits, flat_labels), logits, flat_labels)
         logits = self.decoder(self.head(h))

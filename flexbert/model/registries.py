@@ -19,9 +19,10 @@ EMBEDDINGS = Registry("embedding")
 BLOCKS = Registry("block")
 ATTENTION_BACKENDS = Registry("attention backend")
 INITS = Registry("init scheme")
+MLM_LOSSES = Registry("mlm loss")
 
 # The files whose import fills the registries above.
-_MODULE_FILES = ("norms", "activations", "mlp", "embeddings", "blocks", "backends", "init")
+_MODULE_FILES = ("norms", "activations", "mlp", "embeddings", "blocks", "backends", "init", "loss")
 
 # config field -> registry that must know its value
 NAME_FIELDS = {
@@ -33,6 +34,7 @@ NAME_FIELDS = {
     "block": BLOCKS,
     "attention_backend": ATTENTION_BACKENDS,
     "init": INITS,
+    "mlm_loss": MLM_LOSSES,
 }
 
 

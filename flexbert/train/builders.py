@@ -26,9 +26,11 @@ from composer.core import Evaluator
 from composer.utils import reproducibility
 
 from flexbert.data import loader as data_loader
+from flexbert.model.compile import compile_model
+from flexbert.model.static import StaticShapes
 from flexbert.train import callbacks as cb
 from flexbert.train.checkpointing import AtomicCheckpointSaver, checkpoint_problem, find_resume_checkpoint
-from flexbert.train.composer_model import flexbert_data_spec
+from flexbert.train.composer_model import FlexBertMLM, flexbert_data_spec
 from flexbert.train.config import RunConfig, as_plain_dict, tokenizer_mismatch
 from flexbert.train.flops import body_flops_per_token, head_flops_per_prediction
 from flexbert.train.loggers import ConsoleLogger, JSONLLogger
@@ -60,14 +62,13 @@ def resolve_precision(cfg: RunConfig, device: str) -> str:
 
 
 def build_model(cfg: RunConfig):
-    from flexbert.train.composer_model import FlexBertMLM
-
-    model_cfg = cfg.model
-    if cfg.compile == "blocks" and not model_cfg.compile:
-        import dataclasses
-
-        model_cfg = dataclasses.replace(model_cfg, compile=True)
-    return FlexBertMLM(model_cfg)
+    """The Composer model, with fixed row shapes from the data section and ``compile`` applied."""
+    data = cfg.data
+    masking = max(data.mlm_probability, data.eval_mlm_probability)
+    shapes = StaticShapes.for_rows(data.row_tokens, data.max_seq_len, masking, cfg.model.sparse_prediction)
+    model = FlexBertMLM(cfg.model, shapes=shapes)
+    compile_model(model.model, cfg.compile)
+    return model
 
 
 def load_initial_weights(model, path: str) -> None:
@@ -294,6 +295,5 @@ def build_trainer(cfg: RunConfig, extra_callbacks: Optional[list] = None) -> Tra
         load_ignore_keys=plan.ignore_keys,
         load_progress_bar=False,
         dist_timeout=cfg.dist_timeout,
-        compile_config={} if cfg.compile == "model" else None,
     )
     return TrainRun(cfg, trainer, model, optimizer, train_loader, eval_loader, saver, plan, callbacks)

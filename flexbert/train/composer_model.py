@@ -9,11 +9,9 @@ the reference weighted row means by sequence count instead (facts §4).
 
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 from composer.core import DataSpec
 from composer.models import ComposerModel
 from torchmetrics import Metric
@@ -21,20 +19,13 @@ from torchmetrics import Metric
 from flexbert.config import FlexBertConfig
 from flexbert.data.batch import num_masked, num_real_tokens, rows_of
 from flexbert.data.masking import IGNORE_INDEX
-
-ROW_TENSOR_KEYS = ("input_ids", "labels", "cu_seqlens")
+from flexbert.model.loss import LossStats
+from flexbert.model.static import StaticShapes
 
 
 # --------------------------------------------------------------------------- metrics
-def _masked(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    logits = logits.reshape(-1, logits.shape[-1])
-    labels = labels.reshape(-1)
-    if logits.shape[0] != labels.shape[0]:
-        raise ValueError(f"logits ({logits.shape[0]}) and labels ({labels.shape[0]}) are not aligned")
-    keep = labels != IGNORE_INDEX
-    return logits[keep], labels[keep]
-
-
+# Every metric updates from the counts the loss computed in the same pass (``MaskedLMOutput.stats``:
+# loss sum, correct argmax predictions, predicted tokens), so no logits outlive the loss.
 class MLMAccuracy(Metric):
     """Share of masked tokens whose argmax prediction is the original token."""
 
@@ -45,10 +36,9 @@ class MLMAccuracy(Metric):
         self.add_state("correct", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
-    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        logits, labels = _masked(logits, labels)
-        self.correct += (logits.argmax(-1) == labels).sum()
-        self.count += labels.numel()
+    def update(self, stats: LossStats) -> None:
+        self.correct += stats.correct.detach().long()
+        self.count += stats.count.detach().long()
 
     def compute(self) -> torch.Tensor:
         return self.correct.double().div(self.count.clamp(min=1)).float()
@@ -64,10 +54,9 @@ class MLMLoss(Metric):
         self.add_state("loss_sum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
-    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        logits, labels = _masked(logits, labels)
-        self.loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").double()
-        self.count += labels.numel()
+    def update(self, stats: LossStats) -> None:
+        self.loss_sum += stats.loss_sum.detach().double()
+        self.count += stats.count.detach().long()
 
     def compute(self) -> torch.Tensor:
         return (self.loss_sum / self.count.clamp(min=1)).float()
@@ -80,9 +69,13 @@ class MLMPerplexity(MLMLoss):
 
 # --------------------------------------------------------------------------- model
 class FlexBertMLM(ComposerModel):
-    """``FlexBertForMaskedLM`` as a ComposerModel; ``forward`` takes one packed row."""
+    """``FlexBertForMaskedLM`` as a ComposerModel; ``forward`` takes one packed row.
 
-    def __init__(self, config: FlexBertConfig, model: torch.nn.Module | None = None, train_metrics: bool = True):
+    ``shapes`` (flexbert/model/static.py) pads each row to fixed shapes at this boundary, so a
+    compiled model traces once; without it rows go in as they come (eager use, tests)."""
+
+    def __init__(self, config: FlexBertConfig, model: torch.nn.Module | None = None, train_metrics: bool = True,
+                 shapes: StaticShapes | None = None):  # fmt: skip
         super().__init__()
         if model is None:
             from flexbert.model.model import FlexBertForMaskedLM
@@ -90,6 +83,7 @@ class FlexBertMLM(ComposerModel):
             model = FlexBertForMaskedLM(config)
         self.config = config
         self.model = model
+        self.shapes = shapes
         # train: accuracy only (the train loss is already logged as loss/train/total)
         self._train_metrics = {"MLMAccuracy": MLMAccuracy()} if train_metrics else {}
         self._eval_metrics = {"MLMLoss": MLMLoss(), "MLMAccuracy": MLMAccuracy(), "MLMPerplexity": MLMPerplexity()}
@@ -97,12 +91,11 @@ class FlexBertMLM(ComposerModel):
     def forward(self, batch: dict[str, Any]):
         if "rows" in batch:
             raise ValueError("FlexBertMLM.forward takes one row; split the batch with flexbert_data_spec")
-        return self.model(
-            input_ids=batch["input_ids"],
-            cu_seqlens=batch["cu_seqlens"],
-            max_seqlen=int(batch["max_seqlen"]),
-            labels=batch["labels"],
-        )
+        if self.shapes is not None:
+            shape_args = self.shapes.row_inputs(batch)
+        else:
+            shape_args = dict(cu_seqlens=batch["cu_seqlens"], max_seqlen=int(batch["max_seqlen"]))
+        return self.model(input_ids=batch["input_ids"], labels=batch["labels"], return_logits=False, **shape_args)
 
     def loss(self, outputs, batch) -> torch.Tensor:
         return outputs.loss
@@ -114,8 +107,7 @@ class FlexBertMLM(ComposerModel):
         return self._train_metrics if is_train else self._eval_metrics
 
     def update_metric(self, batch, outputs, metric: Metric) -> None:
-        labels = outputs.labels if getattr(outputs, "labels", None) is not None else batch["labels"]
-        metric.update(outputs.logits.detach(), labels)
+        metric.update(outputs.stats)
 
 
 # --------------------------------------------------------------------------- data spec
@@ -140,5 +132,3 @@ def flexbert_data_spec(dataloader) -> DataSpec:
     )
 
 
-def perplexity(loss: float) -> float:
-    return math.exp(min(loss, 80.0))

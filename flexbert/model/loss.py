@@ -1,0 +1,185 @@
+"""The MLM loss: decoder (tied weight + bias) and cross-entropy, without full fp32 logits.
+
+At the recipe's size a row predicts ~30K tokens over a 50,368-token vocabulary: their fp32 logits
+alone are 5.5 GiB, and the plain path keeps several tensors of that size alive (logits, their fp32
+copy, the softmax saved for backward, the gradient).  The implementations here return *sums*
+(loss, correct argmax predictions, predicted tokens) computed in the same pass, so no logits
+outlive the loss and the training / eval metrics are counts (docs/model.md):
+
+* ``chunked`` -- pure torch, any device: chunks of predicted tokens; forward keeps only the
+  log-sum-exp per token, backward recomputes each chunk's logits;
+* ``liger`` -- liger-kernel's fused linear cross-entropy (CUDA, Triton; ``pip install
+  'flexbert[liger]'``);
+* ``plain`` -- full logits then ``F.cross_entropy`` (the definition; what HF-style callers get);
+* ``auto`` -- ``liger`` on CUDA when it is installed and gradients are wanted, else ``chunked``.
+
+The loss runs outside torch.compile (it is a handful of large matmuls; liger syncs with the host),
+so a compiled model has one graph break here and never recompiles because of it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from flexbert.data.masking import IGNORE_INDEX
+from flexbert.model.registries import MLM_LOSSES
+
+# fp32 elements of one chunk's logits (32 Mi = 128 MiB); the chunk is at least 64 tokens.
+CHUNK_ELEMENTS = 1 << 25
+
+
+@dataclass
+class LossStats:
+    """Sums over the predicted positions (labels != -100) of one forward."""
+
+    loss_sum: torch.Tensor  # fp32 scalar, differentiable
+    correct: torch.Tensor  # long scalar: argmax == label
+    count: torch.Tensor  # long scalar: predicted positions
+
+    @property
+    def loss(self) -> torch.Tensor:
+        """Mean cross-entropy over predicted positions (0 when there are none)."""
+        return self.loss_sum / self.count.clamp(min=1)
+
+
+def compute_dtype(t: torch.Tensor) -> torch.dtype:
+    """The dtype matmuls run in here: autocast's if it is on, else the tensor's own."""
+    if torch.is_autocast_enabled(t.device.type):
+        return torch.get_autocast_dtype(t.device.type)
+    return t.dtype
+
+
+def chunk_rows(vocab: int) -> int:
+    return max(64, CHUNK_ELEMENTS // max(1, vocab) // 64 * 64)
+
+
+class _ChunkedLinearCE(torch.autograd.Function):
+    """sum CE(h @ W.T + b, labels) over labelled rows, with argmax hits; logits live per chunk."""
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, labels, dtype, chunk):
+        loss_sum = torch.zeros((), device=h.device, dtype=torch.float32)
+        correct = torch.zeros((), device=h.device, dtype=torch.long)
+        lse = torch.empty(h.shape[0], device=h.device, dtype=torch.float32)
+        w, b = weight.to(dtype), None if bias is None else bias.to(dtype)
+        for s in range(0, h.shape[0], chunk):
+            logits = F.linear(h[s : s + chunk].to(dtype), w, b).float()
+            lab = labels[s : s + chunk]
+            valid = lab != IGNORE_INDEX
+            chunk_lse = torch.logsumexp(logits, dim=-1)
+            target = logits.gather(1, lab.clamp(min=0)[:, None])[:, 0]
+            loss_sum += torch.where(valid, chunk_lse - target, 0.0).sum()
+            correct += ((logits.argmax(-1) == lab) & valid).sum()
+            lse[s : s + chunk] = chunk_lse
+        ctx.save_for_backward(h, weight, bias, labels, lse)
+        ctx.dtype, ctx.chunk = dtype, chunk
+        ctx.mark_non_differentiable(correct)
+        return loss_sum, correct
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_correct):
+        h, weight, bias, labels, lse = ctx.saved_tensors
+        dtype, chunk = ctx.dtype, ctx.chunk
+        w, b = weight.to(dtype), None if bias is None else bias.to(dtype)
+        grad_h = torch.empty_like(h)
+        grad_w = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32)
+        grad_b = None if bias is None else torch.zeros(bias.shape, device=bias.device, dtype=torch.float32)
+        for s in range(0, h.shape[0], chunk):
+            hc = h[s : s + chunk].to(dtype)
+            lab = labels[s : s + chunk]
+            valid = lab != IGNORE_INDEX
+            # d(lse - logit[label]) / d logits = softmax - onehot, zero on unlabelled rows
+            g = torch.exp(F.linear(hc, w, b).float() - lse[s : s + chunk, None])
+            g[torch.arange(lab.numel(), device=g.device), lab.clamp(min=0)] -= 1.0
+            g = g.mul_(torch.where(valid, grad_loss, 0.0)[:, None])
+            if grad_b is not None:
+                grad_b += g.sum(0)
+            g = g.to(dtype)
+            grad_h[s : s + chunk] = (g @ w).to(h.dtype)
+            grad_w += (g.t() @ hc).float()
+        grad_b = None if grad_b is None else grad_b.to(bias.dtype)
+        return grad_h, grad_w.to(weight.dtype), grad_b, None, None, None
+
+
+def _count(labels: torch.Tensor) -> torch.Tensor:
+    return (labels != IGNORE_INDEX).sum()
+
+
+@MLM_LOSSES.register("chunked")
+def chunked_loss(h, weight, bias, labels, chunk: Optional[int] = None) -> LossStats:
+    dtype = compute_dtype(h)
+    with torch.autocast(h.device.type, enabled=False):
+        loss_sum, correct = _ChunkedLinearCE.apply(h, weight, bias, labels, dtype, chunk or chunk_rows(weight.shape[0]))
+    return LossStats(loss_sum, correct, _count(labels))
+
+
+@MLM_LOSSES.register("plain")
+def plain_loss(h, weight, bias, labels) -> LossStats:
+    """The definition: full logits, fp32 cross-entropy (memory grows with tokens x vocabulary)."""
+    logits = F.linear(h, weight, bias).float()
+    loss_sum = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    correct = ((logits.argmax(-1) == labels) & (labels != IGNORE_INDEX)).sum()
+    return LossStats(loss_sum, correct, _count(labels))
+
+
+def liger_available() -> bool:
+    return importlib.util.find_spec("liger_kernel") is not None
+
+
+def require_liger() -> None:
+    """One line when ``mlm_loss: liger`` was asked for and liger-kernel is absent."""
+    if not liger_available():
+        from flexbert.config import ConfigError
+
+        raise ConfigError("model.mlm_loss: liger needs liger-kernel, which is not installed (pip install 'flexbert[liger]')")
+
+
+@MLM_LOSSES.register("liger")
+def liger_loss(h, weight, bias, labels) -> LossStats:
+    require_liger()
+    if h.device.type != "cuda":
+        raise RuntimeError(f"model.mlm_loss: liger runs on CUDA only, not {h.device.type}; use chunked or auto")
+    from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy as flce
+
+    dtype = compute_dtype(h)
+    params = inspect.signature(flce).parameters
+    with_acc = "return_token_accuracy" in params
+    kwargs = dict(return_token_accuracy=True) if with_acc else {}
+    if "accum_dtype" in params:  # accumulate the weight gradient in fp32, as the plain path does
+        kwargs["accum_dtype"] = torch.float32
+    with torch.autocast("cuda", enabled=False):
+        hc, w = h.to(dtype).contiguous(), weight.to(dtype)
+        b = None if bias is None else bias.to(dtype)
+        out = flce(hc, w, labels, b, ignore_index=IGNORE_INDEX, reduction="sum", **kwargs)
+        loss_sum = (out.loss if with_acc else (out[0] if isinstance(out, tuple) else out)).float()
+        count = _count(labels)
+        if with_acc:  # liger's accuracy is a fraction of the labelled rows (NaN when there are none)
+            correct = (torch.nan_to_num(out.token_accuracy.detach().double(), nan=0.0) * count).round().long()
+        else:  # older liger: one no-grad chunked pass for the argmax hits
+            with torch.no_grad():
+                correct = _ChunkedLinearCE.apply(hc, w, b, labels, dtype, chunk_rows(w.shape[0]))[1]
+    return LossStats(loss_sum, correct, count)
+
+
+@MLM_LOSSES.register("auto")
+def auto_loss(h, weight, bias, labels) -> LossStats:
+    if h.device.type == "cuda" and torch.is_grad_enabled() and liger_available():
+        return liger_loss(h, weight, bias, labels)
+    return chunked_loss(h, weight, bias, labels)
+
+
+@torch.compiler.disable
+def mlm_loss(name: str, h, weight, bias, labels) -> LossStats:
+    """Loss sums of decoder(h) against ``labels`` with the implementation ``name``.
+
+    ``liger`` (or ``auto`` on CUDA) without gradients falls back to ``chunked``: liger computes
+    gradients inside its forward, wasted work in evaluation."""
+    if name in ("liger", "auto") and not torch.is_grad_enabled():
+        name = "chunked"
+    return MLM_LOSSES.get(name, "mlm_loss")(h, weight, bias, labels)
