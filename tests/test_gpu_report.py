@@ -114,3 +114,18 @@ def test_smoke_run_on_cpu_end_to_end(tmp_path_factory, tmp_path, capsys):
     metrics = G.summarize(str(tmp_path / "w" / "runs" / "tiny-none-mb4" / "metrics.jsonl"))
     assert metrics["steps"] == 3
     assert not (tmp_path / "w" / "runs" / "tiny-none-mb4" / "checkpoints").exists()  # benchmark runs save nothing
+
+
+def test_gpu_page_says_for_every_run_whether_it_was_measured():
+    text = open(os.path.join(ROOT, "docs", "benchmarks-gpu.md")).read()
+    assert "measured on NVIDIA H100 80GB HBM3, 2026-11-23, earlier session".lower() in text.lower()
+    section = text[text.index(G.BEGIN):text.index(G.END)]
+    rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in section.splitlines() if ln.startswith("| configs/")]
+    assert rows
+    for cells in rows:
+        figures, status = cells[3:6], cells[6]
+        assert status, cells
+        if any(figures):
+            assert status == "ok", cells  # a figure only from a run that finished
+        else:
+            assert status != "ok" and ("not measured yet" in status or status.startswith(("OOM", "failed", "timeout", "skipped")))
