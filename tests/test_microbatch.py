@@ -51,7 +51,10 @@ def test_cpu_rule():
 
 def test_data_config_accepts_auto_and_rejects_other_words(tmp_path):
     raw = {"run_name": "t", "data": {"local": str(tmp_path), "microbatch_size": "auto", "global_batch_size": 64}}
-    assert from_dict(RunConfig, raw, "").data_config().microbatch_size == "auto"
+    auto = from_dict(RunConfig, raw, "").data_config()
+    assert auto.microbatch_size == "auto"
+    with pytest.raises(ValueError, match="auto has no row size until training resolves it"):
+        auto.row_tokens
     with pytest.raises(ConfigError, match=r"data.microbatch_size: expected int or Literal"):
         from_dict(RunConfig, {**raw, "data": {**raw["data"], "microbatch_size": "max"}}, "").data_config()
     with pytest.raises(ConfigError, match="data.microbatch_size: auto needs global_batch_size"):

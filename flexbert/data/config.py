@@ -101,6 +101,8 @@ class DataConfig:
     @property
     def row_tokens(self) -> int:
         """T: the static length of every packed row."""
+        if self.microbatch_size == "auto":
+            raise ValueError("data.microbatch_size: auto has no row size until training resolves it (flexbert/train/microbatch.py)")
         return self.microbatch_size * self.max_seq_len
 
     def tokenizer_dir(self) -> str:
