@@ -33,8 +33,8 @@ clean-demo:
 # Uses the machine's own python3 (its torch), not .venv.
 GPU_PY ?= python3
 gpu-report:
-	PYTHONPATH=$(CURDIR) $(GPU_PY) scripts/gpu_report.py
+	PYTHONPATH=$(CURDIR) $(GPU_PY) scripts/gpu_report.py $(GPU_REPORT_ARGS)
 
 # On a machine with network: every wheel beyond a preinstalled torch, CPython 3.12 x86-64.
 wheelhouse:
-	$(PYTHON) scripts/wheelhouse.py --out wheelhouse
+	$(PYTHON) scripts/wheelhouse.py --out wheelhouse $(WHEELHOUSE_ARGS)

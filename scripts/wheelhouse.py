@@ -2,7 +2,7 @@
 """Download every wheel FlexBERT needs beyond a preinstalled torch, for CPython 3.12 on x86-64
 Linux, into wheelhouse/ (``make wheelhouse``; run on a machine with network).
 
-    python scripts/wheelhouse.py [--out wheelhouse] [--dry-run]
+    python scripts/wheelhouse.py [--out wheelhouse] [--dry-run] [--skip FREEZE.txt] [--no-cloud]
 
 Two steps: pip resolves the whole dependency closure of the project (plus the modules
 mosaicml-cli imports when Composer loads) for the target platform without installing anything
@@ -35,6 +35,11 @@ EXTRA = ["websockets<16", "wcwidth", "platformdirs", "importlib_metadata<9", "py
 # what a CUDA machine ships with its torch build: never downloaded (torchvision is tied to torch)
 # pure-Python dependencies published only as source: built into wheels here (any platform)
 SDIST_ONLY = ["antlr4-python3-runtime==4.9.3"]  # omegaconf 2.3's parser runtime
+# Streaming's remote-storage SDKs (S3, OCI, Azure, GCS, SFTP) and what only they need: imported
+# only when data.remote names such a store, so --no-cloud leaves them out (a local-data GPU box)
+CLOUD = re.compile(r"^(boto3|botocore|s3transfer|jmespath|oci|circuitbreaker|azure-.*|msal.*|isodate|google-.*|googleapis-.*|"
+                   r"proto-plus|pyasn1.*|paramiko|bcrypt|pynacl|pyopenssl|cryptography|cffi|pycparser|python-pkcs11|"
+                   r"asn1crypto|crc32c|pyjwt)$")
 PREINSTALLED = re.compile(r"^(torch|torchvision|torchaudio|triton|nvidia-.*|pytorch-triton.*)$")
 
 
@@ -62,15 +67,27 @@ def resolve(requirements: list[str], out: str) -> list[tuple[str, str]]:
     return sorted((i["metadata"]["name"], i["metadata"]["version"]) for i in items)
 
 
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=os.path.join(REPO, "wheelhouse"))
     p.add_argument("--dry-run", action="store_true", help="print the resolved list, download nothing")
+    p.add_argument("--skip", default=None, metavar="FILE",
+                   help="distributions the target machine already has, one per line (`pip freeze` there): not downloaded")
+    p.add_argument("--no-cloud", action="store_true", help="leave out the remote-storage SDKs (data on local disk only)")
     a = p.parse_args(argv)
     os.makedirs(a.out, exist_ok=True)
     build_sdist_only(a.out)
     closure = resolve(project_requirements() + EXTRA, a.out)
-    wanted = [f"{n}=={v}" for n, v in closure if not PREINSTALLED.match(n.lower())]
+    have = set()
+    if a.skip:
+        with open(a.skip) as f:
+            have = {_norm(re.split(r"[=<>~! @]", ln.strip(), maxsplit=1)[0]) for ln in f if ln.strip() and not ln.startswith("#")}
+    wanted = [f"{n}=={v}" for n, v in closure if not PREINSTALLED.match(n.lower()) and _norm(n) not in have
+              and not (a.no_cloud and CLOUD.match(_norm(n)))]
     skipped = [n for n, _ in closure if PREINSTALLED.match(n.lower())]
     print(f"{len(closure)} distributions resolved; {len(wanted)} to download; preinstalled, skipped: {', '.join(skipped)}")
     if a.dry_run:
