@@ -47,8 +47,8 @@ def main(argv=None) -> int:
         if not torch.cuda.is_available():
             print("gpu-report: no CUDA GPU here (torch.cuda.is_available() is False); run it on a machine with one", file=sys.stderr)
             return 2
-    env = G.env_info()
     G.run_steps(steps, a.budget_s, os.path.join(a.work, "logs"))
+    env = G.env_info()  # after the steps: versions of the wheels they installed
     command = "make gpu-report" if not a.smoke else "python scripts/gpu_report.py --smoke"
     G.write_report(a.out, G.render(steps, env, command))
     failed = [s.name for s in steps if s.status != "ok"]
