@@ -26,6 +26,8 @@ import logging
 import os
 from typing import Callable, Optional, Sequence
 
+from flexbert.config import ConfigError
+
 log = logging.getLogger(__name__)
 
 RECORD = "microbatch.json"
@@ -66,7 +68,7 @@ def search(candidates: Sequence[int], fits: Callable[[int], bool], start: Option
 
 def per_rank_batch(global_batch_size: int, world_size: int) -> int:
     if global_batch_size % world_size:
-        raise ValueError(f"data.global_batch_size: {global_batch_size} is not a multiple of the {world_size} ranks")
+        raise ConfigError(f"data.global_batch_size: {global_batch_size} is not a multiple of the {world_size} ranks")
     return global_batch_size // world_size
 
 
@@ -112,7 +114,7 @@ def resolve_microbatch(cfg, device: Optional[str] = None, world_size: Optional[i
     if record is not None:
         mb = int(record["microbatch_size"])
         if per_rank % mb:
-            raise ValueError(f"data.microbatch_size: auto chose {mb} for this run ({os.path.join(run_dir, RECORD)}), which does "
+            raise ConfigError(f"data.microbatch_size: auto chose {mb} for this run ({os.path.join(run_dir, RECORD)}), which does "
                              f"not divide the per-rank batch {per_rank} now; restore the run's batch or delete that file")
         log.info("data.microbatch_size: auto -> %d (kept from %s)", mb, os.path.join(run_dir, RECORD))
         return with_microbatch(cfg, mb)
@@ -130,7 +132,7 @@ def resolve_microbatch(cfg, device: Optional[str] = None, world_size: Optional[i
             fits, start = cuda_fits(cfg, SAFETY), estimate_start(cfg, divisors(per_rank))
         mb, tried = search(divisors(per_rank), fits, start)
         if mb is None:
-            raise ValueError(f"data.microbatch_size: auto found no row that fits (tried {tried}); shorten max_seq_len or the model")
+            raise ConfigError(f"data.microbatch_size: auto found no row that fits (tried {tried}); shorten max_seq_len or the model")
         if real:
             mb = _agree(mb, world_size)
         how = "probed " + ", ".join(f"{m}:{'fits' if ok else 'no'}" for m, ok in tried)
