@@ -53,7 +53,8 @@ def test_lean_head_shrinks_the_head_and_raises_the_largest_row():
     lean = estimate_peak(base(), 96 * 1024, "blocks", 0.30, lean=True)
     assert lean.head < plain.head / 10 and lean.activations == plain.activations
     cands = [16, 24, 32, 48, 64, 96]
-    assert largest_fitting(base(), 1024, cands, "blocks") == 64
+    assert largest_fitting(base(), 1024, cands, "blocks", lean=False) == 64
+    assert largest_fitting(base(), 1024, cands, "blocks", lean=True) == 96
     assert estimate_peak(base(), 96 * 1024, "blocks", lean=True).fits()
 
 

@@ -116,7 +116,8 @@ def estimate_run(cfg, microbatch_size: int | None = None) -> MemoryEstimate:
 
 
 def largest_fitting(model_cfg, max_seq_len: int, candidates, compile: str = "none", mask_rate: float = 0.30,
-                    gpu_bytes: int = H100_80GB_BYTES, headroom: float = HEADROOM) -> int | None:
+                    gpu_bytes: int = H100_80GB_BYTES, headroom: float = HEADROOM, lean: bool | None = None) -> int | None:
     """The largest candidate microbatch whose estimate fits, or None."""
-    ok = [c for c in candidates if estimate_peak(model_cfg, c * max_seq_len, compile, mask_rate).fits(gpu_bytes, headroom)]
+    ok = [c for c in candidates
+          if estimate_peak(model_cfg, c * max_seq_len, compile, mask_rate, lean).fits(gpu_bytes, headroom)]
     return max(ok) if ok else None
