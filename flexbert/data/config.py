@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Literal, Optional, Union
+from typing import Optional
 
 from flexbert.config import ConfigError
+from typing import Literal, Union  # noqa: E402,I001 - data.microbatch_size: int or "auto"
 
 
 @dataclass

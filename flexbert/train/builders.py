@@ -227,12 +227,11 @@ def build_trainer(cfg: RunConfig, extra_callbacks: Optional[list] = None) -> Tra
     from flexbert.train.optim import build_optimizer
     from flexbert.train.schedulers import build_scheduler, to_composer_time
 
-    from flexbert.train.microbatch import resolve_microbatch
-
-    cfg = resolve_microbatch(cfg)  # data.microbatch_size: auto -> a number, fixed for the run and its resumes
     _quiet_known_warnings()
     write_config(cfg)
     device = resolve_device(cfg)
+    from flexbert.train.microbatch import resolve_microbatch  # noqa: E402 - data.microbatch_size: auto -> a number,
+    cfg = resolve_microbatch(cfg, device)  # fixed for the run and its resumes (before anything sizes a row)
     precision = resolve_precision(cfg, device)
     run_dir = cfg.resolved_run_dir
     plan = plan_load(cfg)
