@@ -97,7 +97,11 @@ def write_record(run_dir: str, record: dict) -> None:
 
 
 def with_microbatch(cfg, microbatch_size: int):
-    return dataclasses.replace(cfg, data={**cfg.data, "microbatch_size": int(microbatch_size)})
+    """A copy of ``cfg`` at this microbatch size (the data section as a mapping or a DataConfig)."""
+    data = cfg.data
+    if dataclasses.is_dataclass(data):
+        return dataclasses.replace(cfg, data=dataclasses.replace(data, microbatch_size=int(microbatch_size)))
+    return dataclasses.replace(cfg, data={**data, "microbatch_size": int(microbatch_size)})
 
 
 def resolve_microbatch(cfg, device: Optional[str] = None, world_size: Optional[int] = None, fits=None):
