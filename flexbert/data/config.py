@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from flexbert.config import ConfigError
+from typing import Literal, Union  # noqa: E402,I001 - data.microbatch_size: int or "auto"
 
 
 @dataclass
@@ -29,7 +30,8 @@ class DataConfig:
 
     # row shape and step size
     max_seq_len: int = 1024  # longest document (chunk) and the attention span unit
-    microbatch_size: int = 1  # sequences per row: a row holds microbatch_size * max_seq_len tokens
+    microbatch_size: Union[int, Literal["auto"]] = 1  # sequences per row (row = microbatch_size * max_seq_len
+    # tokens); "auto": the largest that fits the GPU, found by trying (flexbert/train/microbatch.py)
     global_batch_size: int = 0  # sequences per optimizer step over all ranks; 0: one row per rank
 
     # batch-size warmup (counted in tokens, see flexbert/data/warmup.py); 0 turns it off
@@ -71,7 +73,7 @@ class DataConfig:
             raise bad("split", "must name a split, e.g. 'train'")
         for key, lo in (("max_seq_len", 4), ("microbatch_size", 1), ("packer_buffer_size", 1), ("doc_batch_size", 1),
                         ("eval_rows_per_batch", 1)):
-            if getattr(self, key) < lo:
+            if getattr(self, key) != "auto" and getattr(self, key) < lo:
                 raise bad(key, f"must be >= {lo}, got {getattr(self, key)}")
         for key in ("global_batch_size", "batch_size_warmup_min", "batch_size_warmup_tokens", "num_workers", "seed", "eval_seed"):
             if getattr(self, key) < 0:
@@ -79,7 +81,9 @@ class DataConfig:
         for key in ("mlm_probability", "eval_mlm_probability"):
             if not 0.0 < getattr(self, key) < 1.0:
                 raise bad(key, f"must be in (0, 1), got {getattr(self, key)}")
-        if self.global_batch_size % self.microbatch_size:
+        if self.microbatch_size == "auto" and not self.global_batch_size:
+            raise bad("microbatch_size", "auto needs global_batch_size (rows are chosen among its divisors)")
+        if self.microbatch_size != "auto" and self.global_batch_size % self.microbatch_size:
             raise bad("global_batch_size", f"{self.global_batch_size} is not a multiple of microbatch_size {self.microbatch_size}")
         if self.batch_size_warmup_min:
             if not self.global_batch_size:
@@ -98,6 +102,8 @@ class DataConfig:
     @property
     def row_tokens(self) -> int:
         """T: the static length of every packed row."""
+        if self.microbatch_size == "auto":
+            raise ValueError("data.microbatch_size: auto has no row size until training resolves it (flexbert/train/microbatch.py)")
         return self.microbatch_size * self.max_seq_len
 
     def tokenizer_dir(self) -> str:

@@ -1,14 +1,8 @@
 """Turn a validated RunConfig into a Composer Trainer (model, data, optimizer, schedule, callbacks).
 
 ``build_trainer(cfg)`` returns a ``TrainRun`` holding the trainer and the pieces tests look at;
-``TrainRun.fit()`` trains.  What to load is decided here, not by Composer's autoresume:
-
-1. ``autoresume`` and an intact checkpoint in ``save_folder`` -> full resume from the newest one
-   (truncated / corrupt newer files are skipped with a warning);
-2. else ``load_path``: ``load_weights_only`` takes just the weights; ``reset_time`` starts a new
-   phase (clock, schedule, data position and RNG fresh; optimizer moments kept unless
-   ``load_optimizer_state: false``); otherwise a full resume from that file.
-In every case the configured optimizer hyper-parameters override the loaded ones.
+``TrainRun.fit()`` trains.  What the run starts from (scratch, ``init_from``, a checkpoint) is
+decided in ``flexbert/train/loading.py``.
 """
 
 from __future__ import annotations
@@ -29,20 +23,18 @@ from flexbert.data import loader as data_loader
 from flexbert.model.compile import compile_model
 from flexbert.model.static import StaticShapes
 from flexbert.train import callbacks as cb
-from flexbert.train.checkpointing import AtomicCheckpointSaver, checkpoint_problem, find_resume_checkpoint
+from flexbert.train.checkpointing import AtomicCheckpointSaver
 from flexbert.train.composer_model import FlexBertMLM, flexbert_data_spec
 from flexbert.train.config import RunConfig, as_plain_dict, tokenizer_mismatch
 from flexbert.train.flops import body_flops_per_token, head_flops_per_prediction
+from flexbert.train.loading import LoadPlan, SetupError, load_initial_weights, plan_load  # noqa: F401 (re-exported)
 from flexbert.train.loggers import ConsoleLogger, JSONLLogger
+from flexbert.train.microbatch import resolve_microbatch
 from flexbert.train.optim import build_optimizer
 from flexbert.train.quiet import quiet_known_warnings
 from flexbert.train.schedulers import build_scheduler, to_composer_time
 
 log = logging.getLogger(__name__)
-
-
-class SetupError(RuntimeError):
-    """The run cannot start (missing data, unreadable checkpoint...); the message is one line."""
 
 
 def resolve_device(cfg: RunConfig) -> str:
@@ -71,36 +63,6 @@ def build_model(cfg: RunConfig):
     return model
 
 
-def load_initial_weights(model, path: str) -> None:
-    """``init_from``: weights only, from an HF ModernBERT / exported FlexBERT folder, a
-    ``.safetensors`` file or a ``.pt`` state dict (FlexBertForMaskedLM keys, or a Composer
-    checkpoint).  Shapes must match the configured model exactly."""
-    if not os.path.exists(path):
-        raise SetupError(f"init_from: {path} does not exist")
-    try:
-        if os.path.isdir(path):
-            from flexbert.convert.hf import from_hf
-
-            state = from_hf(path).state_dict()
-        elif path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            state = load_file(path)
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-            if isinstance(state, dict) and "state" in state:  # a Composer checkpoint
-                state = {k[len("model."):]: v for k, v in state["state"]["model"].items()}
-    except SetupError:
-        raise
-    except Exception as e:  # noqa: BLE001 - any unreadable file gets one line
-        raise SetupError(f"init_from: cannot read weights from {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
-    target = model.model
-    missing, unexpected = target.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k != "decoder.weight"]  # tied to the embeddings
-    if missing or unexpected:
-        raise SetupError(f"init_from: {path} does not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
-
-
 def build_loaders(cfg: RunConfig):
     """(train loader, eval loader or None) from the data section."""
     data_cfg = cfg.data
@@ -117,40 +79,6 @@ def build_loaders(cfg: RunConfig):
     if problem:
         raise SetupError(problem)
     return train, evaluation
-
-
-def _phase_ignore_keys(cfg: RunConfig) -> list[str]:
-    keys = ["state/timestamp", "state/schedulers", "state/callbacks", "state/dataset_state", "rng"]
-    if not cfg.load_optimizer_state:
-        keys.append("state/optimizers")
-    return keys
-
-
-@dataclass
-class LoadPlan:
-    path: Optional[str] = None
-    weights_only: bool = False
-    ignore_keys: Optional[list[str]] = None
-    kind: str = "scratch"  # scratch | resume | phase | weights | load
-
-
-def plan_load(cfg: RunConfig) -> LoadPlan:
-    folder = cfg.resolved_save_folder
-    if cfg.autoresume and folder:
-        found = find_resume_checkpoint(folder)
-        if found:
-            return LoadPlan(found, False, None, "resume")
-    if cfg.load_path:
-        if "://" not in cfg.load_path:
-            problem = checkpoint_problem(cfg.load_path)
-            if problem is not None:
-                raise SetupError(f"load_path: cannot read checkpoint {cfg.load_path}: {problem}")
-        if cfg.load_weights_only:
-            return LoadPlan(cfg.load_path, True, None, "weights")
-        if cfg.reset_time:
-            return LoadPlan(cfg.load_path, False, _phase_ignore_keys(cfg), "phase")
-        return LoadPlan(cfg.load_path, False, None, "load")
-    return LoadPlan()
 
 
 @dataclass
@@ -248,6 +176,7 @@ def build_trainer(cfg: RunConfig, extra_callbacks: Optional[list] = None) -> Tra
     quiet_known_warnings()
     write_config(cfg)
     device = resolve_device(cfg)
+    cfg = resolve_microbatch(cfg, device)  # data.microbatch_size: auto -> a number, kept across resumes
     precision = resolve_precision(cfg, device)
     plan = plan_load(cfg)
 

@@ -93,7 +93,7 @@ def _close(run_obj) -> None:
 def _handle(e: BaseException, debug: bool) -> int:
     from flexbert.config import ConfigError
     from flexbert.registry import RegistryError
-    from flexbert.train.builders import SetupError
+    from flexbert.train.loading import SetupError
 
     if isinstance(e, (ConfigError, RegistryError)):
         return _fail(str(e), 2, debug, e)

@@ -1,0 +1,174 @@
+#!/usr/bin/env python
+"""Write MDS shards of synthetic documents with the ModernBERT paper's length distributions, for
+benchmarks and GPU checks that need realistic shapes but no corpus (``make gpu-report``).
+
+    python data_prep/synthetic_shards.py --tokenizer DIR --out DIR --lengths pretrain \
+        --max-seq-len 1024 [--tokens 20M | --documents N] [--seed 0] [--val-fraction 0.01]
+
+Length distributions (tokens per document, [CLS] and [SEP] included):
+
+* ``pretrain``: lognormal with median 460 (sigma 1.0, so a long tail past 1024); documents longer
+  than ``--max-seq-len`` are cut into chunks that are each wrapped in [CLS]/[SEP], as
+  data_prep/tokenize_to_mds.py cuts real text;
+* ``fixed512``, ``fixed8192``: every document exactly that long (the paper's inference sets);
+* ``normal256``: N(256, 64) clamped to [16, 512]; ``normal4096``: N(4096, 1024) clamped to
+  [16, 8192] (the paper's variable-length inference sets).
+
+Token ids are drawn uniformly from the tokenizer's non-special vocabulary, wrapped with its own
+[CLS]/[SEP] (any tokenizer with BERT special tokens).  The output has the layout of
+tokenize_to_mds.py (OUT/train, OUT/validation, OUT/tokenizer, OUT/stats.json), so
+``composer train.py CONFIG data.local=OUT`` trains on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from flexbert.data import shards as S  # noqa: E402
+from flexbert.data.tokenizer import SpecialTokens, load_tokenizer, special_tokens_template  # noqa: E402
+
+LENGTHS = ("pretrain", "fixed512", "fixed8192", "normal256", "normal4096")
+PRETRAIN_MEDIAN, PRETRAIN_SIGMA = 460.0, 1.0
+
+
+def draw_lengths(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Document lengths in tokens, specials included (before chunking)."""
+    if kind == "pretrain":
+        x = rng.lognormal(np.log(PRETRAIN_MEDIAN), PRETRAIN_SIGMA, n)
+        return np.maximum(3, np.rint(x)).astype(np.int64)
+    if kind in ("fixed512", "fixed8192"):
+        return np.full(n, int(kind[5:]), dtype=np.int64)
+    if kind in ("normal256", "normal4096"):
+        mean = int(kind[6:])
+        return np.clip(np.rint(rng.normal(mean, mean / 4, n)), 16, 2 * mean).astype(np.int64)
+    raise ValueError(f"--lengths: unknown distribution '{kind}'; valid choices: {', '.join(LENGTHS)}")
+
+
+def chunk(length: int, max_seq_len: int, n_special: int) -> list[int]:
+    """Sample lengths of one document of ``length`` tokens (specials included) cut at
+    ``max_seq_len``: the body is split into pieces of at most ``max_seq_len - n_special``."""
+    cap = max_seq_len - n_special
+    body = length - n_special
+    return [min(cap, body - s) + n_special for s in range(0, body, cap)]
+
+
+def _documents(kind, n_docs, tokens, seed):
+    """Lengths in blocks of 4096 until ``n_docs`` documents or ``tokens`` tokens."""
+    rng = np.random.default_rng(seed)
+    made = total = 0
+    while (n_docs and made < n_docs) or (tokens and total < tokens):
+        block = draw_lengths(kind, 4096 if not n_docs else min(4096, n_docs - made), rng)
+        for length in block:
+            yield int(length), rng
+            made += 1
+            total += int(length)
+            if (n_docs and made >= n_docs) or (tokens and not n_docs and total >= tokens):
+                return
+
+
+def write_synthetic(tokenizer_dir: str, out: str, kind: str, max_seq_len: int, documents: int = 0, tokens: int = 0,
+                    seed: int = 0, val_fraction: float = 0.01, overwrite: bool = False) -> dict:
+    """Write the shards and stats.json; returns the stats (tokenize_to_mds's keys + ``synthetic``)."""
+    from streaming import MDSWriter
+
+    if kind not in LENGTHS:
+        raise ValueError(f"--lengths: unknown distribution '{kind}'; valid choices: {', '.join(LENGTHS)}")
+    if not documents and not tokens:
+        raise ValueError("give --documents or --tokens")
+    tok = load_tokenizer(tokenizer_dir)
+    special = SpecialTokens.from_tokenizer(tok)
+    pre, post = special_tokens_template(tok)
+    if max_seq_len < len(pre) + len(post) + 1:
+        raise ValueError(f"--max-seq-len {max_seq_len} leaves no room next to the special tokens")
+    vocab = special.replacement_ids()
+    dtype = "uint16" if special.vocab_size <= 1 << 16 else "uint32"
+    S._prepare_out(out, overwrite)
+    writers: dict = {}  # one per split that gets documents (an empty split is left out, as tokenize_to_mds does)
+    stats = {name: {"documents": 0, "samples": 0, "tokens": 0} for name in S.SPLITS}
+    doc_lengths, chunked = [], 0
+    n_special = len(pre) + len(post)
+    for i, (length, rng) in enumerate(_documents(kind, documents, tokens, seed)):
+        length = max(length, n_special + 1)
+        name = S.SPLITS[int(rng.random() < val_fraction)]
+        pieces = chunk(length, max_seq_len, n_special)
+        if name not in writers:
+            writers[name] = MDSWriter(out=os.path.join(out, name), size_limit="64mb",
+                                      columns={"input_ids": f"ndarray:{dtype}", "length": "uint32"})
+        for n in pieces:
+            ids = np.concatenate([pre, vocab[rng.integers(0, len(vocab), n - n_special)], post]).astype(dtype)
+            writers[name].write({"input_ids": ids, "length": n})
+        s = stats[name]
+        s["documents"] += 1
+        s["samples"] += len(pieces)
+        s["tokens"] += sum(pieces)
+        doc_lengths.append(length)
+        chunked += len(pieces) > 1
+    for w in writers.values():
+        w.finish()
+    S._copy_tokenizer(tokenizer_dir, os.path.join(out, "tokenizer"))
+    return _write_stats(out, stats, doc_lengths, chunked, kind, max_seq_len, seed, val_fraction, dtype, special)
+
+
+def _write_stats(out, stats, doc_lengths, chunked, kind, max_seq_len, seed, val_fraction, dtype, special) -> dict:
+    import json
+
+    n = len(doc_lengths)
+    lengths = np.asarray(doc_lengths)
+    result = {
+        "inputs": [{"path": f"synthetic:{kind}", "split": "auto", "documents": n}],
+        "documents_read": n, "documents_written": n, "documents_skipped": {"empty": 0, "no_tokens": 0},
+        "documents_chunked": chunked, "documents_truncated": 0, "documents_with_replaced_bytes": 0,
+        "samples_written": sum(s["samples"] for s in stats.values()),
+        "tokens_written": sum(s["tokens"] for s in stats.values()), "tokens_truncated": 0,
+        "splits": stats, "max_seq_len": max_seq_len, "dtype": dtype, "vocab_size": special.vocab_size,
+        "special_ids": {"cls": special.cls_id, "sep": special.sep_id, "pad": special.pad_id, "mask": special.mask_id},
+        "val_fraction": val_fraction, "truncate": False, "workers": 1,
+        "synthetic": {"lengths": kind, "seed": seed, "document_length_median": float(np.median(lengths)),
+                      "document_length_mean": float(lengths.mean()), "document_length_std": float(lengths.std()),
+                      "document_length_min": int(lengths.min()), "document_length_max": int(lengths.max())},
+    }
+    S.check_stats(result)
+    with open(os.path.join(out, "stats.json"), "w") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
+    return result
+
+
+def _count(text: str) -> int:
+    """'20M', '500k', '1e6' or a plain number."""
+    t = text.strip().lower()
+    mult = {"k": 10**3, "m": 10**6, "b": 10**9}.get(t[-1:], 1)
+    return int(float(t[:-1] if mult > 1 else t) * mult)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tokenizer", required=True, metavar="DIR", help="folder with tokenizer.json (BERT special tokens)")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--lengths", default="pretrain", choices=LENGTHS)
+    p.add_argument("--max-seq-len", type=int, default=1024)
+    p.add_argument("--documents", type=_count, default=0, help="number of documents")
+    p.add_argument("--tokens", type=_count, default=0, help="or: stop after this many tokens, e.g. 20M")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-fraction", type=float, default=0.01)
+    p.add_argument("--overwrite", action="store_true")
+    a = p.parse_args(argv)
+    try:
+        s = write_synthetic(a.tokenizer, a.out, a.lengths, a.max_seq_len, a.documents, a.tokens, a.seed,
+                            a.val_fraction, a.overwrite)
+    except (ValueError, FileNotFoundError, S.OutputError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{a.out}: {s['documents_written']} documents, {s['samples_written']} samples, {s['tokens_written']} tokens; "
+          f"document length median {s['synthetic']['document_length_median']:.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

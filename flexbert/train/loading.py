@@ -1,0 +1,90 @@
+"""What a run starts from: a fresh init, ``init_from`` weights, or a Composer checkpoint.
+
+Decided here, not by Composer's autoresume:
+
+1. ``autoresume`` and an intact checkpoint in ``save_folder`` -> full resume from the newest one
+   (truncated / corrupt newer files are skipped with a warning);
+2. else ``load_path``: ``load_weights_only`` takes just the weights; ``reset_time`` starts a new
+   phase (clock, schedule, data position and RNG fresh; optimizer moments kept unless
+   ``load_optimizer_state: false``); otherwise a full resume from that file.
+In every case the configured optimizer hyper-parameters override the loaded ones.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from flexbert.train.checkpointing import checkpoint_problem, find_resume_checkpoint
+from flexbert.train.config import RunConfig
+
+
+class SetupError(RuntimeError):
+    """The run cannot start (missing data, unreadable checkpoint...); the message is one line."""
+
+
+def load_initial_weights(model, path: str) -> None:
+    """``init_from``: weights only, from an HF ModernBERT / exported FlexBERT folder, a
+    ``.safetensors`` file or a ``.pt`` state dict (FlexBertForMaskedLM keys, or a Composer
+    checkpoint).  Shapes must match the configured model exactly."""
+    if not os.path.exists(path):
+        raise SetupError(f"init_from: {path} does not exist")
+    try:
+        if os.path.isdir(path):
+            from flexbert.convert.hf import from_hf
+
+            state = from_hf(path).state_dict()
+        elif path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+            if isinstance(state, dict) and "state" in state:  # a Composer checkpoint
+                state = {k[len("model."):]: v for k, v in state["state"]["model"].items()}
+    except SetupError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets one line
+        raise SetupError(f"init_from: cannot read weights from {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    target = model.model
+    missing, unexpected = target.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k != "decoder.weight"]  # tied to the embeddings
+    if missing or unexpected:
+        raise SetupError(f"init_from: {path} does not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+def _phase_ignore_keys(cfg: RunConfig) -> list[str]:
+    keys = ["state/timestamp", "state/schedulers", "state/callbacks", "state/dataset_state", "rng"]
+    if not cfg.load_optimizer_state:
+        keys.append("state/optimizers")
+    return keys
+
+
+@dataclass
+class LoadPlan:
+    path: Optional[str] = None
+    weights_only: bool = False
+    ignore_keys: Optional[list[str]] = None
+    kind: str = "scratch"  # scratch | resume | phase | weights | load
+
+
+def plan_load(cfg: RunConfig) -> LoadPlan:
+    folder = cfg.resolved_save_folder
+    if cfg.autoresume and folder:
+        found = find_resume_checkpoint(folder)
+        if found:
+            return LoadPlan(found, False, None, "resume")
+    if cfg.load_path:
+        if "://" not in cfg.load_path:
+            problem = checkpoint_problem(cfg.load_path)
+            if problem is not None:
+                raise SetupError(f"load_path: cannot read checkpoint {cfg.load_path}: {problem}")
+        if cfg.load_weights_only:
+            return LoadPlan(cfg.load_path, True, None, "weights")
+        if cfg.reset_time:
+            return LoadPlan(cfg.load_path, False, _phase_ignore_keys(cfg), "phase")
+        return LoadPlan(cfg.load_path, False, None, "load")
+    return LoadPlan()

@@ -1,0 +1,161 @@
+"""``data.microbatch_size: auto``: the largest packed row that fits, chosen once per run.
+
+On a GPU the choice is made by trying: a real forward + backward + optimizer step (twice, so the
+optimizer moments and the previous step's outputs are alive, as in training) over a synthetic
+row of each candidate size.  A candidate fits when the step's peak reserved memory stays under
+``1 - SAFETY`` of the GPU (10% kept free for fragmentation, the CUDA context and unlucky masking
+draws) and raises no out-of-memory error.  Candidates are the divisors of the per-rank batch
+(``global_batch_size / world_size``), so the global batch is kept by gradient accumulation.  The
+search starts at the largest candidate the memory estimate (flexbert/train/memory.py) allows,
+walks up while rows fit and down while they do not.  The probe runs eagerly: eager mode needs the
+most memory of the compile modes (facts §6), so the choice also holds compiled.  With several
+ranks every rank probes its own GPU and all take the smallest choice.
+
+On CPU ``auto`` does not probe: memory is not what limits a CPU run, so it takes the largest
+divisor of the per-rank batch whose row holds at most ``CPU_ROW_TOKENS`` tokens, and says so.
+
+The choice is written to ``{run_dir}/microbatch.json`` and read back on every resume, so a run
+keeps its row size (and its data loader's exact position) for its whole life.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from typing import Callable, Optional, Sequence
+
+from flexbert.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+RECORD = "microbatch.json"
+SAFETY = 0.10
+CPU_ROW_TOKENS = 8192
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def search(candidates: Sequence[int], fits: Callable[[int], bool], start: Optional[int] = None) -> tuple[Optional[int], list]:
+    """The largest candidate for which ``fits`` holds (``fits`` is assumed monotone: a row that
+    fits has every smaller row fit).  Starts at the largest candidate <= ``start`` (default the
+    largest), climbs while rows fit, descends while they do not.  Returns (choice or None, the
+    probes made as (size, fits) in order)."""
+    cands = sorted(set(candidates))
+    if not cands:
+        return None, []
+    i = max([k for k, c in enumerate(cands) if start is None or c <= start] or [0])
+    tried: list = []
+
+    def probe(k: int) -> bool:
+        ok = bool(fits(cands[k]))
+        tried.append((cands[k], ok))
+        return ok
+
+    if probe(i):
+        while i + 1 < len(cands) and probe(i + 1):
+            i += 1
+        return cands[i], tried
+    while i > 0:
+        i -= 1
+        if probe(i):
+            return cands[i], tried
+    return None, tried
+
+
+def per_rank_batch(global_batch_size: int, world_size: int) -> int:
+    if global_batch_size % world_size:
+        raise ConfigError(f"data.global_batch_size: {global_batch_size} is not a multiple of the {world_size} ranks")
+    return global_batch_size // world_size
+
+
+def cpu_choice(per_rank: int, max_seq_len: int) -> int:
+    fitting = [d for d in divisors(per_rank) if d * max_seq_len <= CPU_ROW_TOKENS]
+    return max(fitting or [1])
+
+
+def read_record(run_dir: str) -> Optional[dict]:
+    path = os.path.join(run_dir, RECORD)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_record(run_dir: str, record: dict) -> None:
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    os.makedirs(run_dir, exist_ok=True)
+    tmp = os.path.join(run_dir, "." + RECORD + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(record, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, os.path.join(run_dir, RECORD))
+
+
+def with_microbatch(cfg, microbatch_size: int):
+    """A copy of ``cfg`` at this microbatch size (the data section as a mapping or a DataConfig)."""
+    data = cfg.data
+    if dataclasses.is_dataclass(data):
+        return dataclasses.replace(cfg, data=dataclasses.replace(data, microbatch_size=int(microbatch_size)))
+    return dataclasses.replace(cfg, data={**data, "microbatch_size": int(microbatch_size)})
+
+
+def resolve_microbatch(cfg, device: Optional[str] = None, world_size: Optional[int] = None, fits=None):
+    """``cfg`` with ``data.microbatch_size`` a number (unchanged unless it is ``auto``).
+
+    ``fits`` replaces the GPU probe (tests use a fake memory limit)."""
+    data = cfg.data_config()
+    if data.microbatch_size != "auto":
+        return cfg
+    world_size = world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    per_rank = per_rank_batch(data.global_batch_size, world_size)
+    run_dir = cfg.resolved_run_dir
+    record = read_record(run_dir)
+    if record is not None:
+        mb = int(record["microbatch_size"])
+        if per_rank % mb:
+            raise ConfigError(f"data.microbatch_size: auto chose {mb} for this run ({os.path.join(run_dir, RECORD)}), which does "
+                             f"not divide the per-rank batch {per_rank} now; restore the run's batch or delete that file")
+        log.info("data.microbatch_size: auto -> %d (kept from %s)", mb, os.path.join(run_dir, RECORD))
+        return with_microbatch(cfg, mb)
+    if device is None:
+        from flexbert.train.builders import resolve_device
+
+        device = resolve_device(cfg)
+    if fits is None and device == "cpu":
+        mb, how, tried = cpu_choice(per_rank, data.max_seq_len), f"cpu rule: largest divisor with a row <= {CPU_ROW_TOKENS} tokens", []
+    else:
+        start, real = None, fits is None
+        if real:
+            from flexbert.train.gpu_probe import cuda_fits, estimate_start
+
+            fits, start = cuda_fits(cfg, SAFETY), estimate_start(cfg, divisors(per_rank))
+        mb, tried = search(divisors(per_rank), fits, start)
+        if mb is None:
+            raise ConfigError(f"data.microbatch_size: auto found no row that fits (tried {tried}); shorten max_seq_len or the model")
+        if real:
+            mb = _agree(mb, world_size)
+        how = "probed " + ", ".join(f"{m}:{'fits' if ok else 'no'}" for m, ok in tried)
+    log.warning("data.microbatch_size: auto -> %d (%d x %d = %d tokens per row; %s)", mb, mb, data.max_seq_len,
+                mb * data.max_seq_len, how)
+    write_record(run_dir, {"microbatch_size": mb, "max_seq_len": data.max_seq_len, "per_rank_batch": per_rank,
+                           "world_size": world_size, "device": device, "how": how, "probes": tried})
+    return with_microbatch(cfg, mb)
+
+
+def _agree(mb: int, world_size: int) -> int:
+    """The smallest choice over the ranks (each probed its own GPU)."""
+    if world_size <= 1:
+        return mb
+    import torch
+    from composer.devices import DeviceGPU
+    from composer.utils import dist
+
+    dist.initialize_dist(DeviceGPU())  # the Trainer reuses this process group
+    t = torch.tensor([mb], device="cuda")
+    dist.all_reduce(t, reduce_operation="MIN")
+    return int(t.item())
