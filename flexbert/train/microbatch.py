@@ -97,18 +97,15 @@ def write_record(run_dir: str, record: dict) -> None:
 
 
 def with_microbatch(cfg, microbatch_size: int):
-    """A copy of ``cfg`` at this microbatch size (the data section as a mapping or a DataConfig)."""
-    data = cfg.data
-    if dataclasses.is_dataclass(data):
-        return dataclasses.replace(cfg, data=dataclasses.replace(data, microbatch_size=int(microbatch_size)))
-    return dataclasses.replace(cfg, data={**data, "microbatch_size": int(microbatch_size)})
+    """A copy of ``cfg`` at this microbatch size (``cfg`` itself is left unchanged)."""
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, microbatch_size=int(microbatch_size)))
 
 
 def resolve_microbatch(cfg, device: Optional[str] = None, world_size: Optional[int] = None, fits=None):
     """``cfg`` with ``data.microbatch_size`` a number (unchanged unless it is ``auto``).
 
     ``fits`` replaces the GPU probe (tests use a fake memory limit)."""
-    data = cfg.data_config()
+    data = cfg.data
     if data.microbatch_size != "auto":
         return cfg
     world_size = world_size or int(os.environ.get("WORLD_SIZE", "1"))
