@@ -18,6 +18,7 @@ GLU's ``Wi`` as (input/gate, intermediate, in).  Equal sizes give the identity.
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Callable
 
@@ -143,8 +144,6 @@ def write_tiled(src: str, target_config: str, out_dir: str, mode: str = "center_
     express the target; otherwise only ``out_dir/model.safetensors`` in FlexBERT names (use it as
     ``init_from: out_dir/model.safetensors``).  Returns a summary.
     """
-    import os
-
     from flexbert.convert.hf import ConversionError, to_hf
     from flexbert.model.model import FlexBertForMaskedLM
     from flexbert.train.config import load_run_config
