@@ -27,3 +27,12 @@ demo: install
 
 clean-demo:
 	rm -rf $(DEMO)
+
+# The three-phase recipe at demo scale: tiny -> tiny-context-extension (512 tokens, theta 160k)
+# -> tiny-decay (1-sqrt), each phase from the previous one's final checkpoint; reruns skip
+# finished phases.  Needs `make demo`'s corpus and tokenizer.
+phases-demo: install
+	@test -f $(DEMO)/shards-512/stats.json || $(PY) data_prep/tokenize_to_mds.py \
+	    --input $(DEMO)/corpus/pretrain/train.jsonl --val-input $(DEMO)/corpus/pretrain/validation.jsonl \
+	    --tokenizer $(DEMO)/tokenizer --out $(DEMO)/shards-512 --max-seq-len 512 --overwrite
+	$(PY) scripts/run_phases.py configs/tiny.yaml configs/tiny-context-extension.yaml configs/tiny-decay.yaml
