@@ -4,7 +4,8 @@
     python scripts/export_hf.py --run-dir runs/tiny --out runs/tiny/hf
     python scripts/export_hf.py --checkpoint runs/base/checkpoints/ba1000.pt --config runs/base/config.yaml --out hf/
 
-The folder (config.json, model.safetensors, tokenizer files) loads with
+The folder (config.json, model.safetensors, tokenizer files, and a model card README.md with the
+architecture, the run's training config, tokens seen and phases) loads with
 ``AutoModelForMaskedLM.from_pretrained`` / ``AutoTokenizer.from_pretrained``, offline.
 """
 
@@ -13,6 +14,13 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
 
 
 def main(argv=None) -> int:
@@ -33,6 +41,12 @@ def main(argv=None) -> int:
     except (ExportError, ConfigError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from flexbert.convert.model_card import write_model_card
+    from safetensors import safe_open
+
+    with safe_open(os.path.join(a.out, "model.safetensors"), "pt") as f:
+        n_params = sum(_numel(f.get_slice(k).get_shape()) for k in f.keys())  # tied decoder not stored
+    write_model_card(a.out, info["config"], info["checkpoint"], n_params)
     print(f"exported {info['checkpoint']} -> {info['out']} (tokenizer: {info['tokenizer'] or 'none'})")
     return 0
 

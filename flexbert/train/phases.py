@@ -1,0 +1,152 @@
+"""Run a list of phase configs in order (pretraining -> context extension -> decay).
+
+Each phase is one ``train.py`` run.  From the second phase on, ``load_path`` is set to the
+previous phase's final checkpoint (the phase configs themselves carry ``reset_time: true``, the
+new ``max_seq_len``, RoPE theta, LR and schedule).  A finished phase leaves
+``{run_dir}/phase_done.json``; a rerun skips it, so running the chain again does no work.  After a
+phase that changes the sequence length, its final weights are evaluated at both lengths (the
+previous phase's eval data and its own) into ``{run_dir}/length_eval.json``.
+
+Overrides: ``key=value`` applies to every phase, ``N:key=value`` only to phase N (1-based).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from flexbert.config import ConfigError
+
+DONE = "phase_done.json"
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@dataclass
+class Phase:
+    config: str
+    overrides: list[str]
+    cfg: object  # RunConfig
+
+
+def split_overrides(overrides: list[str], n_phases: int) -> list[list[str]]:
+    """Per phase: the global overrides, then that phase's ``N:`` ones."""
+    out: list[list[str]] = [[] for _ in range(n_phases)]
+    for o in overrides:
+        head, sep, rest = o.partition(":")
+        if sep and head.isdigit() and "=" not in head:
+            n = int(head)
+            if not 1 <= n <= n_phases:
+                raise ConfigError(f"override '{o}': phase {n} does not exist (phases 1..{n_phases})")
+            out[n - 1].append(rest)
+        else:
+            for per in out:
+                per.append(o)
+    return out
+
+
+def plan_phases(configs: list[str], overrides: list[str], runs_root: Optional[str] = None) -> list[Phase]:
+    """Validated RunConfigs of every phase (load_path of phase 2+ is filled in when it runs)."""
+    from flexbert.train.config import load_run_config
+
+    phases = []
+    for path, ov in zip(configs, split_overrides(overrides, len(configs))):
+        cfg = load_run_config(path, ov)
+        if runs_root and not any(o.startswith("run_dir=") for o in ov):
+            ov = ov + [f"run_dir={os.path.join(runs_root, cfg.run_name)}"]
+            cfg = load_run_config(path, ov)
+        phases.append(Phase(path, ov, cfg))
+    return phases
+
+
+def final_checkpoint(cfg) -> str:
+    from flexbert.train.checkpointing import find_resume_checkpoint
+
+    found = find_resume_checkpoint(cfg.resolved_save_folder)
+    if found is None:
+        raise RuntimeError(f"phase {cfg.run_name} finished without a checkpoint in {cfg.resolved_save_folder}")
+    return os.path.abspath(found)
+
+
+def _done(cfg) -> Optional[str]:
+    path = os.path.join(cfg.resolved_run_dir, DONE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        ckpt = json.load(f).get("checkpoint")
+    return ckpt if ckpt and os.path.exists(ckpt) else None
+
+
+def train_subprocess(config: str, overrides: list[str]) -> int:
+    return subprocess.call([sys.executable, os.path.join(ROOT, "train.py"), config, *overrides])
+
+
+def run_chain(configs: list[str], overrides: list[str], runs_root: Optional[str] = None,
+              train: Callable[[str, list[str]], int] = train_subprocess, log=print) -> list[str]:
+    """Run the phases; returns each phase's final checkpoint."""
+    from flexbert.train.config import load_run_config
+
+    phases = plan_phases(configs, overrides, runs_root)
+    finals: list[str] = []
+    for i, ph in enumerate(phases):
+        ov = ph.overrides + ([f"load_path={finals[-1]}"] if finals else [])
+        cfg = load_run_config(ph.config, ov)
+        done = _done(cfg)
+        if done:
+            log(f"[phases] {i + 1}/{len(phases)} {cfg.run_name}: already finished ({done}); skipped")
+            finals.append(done)
+            continue
+        log(f"[phases] {i + 1}/{len(phases)} {cfg.run_name}: train.py {ph.config} {' '.join(ov)}")
+        rc = train(ph.config, ov)
+        if rc != 0:
+            raise RuntimeError(f"phase {i + 1} ({cfg.run_name}) failed with exit code {rc}; rerun to resume it")
+        ckpt = final_checkpoint(cfg)
+        if i and phases[i - 1].cfg.data_config().max_seq_len != cfg.data_config().max_seq_len:
+            report = length_losses(cfg, ckpt, [phases[i - 1].cfg, cfg])
+            with open(os.path.join(cfg.resolved_run_dir, "length_eval.json"), "w") as f:
+                json.dump(report, f, indent=1)
+            log(f"[phases] {cfg.run_name} eval loss by length: " + ", ".join(f"{k}: {v:.4f}" for k, v in report.items()))
+        with open(os.path.join(cfg.resolved_run_dir, DONE), "w") as f:
+            json.dump({"checkpoint": ckpt, "config": os.path.abspath(ph.config), "overrides": ov}, f, indent=1)
+        finals.append(ckpt)
+    return finals
+
+
+def eval_loss(model, data_cfg, max_batches: int) -> float:
+    """Mean MLM loss over the first ``max_batches`` eval batches (rows weighted by masked tokens)."""
+    import torch
+
+    from flexbert.data import loader as data_loader
+
+    total, count = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for b, batch in enumerate(data_loader.build_eval_loader(data_cfg)):
+            if b >= max_batches:
+                break
+            for row in batch["rows"] if "rows" in batch else [batch]:
+                n = int((row["labels"] != -100).sum())
+                if n:
+                    total += float(model(row).loss) * n
+                    count += n
+    if not count:
+        raise RuntimeError(f"no eval tokens in {data_cfg.local}/{data_cfg.eval_split}")
+    return total / count
+
+
+def length_losses(cfg, checkpoint: str, length_cfgs: list) -> dict[str, float]:
+    """``{"loss@LEN": value}``: ``checkpoint``'s weights (model of ``cfg``) on each config's eval data."""
+    from flexbert.train.builders import build_model, load_initial_weights
+
+    model = build_model(cfg)
+    load_initial_weights(model, checkpoint)
+    out = {}
+    for other in length_cfgs:
+        data_cfg = other.data_config()
+        data_cfg = dataclasses.replace(data_cfg, num_workers=0)
+        out[f"loss@{data_cfg.max_seq_len}"] = eval_loss(model, data_cfg, max(1, cfg.eval_subset_num_batches))
+    return out

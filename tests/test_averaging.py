@@ -1,0 +1,93 @@
+"""Checkpoint averaging (flexbert/train/averaging.py, scripts/average_checkpoints.py)."""
+
+import os
+import shutil
+import subprocess
+
+import pytest
+import torch
+import yaml
+
+from test_train_fixtures import PY, ROOT, build_and_fit, run_config
+
+from flexbert.train.averaging import AveragingError, average_checkpoints, best_checkpoints, eval_metric_by_batch
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, data):
+    tmp = tmp_path_factory.mktemp("avg")
+    cfg = run_config(tmp, data, max_duration="6ba", save_interval="2ba", eval_interval="2ba", save_num_to_keep=-1)
+    build_and_fit(cfg)
+    return cfg["run_dir"]
+
+
+def _model(path):
+    return torch.load(path, map_location="cpu", weights_only=False)["state"]["model"]
+
+
+def _ck(run, b):
+    return os.path.join(run, "checkpoints", f"ba{b}.pt")
+
+
+def test_one_checkpoint_is_unchanged_two_are_their_exact_mean(tmp_path, run):
+    out = average_checkpoints([_ck(run, 4)], str(tmp_path / "one"))
+    src, got = _model(_ck(run, 4)), _model(out)
+    assert set(got) == set(src) and all(torch.equal(got[k], src[k]) for k in src)
+    out2 = average_checkpoints([_ck(run, 2), _ck(run, 6)], str(tmp_path / "two"))
+    assert os.path.basename(out2) == "ba6.pt" and os.path.exists(tmp_path / "two" / "config.yaml")
+    a, b, got = _model(_ck(run, 2)), _model(_ck(run, 6)), _model(out2)
+    k = "model.model.layers.0.attn.Wqkv.weight"
+    assert not torch.equal(a[k], b[k])
+    for k in a:
+        assert torch.equal(got[k], (a[k].float() + b[k].float()) / 2), k
+
+
+def test_best_k_by_eval_metric_plus_final(run):
+    values = eval_metric_by_batch(run, "MLMLoss")
+    assert set(values) >= {2, 4, 6}
+    best = min((values[2], 2), (values[4], 4))[1]
+    assert best_checkpoints(run, 1, "MLMLoss") == [_ck(run, best), _ck(run, 6)]
+    worst = max((values[2], 2), (values[4], 4))[1]
+    assert best_checkpoints(run, 1, "MLMLoss", maximize=True) == [_ck(run, worst), _ck(run, 6)]
+    assert best_checkpoints(run, 2) == [_ck(run, 2), _ck(run, 4), _ck(run, 6)]
+    with pytest.raises(AveragingError, match="only 2 checkpoint"):
+        best_checkpoints(run, 5)
+
+
+def test_refuses_checkpoints_of_different_configs(tmp_path, run):
+    other = tmp_path / "other"
+    (other / "checkpoints").mkdir(parents=True)
+    shutil.copy(_ck(run, 2), other / "checkpoints" / "ba2.pt")
+    cfg = yaml.safe_load(open(os.path.join(run, "config.yaml")))
+    cfg["model"]["local_rope_theta"] = 20000.0
+    (other / "config.yaml").write_text(yaml.safe_dump(cfg))
+    r = subprocess.run([PY, os.path.join(ROOT, "scripts/average_checkpoints.py"), "--out", str(tmp_path / "x"),
+                        _ck(run, 4), str(other / "checkpoints" / "ba2.pt")], capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=ROOT), timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "different model config" in r.stderr and "model.local_rope_theta" in r.stderr
+
+
+def test_averaged_checkpoint_exports_loads_and_inits(tmp_path, run):
+    from transformers import AutoModelForMaskedLM
+
+    from flexbert.train.builders import build_model, load_initial_weights
+    from flexbert.train.config import load_run_config
+
+    out_dir = tmp_path / "avg"
+    r = subprocess.run([PY, os.path.join(ROOT, "scripts/average_checkpoints.py"), "--out", str(out_dir),
+                        "--run-dir", run, "--best-k", "2"], capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=ROOT), timeout=120)
+    assert r.returncode == 0, r.stderr
+    ckpt = str(out_dir / "checkpoints" / "ba6.pt")
+    avg = _model(ckpt)
+    r = subprocess.run([PY, os.path.join(ROOT, "scripts/export_hf.py"), "--run-dir", str(out_dir), "--out",
+                        str(tmp_path / "hf")], capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT),
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    hf = AutoModelForMaskedLM.from_pretrained(str(tmp_path / "hf"))
+    k = "model.layers.1.mlp.Wi.weight"
+    assert torch.equal(hf.state_dict()[k], avg["model." + k])
+    model = build_model(load_run_config(str(out_dir / "config.yaml")))
+    load_initial_weights(model, ckpt)  # init_from: the averaged checkpoint
+    assert torch.equal(model.model.state_dict()[k], avg["model." + k])

@@ -1,0 +1,72 @@
+"""The exported model card lists the real run, and continued pretraining from a released-format
+ModernBERT folder (transformers' save_pretrained) through ``init_from``."""
+
+import os
+import subprocess
+
+import pytest
+import torch
+
+from test_train_fixtures import PY, ROOT, build_and_fit, read_jsonl, run_config
+
+
+@pytest.fixture(scope="module")
+def two_phase_run(tmp_path_factory, data):
+    tmp = tmp_path_factory.mktemp("card")
+    first = run_config(tmp, data, run_dir=str(tmp / "p1"), max_duration="3ba", save_interval="3ba")
+    build_and_fit(first)
+    second = run_config(tmp, data, run_dir=str(tmp / "p2"), max_duration="2ba", save_interval="2ba",
+                        load_path=str(tmp / "p1" / "checkpoints" / "ba3.pt"), reset_time=True,
+                        optimizer={"lr": 7e-4}, run_name="second-phase")
+    build_and_fit(second)
+    return tmp
+
+
+def test_model_card_lists_the_real_training_config(tmp_path, two_phase_run):
+    out = tmp_path / "hf"
+    r = subprocess.run([PY, os.path.join(ROOT, "scripts/export_hf.py"), "--run-dir", str(two_phase_run / "p2"),
+                        "--out", str(out)], capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT),
+                       timeout=180)
+    assert r.returncode == 0, r.stderr
+    card = (out / "README.md").read_text()
+    config_text = (two_phase_run / "p2" / "config.yaml").read_text().rstrip()
+    assert config_text in card  # verbatim
+    tokens = [x for x in read_jsonl(two_phase_run / "p2" / "metrics.jsonl") if x["kind"] == "train"][-1]["tokens"]
+    assert f"This run: {tokens:,} tokens in 2 batches" in card
+    rows = [line for line in card.splitlines() if line.startswith("| 1 |") or line.startswith("| 2 |")]
+    assert len(rows) == 2 and "| t |" in rows[0] and "| second-phase |" in rows[1] and "| 0.0007 |" in rows[1]
+    assert "ba3.pt" in rows[1]  # phase 2 started from phase 1's checkpoint
+    from transformers import AutoModelForMaskedLM
+
+    n_params = sum(p.numel() for p in AutoModelForMaskedLM.from_pretrained(str(out)).parameters())
+    assert f"| parameters | {n_params:,} |" in card
+    assert "SentenceTransformer" in card and "AutoModelForMaskedLM.from_pretrained" in card
+
+
+def test_continue_pretraining_from_a_released_format_modernbert(tmp_path, data):
+    from transformers import ModernBertConfig, ModernBertForMaskedLM
+
+    hf_cfg = ModernBertConfig(vocab_size=1024, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                              num_attention_heads=2, local_attention=32, global_attn_every_n_layers=2,
+                              pad_token_id=0, bos_token_id=2, eos_token_id=3, cls_token_id=2, sep_token_id=3)
+    torch.manual_seed(3)
+    released = ModernBertForMaskedLM(hf_cfg)
+    released.save_pretrained(str(tmp_path / "released"))
+    cfg = run_config(tmp_path, data, init_from=str(tmp_path / "released"), max_duration="4ba")
+    cfg["model"].update(norm_bias=False, attn_qkv_bias=False, attn_out_bias=False, mlp_in_bias=False,
+                        mlp_out_bias=False, head_bias=False)
+    from flexbert.config import from_dict
+    from flexbert.train.builders import build_trainer
+    from flexbert.train.config import RunConfig
+
+    run = build_trainer(from_dict(RunConfig, cfg, ""))
+    try:
+        k = "layers.1.attn.Wqkv.weight"
+        loaded = run.model.model.model.state_dict()[k].clone()
+        assert torch.equal(loaded, released.state_dict()["model." + k])  # the released weights, not a fresh init
+        run.fit()
+        assert not torch.equal(run.model.model.model.state_dict()[k], loaded)  # and they trained
+    finally:
+        run.close()
+    losses = [x["loss/train/total"] for x in read_jsonl(tmp_path / "run" / "metrics.jsonl") if x["kind"] == "train"]
+    assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
