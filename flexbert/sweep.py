@@ -37,6 +37,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KINDS = ("train", "finetune")
 TOP_KEYS = ("name", "kind", "base", "out", "fixed", "list", "grid", "seed_key", "metric")
 DONE = "sweep_done.json"
+LOCK = "sweep.lock"  # pid of the runner running it, so two runners never share a run
 
 
 class SweepError(ValueError):
@@ -179,7 +180,10 @@ def command(sweep: Sweep, run: Run, python: Optional[str] = None, launcher: bool
     if sweep.kind == "train":
         head = ["composer", "train.py"] if launcher else [py, os.path.join(ROOT, "train.py")]
         args = [f"{k}={format_value(v)}" for k, v in {**sweep.fixed, **run.overrides}.items()]
-        return [*head, sweep.base, *args, f"run_name={run.name}", f"run_dir={run_dir(sweep, run)}"]
+        base = sweep.base
+        if launcher and not os.path.relpath(base).startswith(".."):
+            base = os.path.relpath(base)  # printed commands read better relative to where they run
+        return [*head, base, *args, f"run_name={run.name}", f"run_dir={run_dir(sweep, run)}"]
     head = ["python", "scripts/finetune.py"] if launcher else [py, os.path.join(ROOT, "scripts", "finetune.py")]
     args: list[str] = []
     if sweep.base:
@@ -236,9 +240,21 @@ def _env(threads: Optional[int]) -> dict[str, str]:
     return env
 
 
+def _locked(sweep: Sweep, run: Run) -> bool:
+    """Whether a live process (another sweep runner) holds the run's lock file."""
+    try:
+        with open(os.path.join(run_dir(sweep, run), LOCK)) as f:
+            os.kill(int(f.read().strip()), 0)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
 def _start(sweep: Sweep, run: Run, threads: Optional[int]) -> tuple[subprocess.Popen, Any, float]:
     folder = run_dir(sweep, run)
     os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, LOCK), "w") as f:
+        f.write(str(os.getpid()))
     log = open(os.path.join(folder, "sweep.log"), "a")
     cmd = command(sweep, run)
     log.write("$ " + " ".join(shlex.quote(c) for c in cmd) + "\n")
@@ -248,6 +264,10 @@ def _start(sweep: Sweep, run: Run, threads: Optional[int]) -> tuple[subprocess.P
 
 
 def _finish(sweep: Sweep, run: Run, rc: int, seconds: float) -> bool:
+    try:
+        os.remove(os.path.join(run_dir(sweep, run), LOCK))
+    except OSError:
+        pass
     if rc == 0:
         with open(os.path.join(run_dir(sweep, run), DONE), "w") as f:
             json.dump({"command": command(sweep, run)[1:], "seconds": round(seconds, 1)}, f)
@@ -260,7 +280,8 @@ def _finish(sweep: Sweep, run: Run, rc: int, seconds: float) -> bool:
 
 def run_all(sweep: Sweep, parallel: int = 1, only: Optional[list[str]] = None) -> list[str]:
     """Run every run not done yet, ``parallel`` at a time; returns the names that failed."""
-    todo = [r for r in sweep.runs if (not only or r.name in only)]
+    by_name = {r.name: r for r in sweep.runs}
+    todo = [by_name[n] for n in only] if only else list(sweep.runs)  # --only: in the order given
     pending = []
     for r in todo:
         state = status(sweep, r)
@@ -277,6 +298,9 @@ def run_all(sweep: Sweep, parallel: int = 1, only: Optional[list[str]] = None) -
         while pending and len(active) < max(1, parallel):
             run = pending.pop(0)
             started += 1
+            if status(sweep, run) == "done" or _locked(sweep, run):  # another runner got to it meanwhile
+                print(f"[sweep] {run.name}: done or running elsewhere, skipped", flush=True)
+                continue
             print(f"[sweep] ({started}/{total}) {run.name}: running, log {run_dir(sweep, run)}/sweep.log", flush=True)
             active.append((run, *_start(sweep, run, threads)))
         time.sleep(0.2)
