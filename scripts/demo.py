@@ -97,7 +97,7 @@ def main(argv=None) -> int:
     p.add_argument("--config", default=os.path.join(ROOT, "configs", "tiny.yaml"))
     p.add_argument("--vocab-size", type=int, default=8192)
     p.add_argument("--max-seq-len", type=int, default=128)
-    p.add_argument("--finetune-epochs", type=int, default=2, help="Rotten Tomatoes fine-tuning epochs (step 7)")
+    p.add_argument("--finetune-epochs", type=int, default=1, help="Rotten Tomatoes fine-tuning epochs (step 7)")
     p.add_argument("overrides", nargs="*", help="key=value overrides for train.py")
     a = p.parse_args(argv)
     out = os.path.abspath(a.out)

@@ -211,14 +211,17 @@ def _trainer(cfg: FinetuneConfig, model, enc, keep: KeepBest):
     optimizer = build_optimizer(composer_model, OptimizerConfig(lr=cfg.lr, weight_decay=cfg.weight_decay), on_cuda=gpu)
     scheduler = build_scheduler({"name": "warmup_stable_decay", "t_warmup": f"{cfg.warmup:g}dur",
                                  "t_decay": f"{1 - cfg.warmup:g}dur", "decay_shape": "linear", "alpha_f": 0.0})
+    train_dl = loader(enc["train"], cfg.batch_size, shuffle=True, seed=cfg.seed)
     return Trainer(
         model=composer_model,
         run_name=os.path.basename(os.path.abspath(cfg.out)),
-        train_dataloader=data_spec(loader(enc["train"], cfg.batch_size, shuffle=True, seed=cfg.seed)),
+        train_dataloader=data_spec(train_dl),
         eval_dataloader=Evaluator(label="validation", dataloader=data_spec(loader(enc["validation"], 64, False)),
                                   metric_names=list(cfg.metric_names)),
         eval_interval="1ep",
-        max_duration=f"{cfg.epochs}ep",
+        # in batches, so that "dur" in the schedule advances every step (an "ep" duration only
+        # advances at epoch ends: the LR would stay at its start value for the whole first epoch)
+        max_duration=f"{cfg.epochs * len(train_dl)}ba",
         optimizers=optimizer,
         schedulers=scheduler,
         step_schedulers_every_batch=False,  # ScheduleStepper steps at BATCH_START
@@ -258,7 +261,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
           f"{len(enc['train'])} train / {len(enc['validation'])} validation examples, {labels.num_labels} labels", flush=True)
     trainer = _trainer(cfg, model, enc, keep)
     trainer.fit()
-    epochs_run = int(trainer.state.timestamp.epoch)
+    epochs_run = keep.history[-1]["epoch"] if keep.history else 0
     trainer.close()
     if keep.best_state is not None:
         model.load_state_dict(keep.best_state)
