@@ -118,7 +118,7 @@ def test_skip_finished_and_resume_interrupted(tmp_path, data, capsys):
     # the CLI reports on the finished sweep
     res = subprocess.run([PY, os.path.join(ROOT, "scripts", "sweep.py"), path], env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert "| base | 2 |" in res.stdout and "already done, skipped" in res.stdout
+    assert "| base | 2/2 |" in res.stdout and "already done, skipped" in res.stdout
     for png in ("loss_curves.png", "final_metric.png"):
         assert is_png(os.path.join(sw.out, png))
 
@@ -143,21 +143,23 @@ def test_aggregation_table_csv_and_pngs(tmp_path):
     fake_run(f"{out}/base_seed-1", [9.0] * 10 + [4.0] * 10, {10: 5.0, 20: 3.0})
     fake_run(f"{out}/base_seed-2", [9.0] * 10 + [5.0] * 10, {20: 3.5})
     fake_run(f"{out}/rms_seed-1", [9.0] * 20, {20: 2.0})
+    with open(f"{out}/base_seed-1/{S.DONE}", "w") as f:
+        json.dump({"command": S.command(sw, sw.runs[0])[1:]}, f)
     results = R.collect(sw)
-    assert [r.status for r in results] == ["partial", "partial", "partial", "new"]
+    assert [r.status for r in results] == ["done", "partial", "partial", "new"]
     assert results[0].summary == {"tokens": 20000.0, "steps": 20.0, "seconds": 20.0, "train_loss": 4.0,
                                   "eval_loss": 3.0, "eval_accuracy": 0.5}
     assert results[0].eval_curve == [(10000.0, 5.0), (20000.0, 3.0)]
     assert R.markdown_table(results, "eval_loss", ["train_loss"]) == (
-        "| variant | runs | eval_loss (mean ± sd) | per seed | vs base | train_loss (mean) |\n"
+        "| variant | runs done | eval_loss (mean ± sd) | per seed | vs base | train_loss (mean) |\n"
         "|---|---|---|---|---|---|\n"
-        "| base | 2 | 3.2500 ± 0.3536 | 3.0000, 3.5000 | – | 4.5000 |\n"
-        "| rms | 1 | 2.0000 | 2.0000 | -1.2500 | 9.0000 |\n"
-        "\neval_loss: lower is better; sd over the group's seeds.\n")
+        "| base | 1/2 | 3.2500 ± 0.3536 | 3.0000, 3.5000* | – | 4.5000 |\n"
+        "| rms | 0/2 | 2.0000 | 2.0000* | -1.2500 | 9.0000 |\n"
+        "\neval_loss: lower is better; sd over the group's seeds. * = unfinished run (its latest value).\n")
     paths = R.write_report(sw)
     rows = open(paths["results.csv"]).read().splitlines()
     assert rows[0] == "run,group,status,seed,model.norm,tokens,steps,seconds,train_loss,eval_loss,eval_accuracy"
-    assert rows[1] == "base_seed-1,base,partial,1,,20000,20.0000,20.0000,4.0000,3.0000,0.5000"
+    assert rows[1] == "base_seed-1,base,done,1,,20000,20.0000,20.0000,4.0000,3.0000,0.5000"
     assert rows[4] == "rms_seed-2,rms,new,2,rmsnorm,,,,,,"
     for name in ("loss_curves.png", "final_metric.png"):
         assert is_png(paths[name])

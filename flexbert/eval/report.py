@@ -88,7 +88,7 @@ def lower_is_better(metric: str) -> bool:
 
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
-        return "" if math.isnan(v) else f"{v:.4f}" if abs(v) < 1000 else f"{v:.0f}"
+        return "" if math.isnan(v) else f"{v:.4f}" if abs(v) < 100 else f"{v:.0f}"
     return str(v)
 
 
@@ -124,14 +124,20 @@ def markdown_table(results: list[RunResult], metric: str, extra: Optional[list[s
     the first group (the base), and the mean of ``extra`` columns."""
     stats = group_stats(results, metric)
     extra = [k for k in (extra or []) if any(k in r.summary for r in results) and k != metric]
-    head = ["variant", "runs", f"{metric} (mean ± sd)", "per seed", "vs " + stats[0]["group"] if stats else "vs base"]
+    done = {r.name: r.status == "done" for r in results}
+    runs_of = {}
+    for r in results:
+        runs_of.setdefault(r.group, []).append(r)
+    head = ["variant", "runs done", f"{metric} (mean ± sd)", "per seed", "vs " + stats[0]["group"] if stats else "vs base"]
     head += [f"{k} (mean)" for k in extra]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     base = stats[0]["mean"] if stats else float("nan")
     for s in stats:
         sd = "" if math.isnan(s["sd"]) else f" ± {s['sd']:.4f}"
         delta = s["mean"] - base
-        row = [s["group"], str(len(s["values"])), f"{_fmt(s['mean'])}{sd}", ", ".join(_fmt(v) for v in s["values"]),
+        members = runs_of[s["group"]]
+        seeds = ", ".join(_fmt(r.summary[metric]) + ("" if done[r.name] else "*") for r in members if metric in r.summary)
+        row = [s["group"], f"{sum(done[r.name] for r in members)}/{len(members)}", f"{_fmt(s['mean'])}{sd}", seeds,
                "–" if s is stats[0] or math.isnan(delta) else f"{delta:+.4f}"]
         for k in extra:
             vals = [r.summary[k] for r in results if r.group == s["group"] and k in r.summary]
@@ -139,6 +145,8 @@ def markdown_table(results: list[RunResult], metric: str, extra: Optional[list[s
         lines.append("| " + " | ".join(row) + " |")
     better = "lower" if lower_is_better(metric) else "higher"
     lines.append(f"\n{metric}: {better} is better; sd over the group's seeds.")
+    if not all(done.values()):
+        lines[-1] += " * = unfinished run (its latest value)."
     return "\n".join(lines) + "\n"
 
 
