@@ -29,6 +29,7 @@ def main(argv=None) -> int:
     p.add_argument("--only", nargs="+", metavar="RUN", help="run only these runs (names as --list shows)")
     p.add_argument("--metric", help="the report's headline metric (default: eval_loss, or the first validation_ metric)")
     p.add_argument("--out", help="override the sweep file's out folder")
+    p.add_argument("--done-only", action="store_true", help="report only finished runs")
     a = p.parse_args(argv)
     if a.parallel < 1:
         p.error("--parallel must be >= 1")
@@ -56,7 +57,7 @@ def main(argv=None) -> int:
             print(f"[sweep] {sweep.name}: {len(sweep.runs) - len(failed)}/{len(sweep.runs)} runs ok in {time.time() - t0:.0f}s")
         from flexbert.eval.report import write_report
 
-        paths = write_report(sweep, a.metric)
+        paths = write_report(sweep, a.metric, a.done_only)
     except SweepError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -166,6 +166,10 @@ def test_aggregation_table_csv_and_pngs(tmp_path):
         with open(paths[name], "rb") as f:
             width, height = struct.unpack(">II", f.read(24)[16:24])
         assert width > 300 and height > 200
+    paths = R.write_report(sw, done_only=True)  # unfinished runs left out
+    assert [line.split(",")[0] for line in open(paths["results.csv"]).read().splitlines()] == ["run", "base_seed-1"]
+    for name in ("loss_curves.png", "final_metric.png"):
+        assert is_png(paths[name])
 
 
 def test_finetune_results_are_read(tmp_path):

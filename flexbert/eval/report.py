@@ -161,11 +161,12 @@ def collect(sweep) -> list[RunResult]:
     return out
 
 
-def write_report(sweep, metric: Optional[str] = None) -> dict[str, str]:
-    """results.csv, results.md, loss_curves.png and final_metric.png in the sweep's folder."""
+def write_report(sweep, metric: Optional[str] = None, done_only: bool = False) -> dict[str, str]:
+    """results.csv, results.md, loss_curves.png and final_metric.png in the sweep's folder
+    (``done_only``: leave unfinished runs out)."""
     from flexbert.eval import plots
 
-    results = collect(sweep)
+    results = [r for r in collect(sweep) if r.status == "done" or not done_only]
     metric = metric or sweep.metric or default_metric(results)
     os.makedirs(sweep.out, exist_ok=True)
     paths = {k: os.path.join(sweep.out, k) for k in ("results.csv", "results.md", "loss_curves.png", "final_metric.png")}
