@@ -166,16 +166,17 @@ def write_report(sweep, metric: Optional[str] = None, done_only: bool = False) -
     (``done_only``: leave unfinished runs out)."""
     from flexbert.eval import plots
 
-    results = [r for r in collect(sweep) if r.status == "done" or not done_only]
+    everything = collect(sweep)
+    results = [r for r in everything if r.status == "done" or not done_only]
     metric = metric or sweep.metric or default_metric(results)
     os.makedirs(sweep.out, exist_ok=True)
     paths = {k: os.path.join(sweep.out, k) for k in ("results.csv", "results.md", "loss_curves.png", "final_metric.png")}
     write_csv(results, paths["results.csv"])
     extra = ["eval_accuracy", "train_loss", "tokens", "seconds"] if metric == "eval_loss" else \
         sorted({k for r in results for k in r.summary if k.startswith(("validation_", "test_"))})
-    done = sum(r.status == "done" for r in results)
+    done = sum(r.status == "done" for r in everything)
     with open(paths["results.md"], "w") as f:
-        f.write(f"# Sweep {sweep.name}: {done}/{len(results)} runs done\n\n")
+        f.write(f"# Sweep {sweep.name}: {done}/{len(everything)} runs done\n\n")
         f.write(markdown_table(results, metric, extra))
     plots.loss_curves(results, paths["loss_curves.png"], title=sweep.name)
     plots.final_metric(results, metric, paths["final_metric.png"])
