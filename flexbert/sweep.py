@@ -1,17 +1,9 @@
 """Sweeps: expand a sweep file into runs, run them (resumably), and report on them.
 
-A sweep file (``configs/sweeps/*.yaml``) names what every run shares and what varies::
-
-    name: tiny-ablation
-    kind: train                  # train: train.py runs (default) | finetune: scripts/finetune.py runs
-    base: ../tiny.yaml           # train: the run config, relative to this file
-    out: runs/sweeps/tiny-ablation
-    fixed: {max_duration: 1Mtok} # overrides every run gets
-    list:                        # one entry per variant ({} = the base itself; optional `name:`)
-      - {}
-      - {model.norm: rmsnorm}
-    grid:                        # every combination, crossed with each list entry
-      seed: [17, 18]
+A sweep file (``configs/sweeps/*.yaml``; format in docs/evaluation.md) names a ``base`` (train.py
+config), ``fixed`` overrides every run gets, and a ``list`` of variants and/or a ``grid`` of values
+(each list entry crossed with every grid combination).  ``kind: finetune`` sweeps
+scripts/finetune.py options instead.
 
 Runs are named after their overrides (``norm-rmsnorm_seed-17``; the base is ``base``); runs that
 differ only in ``seed_key`` (default ``seed``) form one group, whose spread the report shows.
@@ -28,7 +20,7 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import yaml
@@ -62,18 +54,14 @@ class Sweep:
     runs: list[Run]
     seed_key: str = "seed"
     metric: Optional[str] = None  # the report's headline column (default: by kind)
-    override_keys: list[str] = field(default_factory=list)
 
 
-# ----------------------------------------------------------------------------- expansion
 def format_value(value: Any) -> str:
     """A value as train.py's / the shell's ``key=value`` wants it."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if value is None:
         return "null"
-    if isinstance(value, float):
-        return repr(value) if abs(value) >= 1e-4 or value == 0 else f"{value:g}"
     if isinstance(value, (list, dict)):
         return json.dumps(value)
     return str(value)
@@ -164,12 +152,10 @@ def load_sweep(path: str) -> Sweep:
         runs = expand(entries, grid, seed_key)
     except SweepError as e:
         raise SweepError(f"{path}: {e}") from None
-    keys = list(dict.fromkeys(k for r in runs for k in r.overrides))
     return Sweep(path, name, kind, base, str(raw.get("out") or os.path.join("runs", "sweeps", name)),
-                 _mapping(raw.get("fixed"), f"{path}: fixed"), runs, seed_key, raw.get("metric"), keys)
+                 _mapping(raw.get("fixed"), f"{path}: fixed"), runs, seed_key, raw.get("metric"))
 
 
-# ----------------------------------------------------------------------------- commands
 def run_dir(sweep: Sweep, run: Run) -> str:
     return os.path.join(sweep.out, run.name)
 
@@ -229,7 +215,6 @@ def validate(sweep: Sweep) -> None:
             raise SweepError(f"{sweep.path}: run {run.name}: {e}") from None
 
 
-# ----------------------------------------------------------------------------- running
 def _env(threads: Optional[int]) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "") if env.get("PYTHONPATH") else ROOT
