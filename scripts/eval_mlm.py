@@ -1,0 +1,62 @@
+#!/usr/bin/env python
+"""Held-out MLM loss and accuracy at a fixed masking rate and seed (flexbert/eval/mlm.py).
+
+    python scripts/eval_mlm.py --model runs/demo/run --data runs/demo/shards
+    python scripts/eval_mlm.py --model runs/demo/hf --data runs/demo/shards --mlm-probability 0.3 --json
+
+--model: a train.py run folder, a checkpoint file, or a Hugging Face ModernBERT folder.  --data: an
+MDS shard folder (tokenize_to_mds.py --out); the split defaults to validation.  Defaults match a
+training run's own evaluation (15% masking, seed 1234), so the numbers are comparable with its
+metrics/eval/MLMLoss.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="run folder, checkpoint, or Hugging Face folder")
+    p.add_argument("--data", required=True, help="MDS shard folder")
+    p.add_argument("--split", default="validation")
+    p.add_argument("--mlm-probability", type=float, default=0.15)
+    p.add_argument("--seed", type=int, default=1234, help="mask seed (the training eval's default)")
+    p.add_argument("--max-seq-len", type=int, help="default: the run's, else the shards' (stats.json)")
+    p.add_argument("--rows-of", type=int, help="sequences per packed row (default: the run's, else 8)")
+    p.add_argument("--tokenizer", help="default: the copy inside the shard folder")
+    p.add_argument("--max-batches", type=int, help="evaluate only the first N batches")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    a = p.parse_args(argv)
+    from flexbert.train.cli import _quiet_third_party
+
+    _quiet_third_party()
+    from flexbert.config import ConfigError
+    from flexbert.eval.loading import ModelLoadError, load_pretrained, mlm_model
+    from flexbert.eval.mlm import data_config, evaluate_mlm
+
+    try:
+        if not os.path.isdir(os.path.join(a.data, a.split)):
+            raise ModelLoadError(f"--data {a.data}: no '{a.split}' split folder (MDS shards from tokenize_to_mds.py)")
+        pre = load_pretrained(a.model)
+        cfg = data_config(a.data, a.split, a.mlm_probability, a.seed, a.max_seq_len, a.rows_of, a.tokenizer, pre.data)
+        result = evaluate_mlm(mlm_model(pre), cfg, a.max_batches, a.device)
+    except (ModelLoadError, ConfigError, FileNotFoundError) as e:
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+    result.update(model=a.model, data=a.data, split=a.split, mlm_probability=a.mlm_probability, seed=a.seed)
+    if a.json:
+        print(json.dumps(result))
+    else:
+        print(f"{a.model} on {a.data}/{a.split} ({a.mlm_probability:.0%} masking, seed {a.seed}): MLM loss "
+              f"{result['loss']:.4f}, accuracy {result['accuracy']:.4f}, perplexity {result['perplexity']:.1f} "
+              f"over {result['masked_tokens']:,} masked tokens")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

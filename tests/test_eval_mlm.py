@@ -1,0 +1,65 @@
+"""scripts/eval_mlm.py: a run folder, its checkpoint and its Hugging Face export give the same held-out
+MLM loss and accuracy, equal to the training run's own evaluation (same shards, rate and seed)."""
+
+import os
+import subprocess
+
+import pytest
+
+from test_train_fixtures import PY, ROOT, build_and_fit, read_jsonl, run_config
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data):
+    tmp = tmp_path_factory.mktemp("eval_mlm")
+    # evaluations at batch 4 and, as Composer closes training off the interval, at batch 6
+    cfg = run_config(tmp, data, max_duration="6ba", eval_interval="4ba", eval_subset_num_batches=3, save_interval="6ba")
+    build_and_fit(cfg)
+    from flexbert.train.export import export_to_hf
+
+    export_to_hf(str(tmp / "hf"), run_dir=cfg["run_dir"])
+    last_eval = [r for r in read_jsonl(os.path.join(cfg["run_dir"], "metrics.jsonl")) if "metrics/eval/MLMLoss" in r][-1]
+    return cfg["run_dir"], str(tmp / "hf"), last_eval
+
+
+def test_run_checkpoint_and_hf_folder_agree_with_training_eval(trained, data):
+    from flexbert.eval.loading import load_pretrained, mlm_model
+    from flexbert.eval.mlm import data_config, evaluate_mlm
+
+    run_dir, hf, last_eval = trained
+    results = {}
+    run_data = load_pretrained(run_dir).data  # the run's row shape and packing
+    for name, path in (("run", run_dir), ("checkpoint", os.path.join(run_dir, "checkpoints", "ba6.pt")), ("hf", hf)):
+        pre = load_pretrained(path)
+        assert pre.kind == name
+        results[name] = evaluate_mlm(mlm_model(pre), data_config(data, run_data=run_data), max_batches=3)
+    ref = results["run"]
+    assert ref["masked_tokens"] > 50 and ref["rows"] == 3
+    for name in ("checkpoint", "hf"):
+        assert results[name]["masked_tokens"] == ref["masked_tokens"]
+        assert results[name]["loss"] == pytest.approx(ref["loss"], abs=1e-5)
+        assert results[name]["accuracy"] == ref["accuracy"]
+    # the training run's closing evaluation (written after the final record) saw the same 3 rows
+    # at 15% masking with seed 1234
+    assert last_eval["kind"] == "eval" and last_eval["batch"] == 6
+    assert ref["loss"] == pytest.approx(last_eval["metrics/eval/MLMLoss"], abs=1e-5)
+    assert ref["accuracy"] == pytest.approx(last_eval["metrics/eval/MLMAccuracy"], abs=1e-7)
+    # another masking rate masks other tokens: a different number of them
+    other = evaluate_mlm(mlm_model(load_pretrained(run_dir)), data_config(data, mlm_probability=0.3, run_data=run_data),
+                         max_batches=3)
+    assert other["masked_tokens"] > 1.5 * ref["masked_tokens"]
+
+
+def test_cli(trained, data):
+    run_dir, _, _ = trained
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    res = subprocess.run([PY, "scripts/eval_mlm.py", "--model", run_dir, "--data", data, "--max-batches", "2", "--json"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    import json
+
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["rows"] == 2 and out["mlm_probability"] == 0.15 and 0 < out["loss"] < 20
+    bad = subprocess.run([PY, "scripts/eval_mlm.py", "--model", os.path.join(run_dir, "nope"), "--data", data],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.strip() == f"error: --model {os.path.join(run_dir, 'nope')}: does not exist"

@@ -1,0 +1,153 @@
+"""Fine-tuning: a tiny model learns a clearly separable synthetic task (>= 95% accuracy on CPU), the
+result exports to transformers' ModernBertForSequenceClassification with its label names and the
+same logits, and bad inputs stop with one line."""
+
+import json
+import os
+import random
+import subprocess
+
+import pytest
+import torch
+
+from test_train_fixtures import PY, ROOT, model_overrides
+
+GOOD = "class function module".split()
+BAD = "error exception warning".split()
+FILLER = "the value of a new object is returned by this method when it is called with an argument".split()
+
+
+def write_task(folder, n_train=320, n_eval=80, seed=0):
+    rng = random.Random(seed)
+
+    def example(label):
+        words = rng.sample(FILLER, 6) + [rng.choice(GOOD if label else BAD)]
+        rng.shuffle(words)
+        return {"text": " ".join(words), "label": "pos" if label else "neg"}
+
+    os.makedirs(folder, exist_ok=True)
+    for split, n in (("train", n_train), ("validation", n_eval), ("test", n_eval)):
+        with open(os.path.join(folder, f"{split}.jsonl"), "w") as f:
+            for i in range(n):
+                f.write(json.dumps(example(i % 2)) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_hf(tmp_path_factory, data):
+    """A freshly initialised tiny encoder exported as a Hugging Face ModernBERT folder."""
+    from flexbert.config import FlexBertConfig
+    from flexbert.convert.hf import to_hf
+    from flexbert.model.model import FlexBertForMaskedLM
+
+    torch.manual_seed(0)
+    cfg = FlexBertConfig.from_dict(model_overrides(attn_out_dropout=0.0))
+    out = tmp_path_factory.mktemp("tiny_hf") / "hf"
+    to_hf(FlexBertForMaskedLM(cfg), out, tokenizer=os.path.join(data, "tokenizer", "tokenizer.json"))
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory, tiny_hf):
+    from flexbert.eval.finetune import FinetuneConfig, run_finetune
+
+    tmp = tmp_path_factory.mktemp("ft")
+    task = write_task(str(tmp / "task"))
+    cfg = FinetuneConfig(model=tiny_hf, train=f"{task}/train.jsonl", validation=f"{task}/validation.jsonl",
+                         test=f"{task}/test.jsonl", text_columns=["text"], out=str(tmp / "out"),
+                         lr=2e-3, epochs=4, batch_size=16, seed=3, patience=0)
+    return cfg, run_finetune(cfg)
+
+
+def test_separable_task_reaches_95_percent(finetuned):
+    cfg, result = finetuned
+    assert result["validation"]["accuracy"] >= 0.95 and result["test"]["accuracy"] >= 0.95
+    assert set(result["validation"]) == {"accuracy", "f1", "matthews_correlation"}
+    with open(os.path.join(cfg.out, "metrics.json")) as f:
+        assert json.load(f)["validation"] == result["validation"]
+    assert result["label_names"] == ["neg", "pos"] and len(result["history"]) == 4
+    assert result["history"][result["best_epoch"] - 1]["accuracy"] == result["validation"]["accuracy"]
+    steps = [json.loads(line) for line in open(os.path.join(cfg.out, "metrics.jsonl"))]
+    losses = [r["loss/train/total"] for r in steps if "loss/train/total" in r]
+    assert len(losses) == 4 * 320 // 16 and sum(losses[-10:]) < sum(losses[:10])
+
+
+def test_export_to_transformers_keeps_labels_and_logits(finetuned):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from flexbert.eval.finetune import predict
+    from flexbert.eval.loading import classifier_model, load_pretrained
+
+    cfg, result = finetuned
+    hf_dir = os.path.join(cfg.out, "hf")
+    hf = AutoModelForSequenceClassification.from_pretrained(hf_dir).eval()
+    assert type(hf).__name__ == "ModernBertForSequenceClassification"
+    assert hf.config.id2label == {0: "neg", 1: "pos"} and hf.config.label2id == {"neg": 0, "pos": 1}
+    texts = [json.loads(line)["text"] for line in open(cfg.validation)]
+    tok = AutoTokenizer.from_pretrained(hf_dir)
+    enc = tok(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hf_logits = hf(**enc).logits
+    pre = load_pretrained(hf_dir)
+    assert pre.label_names == ["neg", "pos"]
+    ours = classifier_model(pre, 2).eval()
+    from flexbert.eval.data import EncodedTask
+
+    packed = predict(ours, EncodedTask([ids[m.bool()].tolist() for ids, m in zip(enc["input_ids"], enc["attention_mask"])]))
+    assert (packed - hf_logits).abs().max() <= 1e-4
+    labels = [1 if json.loads(line)["label"] == "pos" else 0 for line in open(cfg.validation)]
+    hf_acc = (hf_logits.argmax(-1) == torch.tensor(labels)).float().mean().item()
+    assert hf_acc == pytest.approx(result["validation"]["accuracy"])
+
+
+@pytest.mark.parametrize("num_labels,pooling", [(3, "mean"), (1, "cls")])
+def test_classifier_export_parity(tmp_path, num_labels, pooling):
+    from transformers import AutoModelForSequenceClassification
+
+    from flexbert.config import FlexBertConfig
+    from flexbert.convert.hf import to_hf_classifier
+    from flexbert.model.model import FlexBertForSequenceClassification
+
+    torch.manual_seed(1)
+    cfg = FlexBertConfig.from_dict(model_overrides(num_labels=num_labels, classifier_pooling=pooling, head_bias=True))
+    ours = FlexBertForSequenceClassification(cfg).eval()
+    names = ["a", "b", "c"] if num_labels == 3 else None
+    to_hf_classifier(ours, tmp_path / "hf", names)
+    hf = AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
+    assert hf.config.problem_type == ("regression" if num_labels == 1 else "single_label_classification")
+    ids = torch.randint(5, 1000, (3, 40))
+    mask = torch.ones_like(ids)
+    mask[1, 25:] = 0
+    mask[2, 7:] = 0
+    with torch.no_grad():
+        diff = (ours(ids, attention_mask=mask).logits - hf(input_ids=ids, attention_mask=mask).logits).abs().max()
+    assert diff <= 1e-4
+
+
+def test_regression_task_runs(tmp_path, tiny_hf):
+    from flexbert.eval.finetune import FinetuneConfig, run_finetune
+
+    rng = random.Random(1)
+    for split in ("train", "validation"):
+        with open(tmp_path / f"{split}.csv", "w") as f:
+            f.write("a,b,score\n")
+            for _ in range(40):
+                n = rng.randint(0, 5)
+                f.write(f"{' '.join(['class'] * n) or 'the'},the value,{n}\n")
+    cfg = FinetuneConfig(model=tiny_hf, train=str(tmp_path / "train.csv"), validation=str(tmp_path / "validation.csv"),
+                         text_columns=["a", "b"], label_column="score", task="regression", out=str(tmp_path / "out"),
+                         lr=1e-3, epochs=1, batch_size=8)
+    result = run_finetune(cfg)
+    assert set(result["validation"]) == {"pearson", "spearman"} and result["metric"] == "pearson"
+    from transformers import AutoConfig
+
+    assert AutoConfig.from_pretrained(tmp_path / "out" / "hf").num_labels == 1
+
+
+def test_cli_bad_column_is_one_line(tmp_path, tiny_hf):
+    task = write_task(str(tmp_path / "task"), 4, 4)
+    res = subprocess.run([PY, "scripts/finetune.py", "--model", tiny_hf, "--train", f"{task}/train.jsonl",
+                          "--validation", f"{task}/validation.jsonl", "--text-columns", "sentence", "--out", str(tmp_path / "o")],
+                         cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2
+    assert res.stderr.strip() == f"error: {task}/train.jsonl: text column 'sentence' not found; columns: text, label"
