@@ -57,7 +57,7 @@ def baseline_run(config: str, shards: str, tokens: int, extra: list[str], sparse
     from flexbert.train.config import load_run_config
 
     cfg = load_run_config(config, [f"data.local={shards}", *extra])
-    data = cfg.data_config()
+    data = cfg.data
     hf_config = config_to_hf(cfg.model)
     hf_config._attn_implementation = "sdpa"
     hf_config.sparse_prediction = sparse  # transformers' default is False

@@ -61,7 +61,7 @@ def test_lean_head_shrinks_the_head_and_raises_the_largest_row():
 @pytest.mark.parametrize("name", GPU_CONFIGS)
 def test_shipped_gpu_configs_fit_an_h100_with_10_percent_headroom(name):
     cfg = load_run_config(os.path.join(CONFIGS, name))
-    data = cfg.data_config()
+    data = cfg.data
     mb = data.microbatch_size
     budget = 0.9 * H100_80GB_BYTES / GIB
     # whatever the compile mode and MLM loss, the shipped row fits
@@ -76,7 +76,7 @@ def test_shipped_gpu_configs_fit_an_h100_with_10_percent_headroom(name):
 
 
 def test_paper_global_batches_are_kept():
-    got = {n: load_run_config(os.path.join(CONFIGS, n)).data_config().global_batch_size for n in GPU_CONFIGS}
+    got = {n: load_run_config(os.path.join(CONFIGS, n)).data.global_batch_size for n in GPU_CONFIGS}
     assert got == {"base.yaml": 4608, "base-context-extension.yaml": 72, "base-decay.yaml": 72,
                    "large.yaml": 4928, "large-context-extension.yaml": 72, "large-decay.yaml": 72}
 

@@ -51,14 +51,14 @@ def test_cpu_rule():
 
 def test_data_config_accepts_auto_and_rejects_other_words(tmp_path):
     raw = {"run_name": "t", "data": {"local": str(tmp_path), "microbatch_size": "auto", "global_batch_size": 64}}
-    auto = from_dict(RunConfig, raw, "").data_config()
+    auto = from_dict(RunConfig, raw, "").data
     assert auto.microbatch_size == "auto"
     with pytest.raises(ValueError, match="auto has no row size until training resolves it"):
         auto.row_tokens
     with pytest.raises(ConfigError, match=r"data.microbatch_size: expected int or Literal"):
-        from_dict(RunConfig, {**raw, "data": {**raw["data"], "microbatch_size": "max"}}, "").data_config()
+        from_dict(RunConfig, {**raw, "data": {**raw["data"], "microbatch_size": "max"}}, "").data
     with pytest.raises(ConfigError, match="data.microbatch_size: auto needs global_batch_size"):
-        from_dict(RunConfig, {**raw, "data": {"local": str(tmp_path), "microbatch_size": "auto"}}, "").data_config()
+        from_dict(RunConfig, {**raw, "data": {"local": str(tmp_path), "microbatch_size": "auto"}}, "").data
 
 
 def _cfg(tmp_path, **data):
@@ -70,13 +70,13 @@ def _cfg(tmp_path, **data):
 def test_gpu_choice_is_persisted_and_kept_on_resume(tmp_path):
     calls: list = []
     cfg = resolve_microbatch(_cfg(tmp_path), device="gpu", world_size=8, fits=fake_gpu(45.0, calls))
-    assert cfg.data_config().microbatch_size == 48 and calls  # 48 x 1024 fits 45 GiB, 64 does not
+    assert cfg.data.microbatch_size == 48 and calls  # 48 x 1024 fits 45 GiB, 64 does not
     record = json.load(open(tmp_path / "run" / RECORD))
     assert record["microbatch_size"] == 48 and record["per_rank_batch"] == 576 and record["probes"]
     # the resume reads the record back: no probing, even where more memory would be free now
     again: list = []
     cfg2 = resolve_microbatch(_cfg(tmp_path), device="gpu", world_size=8, fits=fake_gpu(70.0, again))
-    assert cfg2.data_config().microbatch_size == 48 and again == []
+    assert cfg2.data.microbatch_size == 48 and again == []
     with pytest.raises(ValueError, match="auto chose 48 .* does not divide the per-rank batch 100"):
         resolve_microbatch(_cfg(tmp_path, global_batch_size=800), device="gpu", world_size=8)
 
@@ -92,7 +92,7 @@ def test_training_run_resolves_auto_on_cpu(tmp_path, data):
     cfg = run_config(tmp_path, data, max_duration="2ba")
     cfg["data"].update(microbatch_size="auto", global_batch_size=8)
     run = build_and_fit(cfg)
-    assert run.cfg.data_config().microbatch_size == 8  # CPU rule: 8 x 128 = 1024 tokens <= 8192
+    assert run.cfg.data.microbatch_size == 8  # CPU rule: 8 x 128 = 1024 tokens <= 8192
     assert json.load(open(tmp_path / "run" / RECORD))["device"] == "cpu"
     recs = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r.get("kind") == "train"]
     assert recs and all(r["data/rows_per_rank"] == 1.0 for r in recs)  # one row of 8 sequences per step
@@ -107,7 +107,7 @@ def test_probe_rows_train_the_real_model(tmp_path, data):
 
     cfg = from_dict(RunConfig, run_config(tmp_path, data), "")
     model = build_model(cfg).train()
-    row = synthetic_row(cfg.data_config(), cfg.model, 2, torch.device("cpu"))
+    row = synthetic_row(cfg.data, cfg.model, 2, torch.device("cpu"))
     assert row["input_ids"].shape == (256,) and row["cu_seqlens"].tolist() == [0, 128, 256]
     assert row["num_masked"] == int((row["labels"] != -100).sum()) == 78  # ceil(256 x 0.30 x 1.01)
     loss = model.loss(model(row), row)

@@ -17,7 +17,7 @@ def test_every_config_validates(path):
     cfg = load_run_config(path)
     assert cfg.optimizer.name == "stable_adamw" and list(cfg.optimizer.betas) == [0.9, 0.98]
     assert cfg.optimizer.eps == 1e-6 and cfg.optimizer.decouple_lr
-    assert cfg.data_config().mlm_probability == 0.30
+    assert cfg.data.mlm_probability == 0.30
 
 
 def test_paper_values():
@@ -26,18 +26,18 @@ def test_paper_values():
     assert (base.model.num_hidden_layers, base.model.hidden_size, base.model.intermediate_size) == (22, 768, 1152)
     assert base.optimizer.lr == 8e-4 and base.optimizer.weight_decay == 1e-5 and base.max_duration == "1719Btok"
     assert base.scheduler == {"name": "constant_with_warmup", "t_warmup": "3Btok"}
-    d = base.data_config()
+    d = base.data
     assert (d.max_seq_len, d.microbatch_size, d.global_batch_size) == (1024, 48, 4608)  # paper's 96 OOMs: test_memory.py
     assert (d.batch_size_warmup_min, d.batch_size_warmup_tokens) == (768, 50_000_000_000)
     assert ext.model.global_rope_theta == 160000.0 and ext.model.local_rope_theta == 10000.0
-    assert ext.optimizer.lr == 3e-4 and ext.max_duration == "250Btok" and ext.data_config().max_seq_len == 8192
-    assert ext.data_config().global_batch_size == 72 and ext.reset_time and ext.load_path
+    assert ext.optimizer.lr == 3e-4 and ext.max_duration == "250Btok" and ext.data.max_seq_len == 8192
+    assert ext.data.global_batch_size == 72 and ext.reset_time and ext.load_path
     assert decay.scheduler["name"] == "one_minus_sqrt" and decay.scheduler["alpha_f"] == 0.001
     assert decay.max_duration == "50Btok" and decay.load_path.startswith("runs/base-context-extension/")
     large = c("large")
     assert (large.model.num_hidden_layers, large.model.hidden_size, large.model.intermediate_size) == (28, 1024, 2624)
     assert large.optimizer.lr == 5e-4 and large.scheduler["t_warmup"] == "2Btok" and large.init_from
-    ld = large.data_config()
+    ld = large.data
     assert (ld.microbatch_size, ld.global_batch_size, ld.batch_size_warmup_min) == (28, 4928, 448)  # paper 56
     assert c("large-context-extension").optimizer.lr == 5e-5 and c("large-decay").optimizer.lr == 5e-5
 

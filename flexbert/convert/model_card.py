@@ -70,7 +70,7 @@ def model_card(name: str, config_path: str, checkpoint: str, n_params: int) -> s
     lines = [f"# {name}", "", f"A ModernBERT-architecture masked language model trained with FlexBERT (run `{cfg.run_name}`).",
              "", "## Architecture", "", *_architecture(cfg.model, n_params), "",
              "## Training", "", f"This run: {_fmt(tokens)} tokens in {_fmt(batches)} batches "
-             f"(sequence length {cfg.data_config().max_seq_len}).", "", "### Phases", "",
+             f"(sequence length {cfg.data.max_seq_len}).", "", "### Phases", "",
              "| # | run | sequence length | global RoPE theta | LR | schedule | tokens | started from |",
              "|---|---|---|---|---|---|---|---|"]
     for i, p in enumerate(phases, 1):

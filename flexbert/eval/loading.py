@@ -7,11 +7,13 @@ M is one of:
 * a Hugging Face ModernBERT folder (``config.json`` + safetensors), as ``scripts/export_hf.py``
   writes it or as ModernBERT is released; a ``ModernBertForSequenceClassification`` folder too.
 
-The checkpoint reading and the HF mapping are the exporter's and converter's own functions.
+The checkpoint reading and the HF mapping are the exporter's and converter's own functions.  Weight
+tiling (``flexbert/model/tiling.py``) reads its source through here too.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Optional
@@ -51,10 +53,10 @@ def _from_run(path: str, checkpoint: Optional[str], kind: str) -> Pretrained:
     except ExportError as e:
         raise ModelLoadError(f"--model {path}: {e}") from None
     try:
-        tok = cfg.data_config().tokenizer_dir()
+        tok = cfg.data.tokenizer_dir()
     except Exception:  # noqa: BLE001 - the run's data may have moved; the caller can pass one
         tok = None
-    return Pretrained(cfg.model, state, tok, kind, checkpoint, data=dict(cfg.data))
+    return Pretrained(cfg.model, state, tok, kind, checkpoint, data=dataclasses.asdict(cfg.data))
 
 
 def _from_hf(path: str) -> Pretrained:
@@ -105,8 +107,6 @@ def mlm_model(pre: Pretrained):
 def classifier_model(pre: Pretrained, num_labels: int, **overrides):
     """A FlexBertForSequenceClassification: encoder (and head, as transformers loads it) from the
     pretrained weights, a fresh classifier unless the source is a classifier with ``num_labels``."""
-    import dataclasses
-
     from flexbert.model.model import FlexBertForSequenceClassification
 
     cfg = dataclasses.replace(pre.config, num_labels=num_labels, **overrides)

@@ -146,13 +146,17 @@ def write_tiled(src: str, target_config: str, out_dir: str, mode: str = "center_
     """
     from flexbert.convert.hf import ConversionError, to_hf
     from flexbert.model.model import FlexBertForMaskedLM
+    from flexbert.eval.loading import ModelLoadError, load_pretrained, mlm_model
     from flexbert.train.config import load_run_config
-    from flexbert.train.model_source import load_source
 
-    source = load_source(src)
+    try:
+        source = load_pretrained(src)
+        src_model = mlm_model(source)
+    except ModelLoadError as e:
+        raise TilingError(str(e).replace("--model ", "--from ", 1)) from None
     tgt_cfg = load_run_config(target_config, overrides).model
     torch.manual_seed(seed)  # the fresh init `center` keeps around the source
-    target = tile_model(source.model, FlexBertForMaskedLM(tgt_cfg), mode).eval()
+    target = tile_model(src_model, FlexBertForMaskedLM(tgt_cfg), mode).eval()
     tok_dir = tokenizer or source.tokenizer_dir
     tok = None
     if tok_dir:
@@ -171,5 +175,5 @@ def write_tiled(src: str, target_config: str, out_dir: str, mode: str = "center_
         sd = {k: v.contiguous() for k, v in target.state_dict().items() if not (tgt_cfg.tie_word_embeddings and k == "decoder.weight")}
         init_from = os.path.join(out_dir, "model.safetensors")
         save_file(sd, init_from, metadata={"format": "pt"})
-    return {"source": src, "mode": mode, "layers": gopher_layer_map(source.model.config.num_hidden_layers,
+    return {"source": src, "mode": mode, "layers": gopher_layer_map(source.config.num_hidden_layers,
             tgt_cfg.num_hidden_layers), "init_from": init_from, "tokenizer": tok_dir}

@@ -115,10 +115,6 @@ class RunConfig:
         build_scheduler(self.scheduler)  # validates the name and its arguments
 
     # ----------------------------------------------------------------- derived values
-    def data_config(self) -> DataConfig:
-        """The data section (typed since loading; kept for callers written against the dict form)."""
-        return self.data
-
     @property
     def resolved_run_dir(self) -> str:
         return self.run_dir or os.path.join("runs", self.run_name)

@@ -31,7 +31,7 @@ def estimate_start(cfg, candidates) -> int | None:
     """Where the search starts: the largest candidate the estimate fits into this GPU."""
     from flexbert.train.memory import largest_fitting
 
-    data = cfg.data_config()
+    data = cfg.data
     total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
     return largest_fitting(cfg.model, data.max_seq_len, candidates, "none", data.mlm_probability, gpu_bytes=total)
 
@@ -52,7 +52,7 @@ def cuda_fits(cfg, safety: float):
 
     def fits(mb: int) -> bool:
         trial = with_microbatch(eager, mb)
-        data = trial.data_config()
+        data = trial.data
         model = opt = outputs = loss = None
         try:
             gc.collect()

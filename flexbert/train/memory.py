@@ -108,7 +108,7 @@ def estimate_peak(model_cfg, row_tokens: int, compile: str = "none", mask_rate: 
 
 def estimate_run(cfg, microbatch_size: int | None = None) -> MemoryEstimate:
     """The estimate for a ``RunConfig`` at its (or the given) microbatch size."""
-    data = cfg.data_config()
+    data = cfg.data
     mb = microbatch_size if microbatch_size is not None else data.microbatch_size
     if not isinstance(mb, int):
         raise ValueError(f"data.microbatch_size: '{mb}' is not a number; resolve it first (flexbert/train/microbatch.py)")

@@ -105,7 +105,7 @@ def run_chain(configs: list[str], overrides: list[str], runs_root: Optional[str]
         if rc != 0:
             raise RuntimeError(f"phase {i + 1} ({cfg.run_name}) failed with exit code {rc}; rerun to resume it")
         ckpt = final_checkpoint(cfg)
-        if i and phases[i - 1].cfg.data_config().max_seq_len != cfg.data_config().max_seq_len:
+        if i and phases[i - 1].cfg.data.max_seq_len != cfg.data.max_seq_len:
             report = length_losses(cfg, ckpt, [phases[i - 1].cfg, cfg])
             with open(os.path.join(cfg.resolved_run_dir, "length_eval.json"), "w") as f:
                 json.dump(report, f, indent=1)
@@ -146,7 +146,7 @@ def length_losses(cfg, checkpoint: str, length_cfgs: list) -> dict[str, float]:
     load_initial_weights(model, checkpoint)
     out = {}
     for other in length_cfgs:
-        data_cfg = other.data_config()
+        data_cfg = other.data
         data_cfg = dataclasses.replace(data_cfg, num_workers=0)
         out[f"loss@{data_cfg.max_seq_len}"] = eval_loss(model, data_cfg, max(1, cfg.eval_subset_num_batches))
     return out
