@@ -6,7 +6,7 @@ half (and the module overview) is ``flexbert/convert/hf.py``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 from flexbert.config import FlexBertConfig
 
