@@ -177,3 +177,21 @@ def test_static_shapes_from_the_data_config():
     assert s.max_seqlen == 1024 and s.max_docs == 1536
     assert 98_304 * 0.3 < s.max_predictions < 98_304 * 0.3 + 1000 and s.max_predictions % 64 == 0
     assert StaticShapes.for_rows(98_304, 1024, 0.3, sparse=False).max_predictions is None
+
+
+@pytest.mark.parametrize("mode", ["none", "blocks", "model"])
+def test_build_model_pads_rows_only_when_compiling(tmp_path, mode):
+    """Fixed shapes cost padding documents (and, for sdpa, block layouts); eager runs skip them."""
+    from flexbert.train.builders import build_model
+    from flexbert.train.config import RunConfig
+    from flexbert.config import from_dict
+
+    cfg = from_dict(RunConfig, {"model": {"vocab_size": 128, "hidden_size": 32, "intermediate_size": 48,
+                                          "num_hidden_layers": 1, "num_attention_heads": 2},
+                                "data": {"local": str(tmp_path), "max_seq_len": 64, "microbatch_size": 2},
+                                "compile": mode}, "")
+    model = build_model(cfg)
+    if mode == "none":
+        assert model.shapes is None
+    else:
+        assert model.shapes.max_seqlen == 64 and model.shapes.max_docs == 64

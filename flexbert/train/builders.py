@@ -54,10 +54,13 @@ def resolve_precision(cfg: RunConfig, device: str) -> str:
 
 
 def build_model(cfg: RunConfig):
-    """The Composer model, with fixed row shapes from the data section and ``compile`` applied."""
-    data = cfg.data
-    masking = max(data.mlm_probability, data.eval_mlm_probability)
-    shapes = StaticShapes.for_rows(data.row_tokens, data.max_seq_len, masking, cfg.model.sparse_prediction)
+    """The Composer model with ``compile`` applied; a compiled model gets fixed row shapes from the
+    data section (an eager one keeps the cheaper per-batch shapes: no padding documents)."""
+    shapes = None
+    if cfg.compile != "none":
+        data = cfg.data
+        masking = max(data.mlm_probability, data.eval_mlm_probability)
+        shapes = StaticShapes.for_rows(data.row_tokens, data.max_seq_len, masking, cfg.model.sparse_prediction)
     model = FlexBertMLM(cfg.model, shapes=shapes)
     compile_model(model.model, cfg.compile)
     return model
