@@ -111,12 +111,13 @@ def _trainer(cfg: FinetuneConfig, model, enc, keep: KeepBest):
     from composer.core import Evaluator
 
     from flexbert.eval.data import data_spec, loader
-    from flexbert.train.builders import _quiet_known_warnings
-    from flexbert.train.callbacks import ConsoleLogger, JSONLLogger, ScheduleStepper
+    from flexbert.train.callbacks import ScheduleStepper
+    from flexbert.train.loggers import ConsoleLogger, JSONLLogger
     from flexbert.train.optim import OptimizerConfig, build_optimizer
+    from flexbert.train.quiet import quiet_known_warnings
     from flexbert.train.schedulers import build_scheduler
 
-    _quiet_known_warnings()
+    quiet_known_warnings()
     gpu = cfg.device == "gpu" or (cfg.device == "auto" and torch.cuda.is_available())
     composer_model = FlexBertClassifier(model, cfg.metric_names)
     optimizer = build_optimizer(composer_model, OptimizerConfig(lr=cfg.lr, weight_decay=cfg.weight_decay), on_cuda=gpu)
