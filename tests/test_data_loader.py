@@ -281,6 +281,10 @@ RANK_SCRIPT = textwrap.dedent(
     json.dump({{"ids": ids, "steps": steps, "resume_ok": resumed == ref[60:120], "skip": state["skip"],
                "epoch": b.docs.epoch}}, open(out, "w"))
     dist.destroy_process_group()
+    # The results are written; leave without waiting on Streaming's background threads at
+    # interpreter exit (seen to hang for minutes on an overloaded machine).
+    sys.stdout.flush()
+    import os; os._exit(0)
     """
 )
 
