@@ -9,7 +9,10 @@ plus fake credentials, creates a fresh bucket, and yields ``S3Bucket``.  Nothing
 from __future__ import annotations
 
 import itertools
+import logging
 import os
+import re
+from collections import Counter
 from dataclasses import dataclass
 
 import pytest
@@ -24,18 +27,39 @@ FAKE_ENV = {
 }
 
 
+class _RequestLog(logging.Handler):
+    """The server's access log (werkzeug logs one line per request): which objects were fetched."""
+
+    GET = re.compile(r'"GET /([^/ ?]+)/([^ ?]+)[^"]* HTTP')
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.gets: Counter = Counter()  # (bucket, key) -> GET requests
+
+    def emit(self, record: logging.LogRecord) -> None:
+        m = self.GET.search(record.getMessage())
+        if m:
+            self.gets[(m.group(1), m.group(2))] += 1
+
+
 class MotoServer:
     """moto's ThreadedMotoServer on 127.0.0.1:<free port>; ``stop()`` also releases the port."""
 
     def __init__(self):
         from moto.server import ThreadedMotoServer
 
+        self.log = _RequestLog()
+        wz = logging.getLogger("werkzeug")
+        wz.addHandler(self.log)
+        wz.setLevel(logging.INFO)
+        wz.propagate = False  # keep the access log out of pytest's captured output
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self._server.start()
         host, self.port = self._server.get_host_and_port()
         self.endpoint = f"http://{host}:{self.port}"
 
     def stop(self) -> None:
+        logging.getLogger("werkzeug").removeHandler(self.log)
         self._server.stop()
         inner = getattr(self._server, "_server", None)
         if inner is not None:
@@ -46,6 +70,11 @@ class MotoServer:
 class S3Bucket:
     name: str
     endpoint: str
+    server: "MotoServer"
+
+    def gets(self, prefix: str = "") -> Counter:
+        """GET requests served so far per key under ``prefix`` (this process's server)."""
+        return Counter({k: n for (b, k), n in self.server.log.gets.items() if b == self.name and k.startswith(prefix)})
 
     def url(self, *parts: str) -> str:
         return "/".join([f"s3://{self.name}", *[p.strip("/") for p in parts if p]])
@@ -78,6 +107,6 @@ def s3(moto_server, monkeypatch):
         monkeypatch.setenv(k, v)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)  # ignore the user's own profiles
     monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
-    bucket = S3Bucket(f"flexbert-{os.getpid()}-{next(_COUNTER)}", moto_server.endpoint)
+    bucket = S3Bucket(f"flexbert-{os.getpid()}-{next(_COUNTER)}", moto_server.endpoint, moto_server)
     bucket.client().create_bucket(Bucket=bucket.name)
     yield bucket

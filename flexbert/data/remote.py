@@ -89,10 +89,34 @@ def upload_tree(local: str, url: str, only: list[str] | None = None) -> list[str
 
 def download(url: str, local: str, timeout: float = 60.0) -> None:
     """Fetch one object to ``local`` (parent folders created); raises StoreError naming the URL."""
-    from streaming.base.storage.download import download_file
+    from streaming.base.storage.download import CloudDownloader
 
     os.makedirs(os.path.dirname(local) or ".", exist_ok=True)
+    tmp = f"{local}.part{os.getpid()}"  # ranks may fetch the same file at once: rename into place
     try:
-        download_file(url, local, timeout)
+        CloudDownloader.direct_download(url, tmp, timeout)
+        os.replace(tmp, local)
     except Exception as e:  # noqa: BLE001
         raise StoreError(f"{url}: download failed: {_one_line(e)}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def fetch_tokenizer(remote: str, local: str = "") -> str:
+    """The tokenizer written next to remote shards (``<remote>/tokenizer``), downloaded once into
+    ``<local>/tokenizer`` (or a temp cache named after the URL); returns the folder."""
+    import hashlib
+    import tempfile
+
+    if not local:
+        local = os.path.join(tempfile.gettempdir(), "flexbert-cache", hashlib.sha1(remote.encode()).hexdigest()[:16])
+    out = os.path.join(local, "tokenizer")
+    if not os.path.isfile(os.path.join(out, "tokenizer.json")):
+        for name in ("tokenizer_config.json", "special_tokens_map.json", "tokenizer.json"):  # the one that counts last
+            try:
+                download(join(remote, "tokenizer", name), os.path.join(out, name))
+            except StoreError:
+                if name == "tokenizer.json":
+                    raise
+    return out
