@@ -109,3 +109,60 @@ def test_stream_config_round_trips():
     assert cfg == {"web": StreamConfig(local="/c/web", remote="s3://b/web", proportion=0.7)}
     assert load_streams(cfg) == cfg
     assert os.path.basename(cfg["web"].local) == "web"
+
+
+def test_loader_trains_on_the_mixture_and_counts_tokens_per_source(sources, tmp_path_factory):
+    """Through the packed loader: one epoch of repeat/choose weights gives exactly the documents
+    promised, and the tokens per source are the documents' tokens."""
+    from data_fixtures.helpers import small_tokenizer_dir
+    from flexbert.data.config import DataConfig
+    from flexbert.data.loader import build_train_loader
+
+    streams = {"web": {"local": sources["web"], "choose": 750}, "code": {"local": sources["code"], "repeat": 2},
+               "sci": {"local": sources["sci"], "repeat": 0.5}}
+    cfg = DataConfig.from_dict({"streams": streams, "tokenizer": small_tokenizer_dir(tmp_path_factory), "max_seq_len": 8,
+                                "microbatch_size": 16, "num_workers": 0, "doc_batch_size": 8, "packer_buffer_size": 64,
+                                "epochs": 1, "return_doc_ids": True})
+    clean_shm()
+    loader = build_train_loader(cfg, rank=0, world_size=1)
+    ids = [i for batch in loader for row in batch["rows"] for i in row["doc_ids"].tolist()]
+    clean_shm()
+    names = [loader.sources.names[k] for k in loader.sources.stream_ids(ids)]
+    assert Counter(names) == {"web": 750, "code": 3000, "sci": 250}
+    assert loader.tokens_per_source() == {"web": 750 * 5, "code": 3000 * 5, "sci": 250 * 5}  # 5 tokens a document
+
+
+@pytest.fixture(scope="module")
+def two_sources(tmp_path_factory, data):
+    """The session's documents split in two MDS data sets (same tokenizer): sources 'a' and 'b'."""
+    import json
+
+    from flexbert.data.shards import ShardOptions, tokenize_to_mds
+    from test_train_fixtures import documents
+
+    root, docs, out = tmp_path_factory.mktemp("two_sources"), documents(), {}
+    for name, part in (("a", docs[: len(docs) // 2]), ("b", docs[len(docs) // 2 :])):
+        (root / f"{name}.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in part))
+        out[name] = str(root / name)
+        tokenize_to_mds([str(root / f"{name}.jsonl")], os.path.join(data, "tokenizer"), out[name],
+                        ShardOptions(max_seq_len=128, val_fraction=0.05, progress=False, size_limit="256kb"))
+    return out
+
+
+def test_training_logs_tokens_and_an_eval_loss_per_source(tmp_path, data, two_sources):
+    from test_train_fixtures import build_and_fit, read_jsonl, run_config
+
+    cfg = run_config(tmp_path, data, max_duration="8ba", eval_interval="4ba")
+    cfg["data"].update(local="", tokenizer=os.path.join(data, "tokenizer"),
+                       streams={"a": {"local": two_sources["a"], "proportion": 0.75},
+                                "b": {"local": two_sources["b"], "proportion": 0.25}})
+    build_and_fit(cfg)
+    recs = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "train"]
+    a = [r["data/tokens/a"] for r in recs]
+    b = [r["data/tokens/b"] for r in recs]
+    assert a == sorted(a) and b == sorted(b) and b[-1] > 0  # running totals
+    assert 1.5 < a[-1] / b[-1] < 6.0, (a[-1], b[-1])  # 3:1 by proportion (about 80 documents: loose)
+    last = recs[-1]
+    for label in ("eval", "eval_a", "eval_b"):  # the mixture and one loss per source
+        assert 0 < last[f"metrics/{label}/MLMLoss"] < 10, label
+    assert last["metrics/eval_a/MLMLoss"] != last["metrics/eval_b/MLMLoss"]

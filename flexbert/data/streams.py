@@ -20,13 +20,19 @@ which is how tokens per source are counted and how audits attribute documents.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 import numpy as np
+from streaming import StreamingDataset
 
 from flexbert.config import ConfigError
+from flexbert.data.documents import _streaming_world, local_nodes
+
+if TYPE_CHECKING:
+    from flexbert.data.config import DataConfig
 
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # names become metric keys (metrics/eval/<name>/...)
 
@@ -112,3 +118,37 @@ class StreamIndex:
         """Sum of ``lengths`` per stream for documents ``sample_ids`` (int64 vector, one per stream)."""
         return np.bincount(self.stream_ids(sample_ids), weights=np.asarray(lengths, dtype=np.float64),
                            minlength=len(self.names)).astype(np.int64)
+
+
+class DocDataset(StreamingDataset):
+    """Yields ``(sample_id, input_ids)``: the global sample id identifies the document."""
+
+    def get_item(self, sample_id: int, retry: int = 7) -> Any:
+        return int(sample_id), super().get_item(sample_id, retry)["input_ids"]
+
+
+def build_dataset(cfg: "DataConfig", split: str, *, shuffle: bool, seed: int, rank: int,
+                  world_size: int, weighted: bool = True) -> DocDataset:
+    """The Streaming dataset of one split, built as rank ``rank`` of ``world_size``: data.local /
+    data.remote, or the mixture of data.streams (``weighted=False``: each document once, for eval)."""
+    for local, remote in cfg.sources():
+        if not remote and not os.path.isfile(os.path.join(local, split, "index.json")):
+            raise FileNotFoundError(f"no MDS index at {os.path.join(local, split, 'index.json')} "
+                                    "(write shards with data_prep/tokenize_to_mds.py)")
+    if cfg.streams:
+        from flexbert.data.streams import build_streams
+
+        source: dict = dict(streams=build_streams(cfg.streams, split, cfg.download_timeout, weighted),
+                            epoch_size=cfg.epoch_size if weighted else None)
+    else:  # local None: Streaming picks a cache dir
+        source = dict(local=cfg.local or None, remote=cfg.remote, split=split)
+    kwargs = dict(
+        **source,
+        batch_size=cfg.doc_batch_size,  # must equal the DataLoader's: Streaming partitions by it
+        shuffle=shuffle, shuffle_seed=seed, shuffle_algo=cfg.shuffle_algo,
+        shuffle_block_size=cfg.shuffle_block_size,
+        num_canonical_nodes=cfg.num_canonical_nodes or local_nodes(world_size),
+        predownload=cfg.predownload, cache_limit=cfg.cache_limit, download_timeout=cfg.download_timeout,
+    )
+    with _streaming_world(rank, world_size):
+        return DocDataset(**kwargs)
