@@ -104,3 +104,20 @@ def test_cache_smaller_than_the_data_evicts_and_refetches(tmp_path, s3, small_sh
     gets = s3.gets("small/train/shard.")
     assert len(gets) == len(shard_keys) and sum(gets.values()) >= 2 * len(shard_keys) - 4  # ... so shards came twice
     assert max(gets.values()) <= 3  # and no thrashing
+
+
+def test_training_from_an_unreachable_store_fails_in_one_line_naming_the_url(tmp_path, s3, monkeypatch, capsys):
+    import socket
+
+    from flexbert.train.cli import main
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("S3_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    url = s3.url("nowhere")
+    code = main([os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "tiny.yaml"),
+                 f"data.remote={url}", f"data.local={tmp_path / 'cache'}", f"run_dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1, err
+    assert f"{url}/tokenizer/tokenizer.json" in err[0] and "download failed" in err[0], err[0]
