@@ -44,8 +44,9 @@ def _args(shards, run_dir, duration):
 def _run(args, launcher=None):
     for _ in range(3):
         proc = train_py(args, launcher=launcher, timeout=400)
-        # a launcher's free port can be taken by another job before rank 0 binds it: retry that only
-        if proc.returncode == 0 or "DistNetworkError" not in proc.stderr:
+        # The rendezvous, before any training, can fail on a busy shared machine (a launcher's free
+        # port taken by another job, or a rank starting minutes late): retry those only.
+        if proc.returncode == 0 or not any(e in proc.stderr for e in ("DistNetworkError", "DistStoreError")):
             break
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return proc
