@@ -8,7 +8,9 @@ Inputs: .txt (a document per line, or per blank-line paragraph with --txt-mode p
 .jsonl (--field, default "text"), .parquet (needs pyarrow), each optionally .gz/.bz2; a directory
 stands for the supported files under it.  Writes OUT/train, OUT/validation (documents chosen by a
 hash of their text, --val-fraction, or given explicitly with --val-input), OUT/tokenizer and
-OUT/stats.json.  Bad input exits with status 2 and a one-line message naming file and line.
+OUT/stats.json.  OUT may be an object-store URL (s3://bucket/prefix; S3_ENDPOINT_URL selects an
+S3-compatible endpoint): shards are uploaded as they are written.  Bad input exits with status 2
+and a one-line message naming file and line (or the URL of a store that cannot be reached).
 See docs/data.md.
 """
 
@@ -21,6 +23,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from flexbert.data.remote import StoreError  # noqa: E402
 from flexbert.data.shards import OutputError, ShardOptions, tokenize_to_mds  # noqa: E402
 from flexbert.data.sources import InputError  # noqa: E402
 
@@ -37,7 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--input", nargs="+", required=True, metavar="PATH", help="input files or folders")
     p.add_argument("--val-input", nargs="+", default=[], metavar="PATH", help="files that go to the validation split as a whole")
     p.add_argument("--tokenizer", required=True, metavar="DIR", help="folder with tokenizer.json (data_prep/train_tokenizer.py)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (must be empty unless --overwrite)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder or object-store URL such as s3://bucket/prefix (must be empty unless --overwrite)")
     p.add_argument("--max-seq-len", type=int, required=True, metavar="N", help="longest sample, special tokens included")
     p.add_argument("--workers", type=int, default=default_workers(), metavar="N", help="tokenizer processes (default: all cores)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
@@ -70,7 +73,7 @@ def main(argv=None) -> int:
     )
     try:
         stats = tokenize_to_mds(a.input, a.tokenizer, a.out, opts, val_inputs=a.val_input)
-    except (InputError, OutputError, ValueError, FileNotFoundError) as e:
+    except (InputError, OutputError, StoreError, ValueError, FileNotFoundError) as e:
         print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 2
     summary = {k: stats[k] for k in ("documents_read", "documents_written", "documents_skipped", "documents_chunked", "samples_written", "tokens_written", "tokens_per_s")}

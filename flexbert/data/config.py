@@ -12,8 +12,8 @@ Units, so that YAML reads like the paper:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Any, Optional
 
 from flexbert.config import ConfigError
 from typing import Literal, Union  # noqa: E402,I001 - data.microbatch_size: int or "auto"
@@ -27,6 +27,10 @@ class DataConfig:
     split: str = "train"
     eval_split: Optional[str] = "validation"  # None or "": no evaluation data
     tokenizer: str = ""  # folder with tokenizer.json; default: <local>/tokenizer (written with the shards)
+    # a mixture of named sources instead of local/remote (flexbert/data/streams.py); data.local is
+    # then the cache root of remote-only streams (<local>/<name>)
+    streams: dict[str, Any] = field(default_factory=dict)
+    epoch_size: Optional[int] = None  # documents per epoch of a proportion-weighted mixture (default: all)
 
     # row shape and step size
     max_seq_len: int = 1024  # longest document (chunk) and the attention span unit
@@ -67,8 +71,19 @@ class DataConfig:
         def bad(key: str, msg: str) -> ConfigError:
             return ConfigError(f"{p}{key}: {msg}")
 
-        if not self.local and not self.remote:
+        if self.streams:
+            from flexbert.data.streams import load_streams
+
+            if self.remote:
+                raise bad("remote", "give each of data.streams its own remote (data.remote is for a single source)")
+            self.streams = load_streams(self.streams, prefix or "data")
+            for name, s in self.streams.items():
+                if not s.local and self.local:
+                    s.local = os.path.join(self.local, name)  # the download cache of a remote-only stream
+        elif not self.local and not self.remote:
             raise bad("local", "set the folder of the MDS shards (data_prep/tokenize_to_mds.py --out)")
+        if self.epoch_size is not None and (self.epoch_size < 1 or not self.streams):
+            raise bad("epoch_size", "must be >= 1 and needs data.streams")
         if not self.split:
             raise bad("split", "must name a split, e.g. 'train'")
         for key, lo in (("max_seq_len", 4), ("microbatch_size", 1), ("packer_buffer_size", 1), ("doc_batch_size", 1),
@@ -106,12 +121,27 @@ class DataConfig:
             raise ValueError("data.microbatch_size: auto has no row size until training resolves it (flexbert/train/microbatch.py)")
         return self.microbatch_size * self.max_seq_len
 
+    def sources(self) -> list[tuple[str, Optional[str]]]:
+        """(local, remote) of every source: the streams, or data.local/remote."""
+        if self.streams:
+            return [(s.local, s.remote) for s in self.streams.values()]
+        return [(self.local, self.remote)]
+
     def tokenizer_dir(self) -> str:
+        """data.tokenizer, else the copy written next to the shards: <local>/tokenizer, fetched from
+        <remote>/tokenizer into the local cache when only the store has it."""
         if self.tokenizer:
             return self.tokenizer
-        guess = os.path.join(self.local, "tokenizer")
-        if os.path.isfile(os.path.join(guess, "tokenizer.json")):
-            return guess
+        for local, _ in self.sources():
+            guess = os.path.join(local, "tokenizer")
+            if local and os.path.isfile(os.path.join(guess, "tokenizer.json")):
+                return guess
+        for local, remote in self.sources():
+            if remote:
+                from flexbert.data.remote import fetch_tokenizer
+
+                return fetch_tokenizer(remote, local)
+        guess = os.path.join(self.sources()[0][0], "tokenizer")
         raise FileNotFoundError(
             f"no tokenizer: set data.tokenizer (none found at {guess}, where tokenize_to_mds.py puts a copy)"
         )

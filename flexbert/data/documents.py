@@ -17,15 +17,16 @@ Epochs across ranks
     ``world_size > 1`` the loader has ranks agree once per step, over a small gloo all-reduce
     (:class:`RankSync`), that all of them have exhausted the epoch before any starts the next.
 
-The source is one ``StreamingDataset`` built from ``DataConfig``; :meth:`RankDocuments.__init__`
-takes any such dataset whose ``get_item`` yields ``(sample_id, input_ids)`` (see
-:func:`build_dataset`), so a mixture of Streaming ``Stream``s plugs in at that one place.
+The source is one ``StreamingDataset`` whose ``get_item`` yields ``(sample_id, input_ids)``:
+:func:`flexbert.data.streams.build_dataset` builds it from data.local/remote or a mixture of
+data.streams.  Resuming on another number of ranks: :meth:`RankDocuments.load_elastic_state`
+(flexbert/data/elastic.py).
 """
 
 from __future__ import annotations
 
 import os
-from collections import deque
+from collections import Counter, deque
 from contextlib import contextmanager
 from typing import Any, Iterator, Optional
 
@@ -33,16 +34,9 @@ import torch
 from streaming import StreamingDataset
 from torch.utils.data import DataLoader
 
-from flexbert.data.config import DataConfig
+from flexbert.data.elastic import IdHistory
 from flexbert.data.ragged import Doc, docs_from_state, docs_to_state, rechunk
 from flexbert.data.tokenizer import SpecialTokens
-
-
-class DocDataset(StreamingDataset):
-    """Yields ``(sample_id, input_ids)``: the global sample id identifies the document."""
-
-    def get_item(self, sample_id: int, retry: int = 7) -> Any:
-        return int(sample_id), super().get_item(sample_id, retry)["input_ids"]
 
 
 def _keep_batch(batch: list) -> list:
@@ -131,24 +125,6 @@ def local_nodes(world_size: int) -> int:
     return world_size // int(os.environ.get("LOCAL_WORLD_SIZE", world_size) or 1) or 1
 
 
-def build_dataset(cfg: DataConfig, split: str, *, shuffle: bool, seed: int, rank: int,
-                  world_size: int) -> DocDataset:
-    """The Streaming dataset of one split, built as rank ``rank`` of ``world_size``."""
-    if not cfg.remote and not os.path.isfile(os.path.join(cfg.local, split, "index.json")):
-        raise FileNotFoundError(f"no MDS index at {os.path.join(cfg.local, split, 'index.json')} "
-                                "(write shards with data_prep/tokenize_to_mds.py)")
-    kwargs = dict(
-        local=cfg.local or None, remote=cfg.remote, split=split,  # None: Streaming picks a cache dir
-        batch_size=cfg.doc_batch_size,  # must equal the DataLoader's: Streaming partitions by it
-        shuffle=shuffle, shuffle_seed=seed, shuffle_algo=cfg.shuffle_algo,
-        shuffle_block_size=cfg.shuffle_block_size,
-        num_canonical_nodes=cfg.num_canonical_nodes or local_nodes(world_size),
-        predownload=cfg.predownload, cache_limit=cfg.cache_limit, download_timeout=cfg.download_timeout,
-    )
-    with _streaming_world(rank, world_size):
-        return DocDataset(**kwargs)
-
-
 class RankDocuments:
     """This rank's documents, epoch after epoch (``epochs=None``: forever), each cut to at most
     ``max_seq_len`` tokens.  :meth:`take` hands them out one at a time.  With ``sync_epochs`` the
@@ -168,6 +144,7 @@ class RankDocuments:
             persistent_workers=False, prefetch_factor=4 if num_workers else None,
         )
         self.sync = RankSync(world_size)
+        self.initial_nodes = local_nodes(world_size)  # Streaming's initial_physical_nodes
         self.reset()
 
     def reset(self) -> None:
@@ -177,6 +154,11 @@ class RankDocuments:
         self.exhausted = False  # this rank has read all of the current epoch
         self.epochs_done = 0
         self.skip = 0  # documents to drop after a resume (fetched before the checkpoint)
+        self.base = 0  # global sample position in the epoch where this reading started (resume)
+        # sample ids to drop once: read beyond the common position by the ranks of a run with
+        # another world size (an elastic resume), so already trained on or buffered
+        self.ahead: Counter = Counter()
+        self.recent = IdHistory()  # ids received this epoch (the newest), for an elastic resume
         self.pending: deque = deque()  # fetched documents not yet handed out
         self.finished = False  # no more documents will come (epoch limit reached)
         self.docs_fetched = 0  # documents received from Streaming since the reset (diagnostic)
@@ -207,8 +189,12 @@ class RankDocuments:
             self.docs_fetched += len(batch)
             for sample_id, ids in batch:
                 self.epoch_docs += 1
+                self.recent.add(sample_id)
                 if self.skip:
                     self.skip -= 1
+                    continue
+                if self.ahead and self.ahead[sample_id] > 0:
+                    self.ahead[sample_id] -= 1
                     continue
                 for piece in rechunk(ids, self.max_seq_len, self.special.cls_id, self.special.sep_id):
                     self.pending.append((piece, sample_id))
@@ -230,7 +216,9 @@ class RankDocuments:
             raise RuntimeError(f"split '{self.split}' gave rank {self.rank} no documents")
         self.epochs_done += 1
         self.epoch += 1
-        self.epoch_docs = 0
+        self.epoch_docs = self.base = 0
+        self.ahead.clear()
+        self.recent = IdHistory()
         self.exhausted = False
         if self.epochs is not None and self.epochs_done >= self.epochs:
             self.finished = True
@@ -241,31 +229,56 @@ class RankDocuments:
         if len({e for e, _ in counts}) != 1:
             raise RuntimeError(f"ranks are in different epochs: {counts}")  # cannot happen: epochs start together
         common = min(c for _, c in counts)
+        beyond = self.recent.last(self.epoch_docs - common)
         return {
             "streaming": {
                 "epoch": self.epoch,
-                "sample_in_epoch": common * self.world_size,
+                "sample_in_epoch": self.base + common * self.world_size,
                 "num_canonical_nodes": self.num_canonical_nodes,
                 "shuffle_seed": seed,
-                "initial_physical_nodes": local_nodes(self.world_size),
+                "initial_physical_nodes": self.initial_nodes,
             },
             "skip": self.epoch_docs - common,
+            # the ids behind "skip" plus those still to drop: what another world size must drop
+            "ahead_ids": None if beyond is None else beyond + sorted(self.ahead.elements()),
             "epoch_exhausted": self.exhausted,
             "epochs_done": self.epochs_done,
             "finished": self.finished,
             "pending": docs_to_state(list(self.pending)),
         }
 
-    def load_state_dict(self, state: dict) -> None:
+    def _load_position(self, state: dict) -> None:
         st = state["streaming"]
-        self.num_canonical_nodes = st["num_canonical_nodes"]
+        # The sample order of every later epoch too follows the first run's canonical nodes:
+        # Streaming applies the saved value only within the saved epoch, so set it on the dataset.
+        self.num_canonical_nodes = self.dataset.num_canonical_nodes = st["num_canonical_nodes"]
+        self.initial_nodes = st.get("initial_physical_nodes") or self.initial_nodes
         self.dataset.load_state_dict(dict(st))
         self.reset()
-        self.epoch = st["epoch"]
-        self.epoch_docs = st["sample_in_epoch"] // self.world_size
-        self.skip = state["skip"]
+        self.epoch, self.base = st["epoch"], st["sample_in_epoch"]
         self.epochs_done = state["epochs_done"]
         self.finished = state["finished"]
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume on the same ranks: this rank's own state."""
+        self._load_position(state)
+        self.skip = state["skip"]
+        self.ahead = Counter((state.get("ahead_ids") or [])[state["skip"]:])  # left from an elastic resume
         # Even a rank that had exhausted the epoch re-opens it (it yields nothing): Streaming starts
         # an epoch with a barrier over all ranks, so every rank must open it together.
         self.pending.extend(docs_from_state(state["pending"]))
+
+    def load_elastic_state(self, states: list[dict]) -> list:
+        """Resume from the states of a run with another number of ranks.  Streaming continues the
+        global sample order from the common position; the documents the old ranks had read beyond
+        it are dropped by id when they come again.  Returns the old ranks' pending documents,
+        which the caller shares out between the new ranks."""
+        positions = {(s["streaming"]["epoch"], s["streaming"]["sample_in_epoch"]) for s in states}
+        if len(positions) != 1:
+            raise RuntimeError(f"saved ranks disagree on the data position: {sorted(positions)}")
+        if any(s.get("ahead_ids") is None for s in states):
+            raise RuntimeError("this checkpoint cannot resume on another number of ranks: a rank had read "
+                               f"more than {IdHistory.CAPACITY} documents beyond the others")
+        self._load_position(states[0])
+        self.ahead = Counter(i for s in states for i in s["ahead_ids"])
+        return [d for s in states for d in docs_from_state(s["pending"])]

@@ -17,14 +17,16 @@ from __future__ import annotations
 import os
 from typing import Iterator, Optional
 
+import numpy as np
 import torch
 
 from flexbert.data.batch import batch_stats
 from flexbert.data.config import DataConfig
-from flexbert.data.documents import RankDocuments, build_dataset, resolve_world
+from flexbert.data.documents import RankDocuments, resolve_world
 from flexbert.data.masking import MLMMasker
 from flexbert.data.packing import BestFitPacker, make_row
-from flexbert.data.ragged import empty_state
+from flexbert.data.ragged import docs_from_state, empty_state
+from flexbert.data.streams import StreamIndex, build_dataset
 from flexbert.data.tokenizer import SpecialTokens
 from flexbert.data.warmup import BatchSizeWarmup, warmup_from_config
 
@@ -53,7 +55,9 @@ class PackedLoader:
             self.masker = MLMMasker(self.special, cfg.eval_mlm_probability, cfg.eval_seed)
         self.packer = BestFitPacker(self.row_tokens, self.max_seq_len, cfg.packer_buffer_size)
         dataset = build_dataset(cfg, split, shuffle=cfg.shuffle and training, seed=self.seed,
-                                rank=self.rank, world_size=self.world_size)
+                                rank=self.rank, world_size=self.world_size, weighted=training)
+        # tokens per source of a mixture (data.streams), counted on this rank
+        self.sources = StreamIndex.of(dataset, list(cfg.streams)) if cfg.streams else None
         self.docs = RankDocuments(
             dataset, doc_batch_size=cfg.doc_batch_size, num_workers=cfg.num_workers, max_seq_len=cfg.max_seq_len,
             special=self.special, epochs=cfg.epochs if training else 1, rank=self.rank,
@@ -71,6 +75,7 @@ class PackedLoader:
         self.rows_global = 0  # rows emitted by all ranks (mask seeds derive from it)
         self.tokens_seen = 0  # global sequence-slot tokens (batch-size warmup counter)
         self.real_tokens = 0  # non-pad tokens emitted by this rank
+        self.source_tokens = np.zeros(len(self.cfg.streams), np.int64)  # per data.streams source, this rank
         self._started = False
         self.packer.load_state_dict(empty_state())
 
@@ -94,7 +99,13 @@ class PackedLoader:
         }
         if self.cfg.return_doc_ids:
             row["doc_ids"] = torch.tensor(r["doc_ids"], dtype=torch.int64)
+        if self.sources is not None and docs:
+            self.source_tokens += self.sources.tokens_per_stream(r["doc_ids"], [len(d[0]) for d in docs])
         return row
+
+    def tokens_per_source(self) -> dict[str, int]:
+        """Real tokens this rank has emitted from each data.streams source (empty without streams)."""
+        return {n: int(t) for n, t in zip(self.cfg.streams, self.source_tokens)}
 
     def rows_per_step(self) -> int:
         """Rows (= microbatches) this rank yields at the next step."""
@@ -165,7 +176,7 @@ class PackedLoader:
             **self.docs.state_dict(self.seed),
             "packer": self.packer.state_dict(),
             "counters": {"steps": self.steps, "rows_global": self.rows_global, "tokens_seen": self.tokens_seen,
-                         "real_tokens": self.real_tokens},
+                         "real_tokens": self.real_tokens, "source_tokens": self.source_tokens.tolist()},
             "check": self._fingerprint(),
         }
 
@@ -175,24 +186,53 @@ class PackedLoader:
                 "max_seq_len": c.max_seq_len, "doc_batch_size": c.doc_batch_size, "seed": self.seed,
                 "mlm_probability": c.mlm_probability, "split": self.split}
 
-    def load_state_dict(self, state: dict) -> None:
-        """Continue exactly where ``state`` was taken (call before iterating)."""
-        if not self.training or not state:
-            return
+    def _check(self, state: dict, ignore: tuple = ()) -> None:
         if self._started:
             raise RuntimeError("load_state_dict must be called before the loader is iterated")
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"unknown loader state version {state.get('version')}")
         mine, theirs = self._fingerprint(), state["check"]
-        diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
+        diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v and k not in ignore}
         if diff:
             raise ValueError(f"loader state does not match this loader (saved, now): {diff}")
+
+    def _load_counters(self, c: dict, share: float = 1.0) -> None:
+        self.steps, self.rows_global, self.tokens_seen = c["steps"], c["rows_global"], c["tokens_seen"]
+        self.real_tokens = int(c["real_tokens"] * share)
+        if c.get("source_tokens") and len(c["source_tokens"]) == len(self.source_tokens):
+            self.source_tokens = (np.asarray(c["source_tokens"], np.int64) * share).astype(np.int64)
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue exactly where ``state`` was taken (call before iterating)."""
+        if not self.training or not state:
+            return
+        self._check(state)
         self._reset_position()
         self.docs.load_state_dict(state)
         self.packer.load_state_dict(state["packer"])
-        c = state["counters"]
-        self.steps, self.rows_global, self.tokens_seen, self.real_tokens = (
-            c["steps"], c["rows_global"], c["tokens_seen"], c["real_tokens"])
+        self._load_counters(state["counters"])
+
+    def load_elastic_state(self, states: list[dict]) -> None:
+        """Continue from the per-rank states of a run with another number of ranks (call on every
+        rank before iterating).  The global sample order goes on where the slowest old rank stood;
+        the documents the old ranks held (packer buffers and fetched ones) are shared out between
+        the new ranks, and those the old ranks had read beyond the common position are not read
+        again.  Not bitwise equal to an uninterrupted run (rows are packed differently), but every
+        document of the epoch is trained on exactly once."""
+        if not self.training or not states:
+            return
+        for st in states:
+            self._check(st, ignore=("rank", "world_size"))
+        self._reset_position()
+        held = [d for st in states for d in docs_from_state(st["packer"])] + self.docs.load_elastic_state(states)
+        self.docs.pending.extend(held[self.rank :: self.world_size])
+        # per-rank token counters: each new rank takes an equal share of the old ranks' sum
+        total = {k: states[0]["counters"][k] for k in ("steps", "rows_global", "tokens_seen")}
+        total["real_tokens"] = sum(st["counters"]["real_tokens"] for st in states)
+        sources = [st["counters"].get("source_tokens") for st in states]
+        if all(sources):
+            total["source_tokens"] = np.sum(np.asarray(sources, np.int64), axis=0).tolist()
+        self._load_counters(total, share=1.0 / self.world_size)
 
 
 # --------------------------------------------------------------------------- builders
@@ -208,9 +248,22 @@ def build_eval_loader(cfg: DataConfig, rank: Optional[int] = None, world_size: O
 
 
 def has_eval(cfg: DataConfig) -> bool:
-    """Whether an eval split is configured and (for local data) present."""
+    """Whether an eval split is configured and (for local data) present in every source."""
     if not cfg.eval_split:
         return False
-    if cfg.remote:
-        return True
-    return os.path.isfile(os.path.join(cfg.local, cfg.eval_split, "index.json"))
+    return all(remote or os.path.isfile(os.path.join(local, cfg.eval_split, "index.json"))
+               for local, remote in cfg.sources())
+
+
+def per_source_eval_configs(cfg: DataConfig) -> dict[str, DataConfig]:
+    """One single-source data config per data.streams source with ``eval: true`` whose eval split
+    exists: the per-source evaluations (metrics/eval_<name>/...)."""
+    import dataclasses
+
+    out = {}
+    for name, s in cfg.streams.items():
+        one = dataclasses.replace(cfg, streams={}, local=s.local, remote=s.remote, epoch_size=None,
+                                  tokenizer=cfg.tokenizer_dir())
+        if s.eval and has_eval(one):
+            out[name] = one
+    return out

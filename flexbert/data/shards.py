@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from flexbert.data.ragged import wrapped_chunks
+from flexbert.data.remote import is_remote, join
 from flexbert.data.shard_stats import SPLITS, ShardStats, check_stats
 from flexbert.data.sources import InputError, expand_inputs, iter_documents
 
@@ -191,8 +193,10 @@ def _results(tasks: Iterable, tokenizer_dir: str, opts: ShardOptions, tok=None) 
             yield pending.popleft().get()
 
 
-def _write(results: Iterable, out: str, dtype: str, opts: ShardOptions, stats: ShardStats) -> None:
-    """Encoded documents -> one MDSWriter per split; removes what it wrote if anything fails."""
+def _write(results: Iterable, out: str, dtype: str, opts: ShardOptions, stats: ShardStats,
+           remote: str | None = None) -> None:
+    """Encoded documents -> one MDSWriter per split (uploading each shard to ``remote``/<split>
+    when given); removes what it wrote locally if anything fails."""
     writers: dict = {}
     columns = {"input_ids": f"ndarray:{dtype}", "length": "uint32"}
     bar = None
@@ -213,8 +217,9 @@ def _write(results: Iterable, out: str, dtype: str, opts: ShardOptions, stats: S
                 if w is None:
                     from streaming import MDSWriter  # heavy (imports torch): only once there is output
 
+                    dest = os.path.join(out, name) if remote is None else (os.path.join(out, name), join(remote, name))
                     w = writers[name] = MDSWriter(
-                        out=os.path.join(out, name), columns=columns, size_limit=opts.size_limit, compression=opts.compression
+                        out=dest, columns=columns, size_limit=opts.size_limit, compression=opts.compression
                     )
                 for n in lengths:
                     w.write({"input_ids": flat[pos : pos + n], "length": n})
@@ -235,12 +240,29 @@ def _write(results: Iterable, out: str, dtype: str, opts: ShardOptions, stats: S
 
 
 def tokenize_to_mds(
-    inputs: list[str], tokenizer_dir: str, out: str, opts: ShardOptions, val_inputs: list[str] | None = None
+    inputs: list[str], tokenizer_dir: str, out: str, opts: ShardOptions, val_inputs: list[str] | None = None,
+    *, remote: str | None = None,
 ) -> dict:
-    """Write MDS shards + stats.json; returns the stats.  Raises InputError / OutputError."""
+    """Write MDS shards + stats.json; returns the stats.  Raises InputError / OutputError / StoreError.
+
+    ``out`` may be a URL (``s3://bucket/prefix``): shards are uploaded by Streaming's writer as each
+    one is finished (local disk holds a shard or two, not the data set), then the tokenizer and,
+    last, stats.json (its presence marks a complete upload)."""
     from flexbert.data.tokenizer import SpecialTokens, load_tokenizer
 
     opts.validate()
+    if is_remote(out):
+        from flexbert.data.remote import check_writable, upload_tree
+
+        check_writable(out, opts.overwrite)  # unreachable store / existing data: fail before tokenizing
+        staging = tempfile.mkdtemp(prefix="flexbert-mds-")
+        try:
+            stats = tokenize_to_mds(inputs, tokenizer_dir, staging, opts, val_inputs, remote=out)
+            upload_tree(os.path.join(staging, "tokenizer"), join(out, "tokenizer"))
+            upload_tree(staging, out, only=["stats.json"])
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return stats
     t0 = time.time()
     tok = load_tokenizer(tokenizer_dir)
     special = SpecialTokens.from_tokenizer(tok)
@@ -251,7 +273,7 @@ def tokenize_to_mds(
     _prepare_out(out, opts.overwrite)
 
     stats = ShardStats()
-    _write(_results(_tasks(files, opts, stats), tokenizer_dir, opts, tok), out, dtype, opts, stats)
+    _write(_results(_tasks(files, opts, stats), tokenizer_dir, opts, tok), out, dtype, opts, stats, remote)
     if stats.documents_written == 0:
         raise InputError(
             f"no documents to write: {len(files)} input file(s), {stats.documents_read} document(s) read, "

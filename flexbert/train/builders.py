@@ -67,15 +67,18 @@ def build_model(cfg: RunConfig):
 
 
 def build_loaders(cfg: RunConfig):
-    """(train loader, eval loader or None) from the data section."""
+    """(train loader, {evaluator label: eval loader}) from the data section: "eval" over all the
+    data, plus "eval_<name>" per data.streams source (one loss per source)."""
     data_cfg = cfg.data
     if cfg.callbacks.audit_doc_ids:
         data_cfg = dataclasses.replace(data_cfg, return_doc_ids=True)
-    if not data_cfg.remote and not os.path.isdir(data_cfg.local):
+    if not data_cfg.streams and not data_cfg.remote and not os.path.isdir(data_cfg.local):
         raise SetupError(f"data.local: folder {data_cfg.local} does not exist (write shards with data_prep/tokenize_to_mds.py)")
     try:
         train = data_loader.build_train_loader(data_cfg, seed=cfg.seed)
-        evaluation = data_loader.build_eval_loader(data_cfg) if data_loader.has_eval(data_cfg) else None
+        evaluation = {"eval": data_loader.build_eval_loader(data_cfg)} if data_loader.has_eval(data_cfg) else {}
+        for name, one in data_loader.per_source_eval_configs(data_cfg).items():
+            evaluation[f"eval_{name}"] = data_loader.build_eval_loader(one)
     except FileNotFoundError as e:
         raise SetupError(f"data: {e}") from None
     problem = tokenizer_mismatch(cfg.model, train.special, data_cfg.tokenizer_dir())
@@ -172,6 +175,8 @@ def build_callbacks(cfg: RunConfig, train_loader, extra: Optional[list] = None) 
     if cfg.callbacks.audit_doc_ids:
         callbacks["audit"] = cb.DocAudit(os.path.join(cfg.resolved_run_dir, "doc_ids"))
         ordered.append(callbacks["audit"])
+    if cfg.data.streams or cfg.data.epochs:  # data/tokens/<source>; stop after data.epochs
+        ordered.append(callbacks.setdefault("data", cb.DataProgress(train_loader)))
     return callbacks, ordered + list(extra or []), saver
 
 
@@ -190,17 +195,11 @@ def build_trainer(cfg: RunConfig, extra_callbacks: Optional[list] = None) -> Tra
         load_initial_weights(model, cfg.init_from)
     optimizer = build_optimizer(model, cfg.optimizer, on_cuda=device == "gpu")
     scheduler = build_scheduler(cfg.scheduler)
-    train_loader, eval_loader = build_loaders(cfg)
+    train_loader, eval_loaders = build_loaders(cfg)
     callbacks, ordered, saver = build_callbacks(cfg, train_loader, extra_callbacks)
-
-    evaluators = None
-    if eval_loader is not None:
-        evaluators = Evaluator(
-            label="eval",
-            dataloader=flexbert_data_spec(eval_loader),
-            metric_names=["MLMLoss", "MLMAccuracy", "MLMPerplexity"],
-            device_eval_microbatch_size=1,
-        )
+    evaluators = [Evaluator(label=label, dataloader=flexbert_data_spec(loader), device_eval_microbatch_size=1,
+                            metric_names=["MLMLoss", "MLMAccuracy", "MLMPerplexity"])
+                  for label, loader in eval_loaders.items()] or None
 
     trainer = Trainer(
         model=model,
@@ -228,4 +227,4 @@ def build_trainer(cfg: RunConfig, extra_callbacks: Optional[list] = None) -> Tra
         load_progress_bar=False,
         dist_timeout=cfg.dist_timeout,
     )
-    return TrainRun(cfg, trainer, model, optimizer, train_loader, eval_loader, saver, plan, callbacks)
+    return TrainRun(cfg, trainer, model, optimizer, train_loader, eval_loaders.get("eval"), saver, plan, callbacks)

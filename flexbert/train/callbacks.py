@@ -69,10 +69,11 @@ class ExactResume(Callback):
             return
         world = dist.get_world_size()
         if state.get("world_size", world) != world:
-            raise RuntimeError(
-                f"checkpoint was written by {state['world_size']} ranks, this run has {world}: "
-                "exact data resume needs the same number of ranks"
-            )
+            # another number of ranks: the data continues where all old ranks together stood
+            # (flexbert/data/elastic.py); Composer restores the RNG of the first ranks only
+            self.loader.load_elastic_state(state["loader"])
+            self._pending_rng = state.get("rng")
+            return
         loader_state = state["loader"][dist.get_global_rank()]
         if loader_state is not None:
             self.loader.load_state_dict(loader_state)
@@ -83,6 +84,25 @@ class ExactResume(Callback):
             self.resumed_from_batch = int(state.timestamp.batch)
             reproducibility.load_rng_state(self._pending_rng)
             self._pending_rng = None
+
+
+class DataProgress(Callback):
+    """``data/tokens/<source>``: real tokens trained on from each data.streams source so far,
+    summed over ranks (a small gather of a few integers per step); and the end of training when
+    the loader has read its ``data.epochs`` (else Composer would loop over empty epochs)."""
+
+    def __init__(self, loader: Any):
+        self.loader = loader
+
+    def batch_end(self, state: State, logger: Logger) -> None:
+        mine = self.loader.tokens_per_source()
+        if mine:
+            totals = self.loader.docs.sync.gather(list(mine.values()))
+            logger.log_metrics({f"data/tokens/{k}": float(sum(t[i] for t in totals)) for i, k in enumerate(mine)})
+
+    def epoch_end(self, state: State, logger: Logger) -> None:
+        if self.loader.docs.finished:
+            state.stop_training()
 
 
 # --------------------------------------------------------------------------- phase change

@@ -1,0 +1,154 @@
+"""Data mixtures: ``data.streams``, named sources of MDS shards mixed with Streaming's ``Stream`` weights.
+
+```yaml
+data:
+  streams:
+    web:  {remote: s3://bucket/web, local: /cache/web, proportion: 0.6}
+    code: {local: /data/code, proportion: 0.3}
+    sci:  {local: /data/sci, proportion: 0.1}
+```
+
+Weights follow Streaming exactly.  Relative: every stream has a ``proportion`` and an epoch draws
+``epoch_size`` documents (default: the streams' total), ``proportion / sum(proportions)`` of them
+from each stream, repeating a small stream or sub-sampling a large one.  Absolute: each stream has
+``repeat`` (each document that many times per epoch; fractions draw the remainder), ``choose`` (that
+many documents per epoch) or nothing (each document once).  Relative and absolute weights do not mix.
+
+Every document keeps a global Streaming sample id; ``StreamIndex`` maps ids back to stream names,
+which is how tokens per source are counted and how audits attribute documents.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Mapping, Optional
+
+import numpy as np
+from streaming import StreamingDataset
+
+from flexbert.config import ConfigError
+from flexbert.data.documents import _streaming_world, local_nodes
+
+if TYPE_CHECKING:
+    from flexbert.data.config import DataConfig
+
+NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # names become metric keys (metrics/eval/<name>/...)
+
+
+@dataclass
+class StreamConfig:
+    local: str = ""  # folder with <split>/index.json; the download cache when remote is set
+    remote: Optional[str] = None  # s3://... (Streaming downloads into local)
+    proportion: Optional[float] = None  # relative weight (all streams, or none)
+    repeat: Optional[float] = None  # absolute: passes over this stream per epoch
+    choose: Optional[int] = None  # absolute: documents from this stream per epoch
+    eval: bool = True  # evaluate on this stream's eval split (a metric per source)
+
+    def validate(self, prefix: str = "") -> None:
+        p = f"{prefix}." if prefix else ""
+        if not self.local and not self.remote:
+            raise ConfigError(f"{p}local: set the folder of this stream's MDS shards (or remote)")
+        given = [k for k in ("proportion", "repeat", "choose") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ConfigError(f"{p}{given[1]}: a stream takes at most one of proportion, repeat, choose (got {', '.join(given)})")
+        for key in ("proportion", "repeat"):
+            v = getattr(self, key)
+            if v is not None and not v > 0:
+                raise ConfigError(f"{p}{key}: must be > 0, got {v}")
+        if self.choose is not None and self.choose < 1:
+            raise ConfigError(f"{p}choose: must be >= 1, got {self.choose}")
+
+
+def load_streams(streams: Mapping[str, Any], prefix: str = "data") -> dict[str, StreamConfig]:
+    """``data.streams`` as typed, validated ``StreamConfig``s (one-line errors naming the key)."""
+    from flexbert.config import from_dict
+
+    out: dict[str, StreamConfig] = {}
+    for name, spec in streams.items():
+        key = f"{prefix}.streams.{name}" if prefix else f"streams.{name}"
+        if not isinstance(name, str) or not NAME.match(name):
+            raise ConfigError(f"{key}: stream names are letters, digits, '_', '-', '.' (they name metrics)")
+        if isinstance(spec, StreamConfig):
+            spec.validate(key)
+            out[name] = spec
+        elif isinstance(spec, Mapping):
+            out[name] = from_dict(StreamConfig, spec, key)
+        else:
+            raise ConfigError(f"{key}: expected a mapping with local/remote and proportion|repeat|choose, got {spec!r}")
+    relative = [n for n, s in out.items() if s.proportion is not None]
+    if relative and len(relative) != len(out):
+        other = next(n for n in out if n not in relative)
+        raise ConfigError(f"{prefix}.streams.{other}: give every stream a proportion or none of them "
+                          f"(relative and absolute weights do not mix; {', '.join(relative)} have one)")
+    return out
+
+
+def build_streams(streams: Mapping[str, StreamConfig], split: str, download_timeout: float,
+                  weighted: bool = True) -> list:
+    """Streaming ``Stream`` objects in config order.  ``weighted=False`` (evaluation): each
+    document once, whatever the training weights."""
+    from streaming import Stream
+
+    out = []
+    for s in streams.values():
+        w = {}
+        if weighted:
+            w = {k: getattr(s, k) for k in ("proportion", "repeat", "choose") if getattr(s, k) is not None}
+        out.append(Stream(local=s.local or None, remote=s.remote, split=split, download_timeout=download_timeout, **w))
+    return out
+
+
+class StreamIndex:
+    """Global Streaming sample id -> stream position/name (streams are laid end to end)."""
+
+    def __init__(self, names: list[str], sample_offsets: np.ndarray):
+        self.names = list(names)
+        self.offsets = np.asarray(sample_offsets, dtype=np.int64)
+
+    @classmethod
+    def of(cls, dataset, names: list[str]) -> "StreamIndex":
+        return cls(names, dataset.sample_offset_per_stream)
+
+    def stream_ids(self, sample_ids) -> np.ndarray:
+        return np.searchsorted(self.offsets, np.asarray(sample_ids, dtype=np.int64), side="right") - 1
+
+    def tokens_per_stream(self, sample_ids, lengths) -> np.ndarray:
+        """Sum of ``lengths`` per stream for documents ``sample_ids`` (int64 vector, one per stream)."""
+        return np.bincount(self.stream_ids(sample_ids), weights=np.asarray(lengths, dtype=np.float64),
+                           minlength=len(self.names)).astype(np.int64)
+
+
+class DocDataset(StreamingDataset):
+    """Yields ``(sample_id, input_ids)``: the global sample id identifies the document."""
+
+    def get_item(self, sample_id: int, retry: int = 7) -> Any:
+        return int(sample_id), super().get_item(sample_id, retry)["input_ids"]
+
+
+def build_dataset(cfg: "DataConfig", split: str, *, shuffle: bool, seed: int, rank: int,
+                  world_size: int, weighted: bool = True) -> DocDataset:
+    """The Streaming dataset of one split, built as rank ``rank`` of ``world_size``: data.local /
+    data.remote, or the mixture of data.streams (``weighted=False``: each document once, for eval)."""
+    for local, remote in cfg.sources():
+        if not remote and not os.path.isfile(os.path.join(local, split, "index.json")):
+            raise FileNotFoundError(f"no MDS index at {os.path.join(local, split, 'index.json')} "
+                                    "(write shards with data_prep/tokenize_to_mds.py)")
+    if cfg.streams:
+        from flexbert.data.streams import build_streams
+
+        source: dict = dict(streams=build_streams(cfg.streams, split, cfg.download_timeout, weighted),
+                            epoch_size=cfg.epoch_size if weighted else None)
+    else:  # local None: Streaming picks a cache dir
+        source = dict(local=cfg.local or None, remote=cfg.remote, split=split)
+    kwargs = dict(
+        **source,
+        batch_size=cfg.doc_batch_size,  # must equal the DataLoader's: Streaming partitions by it
+        shuffle=shuffle, shuffle_seed=seed, shuffle_algo=cfg.shuffle_algo,
+        shuffle_block_size=cfg.shuffle_block_size,
+        num_canonical_nodes=cfg.num_canonical_nodes or local_nodes(world_size),
+        predownload=cfg.predownload, cache_limit=cfg.cache_limit, download_timeout=cfg.download_timeout,
+    )
+    with _streaming_world(rank, world_size):
+        return DocDataset(**kwargs)
