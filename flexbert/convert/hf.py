@@ -124,8 +124,6 @@ def to_hf(model, out_dir: Union[str, os.PathLike], tokenizer: Any = None, config
     loads with ``AutoModelForMaskedLM.from_pretrained(out_dir)``.  ``tokenizer`` (optional) is a
     transformers tokenizer, a ``tokenizers.Tokenizer``, or a path to a ``tokenizer.json``.
     """
-    from safetensors.torch import save_file
-
     if isinstance(model, Mapping):
         if config is None:
             raise ConversionError("to_hf: pass config= when giving a state dict")
@@ -134,6 +132,13 @@ def to_hf(model, out_dir: Union[str, os.PathLike], tokenizer: Any = None, config
         cfg, state_dict = model.config, model.state_dict()
     tensors = hf_state_dict(state_dict, cfg)  # validates the config first
     hf_config = config_to_hf(cfg)
+    return _write_folder(out_dir, tensors, hf_config, tokenizer, cfg)
+
+
+def _write_folder(out_dir, tensors: dict, hf_config, tokenizer: Any, cfg: FlexBertConfig) -> Path:
+    """config.json + model.safetensors (+ the tokenizer): the folder layout both exports share."""
+    from safetensors.torch import save_file
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out / SAFETENSORS_NAME), metadata={"format": "pt"})
@@ -208,7 +213,6 @@ def to_hf_classifier(model, out_dir: Union[str, os.PathLike], label_names: Optio
                      tokenizer: Any = None) -> Path:
     """Write a FlexBertForSequenceClassification as a folder that
     ``AutoModelForSequenceClassification.from_pretrained`` loads (same names: checked, not renamed)."""
-    from safetensors.torch import save_file
     from transformers import ModernBertForSequenceClassification
 
     cfg = model.config
@@ -217,10 +221,4 @@ def to_hf_classifier(model, out_dir: Union[str, os.PathLike], label_names: Optio
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in ModernBertForSequenceClassification(hf_config).state_dict().items()}
     _check_keys(tensors, expected, "FlexBERT classifier vs ModernBertForSequenceClassification")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(out / SAFETENSORS_NAME), metadata={"format": "pt"})
-    hf_config.save_pretrained(str(out))
-    if tokenizer is not None:
-        _save_tokenizer(tokenizer, out, cfg)
-    return out
+    return _write_folder(out_dir, tensors, hf_config, tokenizer, cfg)
