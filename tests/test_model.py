@@ -130,6 +130,8 @@ def naive_attention(q, k, v, cu, window, scale):
     """Dense per-document softmax attention with an explicit |i - j| window: the definition."""
     out = torch.empty_like(q)
     for s, e in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        if e == s:  # a zero-length padding document
+            continue
         qs, ks, vs = (x[s:e].transpose(0, 1) for x in (q, k, v))  # (H, n, D)
         scores = qs @ ks.transpose(1, 2) * scale
         if window is not None:

@@ -15,6 +15,7 @@ from flexbert.model.backends import SDPABackend
 from flexbert.model.compile import compile_model
 from flexbert.model.static import StaticShapes, pad_cu_seqlens
 from flexbert.train.composer_model import FlexBertMLM
+from test_model import naive_attention  # the attention definition, shared
 
 VOCAB, PAD, IGNORE = 97, 0, -100
 ROW, SEQ = 192, 48  # a row of 4 x 48 tokens
@@ -135,21 +136,6 @@ def test_row_longer_than_max_seq_len_is_one_clear_line():
     row["max_seqlen"] = SEQ + 1
     with pytest.raises(ValueError, match=f"longer than max_seq_len {SEQ}"):
         model(row)
-
-
-def naive_attention(q, k, v, cu, window, scale):
-    out = torch.empty_like(q)
-    for s, e in zip(cu[:-1].tolist(), cu[1:].tolist()):
-        if e == s:
-            continue
-        qs, ks, vs = (x[s:e].transpose(0, 1) for x in (q, k, v))
-        scores = qs @ ks.transpose(1, 2) * scale
-        if window is not None:
-            i = torch.arange(e - s)
-            rel = i[None, :] - i[:, None]
-            scores = scores.masked_fill(~((rel >= -window[0]) & (rel <= window[1])), float("-inf"))
-        out[s:e] = (scores.softmax(-1) @ vs).transpose(0, 1)
-    return out
 
 
 @pytest.mark.parametrize("window", [None, (4, 4), (1, 3), (40, 40)])
