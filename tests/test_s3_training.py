@@ -103,7 +103,8 @@ def test_cache_smaller_than_the_data_evicts_and_refetches(tmp_path, s3, small_sh
     assert on_disk <= limit  # the cache never held the data set ...
     gets = s3.gets("small/train/shard.")
     assert len(gets) == len(shard_keys) and sum(gets.values()) >= 2 * len(shard_keys) - 4  # ... so shards came twice
-    assert sum(gets.values()) <= 3 * len(shard_keys)  # and no thrashing (each shard about once per epoch)
+    # and no thrashing: each shard about once per epoch (Streaming alone fetched 96-133 here: DocDataset)
+    assert sum(gets.values()) <= 2.5 * len(shard_keys)
 
 
 def test_training_from_an_unreachable_store_fails_in_one_line_naming_the_url(tmp_path, s3, monkeypatch, capsys):

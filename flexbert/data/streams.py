@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Optional
 
@@ -121,10 +122,33 @@ class StreamIndex:
 
 
 class DocDataset(StreamingDataset):
-    """Yields ``(sample_id, input_ids)``: the global sample id identifies the document."""
+    """Yields ``(sample_id, input_ids)``: the global sample id identifies the document.
+
+    With a ``cache_limit`` it also stops Streaming's download-ahead thread from fetching shards
+    already read.  Streaming walks each epoch with two threads: one downloads ahead, one waits for
+    (and, when an eviction took it, re-downloads) the shard of the next sample.  When the second
+    overtakes the first, the first keeps walking the samples already read and downloads their
+    shards again, evicting the ones about to be read: each shard came 3 to 4 times per epoch in
+    ``tests/test_s3_training.py``.  Such downloads are skipped here (the waiting thread fetches
+    whatever is still needed), so each shard comes about once per epoch."""
+
+    _downloader = threading.local()
 
     def get_item(self, sample_id: int, retry: int = 7) -> Any:
         return int(sample_id), super().get_item(sample_id, retry)["input_ids"]
+
+    def _prepare_thread(self, it) -> None:
+        self._downloader.it = it  # this thread's epoch iterator marks it as the download-ahead thread
+        try:
+            super()._prepare_thread(it)
+        finally:
+            self._downloader.it = None
+
+    def prepare_shard(self, shard_id: int, blocking: bool = True) -> None:
+        it = getattr(self._downloader, "it", None)
+        if it is not None and self.cache_limit and it.prepare_index < it.ready_index:
+            return  # behind the waiting thread: this sample's shard is read, or being fetched
+        super().prepare_shard(shard_id, blocking)
 
 
 def build_dataset(cfg: "DataConfig", split: str, *, shuffle: bool, seed: int, rank: int,
@@ -151,4 +175,25 @@ def build_dataset(cfg: "DataConfig", split: str, *, shuffle: bool, seed: int, ra
         predownload=cfg.predownload, cache_limit=cfg.cache_limit, download_timeout=cfg.download_timeout,
     )
     with _streaming_world(rank, world_size):
-        return DocDataset(**kwargs)
+        dataset = DocDataset(**kwargs)
+    if cfg.predownload is None:
+        readers = (world_size // local_nodes(world_size)) * max(1, cfg.num_workers)
+        dataset.predownload = fit_predownload(dataset, readers)
+    return dataset
+
+
+def fit_predownload(dataset: StreamingDataset, readers_per_node: int) -> int:
+    """Samples each reader downloads ahead, so that the shards they span fit the cache.
+
+    Streaming's default (8 doc batches ahead) ignores ``cache_limit``: when the window spans more
+    shards than the cache holds, the download thread evicts shards the reader has not reached yet and
+    every shard comes several times.  With a limit, the ``readers_per_node`` readers sharing the cache
+    each get the shards left after two per reader (the one being read and the one being fetched),
+    counted in the smallest shard's samples; never fewer than one doc batch, Streaming's floor."""
+    default = 8 * dataset.batch_size
+    if not dataset.cache_limit:
+        return default
+    fits = int(dataset.cache_limit) // int(dataset.max_shard_size_across_all_streams)
+    spare = fits // max(1, readers_per_node) - 2
+    fewest = min(int(shard.samples) for shard in dataset.shards)
+    return max(dataset.batch_size, min(default, spare * fewest))
