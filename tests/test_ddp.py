@@ -64,3 +64,46 @@ def test_two_ranks_resume_equals_uninterrupted(tmp_path, data, reference):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
     loss = lambda d: [r["loss/train/total"] for r in read_jsonl(d / "metrics.jsonl") if r["kind"] == "train"]  # noqa: E731
     assert loss(run_dir) == loss(reference)
+
+
+def test_sigterm_to_one_rank_stops_both_after_the_same_batch(tmp_path, data, reference):
+    """A signal reaching only rank 1 stops both ranks after the same batch with one checkpoint, and
+    the resumed run trains on the reference's documents at every step with its weights."""
+    import signal
+    import subprocess
+    import time
+
+    import psutil
+
+    from test_train_fixtures import PY
+
+    run_dir = tmp_path / "preempted"
+    args = [TINY, f"data.local={data}", f"run_dir={run_dir}", "max_duration=4ba", "eval_interval=2ba",
+            "eval_subset_num_batches=2", "save_interval=2ba", "callbacks.audit_doc_ids=true",
+            "data.batch_size_warmup_tokens=3000", "loggers.console=false"]
+    env = dict(os.environ, PYTHONPATH=ROOT, WANDB_MODE="offline", TOKENIZERS_PARALLELISM="false")
+    launcher = subprocess.Popen([os.path.join(os.path.dirname(PY), "composer"), "-n", "2",
+                                 os.path.join(ROOT, "train.py"), *args], cwd=ROOT, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = run_dir / "checkpoints" / "ba2.pt"
+    t0 = time.time()
+    while not first.exists():
+        assert launcher.poll() is None, launcher.communicate()[1][-3000:]
+        assert time.time() - t0 < 300, "no checkpoint after 300 s"
+        time.sleep(0.05)
+    rank1 = [p for p in psutil.Process(launcher.pid).children() if p.environ().get("RANK") == "1"]
+    assert len(rank1) == 1
+    rank1[0].send_signal(signal.SIGTERM)
+    out, err = launcher.communicate(timeout=300)
+    assert launcher.returncode != 0 and "exited with code 143" in err, err[-3000:]
+    stops = {r: max(b for b, _ in doc_ids(run_dir, r)) for r in (0, 1)}
+    assert stops[0] == stops[1] and 2 <= stops[0] < 4, stops  # both ranks stopped after one batch
+    assert os.path.realpath(run_dir / "checkpoints" / "latest.pt").endswith(f"ba{stops[0]}.pt")
+
+    launch(data, run_dir, 4)  # autoresume from the stopping batch
+    for rank in (0, 1):
+        assert doc_ids(run_dir, rank) == doc_ids(reference, rank)
+    a = torch.load(reference / "checkpoints" / "ba4.pt", map_location="cpu", weights_only=False)["state"]["model"]
+    b = torch.load(run_dir / "checkpoints" / "ba4.pt", map_location="cpu", weights_only=False)["state"]["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)

@@ -116,3 +116,41 @@ def test_sigkill_then_autoresume_equals_uninterrupted(tmp_path, data, reference)
     got = losses(run_dir)
     assert sorted(got) == list(range(1, TOTAL + 1))
     assert got == ref_losses
+
+
+def test_sigterm_saves_the_batch_in_flight_and_resume_equals_uninterrupted(tmp_path, data, reference):
+    """callbacks.graceful_stop: SIGTERM mid-run finishes the batch, saves it (off the 2-batch save
+    schedule when it falls between), exits 143 in one line; rerunning continues exactly there."""
+    import yaml
+
+    ref_w, ref_losses = reference
+    cfg = make_cfg(tmp_path, data, "preempted")
+    ckpts = os.path.join(cfg["run_dir"], "checkpoints")
+    yaml_path = tmp_path / "preempted.yaml"
+    yaml_path.write_text(yaml.safe_dump(cfg))
+    args = [sys.executable, os.path.join(ROOT, "train.py"), str(yaml_path)]
+    env = dict(os.environ, PYTHONPATH=ROOT, WANDB_MODE="offline")
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for(os.path.join(ckpts, "ba4.pt"), proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    stopped = [line for line in err.splitlines() if "stopped by SIGTERM after batch" in line]
+    assert len(stopped) == 1 and "Traceback" not in err, err[-3000:]
+    batch = int(stopped[0].split("after batch ")[1].split(":")[0])
+    assert 4 <= batch < TOTAL
+    assert os.path.realpath(os.path.join(ckpts, "latest.pt")) == os.path.join(os.path.realpath(ckpts), f"ba{batch}.pt")
+
+    done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_same_weights(weights(os.path.join(ckpts, f"ba{TOTAL}.pt")), ref_w)
+    got = losses(cfg["run_dir"])
+    assert sorted(got) == list(range(1, TOTAL + 1)) and got == ref_losses
+
+
+def test_graceful_stop_names_unknown_signals():
+    from flexbert.config import ConfigError
+    from flexbert.train.config import load_run_config
+
+    with pytest.raises(ConfigError, match=r"callbacks.graceful_stop: unknown signal 'SIGTREM' \(did you mean 'SIGTERM'\?\)"):
+        load_run_config(os.path.join(ROOT, "configs", "tiny.yaml"), ["callbacks.graceful_stop=[SIGTREM]"])

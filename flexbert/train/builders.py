@@ -31,6 +31,7 @@ from flexbert.train.loading import LoadPlan, SetupError, load_initial_weights, p
 from flexbert.train.loggers import ConsoleLogger, JSONLLogger
 from flexbert.train.microbatch import resolve_microbatch
 from flexbert.train.optim import build_optimizer
+from flexbert.train.preemption import GracefulStop
 from flexbert.train.quiet import quiet_known_warnings
 from flexbert.train.schedulers import build_scheduler, to_composer_time
 
@@ -172,6 +173,9 @@ def build_callbacks(cfg: RunConfig, train_loader, extra: Optional[list] = None) 
     ordered = [callbacks[k] for k in ("schedule", "resume", "phase", "nan_guard", "metrics") if k in callbacks]
     if saver is not None:
         ordered.append(saver)
+    if cfg.callbacks.graceful_stop:  # after the saver: a batch saved on schedule is not saved twice
+        callbacks["graceful_stop"] = GracefulStop(saver, tuple(cfg.callbacks.graceful_stop))
+        ordered.append(callbacks["graceful_stop"])
     if cfg.callbacks.audit_doc_ids:
         callbacks["audit"] = cb.DocAudit(os.path.join(cfg.resolved_run_dir, "doc_ids"))
         ordered.append(callbacks["audit"])

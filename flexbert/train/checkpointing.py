@@ -142,7 +142,7 @@ class AtomicCheckpointSaver(Callback):
         if batch == self.last_saved_batch:
             return None
         self.last_saved_batch = batch
-        final = os.path.join(self.folder, f"ba{batch}.pt")
+        final = self.path_of(batch)
         tmp = os.path.join(self.folder, f".tmp-ba{batch}.pt")  # must end in .pt for Composer
         written = composer_checkpoint.save_checkpoint(state, filename=tmp)  # all ranks; rank 0 writes
         if dist.get_global_rank() == 0 and written:
@@ -159,6 +159,9 @@ class AtomicCheckpointSaver(Callback):
             log.info("saved checkpoint %s", final)
         dist.barrier()
         return final
+
+    def path_of(self, batch: int) -> str:
+        return os.path.join(self.folder, f"ba{batch}.pt")
 
     def _rotate(self) -> None:
         if self.num_to_keep < 0:

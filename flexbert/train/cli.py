@@ -3,7 +3,8 @@
 Works as ``python train.py ...`` and under the Composer launcher (``composer [-n N] train.py
 ...``).  A bad invocation (unknown key, wrong type, unknown module name, missing data, unreadable
 checkpoint) prints ONE line, ``error: ...``, and exits non-zero; ``--debug`` or ``FLEXBERT_DEBUG=1``
-shows the traceback instead.  Exit codes: 2 bad config/usage, 3 diverged, 1 anything else.
+shows the traceback instead.  Exit codes: 2 bad config/usage, 3 diverged, 143 stopped by a signal
+after saving a checkpoint (``callbacks.graceful_stop``; rerun to resume), 1 anything else.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(cfg, debug: bool = False) -> int:
     from flexbert.train.builders import build_trainer
     from flexbert.train.callbacks import TrainingDiverged
+    from flexbert.train.preemption import EXIT_CODE, Preempted
 
     run_obj = None
     try:
@@ -72,6 +74,11 @@ def run(cfg, debug: bool = False) -> int:
     except TrainingDiverged as e:
         _close(run_obj)
         return _fail(str(e), 3, debug, e)
+    except Preempted as e:
+        _close(run_obj)
+        if _rank() == 0:
+            print(f"[flexbert] {cfg.run_name}: {e}", file=sys.stderr, flush=True)
+        return EXIT_CODE
     except KeyboardInterrupt:
         _close(run_obj)
         return _fail("interrupted", 130, debug)

@@ -50,12 +50,18 @@ class CallbacksConfig:
     max_loss: Optional[float] = None  # also stop when the train loss exceeds this
     memory: bool = True  # GPU memory (CUDA only)
     audit_doc_ids: bool = False  # write the document ids each rank trained on to {run_dir}/doc_ids/
+    # on these signals: finish the batch, save a checkpoint, exit 143 ([]: Composer's immediate exit)
+    graceful_stop: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
 
     def validate(self, prefix: str = "callbacks") -> None:
         if self.throughput_window < 1:
             raise ConfigError(f"{prefix}.throughput_window: must be >= 1")
         if self.peak_flops is not None and self.peak_flops <= 0:
             raise ConfigError(f"{prefix}.peak_flops: must be > 0")
+        known = ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT", "SIGHUP")
+        for name in self.graceful_stop:
+            if name not in known:
+                raise ConfigError(unknown_choice(f"{prefix}.graceful_stop", "signal", name, known))
 
 
 @dataclass
