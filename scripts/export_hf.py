@@ -6,7 +6,8 @@
 
 The folder (config.json, model.safetensors, tokenizer files, and a model card README.md with the
 architecture, the run's training config, tokens seen and phases) loads with
-``AutoModelForMaskedLM.from_pretrained`` / ``AutoTokenizer.from_pretrained``, offline.
+``AutoModelForMaskedLM.from_pretrained`` / ``AutoTokenizer.from_pretrained``, offline, and (unless
+``--pooling none``) with ``SentenceTransformer(folder)`` as an encoder with mean or [CLS] pooling.
 """
 
 import argparse
@@ -30,6 +31,8 @@ def main(argv=None) -> int:
     p.add_argument("--config", help="the run's config.yaml (default: next to the checkpoints folder)")
     p.add_argument("--tokenizer", help="tokenizer folder (default: from the config's data section)")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--pooling", default="mean", choices=["mean", "cls", "none"],
+                   help="sentence-transformers pooling written with the export (none: no sentence-transformers files)")
     a = p.parse_args(argv)
     if not a.run_dir and not a.checkpoint:
         p.error("give --run-dir or --checkpoint")
@@ -46,7 +49,12 @@ def main(argv=None) -> int:
 
     with safe_open(os.path.join(a.out, "model.safetensors"), "pt") as f:
         n_params = sum(_numel(f.get_slice(k).get_shape()) for k in f.keys())  # tied decoder not stored
-    write_model_card(a.out, info["config"], info["checkpoint"], n_params)
+    from flexbert.convert.sentence import write_sentence_transformers
+    from flexbert.train.config import load_run_config
+
+    cfg = load_run_config(info["config"])
+    write_sentence_transformers(a.out, cfg.model.hidden_size, cfg.data.max_seq_len, a.pooling)
+    write_model_card(a.out, info["config"], info["checkpoint"], n_params, a.pooling)
     print(f"exported {info['checkpoint']} -> {info['out']} (tokenizer: {info['tokenizer'] or 'none'})")
     return 0
 

@@ -43,6 +43,48 @@ def test_model_card_lists_the_real_training_config(tmp_path, two_phase_run):
     assert "SentenceTransformer" in card and "AutoModelForMaskedLM.from_pretrained" in card
 
 
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_export_loads_in_sentence_transformers_with_flexberts_embeddings(tmp_path, two_phase_run, pooling):
+    """SentenceTransformer(export) needs no extra code and embeds as FlexBERT's own encoder does."""
+    pytest.importorskip("sentence_transformers")
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoTokenizer
+
+    from flexbert.model.model import FlexBertForMaskedLM
+    from flexbert.train.config import load_run_config
+    from flexbert.train.export import checkpoint_model_state
+
+    out = tmp_path / "st"
+    r = subprocess.run([PY, os.path.join(ROOT, "scripts/export_hf.py"), "--run-dir", str(two_phase_run / "p2"),
+                        "--out", str(out), "--pooling", pooling], capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=ROOT), timeout=180)
+    assert r.returncode == 0, r.stderr
+    st = SentenceTransformer(str(out), device="cpu")
+    assert st[1].get_pooling_mode_str() == pooling and st.max_seq_length == 128
+    texts = ["the cat sat on the mat", "a much longer sentence about the weather and the sea, to pad the other", "hi"]
+    got = st.encode(texts, convert_to_tensor=True, batch_size=3)
+
+    cfg = load_run_config(str(two_phase_run / "p2" / "config.yaml"))
+    model = FlexBertForMaskedLM(cfg.model)
+    model.load_state_dict(checkpoint_model_state(str(two_phase_run / "p2" / "checkpoints" / "ba2.pt")), strict=False)
+    enc = AutoTokenizer.from_pretrained(str(out))(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        h = model.eval().model(enc["input_ids"], enc["attention_mask"])  # (B, S, H)
+    mask = enc["attention_mask"].unsqueeze(-1).float()
+    want = (h * mask).sum(1) / mask.sum(1) if pooling == "mean" else h[:, 0]
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_export_without_pooling_writes_no_sentence_transformers_files(tmp_path, two_phase_run):
+    out = tmp_path / "plain"
+    r = subprocess.run([PY, os.path.join(ROOT, "scripts/export_hf.py"), "--run-dir", str(two_phase_run / "p2"),
+                        "--out", str(out), "--pooling", "none"], capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=ROOT), timeout=180)
+    assert r.returncode == 0, r.stderr
+    assert not (out / "modules.json").exists() and not (out / "1_Pooling").exists()
+    assert "models.Pooling" in (out / "README.md").read_text()
+
+
 def test_continue_pretraining_from_a_released_format_modernbert(tmp_path, data):
     from transformers import ModernBertConfig, ModernBertForMaskedLM
 

@@ -59,7 +59,20 @@ def _architecture(m, n_params: int) -> list[str]:
     return ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
 
 
-def model_card(name: str, config_path: str, checkpoint: str, n_params: int) -> str:
+def _sentence_usage(name: str, pooling: str) -> list[str]:
+    if pooling == "none":
+        return ["As a sentence encoder with sentence-transformers (choose a pooling; fine-tune it first):", "",
+                "```python", "from sentence_transformers import SentenceTransformer, models",
+                f'encoder = models.Transformer("{name}")',
+                'model = SentenceTransformer(modules=[encoder, models.Pooling(encoder.get_word_embedding_dimension(), "mean")])',
+                "```", ""]
+    return [f"As a sentence encoder with sentence-transformers ({pooling} pooling over the encoder, set by the export; "
+            "fine-tune it for embeddings first):", "", "```python", "from sentence_transformers import SentenceTransformer",
+            f'model = SentenceTransformer("{name}")',
+            'embeddings = model.encode(["first sentence", "second sentence"])', "```", ""]
+
+
+def model_card(name: str, config_path: str, checkpoint: str, n_params: int, pooling: str = "none") -> str:
     from flexbert.train.config import load_run_config
 
     cfg = load_run_config(config_path)
@@ -82,18 +95,14 @@ def model_card(name: str, config_path: str, checkpoint: str, n_params: int) -> s
               f'tok = AutoTokenizer.from_pretrained("{name}")',
               f'model = AutoModelForMaskedLM.from_pretrained("{name}")',
               'out = model(**tok("The capital of France is [MASK].", return_tensors="pt"))', "```", "",
-              "As a sentence encoder with sentence-transformers (mean pooling over the encoder; fine-tune it first):",
-              "", "```python", "from sentence_transformers import SentenceTransformer, models",
-              f'encoder = models.Transformer("{name}")',
-              'model = SentenceTransformer(modules=[encoder, models.Pooling(encoder.get_word_embedding_dimension(), "mean")])',
-              'embeddings = model.encode(["first sentence", "second sentence"])', "```", "",
+              *_sentence_usage(name, pooling),
               f"To continue pretraining with FlexBERT: `init_from: {name}` in a run config.", ""]
     return "\n".join(lines)
 
 
-def write_model_card(out_dir: str, config_path: str, checkpoint: str, n_params: int) -> str:
+def write_model_card(out_dir: str, config_path: str, checkpoint: str, n_params: int, pooling: str = "none") -> str:
     path = os.path.join(out_dir, "README.md")
     name = os.path.basename(os.path.normpath(out_dir))
     with open(path, "w") as f:
-        f.write(model_card(name, config_path, checkpoint, n_params))
+        f.write(model_card(name, config_path, checkpoint, n_params, pooling))
     return path
