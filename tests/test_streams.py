@@ -166,3 +166,29 @@ def test_training_logs_tokens_and_an_eval_loss_per_source(tmp_path, data, two_so
     for label in ("eval", "eval_a", "eval_b"):  # the mixture and one loss per source
         assert 0 < last[f"metrics/{label}/MLMLoss"] < 10, label
     assert last["metrics/eval_a/MLMLoss"] != last["metrics/eval_b/MLMLoss"]
+
+
+def test_a_lost_shared_memory_race_is_retried(sources, tmp_path_factory, monkeypatch):
+    """Two runs starting together on one machine (a parallel sweep) can pick the same Streaming
+    shared-memory prefix; the one that loses the race gets FileExistsError and tries again."""
+    import streaming.base.shared.prefix as prefix
+
+    from data_fixtures.helpers import small_tokenizer_dir
+    from flexbert.data.config import DataConfig
+    from flexbert.data.streams import build_dataset
+
+    real, lost = prefix.SharedMemory, []
+
+    def racing(name, create=False, size=0, *a, **kw):
+        if create and name.endswith("_locals") and len(lost) < 2:  # another process got there first, twice
+            lost.append(name)
+            raise FileExistsError(17, "File exists", name)
+        return real(name, create, size, *a, **kw)
+
+    monkeypatch.setattr(prefix, "SharedMemory", racing)
+    cfg = DataConfig.from_dict({"local": sources["sci"], "tokenizer": small_tokenizer_dir(tmp_path_factory),
+                                "max_seq_len": 8, "num_workers": 0})
+    clean_shm()
+    ds = build_dataset(cfg, "train", shuffle=False, seed=0, rank=0, world_size=1)
+    assert len(lost) == 2 and len(list(ds)) == SIZES["sci"]
+    clean_shm()

@@ -21,8 +21,10 @@ which is how tokens per source are counted and how audits attribute documents.
 from __future__ import annotations
 
 import os
+import random
 import re
 import threading
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Optional
 
@@ -174,12 +176,31 @@ def build_dataset(cfg: "DataConfig", split: str, *, shuffle: bool, seed: int, ra
         num_canonical_nodes=cfg.num_canonical_nodes or local_nodes(world_size),
         predownload=cfg.predownload, cache_limit=cfg.cache_limit, download_timeout=cfg.download_timeout,
     )
-    with _streaming_world(rank, world_size):
-        dataset = DocDataset(**kwargs)
+    dataset = _construct(kwargs, rank, world_size)
     if cfg.predownload is None:
         readers = (world_size // local_nodes(world_size)) * max(1, cfg.num_workers)
         dataset.predownload = fit_predownload(dataset, readers)
     return dataset
+
+
+_jitter = random.Random()
+
+
+def _construct(kwargs: dict, rank: int, world_size: int, attempts: int = 6) -> DocDataset:
+    """``DocDataset(**kwargs)``, retried when another process on this machine took the shared-memory
+    prefix Streaming had just picked (two runs starting together, e.g. a parallel sweep: Streaming
+    looks for a free prefix, then creates it, and the loser of that race gets FileExistsError).
+    Only a lone process retries: with several ranks the leader and the others pick the prefix in
+    lock step, and a retry on one rank would pair with the wrong barrier on the others."""
+    for attempt in range(attempts):
+        try:
+            with _streaming_world(rank, world_size):
+                return DocDataset(**kwargs)
+        except FileExistsError as e:
+            if world_size > 1 or attempt == attempts - 1 or "_locals" not in str(e):
+                raise
+            time.sleep(_jitter.uniform(0.05, 0.5) * (attempt + 1))  # a private RNG: seeded runs unaffected
+    raise AssertionError("unreachable")
 
 
 def fit_predownload(dataset: StreamingDataset, readers_per_node: int) -> int:
