@@ -7,7 +7,8 @@
 --from is a train.py run folder, one training checkpoint (.pt) or a Hugging Face ModernBERT
 folder.  The output folder is in the export format (config.json, model.safetensors, tokenizer):
 ``init_from: OUT`` in a run config and ``AutoModelForMaskedLM.from_pretrained(OUT)`` both load it.
-Modes: center_wraparound (ModernBERT-large's), center, edge; see flexbert/model/tiling.py.
+Modes: center_wraparound (ModernBERT-large's), center, edge; ``--rescale`` keeps the source's
+function in the copying modes; see flexbert/model/tiling.py.
 """
 
 import argparse
@@ -27,6 +28,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--tokenizer", help="tokenizer folder (default: the source's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the fresh init that mode 'center' keeps")
+    p.add_argument("--rescale", action="store_true",
+                   help="divide weights by how often their inputs were copied, so the grown model computes what the "
+                        "source did (copying modes; exact for whole-multiple widths at the same depth)")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the target config (e.g. model.hidden_size=256)")
     a = p.parse_args(argv)
     from flexbert.config import ConfigError
@@ -34,7 +38,7 @@ def main(argv=None) -> int:
     from flexbert.train.export import ExportError
 
     try:
-        info = write_tiled(a.src, a.config, a.out, a.mode, a.seed, a.tokenizer, a.overrides)
+        info = write_tiled(a.src, a.config, a.out, a.mode, a.seed, a.tokenizer, a.overrides, a.rescale)
     except (TilingError, ExportError, ConfigError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

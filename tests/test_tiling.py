@@ -134,13 +134,13 @@ def _held_out_batch(tok_dir, seed=0):
     return dict(input_ids=ids, attention_mask=enc["attention_mask"], labels=labels)
 
 
-def _tile(tmp_path, source_run, mode):
+def _tile(tmp_path, source_run, mode, *extra):
     target = dict(run_config(tmp_path, source_run["data"]["local"]), model=model_overrides(hidden=128, layers=3))
     target_yaml = tmp_path / "wide.yaml"
     target_yaml.write_text(yaml.safe_dump(target))
-    out = tmp_path / f"tiled-{mode}"
+    out = tmp_path / f"tiled-{mode}{''.join(extra)}"
     r = subprocess.run([PY, os.path.join(ROOT, "scripts/tile_weights.py"), "--from", source_run["run_dir"],
-                        "--config", str(target_yaml), "--mode", mode, "--out", str(out)], capture_output=True,
+                        "--config", str(target_yaml), "--mode", mode, "--out", str(out), *extra], capture_output=True,
                        text=True, env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "[0, 1, 1]" in r.stdout
@@ -182,6 +182,27 @@ def test_tiled_wider_model_beats_fresh_init_on_held_out_text(tmp_path, source_ru
     assert tiled_loss < fresh_loss, (tiled_loss, fresh_loss)
 
 
+def test_rescaled_wraparound_keeps_the_source_on_held_out_text(tmp_path, source_run):
+    """ModernBERT-large's mode with --rescale, wider and one layer deeper: close to the source's own
+    held-out loss, better than a fresh init and than plain wrap-around."""
+    from transformers import AutoModelForMaskedLM
+
+    from flexbert.train.export import export_to_hf
+
+    export_to_hf(str(tmp_path / "source-hf"), run_dir=source_run["run_dir"])
+    source = AutoModelForMaskedLM.from_pretrained(str(tmp_path / "source-hf")).eval()
+    rescaled = AutoModelForMaskedLM.from_pretrained(str(_tile(tmp_path, source_run, "center_wraparound", "--rescale"))).eval()
+    plain = AutoModelForMaskedLM.from_pretrained(str(_tile(tmp_path, source_run, "center_wraparound"))).eval()
+    batch = _held_out_batch(str(tmp_path / "source-hf"))
+    torch.manual_seed(0)
+    fresh = AutoModelForMaskedLM.from_config(rescaled.config).eval()
+    with torch.no_grad():
+        loss = {k: m(**batch).loss.item() for k, m in
+                dict(source=source, rescaled=rescaled, plain=plain, fresh=fresh).items()}
+    assert loss["rescaled"] < min(loss["fresh"], loss["plain"]), loss
+    assert abs(loss["rescaled"] - loss["source"]) < 0.5 * abs(loss["plain"] - loss["source"]), loss
+
+
 def test_tile_script_errors_in_one_line(tmp_path, source_run):
     target = dict(run_config(tmp_path, source_run["data"]["local"]), model=model_overrides(vocab=2048, hidden=128))
     target_yaml = tmp_path / "bad.yaml"
@@ -190,3 +211,32 @@ def test_tile_script_errors_in_one_line(tmp_path, source_run):
                         "--config", str(target_yaml), "--out", str(tmp_path / "x")], capture_output=True, text=True,
                        env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT, timeout=300)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "model.vocab_size" in r.stderr, r.stderr
+
+
+# ---------------------------------------------------------------- rescale: keeping the source's function
+@pytest.mark.parametrize("mode", ["center_wraparound", "edge"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_rescaled_whole_multiple_growth_keeps_the_source_logits(mode, bias):
+    """Twice as wide (heads doubled, head size kept), same depth: with rescale the grown model
+    computes the source's function (logits equal); without, the copies add up and it does not."""
+    kw = dict(attn_qkv_bias=bias, attn_out_bias=bias, mlp_in_bias=bias, mlp_out_bias=bias, norm_bias=bias,
+              head_bias=bias, decoder_bias=bias)
+    src = _model(seed=1, **kw)
+    ids = torch.randint(4, 100, (3, 40), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, 25:] = 0
+    with torch.no_grad():
+        want = src(ids, attention_mask=mask).logits
+    grown = {}
+    for rescale in (True, False):
+        tgt = _model(seed=2, hidden_size=128, intermediate_size=192, num_attention_heads=4, **kw)
+        tile_model(src, tgt, mode, rescale=rescale)
+        with torch.no_grad():
+            grown[rescale] = tgt(ids, attention_mask=mask).logits
+    torch.testing.assert_close(grown[True], want, rtol=1e-4, atol=1e-4)
+    assert (grown[False] - want).abs().max() > 0.1
+
+
+def test_rescale_refuses_center_mode():
+    with pytest.raises(TilingError, match="rescale applies to the copying modes"):
+        tile_model(_model(), _model(hidden_size=128, num_attention_heads=4), "center", rescale=True)

@@ -14,6 +14,14 @@ Modes, per dimension of size ``s`` (source) grown to ``t`` (target), offset ``o 
 Fused matrices are viewed as their parts before tiling so each part is tiled on its own: ``Wqkv``
 as (Q/K/V, head, head_dim, in) so heads stay whole, attention ``Wo`` as (out, head, head_dim), the
 GLU's ``Wi`` as (input/gate, intermediate, in).  Equal sizes give the identity.
+
+``rescale`` (copy modes only): copying an input dimension k times makes every linear layer sum k
+copies of each input, so the grown model's activations and logits grow with the width (a tiled
+tiny model scored worse than a fresh init on held-out text).  With ``rescale`` every weight is
+divided, along its input dimensions, by how often that input was copied, and the norm in front of
+a tied decoder likewise, so each layer computes what the source did.  For a width that is a whole
+multiple of the source's, an unchanged head size and the same depth the grown model gives the
+source's logits exactly; otherwise (ModernBERT's 768 -> 1024, or added layers) it is close.
 """
 
 from __future__ import annotations
@@ -104,7 +112,37 @@ def check_compatible(src_cfg, tgt_cfg) -> None:
             raise TilingError(f"model.{key}: source '{getattr(src_cfg, key)}' differs from target '{getattr(tgt_cfg, key)}'")
 
 
-def tile_state_dict(src_sd: dict, src_cfg, tgt_sd: dict, tgt_cfg, mode: str = "center_wraparound") -> dict:
+# viewed dimensions that are inputs of the layer (summed over by its matmul), per suffix
+_INPUT_DIMS = {"attn.Wqkv.weight": (3,), "attn.Wo.weight": (1, 2), "mlp.Wi.weight": (-1,), "mlp.Wo.weight": (1,),
+               "head.dense.weight": (1,)}
+
+
+def copy_counts(s: int, t: int, mode: str) -> torch.Tensor:
+    """How many target positions hold the source index of each of the ``t`` target positions."""
+    idx, _ = index_map(s, t, mode)
+    return torch.bincount(idx, minlength=s)[idx]
+
+
+def _rescale(name: str, tiled: torch.Tensor, src_shape, cfg, mode: str) -> torch.Tensor:
+    """``tiled`` (viewed) divided by the copy count of its inputs; see the module docstring."""
+    dims = next((d for suffix, d in _INPUT_DIMS.items() if name.endswith(suffix)), None)
+    if dims is None and name.startswith("head.norm.") and cfg.tie_word_embeddings:
+        dims = (0,)  # feeds the tied decoder, whose input side is the (unscaled) embedding matrix
+    if dims is None and name == "decoder.weight" and not cfg.tie_word_embeddings:
+        dims = (1,)
+    if dims is None:
+        return tiled
+    scale = torch.ones((), dtype=torch.float64)
+    for d in dims:
+        d = d % tiled.dim()
+        shape = [1] * tiled.dim()
+        shape[d] = tiled.shape[d]
+        scale = scale * copy_counts(src_shape[d], tiled.shape[d], mode).to(torch.float64).view(shape)
+    return (tiled.double() / scale).to(tiled.dtype)
+
+
+def tile_state_dict(src_sd: dict, src_cfg, tgt_sd: dict, tgt_cfg, mode: str = "center_wraparound",
+                    rescale: bool = False) -> dict:
     """Target state dict: every tensor of ``tgt_sd`` (the fresh init) filled from ``src_sd``.
 
     Target tensors with no source counterpart (a deeper layer 0 mapped onto a layer that has no
@@ -112,6 +150,8 @@ def tile_state_dict(src_sd: dict, src_cfg, tgt_sd: dict, tgt_cfg, mode: str = "c
     """
     if mode not in MODES:
         raise TilingError(f"tiling mode '{mode}' is unknown; valid: {', '.join(MODES)}")
+    if rescale and mode == "center":
+        raise TilingError("rescale applies to the copying modes (center_wraparound, edge), not center")
     check_compatible(src_cfg, tgt_cfg)
     layer_of = gopher_layer_map(src_cfg.num_hidden_layers, tgt_cfg.num_hidden_layers)
     out = {}
@@ -121,15 +161,18 @@ def tile_state_dict(src_sd: dict, src_cfg, tgt_sd: dict, tgt_cfg, mode: str = "c
         if src_name not in src_sd:
             out[name] = init.clone()
             continue
-        src = src_sd[src_name]
-        tiled = tile_tensor(_view(src_name, src, src_cfg), _view(name, init, tgt_cfg), mode)
+        src = _view(src_name, src_sd[src_name], src_cfg)
+        tiled = tile_tensor(src, _view(name, init, tgt_cfg), mode)
+        if rescale:
+            tiled = _rescale(name, tiled, src.shape, tgt_cfg, mode)
         out[name] = tiled.reshape(init.shape)
     return out
 
 
-def tile_model(src_model, tgt_model, mode: str = "center_wraparound"):
+def tile_model(src_model, tgt_model, mode: str = "center_wraparound", rescale: bool = False):
     """Load ``tgt_model`` (a freshly initialised FlexBertForMaskedLM) with ``src_model`` tiled into it."""
-    sd = tile_state_dict(src_model.state_dict(), src_model.config, tgt_model.state_dict(), tgt_model.config, mode)
+    sd = tile_state_dict(src_model.state_dict(), src_model.config, tgt_model.state_dict(), tgt_model.config, mode,
+                         rescale)
     tgt_model.load_state_dict(sd)
     if hasattr(tgt_model, "tie_weights"):
         tgt_model.tie_weights()
@@ -137,7 +180,8 @@ def tile_model(src_model, tgt_model, mode: str = "center_wraparound"):
 
 
 def write_tiled(src: str, target_config: str, out_dir: str, mode: str = "center_wraparound",
-                seed: int = 0, tokenizer: str | None = None, overrides: list[str] | None = None) -> dict:
+                seed: int = 0, tokenizer: str | None = None, overrides: list[str] | None = None,
+                rescale: bool = False) -> dict:
     """Tile the model at ``src`` into the model section of ``target_config`` and write ``out_dir``.
 
     Export format (config.json, model.safetensors, tokenizer) when transformers' ModernBERT can
@@ -156,7 +200,7 @@ def write_tiled(src: str, target_config: str, out_dir: str, mode: str = "center_
         raise TilingError(str(e).replace("--model ", "--from ", 1)) from None
     tgt_cfg = load_run_config(target_config, overrides).model
     torch.manual_seed(seed)  # the fresh init `center` keeps around the source
-    target = tile_model(src_model, FlexBertForMaskedLM(tgt_cfg), mode).eval()
+    target = tile_model(src_model, FlexBertForMaskedLM(tgt_cfg), mode, rescale).eval()
     tok_dir = tokenizer or source.tokenizer_dir
     tok = None
     if tok_dir:
@@ -175,5 +219,5 @@ def write_tiled(src: str, target_config: str, out_dir: str, mode: str = "center_
         sd = {k: v.contiguous() for k, v in target.state_dict().items() if not (tgt_cfg.tie_word_embeddings and k == "decoder.weight")}
         init_from = os.path.join(out_dir, "model.safetensors")
         save_file(sd, init_from, metadata={"format": "pt"})
-    return {"source": src, "mode": mode, "layers": gopher_layer_map(source.config.num_hidden_layers,
+    return {"source": src, "mode": mode + (", rescaled" if rescale else ""), "layers": gopher_layer_map(source.config.num_hidden_layers,
             tgt_cfg.num_hidden_layers), "init_from": init_from, "tokenizer": tok_dir}
