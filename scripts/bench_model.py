@@ -9,6 +9,9 @@ GPU:            python scripts/bench_model.py --device cuda --dtype bf16 --confi
 Both models see exactly the same sequences.  transformers gets batches of ``--batch-size``
 sequences padded to the batch's longest; FlexBERT gets the same sequences packed back to back into
 rows of ``--batch-size * 512`` tokens (as the data loader does).  Tokens/s counts real tokens only.
+FlexBERT's loss is computed as in training: ``model.mlm_loss`` (``--mlm-loss``, default ``auto``:
+liger on CUDA when installed, else chunked), no logits kept; ``--mlm-loss logits`` times the
+HF-style path that returns logits instead.
 """
 
 from __future__ import annotations
@@ -87,7 +90,8 @@ def to_device(batch, device):
 
 
 def time_pass(model, batches, device, dtype) -> float:
-    """Seconds for forward + backward over all batches (gradients discarded)."""
+    """Seconds for forward + backward over all batches (gradients discarded); a batch may carry
+    extra forward arguments (FlexBERT's ``return_logits``)."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     sync()
@@ -111,6 +115,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="timed passes per model, interleaved; the fastest is reported")
     ap.add_argument("--backends", default=None, help="FlexBERT attention backends, comma separated (default: sdpa on CPU, all available on GPU)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--mlm-loss", default="auto", choices=["auto", "chunked", "liger", "plain", "logits"],
+                    help="FlexBERT's loss: a model.mlm_loss as in training, or 'logits' (returns full logits)")
     args = ap.parse_args()
 
     device = torch.device(args.device)
@@ -153,11 +159,14 @@ def main() -> None:
         hf.load_state_dict(state)
         name = "transformers ModernBERT, sdpa, padded" + (", sparse_prediction" if sparse else "")
         runs.append((name, hf, hf_batches))
+    lean = args.mlm_loss != "logits"
+    flex_rows = [dict(r, return_logits=False) for r in rows] if lean else rows
     for backend in backends:
-        cfg = FlexBertConfig.from_dict(dict(base, attention_backend=backend))
+        extra = dict(mlm_loss=args.mlm_loss) if lean else {}
+        cfg = FlexBertConfig.from_dict(dict(base, attention_backend=backend, **extra))
         model = FlexBertForMaskedLM(cfg).to(device).train()
         model.load_state_dict(state)
-        runs.append((f"FlexBERT, {backend}, packed + sparse head", model, rows))
+        runs.append((f"FlexBERT, {backend}, packed, {args.mlm_loss} loss", model, flex_rows))
     for _, model, batches in runs:
         time_pass(model, batches[:2], device, dtype)  # warm-up (allocator, kernels, compile)
     best = {name: float("inf") for name, _, _ in runs}

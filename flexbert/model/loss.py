@@ -11,7 +11,9 @@ outlive the loss and the training / eval metrics are counts (docs/model.md):
 * ``liger`` -- liger-kernel's fused linear cross-entropy (CUDA, Triton; ``pip install
   'flexbert[liger]'``);
 * ``plain`` -- full logits then ``F.cross_entropy`` (the definition; what HF-style callers get);
-* ``auto`` -- ``liger`` on CUDA when it is installed and gradients are wanted, else ``chunked``.
+* ``auto`` -- on CUDA ``liger`` when it is installed and gradients are wanted, else ``chunked``;
+  elsewhere ``plain`` (host memory is not the limit of a CPU-sized run, and ``chunked`` pays one
+  more decoder matmul: 12% slower in ``scripts/bench_model.py``'s small config on CPU).
 
 The loss runs outside torch.compile (it is a handful of large matmuls; liger syncs with the host),
 so a compiled model has one graph break here and never recompiles because of it.
@@ -169,7 +171,9 @@ def liger_loss(h, weight, bias, labels) -> LossStats:
 
 @MLM_LOSSES.register("auto")
 def auto_loss(h, weight, bias, labels) -> LossStats:
-    if h.device.type == "cuda" and torch.is_grad_enabled() and liger_available():
+    if h.device.type != "cuda":
+        return plain_loss(h, weight, bias, labels)
+    if torch.is_grad_enabled() and liger_available():
         return liger_loss(h, weight, bias, labels)
     return chunked_loss(h, weight, bias, labels)
 
@@ -178,8 +182,8 @@ def auto_loss(h, weight, bias, labels) -> LossStats:
 def mlm_loss(name: str, h, weight, bias, labels) -> LossStats:
     """Loss sums of decoder(h) against ``labels`` with the implementation ``name``.
 
-    ``liger`` (or ``auto`` on CUDA) without gradients falls back to ``chunked``: liger computes
-    gradients inside its forward, wasted work in evaluation."""
-    if name in ("liger", "auto") and not torch.is_grad_enabled():
+    ``liger`` without gradients falls back to ``chunked`` (so does ``auto`` on CUDA): liger
+    computes gradients inside its forward, wasted work in evaluation."""
+    if name == "liger" and not torch.is_grad_enabled():
         name = "chunked"
     return MLM_LOSSES.get(name, "mlm_loss")(h, weight, bias, labels)
