@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 
+from flexbert.registry import unknown_choice
+
 POOLINGS = ("mean", "cls", "none")  # none: no sentence-transformers files
 
 _MODES = ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens", "weightedmean_tokens", "lasttoken")
@@ -27,7 +29,7 @@ def _dump(path: str, obj) -> None:
 def write_sentence_transformers(out_dir: str, hidden_size: int, max_seq_length: int, pooling: str = "mean") -> list[str]:
     """Write the sentence-transformers files into ``out_dir``; returns the paths written."""
     if pooling not in POOLINGS:
-        raise ValueError(f"pooling: unknown pooling '{pooling}'; valid choices: {', '.join(POOLINGS)}")
+        raise ValueError(unknown_choice("pooling", "pooling", pooling, POOLINGS))
     if pooling == "none":
         return []
     chosen = {"mean": "mean_tokens", "cls": "cls_token"}[pooling]

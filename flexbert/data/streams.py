@@ -192,15 +192,16 @@ def _construct(kwargs: dict, rank: int, world_size: int, attempts: int = 6) -> D
     looks for a free prefix, then creates it, and the loser of that race gets FileExistsError).
     Only a lone process retries: with several ranks the leader and the others pick the prefix in
     lock step, and a retry on one rank would pair with the wrong barrier on the others."""
-    for attempt in range(attempts):
+    attempt = 0
+    while True:
         try:
             with _streaming_world(rank, world_size):
                 return DocDataset(**kwargs)
         except FileExistsError as e:
-            if world_size > 1 or attempt == attempts - 1 or "_locals" not in str(e):
+            attempt += 1
+            if world_size > 1 or attempt == attempts or "_locals" not in str(e):
                 raise
-            time.sleep(_jitter.uniform(0.05, 0.5) * (attempt + 1))  # a private RNG: seeded runs unaffected
-    raise AssertionError("unreachable")
+            time.sleep(_jitter.uniform(0.05, 0.5) * attempt)  # a private RNG: seeded runs unaffected
 
 
 def fit_predownload(dataset: StreamingDataset, readers_per_node: int) -> int:
