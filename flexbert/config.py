@@ -15,7 +15,12 @@ from typing import Any, Mapping
 
 from flexbert.registry import ConfigError, unknown_choice
 
-__all__ = ["ConfigError", "FlexBertConfig", "from_dict", "to_dict", "load_yaml"]
+__all__ = ["ConfigError", "FlexBertConfig", "IGNORE_INDEX", "from_dict", "to_dict", "load_yaml"]
+
+# The label of every position the MLM / classification loss ignores (transformers' convention).
+# The contract between data (which writes it) and model (whose loss skips it); both sit above this
+# module, so it lives here, once.
+IGNORE_INDEX = -100
 
 
 # --------------------------------------------------------------------------- generic loading

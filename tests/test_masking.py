@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from data_fixtures.helpers import small_tokenizer_dir
-from flexbert.data.masking import IGNORE_INDEX, MLMMasker
+from flexbert.config import IGNORE_INDEX
+from flexbert.data.masking import MLMMasker
 from flexbert.data.tokenizer import SpecialTokens
 
 

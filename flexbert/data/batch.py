@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flexbert.data.masking import IGNORE_INDEX
+from flexbert.config import IGNORE_INDEX
 
 
 def rows_of(batch: dict[str, Any]) -> list[dict]:

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from flexbert.config import IGNORE_INDEX
 from flexbert.data.tokenizer import SpecialTokens
-
-IGNORE_INDEX = -100  # the label of every position the loss ignores (one owner: this module)
 
 
 class MLMMasker:

@@ -29,7 +29,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from flexbert.data.masking import IGNORE_INDEX
+from flexbert.config import IGNORE_INDEX
 from flexbert.model.registries import MLM_LOSSES
 
 # fp32 elements of one chunk's logits (32 Mi = 128 MiB); the chunk is at least 64 tokens.

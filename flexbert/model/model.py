@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flexbert.data.masking import IGNORE_INDEX
+from flexbert.config import IGNORE_INDEX
 from flexbert.model.attention import BatchInfo, batch_info, rope_tables
 from flexbert.model.backends import resolve_backend
 from flexbert.model.blocks import build_block

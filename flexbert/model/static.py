@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 import torch
 
-from flexbert.data.masking import IGNORE_INDEX
+from flexbert.config import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,8 @@ from composer.core import DataSpec
 from composer.models import ComposerModel
 from torchmetrics import Metric
 
-from flexbert.config import FlexBertConfig
+from flexbert.config import IGNORE_INDEX, FlexBertConfig
 from flexbert.data.batch import num_masked, num_real_tokens, rows_of
-from flexbert.data.masking import IGNORE_INDEX
 from flexbert.model.loss import LossStats
 from flexbert.model.static import StaticShapes
 

@@ -10,7 +10,7 @@ import os
 
 import torch
 
-from flexbert.data.masking import IGNORE_INDEX
+from flexbert.config import IGNORE_INDEX
 
 
 def synthetic_row(data_cfg, model_cfg, microbatch_size: int, device) -> dict:
