@@ -71,7 +71,8 @@ def test_refuses_checkpoints_of_different_configs(tmp_path, run):
 def test_averaged_checkpoint_exports_loads_and_inits(tmp_path, run):
     from transformers import AutoModelForMaskedLM
 
-    from flexbert.train.builders import build_model, load_initial_weights
+    from flexbert.train.loading import load_initial_weights
+    from flexbert.train.recipe import build_model
     from flexbert.train.config import load_run_config
 
     out_dir = tmp_path / "avg"

@@ -102,7 +102,7 @@ def test_probe_rows_train_the_real_model(tmp_path, data):
     """The GPU probe's synthetic row has the loader's format: the Composer model trains on it."""
     import torch
 
-    from flexbert.train.builders import build_model
+    from flexbert.train.recipe import build_model
     from flexbert.train.gpu_probe import synthetic_row
 
     cfg = from_dict(RunConfig, run_config(tmp_path, data), "")

@@ -168,7 +168,7 @@ def test_static_shapes_from_the_data_config():
 @pytest.mark.parametrize("mode", ["none", "blocks", "model"])
 def test_build_model_pads_rows_only_when_compiling(tmp_path, mode):
     """Fixed shapes cost padding documents (and, for sdpa, block layouts); eager runs skip them."""
-    from flexbert.train.builders import build_model
+    from flexbert.train.recipe import build_model
     from flexbert.train.config import RunConfig
     from flexbert.config import from_dict
 

@@ -70,7 +70,8 @@ def test_chain_runs_each_phase_from_the_previous_one(chain):
 
 @pytest.mark.slow
 def test_extension_uses_the_new_theta(chain):
-    from flexbert.train.builders import build_model, load_initial_weights
+    from flexbert.train.loading import load_initial_weights
+    from flexbert.train.recipe import build_model
     from flexbert.train.config import load_run_config
 
     root = chain[0]

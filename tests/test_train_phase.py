@@ -92,7 +92,7 @@ def test_theta_change_changes_outputs(tmp_path, data, phase1):
 def test_context_extension_configs_change_theta_and_outputs():
     """configs/base.yaml -> base-context-extension.yaml: the paper's 10k -> 160k global theta
     reaches the model, and the same weights give different outputs."""
-    from flexbert.train.builders import build_model
+    from flexbert.train.recipe import build_model
     from flexbert.train.config import load_run_config
 
     base = load_run_config(os.path.join(ROOT, "configs", "base.yaml"))

@@ -59,14 +59,3 @@ def loader(data: EncodedTask, batch_size: int, shuffle: bool, seed: int = 0) -> 
     gen = torch.Generator().manual_seed(seed) if shuffle else None
     return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=gen, collate_fn=pack, num_workers=0)
 
-
-def data_spec(dl: DataLoader):
-    """Composer DataSpec: a batch is one microbatch (its packed tensors cannot be split by rows)."""
-    from composer.core import DataSpec
-
-    return DataSpec(
-        dl,
-        split_batch=lambda batch, n: [batch],
-        get_num_samples_in_batch=lambda batch: int(batch["cu_seqlens"].numel() - 1),
-        get_num_tokens_in_batch=lambda batch: int(batch["input_ids"].numel()),
-    )

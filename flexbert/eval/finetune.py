@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 
 from flexbert.eval import metrics as M
-from flexbert.eval.composer_task import FlexBertClassifier, KeepBest, predictions, score
+from flexbert.train.classifier import KeepBest, build_classifier_trainer, predictions, seed_everything
 
 
 @dataclass
@@ -106,53 +106,31 @@ def build_classifier(cfg: FinetuneConfig, pre, num_labels: int):
     return model
 
 
-def _trainer(cfg: FinetuneConfig, model, enc, keep: KeepBest):
-    from composer import Trainer
-    from composer.core import Evaluator
+def scores(cfg: FinetuneConfig, num_labels: int) -> dict:
+    """{metric name: score(target, preds)} for the task's metrics (``flexbert/eval/metrics.py``)."""
+    return {n: (lambda t, p, n=n: score(n, t, p, num_labels)) for n in cfg.metric_names}
 
-    from flexbert.eval.data import data_spec, loader
-    from flexbert.train.callbacks import ScheduleStepper
-    from flexbert.train.loggers import ConsoleLogger, JSONLLogger
-    from flexbert.train.optim import OptimizerConfig, build_optimizer
-    from flexbert.train.quiet import quiet_known_warnings
-    from flexbert.train.schedulers import build_scheduler
 
-    quiet_known_warnings()
-    gpu = cfg.device == "gpu" or (cfg.device == "auto" and torch.cuda.is_available())
-    composer_model = FlexBertClassifier(model, cfg.metric_names)
-    optimizer = build_optimizer(composer_model, OptimizerConfig(lr=cfg.lr, weight_decay=cfg.weight_decay), on_cuda=gpu)
-    scheduler = build_scheduler({"name": "warmup_stable_decay", "t_warmup": f"{cfg.warmup:g}dur",
-                                 "t_decay": f"{1 - cfg.warmup:g}dur", "decay_shape": "linear", "alpha_f": 0.0})
-    train_dl = loader(enc["train"], cfg.batch_size, shuffle=True, seed=cfg.seed)
-    return Trainer(
-        model=composer_model,
-        run_name=os.path.basename(os.path.abspath(cfg.out)),
-        train_dataloader=data_spec(train_dl),
-        eval_dataloader=Evaluator(label="validation", dataloader=data_spec(loader(enc["validation"], 64, False)),
-                                  metric_names=list(cfg.metric_names)),
-        eval_interval="1ep",
-        # in batches, so that "dur" in the schedule advances every step (an "ep" duration only
-        # advances at epoch ends: the LR would stay at its start value for the whole first epoch)
-        max_duration=f"{cfg.epochs * len(train_dl)}ba",
-        optimizers=optimizer,
-        schedulers=scheduler,
-        step_schedulers_every_batch=False,  # ScheduleStepper steps at BATCH_START
-        device="gpu" if gpu else "cpu",
-        precision="amp_bf16" if gpu else "fp32",
-        device_train_microbatch_size=cfg.batch_size,
-        seed=cfg.seed,
-        callbacks=[ScheduleStepper(), keep],
-        loggers=[ConsoleLogger(cfg.log_interval), JSONLLogger(os.path.join(cfg.out, "metrics.jsonl"))],
-        progress_bar=False,
-        log_to_console=False,
-        save_folder=None,
-    )
+def score(name: str, target: list, preds: list, num_labels: int) -> float:
+    if name in M.REGRESSION:
+        return getattr(M, name)(target, preds)
+    t, p = [int(x) for x in target], [int(x) for x in preds]
+    return M.f1(t, p, num_labels) if name == "f1" else getattr(M, name)(t, p)
+
+
+def _trainer(cfg: FinetuneConfig, model, enc, keep: KeepBest, num_labels: int):
+    from flexbert.eval.data import loader
+
+    return build_classifier_trainer(
+        model, scores(cfg, num_labels), keep,
+        train_dl=loader(enc["train"], cfg.batch_size, shuffle=True, seed=cfg.seed),
+        validation_dl=loader(enc["validation"], 64, False),
+        out=cfg.out, lr=cfg.lr, weight_decay=cfg.weight_decay, warmup=cfg.warmup, epochs=cfg.epochs,
+        device=cfg.device, seed=cfg.seed, log_interval=cfg.log_interval)
 
 
 def run_finetune(cfg: FinetuneConfig) -> dict:
     """Train, keep the best validation epoch, score validation (and test), write ``DIR/``."""
-    from composer.utils import reproducibility
-
     from flexbert.eval.loading import ModelLoadError, load_pretrained
 
     t0 = time.time()
@@ -166,12 +144,12 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
 
         raise ConfigError(f"--metric: '{cfg.main_metric}' is not a {cfg.task} metric; valid: {', '.join(cfg.metric_names)}")
     os.makedirs(cfg.out, exist_ok=True)
-    reproducibility.seed_all(cfg.seed)
+    seed_everything(cfg.seed)
     model = build_classifier(cfg, pre, labels.num_labels)
     keep = KeepBest(cfg.main_metric, cfg.main_metric not in ("loss",), cfg.patience, cfg.metric_names)
     print(f"[finetune] {cfg.model} ({pre.kind}{', random init' if cfg.random_init else ''}) on {cfg.train}: "
           f"{len(enc['train'])} train / {len(enc['validation'])} validation examples, {labels.num_labels} labels", flush=True)
-    trainer = _trainer(cfg, model, enc, keep)
+    trainer = _trainer(cfg, model, enc, keep, labels.num_labels)
     trainer.fit()
     epochs_run = keep.history[-1]["epoch"] if keep.history else 0
     trainer.close()

@@ -1,6 +1,6 @@
 """torch.compile in one place: the run config's ``compile: none | blocks | model``.
 
-Called once by the trainer builder (``flexbert.train.builders.build_model``), never from a model's
+Called once by the trainer builder (``flexbert.train.recipe.build_model``), never from a model's
 constructor.  Both modes compile in place (``nn.Module.compile``), so parameter and state-dict
 names stay those of the eager model (checkpoints, export and ``init_from`` are unaffected).
 

@@ -20,11 +20,9 @@ from composer.core import Evaluator
 from composer.utils import reproducibility
 
 from flexbert.data import loader as data_loader
-from flexbert.model.compile import compile_model
-from flexbert.model.static import StaticShapes
 from flexbert.train import callbacks as cb
 from flexbert.train.checkpointing import AtomicCheckpointSaver
-from flexbert.train.composer_model import FlexBertMLM, flexbert_data_spec
+from flexbert.train.composer_model import flexbert_data_spec
 from flexbert.train.config import RunConfig, as_plain_dict, tokenizer_mismatch
 from flexbert.train.flops import body_flops_per_token, head_flops_per_prediction
 from flexbert.train.loading import LoadPlan, SetupError, load_initial_weights, plan_load  # noqa: F401 (re-exported)
@@ -33,38 +31,10 @@ from flexbert.train.microbatch import resolve_microbatch
 from flexbert.train.optim import build_optimizer
 from flexbert.train.preemption import GracefulStop
 from flexbert.train.quiet import quiet_known_warnings
+from flexbert.train.recipe import build_model, resolve_device, resolve_precision, trainer_settings
 from flexbert.train.schedulers import build_scheduler, to_composer_time
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(cfg: RunConfig) -> str:
-    if cfg.device == "gpu" and not torch.cuda.is_available():
-        raise SetupError("device: gpu was asked for but CUDA is not available")
-    if cfg.device != "auto":
-        return cfg.device
-    return "gpu" if torch.cuda.is_available() else "cpu"
-
-
-def resolve_precision(cfg: RunConfig, device: str) -> str:
-    if cfg.precision == "auto":
-        return "amp_bf16" if device == "gpu" else "fp32"
-    if device == "cpu" and cfg.precision != "fp32":
-        raise SetupError(f"precision: {cfg.precision} is not supported on CPU (Composer trains fp32 there); use fp32 or auto")
-    return cfg.precision
-
-
-def build_model(cfg: RunConfig):
-    """The Composer model with ``compile`` applied; a compiled model gets fixed row shapes from the
-    data section (an eager one keeps the cheaper per-batch shapes: no padding documents)."""
-    shapes = None
-    if cfg.compile != "none":
-        data = cfg.data
-        masking = max(data.mlm_probability, data.eval_mlm_probability)
-        shapes = StaticShapes.for_rows(data.row_tokens, data.max_seq_len, masking, cfg.model.sparse_prediction)
-    model = FlexBertMLM(cfg.model, shapes=shapes)
-    compile_model(model.model, cfg.compile)
-    return model
 
 
 def build_loaders(cfg: RunConfig):
@@ -187,9 +157,9 @@ def build_callbacks(cfg: RunConfig, train_loader, extra: Optional[list] = None) 
 def build_trainer(cfg: RunConfig, extra_callbacks: Optional[list] = None) -> TrainRun:
     quiet_known_warnings()
     write_config(cfg)
-    device = resolve_device(cfg)
+    device = resolve_device(cfg.device)
     cfg = resolve_microbatch(cfg, device)  # data.microbatch_size: auto -> a number, kept across resumes
-    precision = resolve_precision(cfg, device)
+    precision = resolve_precision(cfg.precision, device)
     plan = plan_load(cfg)
 
     # Seed before building the model so initial weights follow the run's seed.
@@ -215,20 +185,15 @@ def build_trainer(cfg: RunConfig, extra_callbacks: Optional[list] = None) -> Tra
         max_duration=to_composer_time(cfg.max_duration, "max_duration"),
         optimizers=optimizer,
         schedulers=scheduler,
-        step_schedulers_every_batch=False,  # ScheduleStepper steps at BATCH_START instead
         spin_dataloaders=False,  # the loader restores its own position: never replay batches
-        device=device,
-        precision=precision,
         device_train_microbatch_size=1,  # one packed row per microbatch (rows are fixed-size)
-        seed=cfg.seed,
         callbacks=ordered,
         loggers=build_loggers(cfg, cfg.resolved_run_dir),
-        progress_bar=False,
-        log_to_console=False,
         load_path=plan.path,
         load_weights_only=plan.weights_only,
         load_ignore_keys=plan.ignore_keys,
         load_progress_bar=False,
         dist_timeout=cfg.dist_timeout,
+        **trainer_settings(device=device, precision=precision, seed=cfg.seed),
     )
     return TrainRun(cfg, trainer, model, optimizer, train_loader, eval_loaders.get("eval"), saver, plan, callbacks)

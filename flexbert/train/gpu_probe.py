@@ -39,14 +39,14 @@ def estimate_start(cfg, candidates) -> int | None:
 def cuda_fits(cfg, safety: float):
     """A ``fits(mb) -> bool`` probe: two training steps (eager, the run's precision) over
     synthetic rows of ``mb`` sequences; fits when peak reserved memory <= (1 - safety) x GPU."""
-    from flexbert.train.builders import build_model, resolve_precision
+    from flexbert.train.recipe import build_model, resolve_precision
     from flexbert.train.microbatch import with_microbatch
     from flexbert.train.optim import build_optimizer
 
     torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     device = torch.device("cuda", torch.cuda.current_device())
     total = torch.cuda.get_device_properties(device).total_memory
-    precision = resolve_precision(cfg, "gpu")
+    precision = resolve_precision(cfg.precision, "gpu")
     dtype = {"amp_bf16": torch.bfloat16, "amp_fp16": torch.float16}.get(precision)
     eager = dataclasses.replace(cfg, compile="none")
 

@@ -120,9 +120,9 @@ def resolve_microbatch(cfg, device: Optional[str] = None, world_size: Optional[i
         log.info("data.microbatch_size: auto -> %d (kept from %s)", mb, os.path.join(run_dir, RECORD))
         return with_microbatch(cfg, mb)
     if device is None:
-        from flexbert.train.builders import resolve_device
+        from flexbert.train.recipe import resolve_device
 
-        device = resolve_device(cfg)
+        device = resolve_device(cfg.device)
     if fits is None and device == "cpu":
         mb, how, tried = cpu_choice(per_rank, data.max_seq_len), f"cpu rule: largest divisor with a row <= {CPU_ROW_TOKENS} tokens", []
     else:

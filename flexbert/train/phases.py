@@ -140,7 +140,8 @@ def eval_loss(model, data_cfg, max_batches: int) -> float:
 
 def length_losses(cfg, checkpoint: str, length_cfgs: list) -> dict[str, float]:
     """``{"loss@LEN": value}``: ``checkpoint``'s weights (model of ``cfg``) on each config's eval data."""
-    from flexbert.train.builders import build_model, load_initial_weights
+    from flexbert.train.loading import load_initial_weights
+    from flexbert.train.recipe import build_model
 
     model = build_model(cfg)
     load_initial_weights(model, checkpoint)
