@@ -36,7 +36,7 @@ def main(argv=None) -> int:
 
     _quiet_third_party()
     from flexbert.config import ConfigError
-    from flexbert.eval.loading import ModelLoadError, load_pretrained, mlm_model
+    from flexbert.train.pretrained import ModelLoadError, load_pretrained, mlm_model
     from flexbert.eval.mlm import data_config, evaluate_mlm
 
     try:

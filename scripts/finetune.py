@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     from flexbert.config import ConfigError
     from flexbert.convert.hf import ConversionError
     from flexbert.eval.finetune import FinetuneConfig, run_finetune
-    from flexbert.eval.loading import ModelLoadError
+    from flexbert.train.pretrained import ModelLoadError
     from flexbert.eval.tasks import TaskFileError
 
     cfg = FinetuneConfig(**vars(a))

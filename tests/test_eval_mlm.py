@@ -23,7 +23,7 @@ def trained(tmp_path_factory, data):
 
 
 def test_run_checkpoint_and_hf_folder_agree_with_training_eval(trained, data):
-    from flexbert.eval.loading import load_pretrained, mlm_model
+    from flexbert.train.pretrained import load_pretrained, mlm_model
     from flexbert.eval.mlm import data_config, evaluate_mlm
 
     run_dir, hf, last_eval = trained

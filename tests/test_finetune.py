@@ -76,7 +76,7 @@ def test_export_to_transformers_keeps_labels_and_logits(finetuned):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from flexbert.eval.finetune import predict
-    from flexbert.eval.loading import classifier_model, load_pretrained
+    from flexbert.train.pretrained import classifier_model, load_pretrained
 
     cfg, result = finetuned
     hf_dir = os.path.join(cfg.out, "hf")

@@ -92,7 +92,7 @@ def _datasets(cfg: FinetuneConfig, tokenizer_dir: str):
 
 
 def build_classifier(cfg: FinetuneConfig, pre, num_labels: int):
-    from flexbert.eval.loading import classifier_model
+    from flexbert.train.pretrained import classifier_model
     from flexbert.model.model import FlexBertForSequenceClassification
 
     overrides = {}
@@ -131,7 +131,7 @@ def _trainer(cfg: FinetuneConfig, model, enc, keep: KeepBest, num_labels: int):
 
 def run_finetune(cfg: FinetuneConfig) -> dict:
     """Train, keep the best validation epoch, score validation (and test), write ``DIR/``."""
-    from flexbert.eval.loading import ModelLoadError, load_pretrained
+    from flexbert.train.pretrained import ModelLoadError, load_pretrained
 
     t0 = time.time()
     pre = load_pretrained(cfg.model)

@@ -1,9 +1,9 @@
 """Held-out MLM loss and accuracy of a model on MDS shards, at a fixed masking rate and seed.
 
 The batches are the training loader's evaluation path (``build_eval_loader``: packed rows, masks a
-pure function of the seed and row index), the numbers are the training run's eval metrics
-(``MLMLoss``/``MLMAccuracy``: means over every masked token), and the model comes from
-``flexbert.eval.loading`` (run folder, checkpoint or Hugging Face folder).  So a run's own eval
+pure function of the seed and row index), the loop and numbers are the training run's own
+(``flexbert/train/mlm_eval.py``: means over every masked token), and the model comes from
+``flexbert.train.pretrained`` (run folder, checkpoint or Hugging Face folder).  So a run's own eval
 loss and this script agree when given the same shards, rate and seed.
 """
 
@@ -45,29 +45,14 @@ def data_config(shards: str, split: str = "validation", mlm_probability: float =
     return from_dict(DataConfig, d, "data")
 
 
-@torch.no_grad()
 def evaluate_mlm(model: torch.nn.Module, data_cfg, max_batches: Optional[int] = None, device: str = "cpu") -> dict:
     """{"loss", "accuracy", "perplexity", "masked_tokens", "rows"} over the split (or its first
-    ``max_batches`` batches)."""
+    ``max_batches`` batches): training's own evaluation loop (``flexbert/train/mlm_eval.py``) on
+    the eval loader of ``data_cfg``."""
     from streaming.base.util import clean_stale_shared_memory
 
     from flexbert.data.loader import build_eval_loader
-    from flexbert.train.composer_model import MLMAccuracy, MLMLoss
+    from flexbert.train.mlm_eval import evaluate_mlm as evaluate
 
     clean_stale_shared_memory()
-    loader = build_eval_loader(data_cfg)
-    loss, acc = MLMLoss(), MLMAccuracy()
-    model = model.to(device).eval()
-    rows = 0
-    for i, batch in enumerate(loader):
-        if max_batches is not None and i >= max_batches:
-            break
-        for row in batch["rows"]:
-            out = model(input_ids=row["input_ids"].to(device), cu_seqlens=row["cu_seqlens"].to(device),
-                        max_seqlen=int(row["max_seqlen"]), labels=row["labels"].to(device), return_logits=False)
-            loss.update(out.stats)  # the training metrics' own counts: no logits kept
-            acc.update(out.stats)
-            rows += 1
-    value = float(loss.compute())
-    return {"loss": value, "accuracy": float(acc.compute()), "perplexity": float(torch.exp(torch.tensor(value))),
-            "masked_tokens": int(loss.count), "rows": rows}
+    return evaluate(model, build_eval_loader(data_cfg), max_batches, device)

@@ -190,7 +190,7 @@ def write_tiled(src: str, target_config: str, out_dir: str, mode: str = "center_
     """
     from flexbert.convert.hf import ConversionError, to_hf
     from flexbert.model.model import FlexBertForMaskedLM
-    from flexbert.eval.loading import ModelLoadError, load_pretrained, mlm_model
+    from flexbert.train.pretrained import ModelLoadError, load_pretrained, mlm_model
     from flexbert.train.config import load_run_config
 
     try:

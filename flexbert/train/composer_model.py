@@ -16,54 +16,10 @@ from composer.core import DataSpec
 from composer.models import ComposerModel
 from torchmetrics import Metric
 
-from flexbert.config import IGNORE_INDEX, FlexBertConfig
+from flexbert.config import FlexBertConfig
 from flexbert.data.batch import num_masked, num_real_tokens, rows_of
-from flexbert.model.loss import LossStats
 from flexbert.model.static import StaticShapes
-
-
-# --------------------------------------------------------------------------- metrics
-# Every metric updates from the counts the loss computed in the same pass (``MaskedLMOutput.stats``:
-# loss sum, correct argmax predictions, predicted tokens), so no logits outlive the loss.
-class MLMAccuracy(Metric):
-    """Share of masked tokens whose argmax prediction is the original token."""
-
-    full_state_update = False
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.add_state("correct", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
-
-    def update(self, stats: LossStats) -> None:
-        self.correct += stats.correct.detach().long()
-        self.count += stats.count.detach().long()
-
-    def compute(self) -> torch.Tensor:
-        return self.correct.double().div(self.count.clamp(min=1)).float()
-
-
-class MLMLoss(Metric):
-    """Mean cross-entropy over all masked tokens seen (not a mean of batch means)."""
-
-    full_state_update = False
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.add_state("loss_sum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
-
-    def update(self, stats: LossStats) -> None:
-        self.loss_sum += stats.loss_sum.detach().double()
-        self.count += stats.count.detach().long()
-
-    def compute(self) -> torch.Tensor:
-        return (self.loss_sum / self.count.clamp(min=1)).float()
-
-
-class MLMPerplexity(MLMLoss):
-    def compute(self) -> torch.Tensor:
-        return torch.exp(super().compute())
+from flexbert.train.mlm_eval import MLMAccuracy, eval_metrics, row_outputs
 
 
 # --------------------------------------------------------------------------- model
@@ -85,16 +41,12 @@ class FlexBertMLM(ComposerModel):
         self.shapes = shapes
         # train: accuracy only (the train loss is already logged as loss/train/total)
         self._train_metrics = {"MLMAccuracy": MLMAccuracy()} if train_metrics else {}
-        self._eval_metrics = {"MLMLoss": MLMLoss(), "MLMAccuracy": MLMAccuracy(), "MLMPerplexity": MLMPerplexity()}
+        self._eval_metrics = eval_metrics()
 
     def forward(self, batch: dict[str, Any]):
         if "rows" in batch:
             raise ValueError("FlexBertMLM.forward takes one row; split the batch with flexbert_data_spec")
-        if self.shapes is not None:
-            shape_args = self.shapes.row_inputs(batch)
-        else:
-            shape_args = dict(cu_seqlens=batch["cu_seqlens"], max_seqlen=int(batch["max_seqlen"]))
-        return self.model(input_ids=batch["input_ids"], labels=batch["labels"], return_logits=False, **shape_args)
+        return row_outputs(self.model, batch, self.shapes)
 
     def loss(self, outputs, batch) -> torch.Tensor:
         return outputs.loss

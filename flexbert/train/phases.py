@@ -116,38 +116,19 @@ def run_chain(configs: list[str], overrides: list[str], runs_root: Optional[str]
     return finals
 
 
-def eval_loss(model, data_cfg, max_batches: int) -> float:
-    """Mean MLM loss over the first ``max_batches`` eval batches (rows weighted by masked tokens)."""
-    import torch
-
-    from flexbert.data import loader as data_loader
-
-    total, count = 0.0, 0
-    model.eval()
-    with torch.no_grad():
-        for b, batch in enumerate(data_loader.build_eval_loader(data_cfg)):
-            if b >= max_batches:
-                break
-            for row in batch["rows"] if "rows" in batch else [batch]:
-                n = int((row["labels"] != -100).sum())
-                if n:
-                    total += float(model(row).loss) * n
-                    count += n
-    if not count:
-        raise RuntimeError(f"no eval tokens in {data_cfg.local}/{data_cfg.eval_split}")
-    return total / count
-
-
 def length_losses(cfg, checkpoint: str, length_cfgs: list) -> dict[str, float]:
     """``{"loss@LEN": value}``: ``checkpoint``'s weights (model of ``cfg``) on each config's eval data."""
+    from flexbert.data.loader import build_eval_loader
     from flexbert.train.loading import load_initial_weights
+    from flexbert.train.mlm_eval import evaluate_mlm
     from flexbert.train.recipe import build_model
 
     model = build_model(cfg)
     load_initial_weights(model, checkpoint)
     out = {}
     for other in length_cfgs:
-        data_cfg = other.data
-        data_cfg = dataclasses.replace(data_cfg, num_workers=0)
-        out[f"loss@{data_cfg.max_seq_len}"] = eval_loss(model, data_cfg, max(1, cfg.eval_subset_num_batches))
+        data_cfg = dataclasses.replace(other.data, num_workers=0)
+        loader = build_eval_loader(data_cfg)
+        out[f"loss@{data_cfg.max_seq_len}"] = evaluate_mlm(model.model, loader, max(1, cfg.eval_subset_num_batches),
+                                                            shapes=model.shapes)["loss"]
     return out
