@@ -4,7 +4,7 @@
 Composer never (only ``flexbert.train`` imports it).
 """
 
-from flexbert.config import FlexBertConfig
+from flexbert.model.config import FlexBertConfig
 
 __version__ = "0.1.0"
 

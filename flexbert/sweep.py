@@ -1,14 +1,10 @@
 """Sweeps: expand a sweep file into runs, run them (resumably), and report on them.
 
-A sweep file (``configs/sweeps/*.yaml``; format in docs/evaluation.md) names a ``base`` (train.py
-config), ``fixed`` overrides every run gets, and a ``list`` of variants and/or a ``grid`` of values
-(each list entry crossed with every grid combination).  ``kind: finetune`` sweeps
-scripts/finetune.py options instead.
-
-Runs are named after their overrides (``norm-rmsnorm_seed-17``; the base is ``base``); runs that
-differ only in ``seed_key`` (default ``seed``) form one group, whose spread the report shows.
-A run that finished (``OUT/RUN/sweep_done.json`` holds the same command) is skipped; any other
-one is started again with the same command, which resumes it from its newest checkpoint.
+A sweep file (``configs/sweeps/*.yaml``; format in docs/evaluation.md) names a ``base`` (a train.py
+config, or for ``kind: finetune`` a YAML of scripts/finetune.py options), ``fixed`` overrides, and
+a ``list`` of variants and/or a ``grid`` of values.  Runs are named after their overrides; runs that
+differ only in ``seed_key`` form one group.  A finished run (``OUT/RUN/sweep_done.json`` holds the
+same command) is skipped; any other is started again with the same command, which resumes it.
 """
 
 from __future__ import annotations
@@ -25,11 +21,12 @@ from typing import Any, Optional
 
 import yaml
 
+from flexbert.train import run_lock
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KINDS = ("train", "finetune")
 TOP_KEYS = ("name", "kind", "base", "out", "fixed", "list", "grid", "seed_key", "metric")
 DONE = "sweep_done.json"
-LOCK = "sweep.lock"  # pid of the runner running it, so two runners never share a run
 
 
 class SweepError(ValueError):
@@ -58,12 +55,8 @@ class Sweep:
 
 def format_value(value: Any) -> str:
     """A value as train.py's / the shell's ``key=value`` wants it."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    if isinstance(value, (list, dict)):
-        return json.dumps(value)
+    if isinstance(value, bool) or value is None or isinstance(value, (list, dict)):
+        return json.dumps(value)  # true / false / null / [..] / {..}
     return str(value)
 
 
@@ -225,34 +218,21 @@ def _env(threads: Optional[int]) -> dict[str, str]:
     return env
 
 
-def _locked(sweep: Sweep, run: Run) -> bool:
-    """Whether a live process (another sweep runner) holds the run's lock file."""
-    try:
-        with open(os.path.join(run_dir(sweep, run), LOCK)) as f:
-            os.kill(int(f.read().strip()), 0)
-        return True
-    except (OSError, ValueError):
-        return False
-
-
 def _start(sweep: Sweep, run: Run, threads: Optional[int]) -> tuple[subprocess.Popen, Any, float]:
+    """Start a run under its run folder's lock, held here and handed to the child (train.py)."""
     folder = run_dir(sweep, run)
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, LOCK), "w") as f:
-        f.write(str(os.getpid()))
+    run_lock.acquire(folder, f"sweep {sweep.name}")
     log = open(os.path.join(folder, "sweep.log"), "a")
     cmd = command(sweep, run)
     log.write("$ " + " ".join(shlex.quote(c) for c in cmd) + "\n")
     log.flush()
-    proc = subprocess.Popen(cmd, cwd=os.getcwd(), env=_env(threads), stdout=log, stderr=subprocess.STDOUT)
+    env = dict(_env(threads), **{run_lock.HANDOFF: str(os.getpid())})
+    proc = subprocess.Popen(cmd, cwd=os.getcwd(), env=env, stdout=log, stderr=subprocess.STDOUT)
     return proc, log, time.time()
 
 
 def _finish(sweep: Sweep, run: Run, rc: int, seconds: float) -> bool:
-    try:
-        os.remove(os.path.join(run_dir(sweep, run), LOCK))
-    except OSError:
-        pass
+    run_lock.release(run_dir(sweep, run))
     if rc == 0:
         with open(os.path.join(run_dir(sweep, run), DONE), "w") as f:
             json.dump({"command": command(sweep, run)[1:], "seconds": round(seconds, 1)}, f)
@@ -283,7 +263,7 @@ def run_all(sweep: Sweep, parallel: int = 1, only: Optional[list[str]] = None) -
         while pending and len(active) < max(1, parallel):
             run = pending.pop(0)
             started += 1
-            if status(sweep, run) == "done" or _locked(sweep, run):  # another runner got to it meanwhile
+            if status(sweep, run) == "done" or run_lock.held_by_other(run_dir(sweep, run)):  # another runner got to it
                 print(f"[sweep] {run.name}: done or running elsewhere, skipped", flush=True)
                 continue
             print(f"[sweep] ({started}/{total}) {run.name}: running, log {run_dir(sweep, run)}/sweep.log", flush=True)
@@ -297,3 +277,20 @@ def run_all(sweep: Sweep, parallel: int = 1, only: Optional[list[str]] = None) -
                 if not _finish(sweep, run, proc.returncode, time.time() - t0):
                     failed.append(run.name)
     return failed
+
+
+def collect(sweep: Sweep) -> list:
+    """A RunResult for every run (runs not started have no numbers)."""
+    from flexbert.eval.results import RunResult, summarize
+
+    return [RunResult(r.name, r.group, dict(r.overrides), status(sweep, r), *summarize(run_dir(sweep, r))) for r in sweep.runs]
+
+
+def report(sweep: Sweep, metric: Optional[str] = None, done_only: bool = False) -> dict[str, str]:
+    """results.csv, results.md and the plots in the sweep's folder (``done_only``: finished runs only)."""
+    from flexbert.eval.report import write_report
+    from flexbert.eval.results import default_metric
+
+    everything = collect(sweep)
+    results = [r for r in everything if r.status == "done" or not done_only]
+    return write_report(results, sweep.out, sweep.name, metric or sweep.metric or default_metric(results), len(everything))

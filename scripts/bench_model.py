@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from flexbert.config import FlexBertConfig
+from flexbert.model.config import FlexBertConfig
 from flexbert.convert.hf import config_to_hf
 from flexbert.model import FlexBertForMaskedLM
 

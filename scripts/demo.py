@@ -45,20 +45,15 @@ def run(cmd: list[str], **kw) -> None:
         sys.exit(proc.returncode)
 
 
-def last_records(metrics: str) -> tuple[dict, dict]:
-    """(last train record, last record with eval metrics) of a metrics.jsonl."""
-    train, evaluation = {}, {}
-    with open(metrics) as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if "loss/train/total" in rec:
-                train = rec
-            if "metrics/eval/MLMLoss" in rec:
-                evaluation = rec
-    return train, evaluation
+def last_records(run_dir: str) -> tuple[dict, dict]:
+    """(last train record, last record with eval metrics) of the run's metrics.jsonl."""
+    from flexbert.train import metric_keys as K
+    from flexbert.train.run_folder import RunFolder
+
+    records = RunFolder(run_dir).metrics()
+    train = [r for r in records if K.TRAIN_LOSS in r]
+    evaluation = [r for r in records if K.EVAL_LOSS in r]
+    return (train or [{}])[-1], (evaluation or [{}])[-1]
 
 
 def finetune_rt(py: str, out: str, run_dir: str, ckpt: str, epochs: int) -> None:
@@ -127,15 +122,16 @@ def main(argv=None) -> int:
     step("4/7 train: composer train.py " + os.path.relpath(a.config, ROOT))
     run([os.path.join(BIN, "composer"), "train.py", a.config, f"data.local={shards}", f"run_dir={run_dir}",
          *a.overrides])
-    train, evaluation = last_records(os.path.join(run_dir, "metrics.jsonl"))
-    from flexbert.train.export import newest_checkpoint
+    train, evaluation = last_records(run_dir)
+    from flexbert.train import metric_keys as K
+    from flexbert.train.run_folder import RunFolder
 
-    ckpt = newest_checkpoint(run_dir)
-    print(f"final train loss {train.get('loss/train/total', float('nan')):.4f} after {train.get('batch')} steps, "
-          f"{train.get('tokens', 0):,} tokens")
+    ckpt = RunFolder(run_dir).newest_checkpoint()
+    print(f"final train loss {train.get(K.TRAIN_LOSS, float('nan')):.4f} after {train.get(K.BATCH)} steps, "
+          f"{train.get(K.TOKENS, 0):,} tokens")
     if evaluation:
-        print(f"final eval: MLM loss {evaluation['metrics/eval/MLMLoss']:.4f}, accuracy "
-              f"{evaluation['metrics/eval/MLMAccuracy']:.4f}, perplexity {evaluation['metrics/eval/MLMPerplexity']:.1f}")
+        print(f"final eval: MLM loss {evaluation[K.EVAL_LOSS]:.4f}, accuracy "
+              f"{evaluation[K.EVAL_ACCURACY]:.4f}, perplexity {evaluation[K.EVAL_PERPLEXITY]:.1f}")
     print(f"checkpoint: {ckpt}")
     print(f"metrics: {os.path.join(run_dir, 'metrics.jsonl')}")
 

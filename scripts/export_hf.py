@@ -2,7 +2,7 @@
 """Export a FlexBERT training checkpoint to a Hugging Face ModernBERT folder.
 
     python scripts/export_hf.py --run-dir runs/tiny --out runs/tiny/hf
-    python scripts/export_hf.py --checkpoint runs/base/checkpoints/ba1000.pt --config runs/base/config.yaml --out hf/
+    python scripts/export_hf.py --checkpoint runs/base/checkpoints/ba1000.pt --out hf/
 
 The folder (config.json, model.safetensors, tokenizer files, and a model card README.md with the
 architecture, the run's training config, tokens seen and phases) loads with
@@ -17,18 +17,11 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run-dir", help="a train.py run folder: newest intact checkpoint + its config.yaml")
-    p.add_argument("--checkpoint", help="a specific checkpoint (default: newest in RUN_DIR/checkpoints)")
-    p.add_argument("--config", help="the run's config.yaml (default: next to the checkpoints folder)")
+    p.add_argument("--checkpoint", help="a specific checkpoint (default: the run's newest intact one)")
+    p.add_argument("--config", help="a run config to use instead of the one the checkpoint was trained with")
     p.add_argument("--tokenizer", help="tokenizer folder (default: from the config's data section)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--pooling", default="mean", choices=["mean", "cls", "none"],
@@ -40,21 +33,11 @@ def main(argv=None) -> int:
     from flexbert.train.export import ExportError, export_to_hf
 
     try:
-        info = export_to_hf(a.out, run_dir=a.run_dir, checkpoint=a.checkpoint, config=a.config, tokenizer=a.tokenizer)
+        info = export_to_hf(a.out, run_dir=a.run_dir, checkpoint=a.checkpoint, config=a.config, tokenizer=a.tokenizer,
+                            pooling=a.pooling)
     except (ExportError, ConfigError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from flexbert.convert.model_card import write_model_card
-    from safetensors import safe_open
-
-    with safe_open(os.path.join(a.out, "model.safetensors"), "pt") as f:
-        n_params = sum(_numel(f.get_slice(k).get_shape()) for k in f.keys())  # tied decoder not stored
-    from flexbert.convert.sentence import write_sentence_transformers
-    from flexbert.train.config import load_run_config
-
-    cfg = load_run_config(info["config"])
-    write_sentence_transformers(a.out, cfg.model.hidden_size, cfg.data.max_seq_len, a.pooling)
-    write_model_card(a.out, info["config"], info["checkpoint"], n_params, a.pooling)
     print(f"exported {info['checkpoint']} -> {info['out']} (tokenizer: {info['tokenizer'] or 'none'})")
     return 0
 

@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.parallel < 1:
         p.error("--parallel must be >= 1")
-    from flexbert.sweep import SweepError, emit, load_sweep, run_all, status, validate
+    from flexbert.sweep import SweepError, emit, load_sweep, report, run_all, status, validate
 
     try:
         sweep = load_sweep(a.sweep)
@@ -55,9 +55,7 @@ def main(argv=None) -> int:
             t0 = time.time()
             failed = run_all(sweep, a.parallel, a.only)
             print(f"[sweep] {sweep.name}: {len(sweep.runs) - len(failed)}/{len(sweep.runs)} runs ok in {time.time() - t0:.0f}s")
-        from flexbert.eval.report import write_report
-
-        paths = write_report(sweep, a.metric, a.done_only)
+        paths = report(sweep, a.metric, a.done_only)
     except SweepError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -34,7 +34,8 @@ def main(argv=None) -> int:
     p.add_argument("overrides", nargs="*", help="key=value overrides of the target config (e.g. model.hidden_size=256)")
     a = p.parse_args(argv)
     from flexbert.config import ConfigError
-    from flexbert.model.tiling import TilingError, write_tiled
+    from flexbert.model.tiling import TilingError
+    from flexbert.train.tiling import write_tiled
     from flexbert.train.export import ExportError
 
     try:

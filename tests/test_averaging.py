@@ -57,10 +57,10 @@ def test_best_k_by_eval_metric_plus_final(run):
 def test_refuses_checkpoints_of_different_configs(tmp_path, run):
     other = tmp_path / "other"
     (other / "checkpoints").mkdir(parents=True)
-    shutil.copy(_ck(run, 2), other / "checkpoints" / "ba2.pt")
-    cfg = yaml.safe_load(open(os.path.join(run, "config.yaml")))
-    cfg["model"]["local_rope_theta"] = 20000.0
-    (other / "config.yaml").write_text(yaml.safe_dump(cfg))
+    # a checkpoint of another model: the config it carries (what it was trained with) differs
+    ckpt = torch.load(_ck(run, 2), map_location="cpu", weights_only=False)
+    ckpt["state"]["callbacks"]["AtomicCheckpointSaver"]["config"]["model"]["local_rope_theta"] = 20000.0
+    torch.save(ckpt, other / "checkpoints" / "ba2.pt")
     r = subprocess.run([PY, os.path.join(ROOT, "scripts/average_checkpoints.py"), "--out", str(tmp_path / "x"),
                         _ck(run, 4), str(other / "checkpoints" / "ba2.pt")], capture_output=True, text=True,
                        env=dict(os.environ, PYTHONPATH=ROOT), timeout=120)

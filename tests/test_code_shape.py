@@ -1,34 +1,67 @@
-"""The shape rules of flexbert/ stay true: modules under 300 lines, functions under 60, no
-import circle between flexbert modules (module-level imports, read from the AST)."""
+"""The shape rules of the house stay true, read from the code's AST:
+
+* layers: a module imports only from its own package or the layers below it, in EVERY import
+  (module level, inside functions, under ``TYPE_CHECKING``, ``importlib.import_module("...")``);
+  model/ and data/ never import each other (the table is docs/internals.md's);
+* no import circle between flexbert modules, lazy imports included;
+* modules under 300 lines; functions at most 60 lines, in flexbert/, scripts/ and data_prep/;
+* one owner of the label-ignore value.
+
+The checkers take a root folder, so the guard tests below run them on small packages they write.
+"""
 
 from __future__ import annotations
 
 import ast
+import textwrap
 from pathlib import Path
 
 import pytest
 
-PKG = Path(__file__).resolve().parent.parent / "flexbert"
+ROOT = Path(__file__).resolve().parent.parent
 MAX_MODULE_LINES = 300
 MAX_FUNCTION_LINES = 60
 
+# The layers, lowest first (docs/internals.md).  A module may import its own package and any
+# package of a lower layer; packages sharing a layer never import each other.
+LAYERS: list[tuple[str, ...]] = [
+    ("flexbert.registry",),
+    ("flexbert.config",),
+    ("flexbert.model", "flexbert.data"),
+    ("flexbert.convert",),
+    ("flexbert.train",),
+    ("flexbert.eval",),
+    ("flexbert.sweep",),
+    ("flexbert",),  # flexbert/__init__.py: the public names (lazy, above everything it names)
+    ("scripts", "data_prep"),
+]
 
-def _modules() -> dict[str, Path]:
+
+def modules(root: Path, top: str = "flexbert") -> dict[str, Path]:
+    """Dotted module name -> file for every .py under ``root/top``."""
     out = {}
-    for path in sorted(PKG.rglob("*.py")):
-        parts = list(path.relative_to(PKG.parent).with_suffix("").parts)
+    for path in sorted((root / top).rglob("*.py")):
+        parts = list(path.relative_to(root).with_suffix("").parts)
         if parts[-1] == "__init__":
             parts.pop()
         out[".".join(parts)] = path
     return out
 
 
-def _module_imports(name: str, path: Path, known: set[str]) -> set[str]:
-    """flexbert modules imported at module level (not inside functions) by ``name``."""
+def _import_module_target(node: ast.Call):
+    f = node.func
+    name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", "")
+    if name == "import_module" and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
+        return node.args[0].value
+    return None
+
+
+def imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """Every module of ``known`` that ``name`` imports, anywhere in the file."""
     tree = ast.parse(path.read_text())
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
-    for node in tree.body:  # top level only: a lazy import inside a function does not circle
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -37,10 +70,50 @@ def _module_imports(name: str, path: Path, known: set[str]) -> set[str]:
                 anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(anchor + ([base] if base else []))
             targets = [base] + [f"{base}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Call) and _import_module_target(node):
+            targets = [_import_module_target(node)]
         else:
             continue
-        found.update(t for t in targets if t in known and t != name)
+        for t in targets:  # ``import a.b.c`` also needs a.b and a
+            while t:
+                if t in known and t != name:
+                    found.add(t)
+                    break
+                t = t.rpartition(".")[0]
     return found
+
+
+def import_graph(root: Path, tops=("flexbert",)) -> dict[str, set[str]]:
+    mods: dict[str, Path] = {}
+    for top in tops:
+        mods.update(modules(root, top) if (root / top).exists() else {})
+    graph = {n: imports(n, p, set(mods)) for n, p in mods.items()}
+    # a package's __init__ naming its own submodules is not a circle with them
+    for n in graph:
+        graph[n] = {m for m in graph[n] if not (m.startswith(n + ".") and mods[n].name == "__init__.py")}
+    return graph
+
+
+def layer_of(module: str, layers=LAYERS) -> tuple[int, str]:
+    """(layer index, package) of a module: the longest package prefix in the table."""
+    best = (-1, "")
+    for i, group in enumerate(layers):
+        for pkg in group:
+            if (module == pkg or module.startswith(pkg + ".")) and len(pkg) > len(best[1]):
+                best = (i, pkg)
+    return best
+
+
+def layer_violations(graph: dict[str, set[str]], layers=LAYERS) -> list[str]:
+    bad = []
+    for src, targets in sorted(graph.items()):
+        ls, ps = layer_of(src, layers)
+        for dst in sorted(targets):
+            ld, pd = layer_of(dst, layers)
+            if ps == pd or ld < ls:
+                continue
+            bad.append(f"{src} -> {dst} ({ps} may not import {pd})")
+    return bad
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -70,16 +143,11 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-def test_find_cycle_detects_a_circle_and_accepts_a_tree():
-    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
-    assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
-
-
-def _too_long() -> dict[str, dict[str, int]]:
-    """Per module (path from the repo root): what breaks a limit -> its length in lines."""
+def too_long(paths) -> dict[str, dict[str, int]]:
+    """Per file: what breaks a limit -> its length in lines."""
     out: dict[str, dict[str, int]] = {}
-    for path in _modules().values():
-        rel, text = str(path.relative_to(PKG.parent)), path.read_text()
+    for path in paths:
+        rel, text = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path), path.read_text()
         if len(text.splitlines()) >= MAX_MODULE_LINES:
             out.setdefault(rel, {})["module"] = len(text.splitlines())
         for node in ast.walk(ast.parse(text)):
@@ -90,21 +158,91 @@ def _too_long() -> dict[str, dict[str, int]]:
     return out
 
 
+# --------------------------------------------------------------------------- the rules, on the repo
+def test_every_import_follows_the_layers():
+    graph = import_graph(ROOT, ("flexbert", "scripts", "data_prep"))
+    bad = layer_violations(graph)
+    assert not bad, "imports against the layer order (docs/internals.md):\n" + "\n".join(bad)
+
+
+def test_no_import_circle_even_through_lazy_imports():
+    graph = import_graph(ROOT)
+    cycle = find_cycle(graph)
+    assert cycle is None, f"import circle: {' -> '.join(cycle)}"
+
+
 def test_modules_and_functions_are_short():
-    bad = _too_long()
+    paths = [*(ROOT / "flexbert").rglob("*.py"), *(ROOT / "scripts").glob("*.py"), *(ROOT / "data_prep").glob("*.py")]
+    bad = too_long(paths)
     assert not bad, f"modules must be < {MAX_MODULE_LINES} lines, functions <= {MAX_FUNCTION_LINES}: {bad}"
 
 
-def test_no_import_circle():
-    modules = _modules()
-    graph = {name: _module_imports(name, path, set(modules)) for name, path in modules.items()}
-    # a package's __init__ importing its own submodules is not a circle with them
-    for name in graph:
-        graph[name] = {m for m in graph[name] if not name.startswith(m + ".") or modules[m].name != "__init__.py"}
-    assert find_cycle(graph) is None, f"import circle: {' -> '.join(find_cycle(graph))}"
+def test_composer_only_in_train():
+    """docs/internals.md: flexbert/train/ is the only package importing Composer."""
+    users = set()
+    for name, path in modules(ROOT).items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            mods = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            if any(m == "composer" or m.startswith("composer.") for m in mods):
+                users.add(name)
+    assert users and all(u.startswith("flexbert.train.") for u in users), sorted(users)
 
 
 @pytest.mark.parametrize("name", ["IGNORE_INDEX = "])
 def test_one_owner(name):
-    owners = [str(p.relative_to(PKG.parent)) for p in _modules().values() if name in p.read_text()]
+    owners = [str(p.relative_to(ROOT)) for p in modules(ROOT).values() if name in p.read_text()]
     assert owners == ["flexbert/config.py"], owners
+
+
+# --------------------------------------------------------------------------- guard cases
+def _package(tmp_path: Path, files: dict[str, str]) -> Path:
+    for rel, text in files.items():
+        path = tmp_path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+    for d in {p.parent for p in tmp_path.rglob("*.py")}:
+        (d / "__init__.py").touch()
+    return tmp_path
+
+
+def test_guard_a_function_level_import_against_the_order_fails(tmp_path):
+    root = _package(tmp_path, {
+        "flexbert/model/layer.py": "def build():\n    from flexbert.train.recipe import build_model\n    return build_model\n",
+        "flexbert/model/ok.py": "from flexbert.config import IGNORE_INDEX\n",
+        "flexbert/train/recipe.py": "def build_model():\n    return 1\n",
+        "flexbert/config.py": "IGNORE_INDEX = -100\n",
+    })
+    assert layer_violations(import_graph(root)) == [
+        "flexbert.model.layer -> flexbert.train.recipe (flexbert.model may not import flexbert.train)"]
+
+
+def test_guard_type_checking_and_import_module_are_imports_too(tmp_path):
+    root = _package(tmp_path, {
+        "flexbert/data/a.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from flexbert.model.m import X\n",
+        "flexbert/data/b.py": "import importlib\ndef f():\n    return importlib.import_module('flexbert.model.m')\n",
+        "flexbert/model/m.py": "X = 1\n",
+    })
+    assert layer_violations(import_graph(root)) == [
+        "flexbert.data.a -> flexbert.model.m (flexbert.data may not import flexbert.model)",
+        "flexbert.data.b -> flexbert.model.m (flexbert.data may not import flexbert.model)"]
+
+
+def test_guard_a_circle_of_lazy_imports_fails(tmp_path):
+    root = _package(tmp_path, {
+        "flexbert/data/config.py": "def load():\n    from flexbert.data.streams import load_streams\n    return load_streams\n",
+        "flexbert/data/streams.py": "def load_streams():\n    from flexbert.data import config\n    return config\n",
+    })
+    assert find_cycle(import_graph(root)) == ["flexbert.data.config", "flexbert.data.streams", "flexbert.data.config"]
+
+
+def test_guard_a_long_script_function_fails(tmp_path):
+    script = tmp_path / "scripts" / "long.py"
+    script.parent.mkdir()
+    script.write_text("def main():\n" + "    x = 1\n" * 61)
+    assert list(too_long([script]).values()) == [{"main() at line 1": 62}]
+
+
+def test_find_cycle_detects_a_circle_and_accepts_a_tree():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from flexbert.config import ConfigError, FlexBertConfig, from_dict
+from flexbert.config import ConfigError, from_dict
+from flexbert.model.config import FlexBertConfig
 from flexbert.model import registries as R
 
 R.load_all()

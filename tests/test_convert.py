@@ -11,7 +11,7 @@ import torch
 pytest.importorskip("transformers")
 from transformers import AutoModelForMaskedLM, ModernBertConfig, ModernBertForMaskedLM  # noqa: E402
 
-from flexbert.config import FlexBertConfig  # noqa: E402
+from flexbert.model.config import FlexBertConfig  # noqa: E402
 from flexbert.convert.hf import ConversionError, config_from_hf, config_to_hf, from_hf, to_hf  # noqa: E402
 from flexbert.model import FlexBertForMaskedLM  # noqa: E402
 

@@ -36,7 +36,7 @@ def write_task(folder, n_train=320, n_eval=80, seed=0):
 @pytest.fixture(scope="module")
 def tiny_hf(tmp_path_factory, data):
     """A freshly initialised tiny encoder exported as a Hugging Face ModernBERT folder."""
-    from flexbert.config import FlexBertConfig
+    from flexbert.model.config import FlexBertConfig
     from flexbert.convert.hf import to_hf
     from flexbert.model.model import FlexBertForMaskedLM
 
@@ -104,7 +104,7 @@ def test_export_to_transformers_keeps_labels_and_logits(finetuned):
 def test_classifier_export_parity(tmp_path, num_labels, pooling):
     from transformers import AutoModelForSequenceClassification
 
-    from flexbert.config import FlexBertConfig
+    from flexbert.model.config import FlexBertConfig
     from flexbert.convert.hf import to_hf_classifier
     from flexbert.model.model import FlexBertForSequenceClassification
 

@@ -116,7 +116,7 @@ def test_probe_rows_train_the_real_model(tmp_path, data):
 
 
 def test_with_microbatch_copies_the_config(tmp_path):
-    from flexbert.train.microbatch import with_microbatch
+    from flexbert.train.run_folder import with_microbatch
 
     cfg = _cfg(tmp_path)
     assert with_microbatch(cfg, 24).data.microbatch_size == 24 and cfg.data.microbatch_size == "auto"

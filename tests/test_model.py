@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from flexbert.config import FlexBertConfig
+from flexbert.model.config import FlexBertConfig
 from flexbert.model import FlexBertForMaskedLM, FlexBertForSequenceClassification, FlexBertModel
 from flexbert.model import registries as R
 from flexbert.model.attention import batch_info

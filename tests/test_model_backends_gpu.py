@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flexbert.config import FlexBertConfig
+from flexbert.model.config import FlexBertConfig
 from flexbert.model import FlexBertForMaskedLM
 from flexbert.model.attention import batch_info
 from flexbert.model.backends import ATTENTION_BACKENDS, SDPABackend, resolve_backend

@@ -52,7 +52,7 @@ def test_export_loads_in_sentence_transformers_with_flexberts_embeddings(tmp_pat
 
     from flexbert.model.model import FlexBertForMaskedLM
     from flexbert.train.config import load_run_config
-    from flexbert.train.export import checkpoint_model_state
+    from flexbert.train.run_folder import checkpoint_model_state
 
     out = tmp_path / "st"
     r = subprocess.run([PY, os.path.join(ROOT, "scripts/export_hf.py"), "--run-dir", str(two_phase_run / "p2"),

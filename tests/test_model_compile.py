@@ -8,7 +8,7 @@ import logging
 import pytest
 import torch
 
-from flexbert.config import FlexBertConfig
+from flexbert.model.config import FlexBertConfig
 from flexbert.model import FlexBertForMaskedLM
 from flexbert.model.attention import batch_info
 from flexbert.model.backends import SDPABackend

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-from flexbert.config import ConfigError, FlexBertConfig
+from flexbert.config import ConfigError
+from flexbert.model.config import FlexBertConfig
 from flexbert.model import FlexBertForMaskedLM
 from flexbert.model.loss import chunked_loss, liger_available, mlm_loss, plain_loss
 

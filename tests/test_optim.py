@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from flexbert.config import ConfigError, FlexBertConfig, from_dict
+from flexbert.config import ConfigError, from_dict
+from flexbert.model.config import FlexBertConfig
 from flexbert.train.optim import OptimizerConfig, build_optimizer, override_hyperparameters, param_groups
 
 

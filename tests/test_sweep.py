@@ -11,6 +11,7 @@ import yaml
 
 from flexbert import sweep as S
 from flexbert.eval import report as R
+from flexbert.eval import results as Res
 from flexbert.eval.plots import is_png
 from test_train_fixtures import PY, ROOT, read_jsonl, run_config
 
@@ -145,7 +146,7 @@ def test_aggregation_table_csv_and_pngs(tmp_path):
     fake_run(f"{out}/rms_seed-1", [9.0] * 20, {20: 2.0})
     with open(f"{out}/base_seed-1/{S.DONE}", "w") as f:
         json.dump({"command": S.command(sw, sw.runs[0])[1:]}, f)
-    results = R.collect(sw)
+    results = S.collect(sw)
     assert [r.status for r in results] == ["done", "partial", "partial", "new"]
     assert results[0].summary == {"tokens": 20000.0, "steps": 20.0, "seconds": 20.0, "train_loss": 4.0,
                                   "eval_loss": 3.0, "eval_accuracy": 0.5}
@@ -156,7 +157,7 @@ def test_aggregation_table_csv_and_pngs(tmp_path):
         "| base | 1/2 | 3.2500 ± 0.3536 | 3.0000, 3.5000* | – | 4.5000 |\n"
         "| rms | 0/2 | 2.0000 | 2.0000* | -1.2500 | 9.0000 |\n"
         "\neval_loss: lower is better; sd over the group's seeds. * = unfinished run (its latest value).\n")
-    paths = R.write_report(sw)
+    paths = S.report(sw)
     rows = open(paths["results.csv"]).read().splitlines()
     assert rows[0] == "run,group,status,seed,model.norm,tokens,steps,seconds,train_loss,eval_loss,eval_accuracy"
     assert rows[1] == "base_seed-1,base,done,1,,20000,20.0000,20.0000,4.0000,3.0000,0.5000"
@@ -166,7 +167,7 @@ def test_aggregation_table_csv_and_pngs(tmp_path):
         with open(paths[name], "rb") as f:
             width, height = struct.unpack(">II", f.read(24)[16:24])
         assert width > 300 and height > 200
-    paths = R.write_report(sw, done_only=True)  # unfinished runs left out
+    paths = S.report(sw, done_only=True)  # unfinished runs left out
     assert [line.split(",")[0] for line in open(paths["results.csv"]).read().splitlines()] == ["run", "base_seed-1"]
     for name in ("loss_curves.png", "final_metric.png"):
         assert is_png(paths[name])
@@ -174,8 +175,8 @@ def test_aggregation_table_csv_and_pngs(tmp_path):
 
 def test_finetune_results_are_read(tmp_path):
     fake_run(str(tmp_path / "r"), [0.7, 0.3], {}, {"validation": {"accuracy": 0.9, "f1": 0.8}, "test": {"accuracy": 0.85}})
-    summary, curve, _ = R.summarize(str(tmp_path / "r"))
+    summary, curve, _ = Res.summarize(str(tmp_path / "r"))
     assert summary["validation_accuracy"] == 0.9 and summary["test_accuracy"] == 0.85 and curve == [(1000.0, 0.7), (2000.0, 0.3)]
-    result = R.RunResult("r", "r", {}, "done", summary)
-    assert R.default_metric([result]) == "validation_accuracy" and not R.lower_is_better("validation_accuracy")
+    result = Res.RunResult("r", "r", {}, "done", summary)
+    assert Res.default_metric([result]) == "validation_accuracy" and not Res.lower_is_better("validation_accuracy")
 

@@ -11,7 +11,7 @@ import yaml
 
 from test_train_fixtures import PY, ROOT, build_and_fit, model_overrides, run_config
 
-from flexbert.config import FlexBertConfig
+from flexbert.model.config import FlexBertConfig
 from flexbert.model import FlexBertForMaskedLM
 from flexbert.model.tiling import TilingError, gopher_layer_map, tile_model, tile_state_dict
 

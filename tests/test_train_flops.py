@@ -2,7 +2,7 @@
 
 import pytest
 
-from flexbert.config import FlexBertConfig
+from flexbert.model.config import FlexBertConfig
 from flexbert.train.flops import flops_per_token, peak_flops_for
 
 

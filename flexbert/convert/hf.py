@@ -25,7 +25,7 @@ from typing import Any, Mapping, Optional, Union
 
 import torch
 
-from flexbert.config import FlexBertConfig
+from flexbert.model.config import FlexBertConfig
 from flexbert.convert.hf_config import ConversionError, config_from_hf, config_to_hf  # noqa: F401 (public here too)
 
 SAFETENSORS_NAME = "model.safetensors"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from flexbert.config import FlexBertConfig
+from flexbert.model.config import FlexBertConfig
 
 # FlexBERT activation name <-> transformers ACT2FN name (exactly the same function).
 _ACT_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "silu": "silu", "relu": "relu"}

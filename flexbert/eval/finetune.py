@@ -23,12 +23,15 @@ from flexbert.eval import metrics as M
 from flexbert.train.classifier import KeepBest, build_classifier_trainer, predictions, seed_everything
 
 
+TASKS = ("classification", "regression")
+
+
 @dataclass
 class FinetuneConfig:
-    model: str
-    train: str
-    validation: str
-    out: str
+    model: str = ""
+    train: str = ""
+    validation: str = ""
+    out: str = ""
     test: Optional[str] = None
     text_columns: list = field(default_factory=lambda: ["sentence"])
     label_column: str = "label"
@@ -48,6 +51,29 @@ class FinetuneConfig:
     random_init: bool = False  # the same architecture from a fresh init (a baseline)
     device: str = "auto"
     log_interval: int = 20
+    config: Optional[str] = None  # the YAML these options came from (a sweep's base), for the record
+
+    def validate(self, prefix: str = "") -> None:
+        from flexbert.registry import ConfigError, unknown_choice
+
+        if self.task not in TASKS:
+            raise ConfigError(unknown_choice("task", "task", self.task, TASKS))
+        for key in ("epochs", "batch_size", "max_seq_len"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}: must be >= 1, got {getattr(self, key)}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr: must be > 0, got {self.lr}")
+        if not 0 <= self.warmup < 1:
+            raise ConfigError(f"warmup: a fraction of the run in [0, 1), got {self.warmup}")
+        if self.weight_decay < 0 or self.patience < 0 or self.log_interval < 1:
+            raise ConfigError("weight_decay and patience must be >= 0, log_interval >= 1")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout: must be in [0, 1), got {self.dropout}")
+        if not 1 <= len(self.text_columns) <= 2:
+            raise ConfigError(f"text_columns: one or two columns, got {self.text_columns}")
+        for key in ("model", "train", "validation", "out"):
+            if not getattr(self, key):
+                raise ConfigError(f"{key}: required (--{key} or in --config)")
 
     @property
     def metric_names(self) -> tuple[str, ...]:
@@ -56,6 +82,18 @@ class FinetuneConfig:
     @property
     def main_metric(self) -> str:
         return self.metric or self.metric_names[0]
+
+
+def load_finetune_config(path: Optional[str], given: dict) -> FinetuneConfig:
+    """Options from a YAML file of FinetuneConfig keys (a fine-tuning sweep's ``base``), then the
+    ``given`` ones (command line) over them; unknown keys, wrong types and bad values fail in one line."""
+    from flexbert.config import from_dict, load_yaml
+
+    raw = load_yaml(path) if path else {}
+    raw.update({k: v for k, v in given.items() if v is not None})
+    if path:
+        raw["config"] = path
+    return from_dict(FinetuneConfig, raw, "")
 
 
 # ----------------------------------------------------------------------------- the run

@@ -14,45 +14,31 @@ ModernBERT-base's release averages the best annealing checkpoints with the final
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
-import shutil
-from typing import Optional
 
 import torch
 
+from flexbert.train import metric_keys as K
 from flexbert.train.export import ExportError
-
-METRIC_PREFIX = "metrics/eval/"
+from flexbert.train.run_folder import (RunFolder, RunFolderError, checkpoint_config, identity, load_checkpoint,
+                                       progress, write_json)
 
 
 class AveragingError(ExportError):
     """One-line reason checkpoints cannot be averaged."""
 
 
-def _config_path(checkpoint: str) -> str:
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(checkpoint))), "config.yaml")
-
-
-def _model_section(checkpoint: str) -> Optional[dict]:
-    import yaml
-
-    path = _config_path(checkpoint)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return (yaml.safe_load(f) or {}).get("model")
-
-
-def _check_same_config(paths: list[str], states: list[dict]) -> None:
-    first = _model_section(paths[0])
-    for p, s in zip(paths[1:], states[1:]):
-        other = _model_section(p)
-        if first is not None and other is not None and other != first:
-            diff = sorted(k for k in set(first) | set(other) if first.get(k) != other.get(k))
+def _check_same_model(paths: list[str], ckpts: list[dict]) -> None:
+    first = checkpoint_config(paths[0], ckpts[0]).model
+    ref = ckpts[0]["state"]["model"]
+    for p, c in zip(paths[1:], ckpts[1:]):
+        other = checkpoint_config(p, c).model
+        if other != first:
+            diff = sorted(f.name for f in dataclasses.fields(first) if getattr(first, f.name) != getattr(other, f.name))
             raise AveragingError(f"{p} has a different model config from {paths[0]} (model.{', model.'.join(diff[:4])}); "
                                  "only checkpoints of one model can be averaged")
-        ref = states[0]
+        s = c["state"]["model"]
         if set(s) != set(ref) or any(s[k].shape != ref[k].shape for k in ref):
             raise AveragingError(f"{p} has different model weights (names or shapes) from {paths[0]}")
 
@@ -72,59 +58,53 @@ def average_states(states: list[dict]) -> dict:
 
 
 def average_checkpoints(paths: list[str], out_dir: str) -> str:
-    """Average ``paths`` (the last one is the template) into ``out_dir``; returns the checkpoint path."""
-    from flexbert.train.checkpointing import checkpoint_problem
-
+    """Average ``paths`` (the last one is the template) into the run folder ``out_dir``; returns the
+    checkpoint path."""
     if not paths:
         raise AveragingError("no checkpoints to average")
-    for p in paths:
-        problem = checkpoint_problem(p, full_check=False)
-        if problem is not None:
-            raise AveragingError(f"cannot read checkpoint {p}: {problem}")
-    full = [torch.load(p, map_location="cpu", weights_only=False) for p in paths]
     try:
-        states = [f["state"]["model"] for f in full]
-    except (KeyError, TypeError):
-        raise AveragingError("not a FlexBERT/Composer checkpoint (no state.model) among the inputs") from None
-    _check_same_config(paths, states)
-    template = full[-1]
-    template["state"]["model"] = average_states(states)
-    batch = int(template["state"].get("timestamp", {}).get("Timestamp", {}).get("batch", 0))
+        ckpts = [load_checkpoint(p) for p in paths]
+        _check_same_model(paths, ckpts)
+        cfg = checkpoint_config(paths[-1], ckpts[-1])
+    except RunFolderError as e:
+        raise AveragingError(str(e)) from None
+    template = ckpts[-1]
+    template["state"]["model"] = average_states([c["state"]["model"] for c in ckpts])
+    ident = identity(template)
+    if ident:  # the average's own run folder is out_dir
+        ident["run_dir"] = os.path.abspath(out_dir)
+    batch = progress(template)[1] or 0
+    run = RunFolder(out_dir)
     folder = os.path.join(out_dir, "checkpoints")
     os.makedirs(folder, exist_ok=True)
     out = os.path.join(folder, f"ba{batch}.pt")
     torch.save(template, out + ".tmp")
     os.replace(out + ".tmp", out)
-    if os.path.exists(_config_path(paths[-1])):
-        shutil.copyfile(_config_path(paths[-1]), os.path.join(out_dir, "config.yaml"))
-    with open(os.path.join(out_dir, "averaged.json"), "w") as f:
-        json.dump({"checkpoints": [os.path.abspath(p) for p in paths], "output": os.path.abspath(out)}, f, indent=1)
+    run.write_config(dataclasses.replace(cfg, run_dir=os.path.abspath(out_dir), save_folder=None))
+    write_json(run.file("averaged.json"), {"checkpoints": [os.path.abspath(p) for p in paths], "output": os.path.abspath(out)})
     return out
 
 
 def eval_metric_by_batch(run_dir: str, metric: str) -> dict[int, float]:
-    key = metric if metric.startswith(METRIC_PREFIX) else METRIC_PREFIX + metric
-    path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.exists(path):
-        raise AveragingError(f"{path} not found (the jsonl logger writes it)")
-    found: dict[int, float] = {}
-    with open(path) as f:
-        for line in f:
-            if line.strip():
-                rec = json.loads(line)
-                if key in rec:
-                    found[int(rec["batch"])] = float(rec[key])
-    return found
+    """{batch: value} of an eval metric in the run's metrics.jsonl."""
+    run = RunFolder(run_dir)
+    key = metric if metric.startswith(K.EVAL_PREFIX) else K.eval_key(metric)
+    if not os.path.exists(run.metrics_path):
+        raise AveragingError(f"{run.metrics_path} not found (the jsonl logger writes it)")
+    return {int(rec[K.BATCH]): float(rec[key]) for rec in run.metrics() if key in rec}
 
 
 def best_checkpoints(run_dir: str, k: int, metric: str = "MLMLoss", maximize: bool = False) -> list[str]:
     """The ``k`` best checkpoints by ``metric`` at their batch (the final one not counted), then
     the final checkpoint: k + 1 in all, oldest first."""
-    from flexbert.train.checkpointing import list_checkpoints
-
-    ckpts = list_checkpoints(os.path.join(run_dir, "checkpoints"))  # newest first
+    run = RunFolder(run_dir)
+    try:
+        cfg = run.load_config()
+    except RunFolderError as e:
+        raise AveragingError(str(e)) from None
+    ckpts = run.checkpoints(cfg)  # newest first
     if not ckpts:
-        raise AveragingError(f"no checkpoints in {os.path.join(run_dir, 'checkpoints')}")
+        raise AveragingError(f"no checkpoints in {run.save_folder(cfg)}")
     values = eval_metric_by_batch(run_dir, metric)
     final = ckpts[0]
     scored = [(values[b], b, p) for b, p in ckpts[1:] if b in values]

@@ -28,6 +28,8 @@ from composer.loggers import Logger
 from composer.utils import dist, reproducibility
 
 from flexbert.data.batch import batch_stats
+from flexbert.train import metric_keys as K
+from flexbert.train.checkpointing import find_saver
 
 
 class TrainingDiverged(RuntimeError):
@@ -98,7 +100,7 @@ class DataProgress(Callback):
         mine = self.loader.tokens_per_source()
         if mine:
             totals = self.loader.docs.sync.gather(list(mine.values()))
-            logger.log_metrics({f"data/tokens/{k}": float(sum(t[i] for t in totals)) for i, k in enumerate(mine)})
+            logger.log_metrics({K.source_tokens(k): float(sum(t[i] for t in totals)) for i, k in enumerate(mine)})
 
     def epoch_end(self, state: State, logger: Logger) -> None:
         if self.loader.docs.finished:
@@ -119,12 +121,18 @@ class PhaseOverride(Callback):
 
 # --------------------------------------------------------------------------- NaN guard
 class NaNGuard(Callback):
-    def __init__(self, max_loss: Optional[float] = None, saver=None):
+    """Runs before the saver at BATCH_END (the callback table's order): a diverged step turns the
+    saver off, so bad weights are never checkpointed."""
+
+    def __init__(self, max_loss: Optional[float] = None):
         self.max_loss = max_loss
-        self.saver = saver
+        self.saver = None
+
+    def fit_start(self, state: State, logger: Logger) -> None:
+        self.saver = find_saver(state)
 
     def batch_end(self, state: State, logger: Logger) -> None:
-        loss = state.total_loss_dict.get("loss/train/total")
+        loss = state.total_loss_dict.get(K.TRAIN_LOSS)
         if loss is None:
             return
         bad = not math.isfinite(loss) or (self.max_loss is not None and loss > self.max_loss)
@@ -183,13 +191,13 @@ class RunMetrics(Callback):
         out: dict[str, float] = {}
         if self.lr and state.optimizers:
             for i, group in enumerate(state.optimizers[0].param_groups):
-                out[f"lr/group{i}"] = float(group["lr"])
-            out["lr"] = float(state.optimizers[0].param_groups[0]["lr"])
+                out[K.lr_group(i)] = float(group["lr"])
+            out[K.LR] = float(state.optimizers[0].param_groups[0]["lr"])
         stats = self._batch_stats
         if self.packing and stats:
-            out["data/packing_efficiency"] = stats["packing"]
-            out["data/rows_per_rank"] = stats["rows"]
-            out["data/masked_fraction"] = stats["masked"] / max(stats["tokens"], 1.0)
+            out[K.PACKING] = stats["packing"]
+            out[K.ROWS_PER_RANK] = stats["rows"]
+            out[K.MASKED_FRACTION] = stats["masked"] / max(stats["tokens"], 1.0)
         if self.throughput and self._t_fetch is not None and stats:
             dt = time.perf_counter() - self._t_fetch
             flops = 0.0
@@ -200,16 +208,16 @@ class RunMetrics(Callback):
             secs = sum(w[0] for w in self.window)
             if secs > 0:
                 tok_s = sum(w[1] for w in self.window) / secs
-                out["throughput/tokens_per_sec_per_device"] = tok_s
-                out["throughput/tokens_per_sec"] = tok_s * dist.get_world_size()
+                out[K.TOKENS_PER_SEC_PER_DEVICE] = tok_s
+                out[K.TOKENS_PER_SEC] = tok_s * dist.get_world_size()
                 if flops:
                     flops_s = sum(w[2] for w in self.window) / secs
-                    out["throughput/flops_per_sec_per_device"] = flops_s
+                    out[K.FLOPS_PER_SEC_PER_DEVICE] = flops_s
                     if self.peak_flops:
-                        out["throughput/mfu"] = flops_s / self.peak_flops
+                        out[K.MFU] = flops_s / self.peak_flops
         if self.memory and torch.cuda.is_available() and state.device.name == "gpu":
-            out["memory/max_allocated_gb"] = torch.cuda.max_memory_allocated() / 2**30
-            out["memory/reserved_gb"] = torch.cuda.memory_reserved() / 2**30
+            out[K.MEMORY_ALLOCATED] = torch.cuda.max_memory_allocated() / 2**30
+            out[K.MEMORY_RESERVED] = torch.cuda.memory_reserved() / 2**30
         if out:
             logger.log_metrics(out)
 

@@ -25,6 +25,8 @@ from composer.utils import checkpoint as composer_checkpoint
 from composer.utils import dist
 from composer.utils.misc import create_interval_scheduler
 
+from flexbert.train import metric_keys as K
+
 log = logging.getLogger(__name__)
 
 CKPT_RE = re.compile(r"^ba(\d+)\.pt$")
@@ -108,8 +110,10 @@ class AtomicCheckpointSaver(Callback):
     such as the data state, timestamp, RNG of every rank); only rank 0 writes a file.
     """
 
-    def __init__(self, folder: str, interval: str | int = "1000ba", num_to_keep: int = -1):
+    def __init__(self, folder: str, interval: str | int = "1000ba", num_to_keep: int = -1,
+                 identity: Optional[dict] = None):
         self.folder = folder
+        self.identity = identity or {}  # the run's config, folder and tokenizer: every checkpoint carries them
         self.num_to_keep = num_to_keep
         self.save_interval = create_interval_scheduler(interval, include_end_of_training=True)
         self.saved: list[str] = []
@@ -155,7 +159,7 @@ class AtomicCheckpointSaver(Callback):
             if final not in self.saved:
                 self.saved.append(final)
             self._rotate()
-            logger.log_metrics({"checkpoint/batch": batch})
+            logger.log_metrics({K.CHECKPOINT_BATCH: batch})
             log.info("saved checkpoint %s", final)
         dist.barrier()
         return final
@@ -173,9 +177,15 @@ class AtomicCheckpointSaver(Callback):
             except FileNotFoundError:
                 pass
 
-    # the list of saved files is re-read from the folder at fit start; nothing to serialise
+    # The list of saved files is re-read from the folder at fit start.  What is serialised is the
+    # run's identity (flexbert/train/run_folder.py reads it back); loading it changes nothing.
     def state_dict(self) -> dict:
-        return {}
+        return dict(self.identity)
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+def find_saver(state: State) -> Optional[AtomicCheckpointSaver]:
+    """The run's checkpoint saver among the Trainer's callbacks (None when saving is off)."""
+    return next((c for c in state.callbacks if isinstance(c, AtomicCheckpointSaver)), None)

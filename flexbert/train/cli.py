@@ -101,10 +101,10 @@ def _handle(e: BaseException, debug: bool) -> int:
     from flexbert.config import ConfigError
     from flexbert.registry import RegistryError
     from flexbert.train.loading import SetupError
+    from flexbert.train.run_folder import RunFolderError
+    from flexbert.train.run_lock import RunLocked
 
-    if isinstance(e, (ConfigError, RegistryError)):
-        return _fail(str(e), 2, debug, e)
-    if isinstance(e, SetupError):
+    if isinstance(e, (ConfigError, RegistryError, SetupError, RunFolderError, RunLocked)):
         return _fail(str(e), 2, debug, e)
     if isinstance(e, FileNotFoundError):
         return _fail(f"file not found: {e.filename or e}", 2, debug, e)

@@ -16,7 +16,7 @@ from composer.core import DataSpec
 from composer.models import ComposerModel
 from torchmetrics import Metric
 
-from flexbert.config import FlexBertConfig
+from flexbert.model.config import FlexBertConfig
 from flexbert.data.batch import num_masked, num_real_tokens, rows_of
 from flexbert.model.static import StaticShapes
 from flexbert.train.mlm_eval import MLMAccuracy, eval_metrics, row_outputs

@@ -13,7 +13,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from flexbert.config import FlexBertConfig, from_dict, load_yaml
+from flexbert.config import from_dict, load_yaml
+from flexbert.model.config import FlexBertConfig
 from flexbert.data.config import DataConfig
 from flexbert.registry import ConfigError, unknown_choice
 from flexbert.train.optim import OptimizerConfig
@@ -161,7 +162,16 @@ def load_run_config(path: Optional[str], overrides: Optional[list[str]] = None) 
     if overrides:
         with_cli = load_yaml(None, overrides)
         raw = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(raw), OmegaConf.create(with_cli)), resolve=True)
-    cfg = from_dict(RunConfig, raw, "")
+    return config_from_dict(raw)
+
+
+def config_from_dict(raw: dict, where: str = "") -> RunConfig:
+    """A validated RunConfig from a plain mapping (a config.yaml's or a checkpoint's); the model's
+    special-token ids filled from, and checked against, the data's tokenizer when it exists."""
+    try:
+        cfg = from_dict(RunConfig, raw, "")
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}" if where else str(e)) from None
     try:
         tokenizer_dir = cfg.data.tokenizer_dir()
     except FileNotFoundError:

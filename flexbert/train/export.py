@@ -1,10 +1,9 @@
-"""Composer checkpoint -> Hugging Face ModernBERT folder (safetensors + config + tokenizer).
+"""A training checkpoint -> a Hugging Face ModernBERT folder (safetensors, config, tokenizer,
+sentence-transformers files, model card).
 
-No Composer import: a FlexBERT checkpoint is a torch zip whose ``state.model`` holds the
-ComposerModel's weights (``model.`` + FlexBertForMaskedLM names).  The model config comes from the
-run's ``config.yaml`` (written by train.py next to ``metrics.jsonl``), the tokenizer from the data
-section (``data.tokenizer`` or the copy inside the shard folder).  The conversion itself is
-``flexbert.convert.hf.to_hf``.
+The checkpoint, its config and its progress are read through the run folder
+(flexbert/train/run_folder.py); the conversion is ``flexbert.convert.hf.to_hf``, the
+sentence-transformers files ``flexbert.convert.sentence``, the card ``flexbert.convert.model_card``.
 """
 
 from __future__ import annotations
@@ -12,78 +11,90 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-import torch
+import yaml
+
+from flexbert.train.config import RunConfig, as_plain_dict, load_run_config
+from flexbert.train.run_folder import (RunFolder, RunFolderError, checkpoint_config, identity, load_checkpoint,
+                                       model_state, progress, run_of_checkpoint)
 
 
 class ExportError(RuntimeError):
     """One-line reason an export cannot be done."""
 
 
-def newest_checkpoint(run_dir: str, save_folder: Optional[str] = None) -> str:
-    """The newest intact checkpoint of a run: in its ``save_folder`` when it set one, else in
-    ``{run_dir}/checkpoints``."""
-    from flexbert.train.checkpointing import find_resume_checkpoint
-
-    folder = save_folder or os.path.join(run_dir, "checkpoints")
-    path = find_resume_checkpoint(folder)
-    if path is None:
-        raise ExportError(f"no intact checkpoint in {folder}")
-    return path
-
-
-def checkpoint_model_state(path: str) -> dict[str, torch.Tensor]:
-    """FlexBertForMaskedLM state dict from a Composer checkpoint (handles compiled-model names)."""
-    from flexbert.train.checkpointing import checkpoint_problem
-
-    problem = checkpoint_problem(path, full_check=False)
-    if problem is not None:
-        raise ExportError(f"cannot read checkpoint {path}: {problem}")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    try:
-        weights = state["state"]["model"]
-    except (KeyError, TypeError):
-        raise ExportError(f"{path} is not a FlexBERT/Composer checkpoint (no state.model)") from None
-    out = {}
-    for k, v in weights.items():
-        k = k.replace("_orig_mod.", "")
-        out[k[len("model."):] if k.startswith("model.") else k] = v
-    return out
-
-
-def export_to_hf(out_dir: str, run_dir: Optional[str] = None, checkpoint: Optional[str] = None,
-                 config: Optional[str] = None, tokenizer: Optional[str] = None) -> dict:
-    """Write ``out_dir`` loadable by ``AutoModelForMaskedLM`` / ``AutoTokenizer``; returns a summary."""
-    from flexbert.convert.hf import to_hf
-    from flexbert.model.model import FlexBertForMaskedLM
-    from flexbert.train.config import load_run_config
-
+def _source(run_dir: Optional[str], checkpoint: Optional[str], config: Optional[str]) -> tuple[str, dict, RunConfig]:
+    """(checkpoint path, checkpoint, the config it was trained with)."""
     if checkpoint is None and run_dir is None:
         raise ExportError("give a run folder or a checkpoint")
-    if config is None:
-        base = run_dir or os.path.dirname(os.path.dirname(os.path.abspath(checkpoint)))
-        config = os.path.join(base, "config.yaml")
-    if not os.path.exists(config):
-        raise ExportError(f"run config {config} not found (pass --config)")
-    cfg = load_run_config(config)
-    if checkpoint is None:
-        checkpoint = newest_checkpoint(run_dir, cfg.save_folder)
-    model = FlexBertForMaskedLM(cfg.model)
-    state = checkpoint_model_state(checkpoint)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k != "decoder.weight"]
-    if missing or unexpected:
-        raise ExportError(f"checkpoint does not match the config: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    model.tie_weights()
-    tok = None
+    try:
+        if checkpoint is None:
+            run = RunFolder(run_dir)
+            cfg = run.load_config()
+            checkpoint = run.newest_checkpoint(cfg)
+        ckpt = load_checkpoint(checkpoint)
+        cfg = load_run_config(config) if config else checkpoint_config(checkpoint, ckpt)
+    except RunFolderError as e:
+        raise ExportError(str(e)) from None
+    return checkpoint, ckpt, cfg
+
+
+def phase_history(cfg: RunConfig, ckpt: dict, limit: int = 10) -> list[dict]:
+    """Oldest first: one dict per phase (run name, sequence length, theta, LR, schedule, tokens,
+    what it started from), following ``load_path`` back through the earlier checkpoints."""
+    phases: list[dict] = []
+    while cfg is not None and len(phases) < limit:
+        tokens, batches = progress(ckpt) if ckpt is not None else (None, None)
+        phases.append({"run_name": cfg.run_name, "max_seq_len": cfg.data.max_seq_len,
+                       "global_rope_theta": cfg.model.global_rope_theta, "lr": cfg.optimizer.lr,
+                       "scheduler": cfg.scheduler.get("name"), "tokens": tokens, "batches": batches,
+                       "init": cfg.load_path or cfg.init_from or "random init"})
+        previous = cfg.load_path
+        cfg = ckpt = None
+        if previous and "://" not in previous and os.path.exists(previous):
+            try:
+                ckpt = load_checkpoint(previous)
+                cfg = checkpoint_config(previous, ckpt)
+            except (RunFolderError, ValueError):
+                break  # an earlier phase we cannot read: the history stops there
+    return phases[::-1]
+
+
+def _tokenizer(cfg: RunConfig, tokenizer: Optional[str]):
     tok_dir = tokenizer
     if tok_dir is None:
         try:
             tok_dir = cfg.data.tokenizer_dir()
-        except (FileNotFoundError, Exception):  # noqa: BLE001 - a model without tokenizer is still exportable
-            tok_dir = None
-    if tok_dir is not None:
-        from transformers import AutoTokenizer
+        except FileNotFoundError:  # a model without its tokenizer is still exportable
+            return None, None
+    from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(tok_dir)
+    return tok_dir, AutoTokenizer.from_pretrained(tok_dir)
+
+
+def export_to_hf(out_dir: str, run_dir: Optional[str] = None, checkpoint: Optional[str] = None,
+                 config: Optional[str] = None, tokenizer: Optional[str] = None, pooling: str = "mean") -> dict:
+    """Write ``out_dir`` loadable by ``AutoModelForMaskedLM`` / ``AutoTokenizer`` and (unless
+    ``pooling`` is ``none``) ``SentenceTransformer``, with a model card; returns a summary."""
+    from flexbert.convert.hf import to_hf
+    from flexbert.convert.model_card import write_model_card
+    from flexbert.convert.sentence import write_sentence_transformers
+    from flexbert.model.model import FlexBertForMaskedLM
+
+    checkpoint, ckpt, cfg = _source(run_dir, checkpoint, config)
+    model = FlexBertForMaskedLM(cfg.model)
+    missing, unexpected = model.load_state_dict(model_state(ckpt), strict=False)
+    missing = [k for k in missing if k != "decoder.weight"]
+    if missing or unexpected:
+        raise ExportError(f"checkpoint {checkpoint} does not match its config: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    model.tie_weights()
+    tok_dir, tok = _tokenizer(cfg, tokenizer)
     to_hf(model.eval(), out_dir, tokenizer=tok)
-    return {"checkpoint": checkpoint, "config": config, "tokenizer": tok_dir, "out": out_dir}
+    write_sentence_transformers(out_dir, cfg.model.hidden_size, cfg.data.max_seq_len, pooling)
+    tokens, batches = progress(ckpt)
+    n_params = sum(p.numel() for name, p in model.named_parameters() if name != "decoder.weight")
+    run = {"run_name": cfg.run_name, "max_seq_len": cfg.data.max_seq_len, "tokens": tokens, "batches": batches,
+           "config_yaml": yaml.safe_dump(as_plain_dict(cfg), sort_keys=False)}
+    write_model_card(out_dir, cfg.model, run, phase_history(cfg, ckpt), n_params, pooling)
+    found = run_of_checkpoint(checkpoint, ckpt)
+    return {"checkpoint": checkpoint, "run_dir": found.path if found else None, "tokenizer": tok_dir, "out": out_dir,
+            "tokenizer_fingerprint": identity(ckpt).get("tokenizer")}

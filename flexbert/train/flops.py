@@ -15,7 +15,7 @@ the paper's figure (facts §3: 6 x 149M parameters + attention).
 
 from __future__ import annotations
 
-from flexbert.config import FlexBertConfig
+from flexbert.model.config import FlexBertConfig
 
 
 def _layer_matmul_params(cfg: FlexBertConfig) -> int:

@@ -40,7 +40,7 @@ def cuda_fits(cfg, safety: float):
     """A ``fits(mb) -> bool`` probe: two training steps (eager, the run's precision) over
     synthetic rows of ``mb`` sequences; fits when peak reserved memory <= (1 - safety) x GPU."""
     from flexbert.train.recipe import build_model, resolve_precision
-    from flexbert.train.microbatch import with_microbatch
+    from flexbert.train.run_folder import with_microbatch
     from flexbert.train.optim import build_optimizer
 
     torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))

@@ -20,6 +20,7 @@ import torch
 
 from flexbert.train.checkpointing import checkpoint_problem, find_resume_checkpoint
 from flexbert.train.config import RunConfig
+from flexbert.train.run_folder import model_state
 
 
 class SetupError(RuntimeError):
@@ -42,9 +43,7 @@ def load_initial_weights(model, path: str) -> None:
 
             state = load_file(path)
         else:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-            if isinstance(state, dict) and "state" in state:  # a Composer checkpoint
-                state = {k[len("model."):]: v for k, v in state["state"]["model"].items()}
+            state = _pt_state(path)
     except SetupError:
         raise
     except Exception as e:  # noqa: BLE001 - any unreadable file gets one line
@@ -54,6 +53,18 @@ def load_initial_weights(model, path: str) -> None:
     missing = [k for k in missing if k != "decoder.weight"]  # tied to the embeddings
     if missing or unexpected:
         raise SetupError(f"init_from: {path} does not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+def _pt_state(path: str) -> dict:
+    """A ``.pt`` file's model weights: a Composer checkpoint or a plain FlexBertForMaskedLM state
+    dict, after the integrity check autoresume applies (a torch.save file is a zip with CRCs)."""
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        raise SetupError(f"init_from: cannot read {path}: {problem}")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(state, dict) and isinstance(state.get("state"), dict) and "model" in state["state"]:
+        return model_state(state)  # a Composer checkpoint
+    return state
 
 
 def _phase_ignore_keys(cfg: RunConfig) -> list[str]:

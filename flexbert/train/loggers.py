@@ -18,6 +18,9 @@ from composer.core import State
 from composer.loggers import Logger, LoggerDestination
 from composer.utils import dist
 
+from flexbert.train import metric_keys as K
+from flexbert.train.run_folder import iter_records
+
 
 def _rank0() -> bool:
     return dist.get_global_rank() == 0
@@ -41,13 +44,13 @@ def _fmt_tokens(n: float) -> str:
 
 # What a console progress line shows, in order: (logged key, how to print it).
 _CONSOLE_FIELDS = (
-    ("loss/train/total", lambda x: f" loss {x:.4f}"),
-    ("metrics/train/MLMAccuracy", lambda x: f" acc {x:.3f}"),
-    ("lr", lambda x: f" lr {x:.3g}"),
-    ("throughput/tokens_per_sec", lambda x: f" | {_fmt_tokens(x)} tok/s"),
-    ("throughput/mfu", lambda x: f" mfu {100 * x:.1f}%"),
-    ("data/packing_efficiency", lambda x: f" pack {100 * x:.1f}%"),
-    ("memory/max_allocated_gb", lambda x: f" mem {x:.1f}GB"),
+    (K.TRAIN_LOSS, lambda x: f" loss {x:.4f}"),
+    (K.TRAIN_ACCURACY, lambda x: f" acc {x:.3f}"),
+    (K.LR, lambda x: f" lr {x:.3g}"),
+    (K.TOKENS_PER_SEC, lambda x: f" | {_fmt_tokens(x)} tok/s"),
+    (K.MFU, lambda x: f" mfu {100 * x:.1f}%"),
+    (K.PACKING, lambda x: f" pack {100 * x:.1f}%"),
+    (K.MEMORY_ALLOCATED, lambda x: f" mem {x:.1f}GB"),
 )
 
 
@@ -71,15 +74,8 @@ class JSONLLogger(LoggerDestination):
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         resumed_at = int(state.timestamp.batch)
         if os.path.exists(self.path):
-            kept = []
-            with open(self.path) as f:
-                for line in f:
-                    try:
-                        rec = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue  # a line cut by a crash
-                    if rec.get("batch", 0) <= resumed_at:
-                        kept.append(line if line.endswith("\n") else line + "\n")
+            kept = [line if line.endswith("\n") else line + "\n"
+                    for line, rec in iter_records(self.path) if rec.get(K.BATCH, 0) <= resumed_at]
             tmp = self.path + ".tmp"
             with open(tmp, "w") as f:
                 f.writelines(kept if resumed_at > 0 else [])
@@ -94,9 +90,9 @@ class JSONLLogger(LoggerDestination):
         if not _rank0() or not self._pending:
             return
         ts = state.timestamp
-        rec = {"kind": kind, "batch": int(ts.batch), "tokens": int(ts.token), "samples": int(ts.sample),
-               "time": round(time.time() - self._t0, 3)}
-        rec.update({k: v for k, v in self._pending.items() if not k.startswith("time/")})
+        rec = {K.KIND: kind, K.BATCH: int(ts.batch), K.TOKENS: int(ts.token), K.SAMPLES: int(ts.sample),
+               K.TIME: round(time.time() - self._t0, 3)}
+        rec.update({k: v for k, v in self._pending.items() if not k.startswith(K.COMPOSER_TIME_PREFIX)})
         self._pending = {}
         with open(self.path, "a") as f:
             f.write(json.dumps(rec) + "\n")
@@ -129,7 +125,7 @@ class ConsoleLogger(LoggerDestination):
     def log_metrics(self, metrics: dict[str, Any], step: Optional[int] = None) -> None:
         for k, v in metrics.items():
             v = _plain(v)
-            (self._eval if k.startswith("metrics/eval/") else self.latest).__setitem__(k, v)
+            (self._eval if k.startswith(K.EVAL_PREFIX) else self.latest).__setitem__(k, v)
 
     def _print(self, line: str) -> None:
         if _rank0():
@@ -155,9 +151,9 @@ class ConsoleLogger(LoggerDestination):
         if self._eval:
             e = self._eval
             line = f"[eval @ batch {batch}]"
-            for key, label in (("MLMLoss", "loss"), ("MLMAccuracy", "acc"), ("MLMPerplexity", "ppl")):
-                if f"metrics/eval/{key}" in e:
-                    line += f" {label} {e[f'metrics/eval/{key}']:.4f}"
+            for key, label in ((K.EVAL_LOSS, "loss"), (K.EVAL_ACCURACY, "acc"), (K.EVAL_PERPLEXITY, "ppl")):
+                if key in e:
+                    line += f" {label} {e[key]:.4f}"
             self._print(line)
             self.latest.update(e)
             self._eval = {}

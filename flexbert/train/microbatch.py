@@ -21,16 +21,16 @@ keeps its row size (and its data loader's exact position) for its whole life.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from typing import Callable, Optional, Sequence
 
 from flexbert.config import ConfigError
+from flexbert.train.run_folder import MICROBATCH, RunFolder, with_microbatch
 
 log = logging.getLogger(__name__)
 
-RECORD = "microbatch.json"
+RECORD = MICROBATCH  # the file name (the run folder owns it)
 SAFETY = 0.10
 CPU_ROW_TOKENS = 8192
 
@@ -77,30 +77,6 @@ def cpu_choice(per_rank: int, max_seq_len: int) -> int:
     return max(fitting or [1])
 
 
-def read_record(run_dir: str) -> Optional[dict]:
-    path = os.path.join(run_dir, RECORD)
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
-def write_record(run_dir: str, record: dict) -> None:
-    if int(os.environ.get("RANK", "0")) != 0:
-        return
-    os.makedirs(run_dir, exist_ok=True)
-    tmp = os.path.join(run_dir, "." + RECORD + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(record, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, os.path.join(run_dir, RECORD))
-
-
-def with_microbatch(cfg, microbatch_size: int):
-    """A copy of ``cfg`` at this microbatch size (``cfg`` itself is left unchanged)."""
-    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, microbatch_size=int(microbatch_size)))
-
-
 def resolve_microbatch(cfg, device: Optional[str] = None, world_size: Optional[int] = None, fits=None):
     """``cfg`` with ``data.microbatch_size`` a number (unchanged unless it is ``auto``).
 
@@ -111,7 +87,8 @@ def resolve_microbatch(cfg, device: Optional[str] = None, world_size: Optional[i
     world_size = world_size or int(os.environ.get("WORLD_SIZE", "1"))
     per_rank = per_rank_batch(data.global_batch_size, world_size)
     run_dir = cfg.resolved_run_dir
-    record = read_record(run_dir)
+    run = RunFolder(run_dir)
+    record = run.microbatch_record()
     if record is not None:
         mb = int(record["microbatch_size"])
         if per_rank % mb:
@@ -139,8 +116,9 @@ def resolve_microbatch(cfg, device: Optional[str] = None, world_size: Optional[i
         how = "probed " + ", ".join(f"{m}:{'fits' if ok else 'no'}" for m, ok in tried)
     log.warning("data.microbatch_size: auto -> %d (%d x %d = %d tokens per row; %s)", mb, mb, data.max_seq_len,
                 mb * data.max_seq_len, how)
-    write_record(run_dir, {"microbatch_size": mb, "max_seq_len": data.max_seq_len, "per_rank_batch": per_rank,
-                           "world_size": world_size, "device": device, "how": how, "probes": tried})
+    if int(os.environ.get("RANK", "0")) == 0:
+        run.write_microbatch_record({"microbatch_size": mb, "max_seq_len": data.max_seq_len, "per_rank_batch": per_rank,
+                                     "world_size": world_size, "device": device, "how": how, "probes": tried})
     return with_microbatch(cfg, mb)
 
 

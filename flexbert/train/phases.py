@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from flexbert.config import ConfigError
+from flexbert.train.run_folder import RunFolder, RunFolderError, write_json
 
 DONE = "phase_done.json"
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -64,16 +65,14 @@ def plan_phases(configs: list[str], overrides: list[str], runs_root: Optional[st
 
 
 def final_checkpoint(cfg) -> str:
-    from flexbert.train.checkpointing import find_resume_checkpoint
-
-    found = find_resume_checkpoint(cfg.resolved_save_folder)
-    if found is None:
-        raise RuntimeError(f"phase {cfg.run_name} finished without a checkpoint in {cfg.resolved_save_folder}")
-    return os.path.abspath(found)
+    try:
+        return os.path.abspath(RunFolder.of(cfg).newest_checkpoint(cfg))
+    except RunFolderError as e:
+        raise RuntimeError(f"phase {cfg.run_name} finished without a checkpoint: {e}") from None
 
 
 def _done(cfg) -> Optional[str]:
-    path = os.path.join(cfg.resolved_run_dir, DONE)
+    path = RunFolder.of(cfg).file(DONE)
     if not os.path.exists(path):
         return None
     with open(path) as f:
@@ -107,11 +106,9 @@ def run_chain(configs: list[str], overrides: list[str], runs_root: Optional[str]
         ckpt = final_checkpoint(cfg)
         if i and phases[i - 1].cfg.data.max_seq_len != cfg.data.max_seq_len:
             report = length_losses(cfg, ckpt, [phases[i - 1].cfg, cfg])
-            with open(os.path.join(cfg.resolved_run_dir, "length_eval.json"), "w") as f:
-                json.dump(report, f, indent=1)
+            write_json(RunFolder.of(cfg).file("length_eval.json"), report)
             log(f"[phases] {cfg.run_name} eval loss by length: " + ", ".join(f"{k}: {v:.4f}" for k, v in report.items()))
-        with open(os.path.join(cfg.resolved_run_dir, DONE), "w") as f:
-            json.dump({"checkpoint": ckpt, "config": os.path.abspath(ph.config), "overrides": ov}, f, indent=1)
+        write_json(RunFolder.of(cfg).file(DONE), {"checkpoint": ckpt, "config": os.path.abspath(ph.config), "overrides": ov})
         finals.append(ckpt)
     return finals
 
@@ -123,11 +120,12 @@ def length_losses(cfg, checkpoint: str, length_cfgs: list) -> dict[str, float]:
     from flexbert.train.mlm_eval import evaluate_mlm
     from flexbert.train.recipe import build_model
 
+    cfg = RunFolder.of(cfg).resolved(cfg)  # data.microbatch_size: auto -> the run's recorded choice
     model = build_model(cfg)
     load_initial_weights(model, checkpoint)
     out = {}
     for other in length_cfgs:
-        data_cfg = dataclasses.replace(other.data, num_workers=0)
+        data_cfg = dataclasses.replace(RunFolder.of(other).resolved(other).data, num_workers=0)
         loader = build_eval_loader(data_cfg)
         out[f"loss@{data_cfg.max_seq_len}"] = evaluate_mlm(model.model, loader, max(1, cfg.eval_subset_num_batches),
                                                             shapes=model.shapes)["loss"]

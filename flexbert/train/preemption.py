@@ -30,6 +30,8 @@ from composer.core import Callback, State
 from composer.loggers import Logger
 from composer.utils import dist
 
+from flexbert.train.checkpointing import find_saver
+
 SIGNALS = ("SIGTERM", "SIGUSR1")
 EXIT_CODE = 128 + signal.SIGTERM  # 143
 
@@ -47,8 +49,8 @@ class Preempted(RuntimeError):
 class GracefulStop(Callback):
     """Turns the signals in ``signals`` into "stop after this batch, with a checkpoint"."""
 
-    def __init__(self, saver: Any = None, signals: tuple[str, ...] = SIGNALS):
-        self.saver = saver
+    def __init__(self, signals: tuple[str, ...] = SIGNALS):
+        self.saver: Any = None  # the run's checkpoint saver, found at fit start
         self.signals = [getattr(signal, name) for name in signals if hasattr(signal, name)]
         self.received: Optional[int] = None  # the first signal, set by the handler
         self.stop: Optional[Preempted] = None  # set once the checkpoint is saved; raised at the next event
@@ -56,6 +58,7 @@ class GracefulStop(Callback):
 
     # -- handlers ----------------------------------------------------------------------------------
     def fit_start(self, state: State, logger: Logger) -> None:
+        self.saver = find_saver(state)
         if threading.current_thread() is not threading.main_thread():
             return  # Python installs handlers from the main thread only (a notebook runner may differ)
         self._pid = os.getpid()

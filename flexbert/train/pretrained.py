@@ -3,12 +3,13 @@
 M is one of:
 
 * a train.py run folder (``config.yaml`` + ``checkpoints/``): its newest intact checkpoint;
-* a Composer checkpoint file (``RUN/checkpoints/baN.pt``; the config is ``RUN/config.yaml``);
+* a Composer checkpoint file (``RUN/checkpoints/baN.pt``, or anywhere: it carries its config);
 * a Hugging Face ModernBERT folder (``config.json`` + safetensors), as ``scripts/export_hf.py``
   writes it or as ModernBERT is released; a ``ModernBertForSequenceClassification`` folder too.
 
-The checkpoint reading and the HF mapping are the exporter's and converter's own functions.  Weight
-tiling (``flexbert/model/tiling.py``) reads its source through here too.
+Run folders and checkpoints are read through the run folder (flexbert/train/run_folder.py: the
+config a checkpoint was trained with, its weights after the integrity check), Hugging Face folders
+through the converter.  Weight tiling, merging and retrieval evaluation read their sources here too.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from typing import Optional
 
 import torch
 
-from flexbert.config import FlexBertConfig
+from flexbert.config import ConfigError
+from flexbert.model.config import FlexBertConfig
+from flexbert.train.run_folder import RunFolder, RunFolderError, checkpoint_config, load_checkpoint, model_state
 
 
 class ModelLoadError(ValueError):
@@ -38,25 +41,25 @@ class Pretrained:
     data: Optional[dict] = None  # a run's data section (shards, tokenizer)
 
 
-def _from_run(path: str, checkpoint: Optional[str], kind: str) -> Pretrained:
-    from flexbert.train.config import load_run_config
-    from flexbert.train.export import ExportError, checkpoint_model_state, newest_checkpoint
-
-    run_dir = path if kind == "run" else os.path.dirname(os.path.dirname(os.path.abspath(path)))
-    config = os.path.join(run_dir, "config.yaml")
-    if not os.path.exists(config):
-        raise ModelLoadError(f"--model {path}: no config.yaml in the run folder {run_dir} (train.py writes it)")
-    cfg = load_run_config(config)
+def _from_run(path: str, kind: str) -> Pretrained:
+    """A run folder (its newest intact checkpoint) or one checkpoint file, through the run folder."""
     try:
-        checkpoint = checkpoint or newest_checkpoint(run_dir)
-        state = checkpoint_model_state(checkpoint)
-    except ExportError as e:
+        if kind == "run":
+            run = RunFolder(path)
+            cfg = run.load_config()
+            checkpoint = run.newest_checkpoint(cfg)
+            ckpt = load_checkpoint(checkpoint)
+        else:
+            checkpoint = path
+            ckpt = load_checkpoint(checkpoint)
+            cfg = checkpoint_config(checkpoint, ckpt)
+    except (RunFolderError, ConfigError) as e:
         raise ModelLoadError(f"--model {path}: {e}") from None
     try:
         tok = cfg.data.tokenizer_dir()
-    except Exception:  # noqa: BLE001 - the run's data may have moved; the caller can pass one
+    except FileNotFoundError:  # the run's data may have moved; the caller can pass one
         tok = None
-    return Pretrained(cfg.model, state, tok, kind, checkpoint, data=dataclasses.asdict(cfg.data))
+    return Pretrained(cfg.model, model_state(ckpt), tok, kind, checkpoint, data=dataclasses.asdict(cfg.data))
 
 
 def _from_hf(path: str) -> Pretrained:
@@ -76,10 +79,10 @@ def load_pretrained(path: str) -> Pretrained:
     if os.path.isdir(path):
         if os.path.exists(os.path.join(path, "config.json")):
             return _from_hf(path)
-        if os.path.exists(os.path.join(path, "config.yaml")):
-            return _from_run(path, None, "run")
+        if RunFolder(path).has_config():
+            return _from_run(path, "run")
         raise ModelLoadError(f"--model {path}: neither a run folder (config.yaml) nor a Hugging Face folder (config.json)")
-    return _from_run(path, path, "checkpoint")
+    return _from_run(path, "checkpoint")
 
 
 def _load(model: torch.nn.Module, state: dict, what: str, allow_missing: tuple[str, ...] = ()) -> None:

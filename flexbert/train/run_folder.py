@@ -1,0 +1,236 @@
+"""The run folder: the one owner of what a training run leaves on disk, and of reading it back.
+
+A run folder (``run_dir``, default ``runs/{run_name}``) holds:
+
+``config.yaml``          the config the run's checkpoints were trained with (``data.microbatch_size``
+                         resolved; written by train.py, kept across resumes: flexbert/train/run_identity.py)
+``config_history.jsonl`` one line per start that changed a setting a resume may change (LR, schedule, ...)
+``metrics.jsonl``        one record per batch (flexbert/train/loggers.py; keys: flexbert/train/metric_keys.py)
+``microbatch.json``      the row size ``data.microbatch_size: auto`` chose (flexbert/train/microbatch.py)
+``checkpoints/``         ``ba{N}.pt`` + ``latest.pt`` (or the configured ``save_folder``)
+``.lock``                the process training in it (one writer per run folder)
+
+Every consumer (export, averaging, merging, the model card, model loading for evaluation and
+fine-tuning, the phase chain, the sweep report, the GPU report, the demo) reads through here.  A
+checkpoint also carries its run's identity (config, run folder, tokenizer fingerprint: the saver
+writes it), so a checkpoint file found anywhere - a custom ``save_folder``, a copy - still knows
+its model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Iterator, Optional
+
+import torch
+
+from flexbert.train.checkpointing import checkpoint_problem, find_resume_checkpoint, list_checkpoints
+from flexbert.train.config import RunConfig, as_plain_dict, config_from_dict, load_run_config
+
+CONFIG = "config.yaml"
+HISTORY = "config_history.jsonl"
+METRICS = "metrics.jsonl"
+MICROBATCH = "microbatch.json"
+LOCK = ".lock"
+IDENTITY = "AtomicCheckpointSaver"  # where a checkpoint keeps its run's identity (the saver's state)
+
+
+class RunFolderError(ValueError):
+    """A run folder or checkpoint cannot be used; the message is one line naming the path."""
+
+
+# --------------------------------------------------------------------------- JSON lines
+def iter_records(path: str) -> Iterator[tuple[str, dict]]:
+    """(raw line, record) of every complete line of a JSON-lines file; a line cut by a crash (or
+    otherwise unreadable) is skipped."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict):
+                yield line, rec
+
+
+def read_records(path: str) -> list[dict]:
+    return [rec for _, rec in iter_records(path)]
+
+
+def write_json(path: str, obj: Any) -> None:
+    """Write ``obj`` as JSON atomically (a temporary file renamed over ``path``)."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- checkpoints
+def load_checkpoint(path: str) -> dict:
+    """A Composer checkpoint as a dict, after the integrity check autoresume applies (every member's
+    CRC): a truncated or overwritten file is refused, never half-read."""
+    if not os.path.exists(path):
+        raise RunFolderError(f"checkpoint {path} does not exist")
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        raise RunFolderError(f"cannot read checkpoint {path}: {problem}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets one line
+        raise RunFolderError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state"), dict) or "model" not in ckpt["state"]:
+        raise RunFolderError(f"{path} is not a FlexBERT/Composer checkpoint (no state.model)")
+    return ckpt
+
+
+def model_state(ckpt: dict) -> dict[str, torch.Tensor]:
+    """FlexBertForMaskedLM names of a checkpoint's weights: the ComposerModel's ``model.`` prefix
+    and compiled modules' ``_orig_mod.`` removed."""
+    out = {}
+    for k, v in ckpt["state"]["model"].items():
+        k = k.replace("_orig_mod.", "")
+        out[k[len("model."):] if k.startswith("model.") else k] = v
+    return out
+
+
+def checkpoint_model_state(path: str) -> dict[str, torch.Tensor]:
+    return model_state(load_checkpoint(path))
+
+
+def identity(ckpt: dict) -> dict:
+    """What a checkpoint says about its run: ``{"run_dir", "config", "tokenizer"}`` (empty for
+    checkpoints written before FlexBERT recorded it)."""
+    callbacks = ckpt.get("state", {}).get("callbacks") or {}
+    found = callbacks.get(IDENTITY) if isinstance(callbacks, dict) else None
+    return found if isinstance(found, dict) else {}
+
+
+def progress(ckpt: dict) -> tuple[Optional[int], Optional[int]]:
+    """(tokens, batches) on a checkpoint's clock; (None, None) when it has none."""
+    try:
+        ts = ckpt["state"]["timestamp"]["Timestamp"]
+        return int(ts["token"]), int(ts["batch"])
+    except (KeyError, TypeError, ValueError):
+        return None, None
+
+
+def with_microbatch(cfg: RunConfig, microbatch_size: int) -> RunConfig:
+    """A copy of ``cfg`` at this microbatch size (``cfg`` itself is left unchanged)."""
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, microbatch_size=int(microbatch_size)))
+
+
+# --------------------------------------------------------------------------- the folder
+@dataclasses.dataclass
+class RunFolder:
+    path: str
+
+    @classmethod
+    def of(cls, cfg: RunConfig) -> "RunFolder":
+        return cls(cfg.resolved_run_dir)
+
+    def file(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    @property
+    def config_path(self) -> str:
+        return self.file(CONFIG)
+
+    @property
+    def metrics_path(self) -> str:
+        return self.file(METRICS)
+
+    def has_config(self) -> bool:
+        return os.path.exists(self.config_path)
+
+    # -- config
+    def load_config(self, overrides: Optional[list[str]] = None) -> RunConfig:
+        """The config the run was trained with (``microbatch_size: auto`` resolved)."""
+        if not self.has_config():
+            raise RunFolderError(f"{self.path}: no {CONFIG} (not a train.py run folder, or it never started)")
+        return self.resolved(load_run_config(self.config_path, overrides))
+
+    def resolved(self, cfg: RunConfig) -> RunConfig:
+        """``cfg`` with ``data.microbatch_size: auto`` replaced by this run's recorded choice."""
+        if cfg.data.microbatch_size != "auto":
+            return cfg
+        record = self.microbatch_record()
+        if record is None:
+            raise RunFolderError(f"{self.path}: data.microbatch_size is auto and no {MICROBATCH} records the choice "
+                                 "(the run never started training)")
+        return with_microbatch(cfg, record["microbatch_size"])
+
+    def write_config(self, cfg: RunConfig) -> None:
+        """``config.yaml`` := ``cfg`` (atomic; rank 0 decides when: flexbert/train/run_identity.py)."""
+        import yaml
+
+        os.makedirs(self.path, exist_ok=True)
+        tmp = self.file(f".{CONFIG}.tmp{os.getpid()}")
+        with open(tmp, "w") as f:
+            yaml.safe_dump(as_plain_dict(cfg), f, sort_keys=False)
+        os.replace(tmp, self.config_path)
+
+    # -- microbatch choice
+    def microbatch_record(self) -> Optional[dict]:
+        path = self.file(MICROBATCH)
+        if not os.path.exists(path):
+            return None
+        with open(path) as f:
+            return json.load(f)
+
+    def write_microbatch_record(self, record: dict) -> None:
+        os.makedirs(self.path, exist_ok=True)
+        write_json(self.file(MICROBATCH), record)
+
+    # -- checkpoints
+    def save_folder(self, cfg: Optional[RunConfig] = None) -> Optional[str]:
+        """Where the run's checkpoints are: its ``save_folder``, else ``{run_dir}/checkpoints``."""
+        cfg = cfg or (load_run_config(self.config_path) if self.has_config() else None)
+        if cfg is None:
+            return os.path.join(self.path, "checkpoints")
+        folder = cfg.save_folder if cfg.save_folder is not None else os.path.join(self.path, "checkpoints")
+        return folder or None
+
+    def checkpoints(self, cfg: Optional[RunConfig] = None) -> list[tuple[int, str]]:
+        """(batch, path) of every checkpoint, newest first."""
+        return list_checkpoints(self.save_folder(cfg) or "")
+
+    def newest_checkpoint(self, cfg: Optional[RunConfig] = None) -> str:
+        """The newest intact checkpoint (corrupt newer ones are skipped with a warning)."""
+        folder = self.save_folder(cfg)
+        found = find_resume_checkpoint(folder) if folder else None
+        if found is None:
+            raise RunFolderError(f"{self.path}: no intact checkpoint in {folder or '(saving was off: save_folder is empty)'}")
+        return found
+
+    # -- metrics
+    def metrics(self) -> list[dict]:
+        """``metrics.jsonl`` records in order (a line cut by a crash is skipped)."""
+        return read_records(self.metrics_path)
+
+
+def run_of_checkpoint(path: str, ckpt: Optional[dict] = None) -> Optional[RunFolder]:
+    """The run folder a checkpoint file belongs to: the one it records, else the folder above a
+    ``checkpoints/`` folder holding a ``config.yaml`` (older checkpoints); None if neither."""
+    recorded = identity(ckpt).get("run_dir") if ckpt is not None else None
+    if recorded and os.path.exists(os.path.join(recorded, CONFIG)):
+        return RunFolder(recorded)
+    above = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+    return RunFolder(above) if os.path.exists(os.path.join(above, CONFIG)) else None
+
+
+def checkpoint_config(path: str, ckpt: dict) -> RunConfig:
+    """The config a checkpoint was trained with: the one it carries, else its run folder's."""
+    recorded = identity(ckpt).get("config")
+    if recorded:
+        return config_from_dict(recorded, where=f"the config inside {path}")
+    run = run_of_checkpoint(path, ckpt)
+    if run is None:
+        raise RunFolderError(f"checkpoint {path}: no config inside and no {CONFIG} next to its folder (pass --config)")
+    return run.load_config()

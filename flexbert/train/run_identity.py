@@ -1,0 +1,121 @@
+"""A run folder keeps the config its checkpoints were trained with.
+
+Rerunning train.py in a run folder that has trained (a checkpoint or a metrics record exists)
+compares the new config with the run's current one, key by key:
+
+* keys a resume may change (``RESUMABLE``: learning rate and optimizer, schedule, duration,
+  intervals, loggers, callbacks, device, precision, compile, data reading knobs, where the data
+  is read from when it is the same data) are allowed; the change is appended to
+  ``config_history.jsonl`` (with the full new config) once training actually continues, and
+  ``config.yaml`` stays what the run started with;
+* any other difference (the model, the tokenizer, the data, the row shape, masking, seed ...)
+  refuses in one line naming the keys: such a run belongs in a new run folder.
+
+A run that trains nothing (already complete) changes nothing.  A folder that never trained gets the
+new config.  The run's current config is the last history entry's, else ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Optional
+
+from flexbert.train.config import RunConfig, as_plain_dict
+from flexbert.train.run_folder import HISTORY, RunFolder, RunFolderError, iter_records
+
+# Dotted keys (or prefixes ending in ".") that a resume may change.
+RESUMABLE = (
+    "run_name", "optimizer.", "scheduler", "max_duration", "eval_interval", "eval_subset_num_batches",
+    "save_interval", "save_num_to_keep", "autoresume", "init_from", "load_path", "load_weights_only",
+    "load_optimizer_state", "reset_time", "precision", "device", "compile", "dist_timeout", "loggers.",
+    "callbacks.", "activation_checkpointing",
+    "data.num_workers", "data.predownload", "data.cache_limit", "data.download_timeout", "data.epochs",
+    "data.return_doc_ids", "data.eval_split", "data.eval_mlm_probability", "data.eval_seed", "data.eval_rows_per_batch",
+    "data.local", "data.remote", "data.tokenizer", "data.streams",  # where: the data itself is checked by fingerprint
+)
+DATA_PATHS = ("data.local", "data.remote", "data.tokenizer", "data.streams")
+
+
+class ConfigChanged(RunFolderError):
+    """The rerun would train another model or other data in this folder (one line)."""
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict) or (prefix in ("scheduler", "data.streams") and d):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out or {prefix: d}
+
+
+def differences(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
+    a, b = flatten(old), flatten(new)
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def resumable(key: str) -> bool:
+    return any(key == r or (r.endswith(".") and key.startswith(r)) or key.startswith(r + ".") for r in RESUMABLE)
+
+
+def has_trained(run: RunFolder, cfg: Optional[RunConfig] = None) -> bool:
+    return bool(run.checkpoints(cfg)) or bool(run.metrics())
+
+
+def current_config(run: RunFolder) -> Optional[dict]:
+    """The config the run trains with now: the last history entry's, else config.yaml's."""
+    last = None
+    for _, rec in iter_records(run.file(HISTORY)):
+        last = rec.get("config") or last
+    if last is not None:
+        return last
+    if not run.has_config():
+        return None
+    import yaml
+
+    with open(run.config_path) as f:
+        return yaml.safe_load(f) or {}
+
+
+def check_rerun(run: RunFolder, cfg: RunConfig, data_identity=None) -> Optional[dict[str, tuple[Any, Any]]]:
+    """None: the folder never trained (write the config as new).  Else the allowed changes against
+    the run's current config ({} when none); raises ConfigChanged on any other difference.
+    ``data_identity(cfg) -> str`` says whether changed data paths still hold the same data."""
+    old = current_config(run)
+    if old is None or not has_trained(run, cfg):
+        return None
+    record = run.microbatch_record()
+    if (old.get("data") or {}).get("microbatch_size") == "auto" and record:  # written before auto was resolved
+        old["data"]["microbatch_size"] = int(record["microbatch_size"])
+    diff = differences(old, as_plain_dict(cfg))
+    refused = [k for k in diff if not resumable(k)]
+    moved = [k for k in diff if k.startswith(DATA_PATHS)]
+    if moved and data_identity is not None and not refused:
+        from flexbert.train.config import config_from_dict
+
+        before, after = data_identity(config_from_dict(old)), data_identity(cfg)
+        if before != after:
+            refused = moved
+    if refused:
+        shown = ", ".join(f"{k} ({diff[k][0]!r} -> {diff[k][1]!r})" for k in refused[:3])
+        more = f" and {len(refused) - 3} more" if len(refused) > 3 else ""
+        raise ConfigChanged(f"{run.path} was trained with other settings: {shown}{more}; a resume may change only "
+                            "the LR, schedule, duration, intervals, loggers and such (docs/training.md, 'Run folders'): "
+                            "use a new run_dir for another model or data")
+    return diff
+
+
+def record_start(run: RunFolder, cfg: RunConfig, changes: Optional[dict], batch: int) -> None:
+    """Write what this start trains with: the config of a new run, or a history entry for a
+    resume that changed something (rank 0, once training goes ahead)."""
+    if changes is None:
+        run.write_config(cfg)
+        return
+    if not changes:
+        return
+    import json
+
+    entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "resumed_at_batch": batch,
+             "changes": {k: list(v) for k, v in changes.items()}, "config": as_plain_dict(cfg)}
+    with open(run.file(HISTORY), "a") as f:
+        f.write(json.dumps(entry) + "\n")
