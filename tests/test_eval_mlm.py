@@ -63,3 +63,21 @@ def test_cli(trained, data):
     bad = subprocess.run([PY, "scripts/eval_mlm.py", "--model", os.path.join(run_dir, "nope"), "--data", data],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.strip() == f"error: --model {os.path.join(run_dir, 'nope')}: does not exist"
+
+
+def test_training_eval_mlm_and_phase_chain_agree_to_the_last_digit(trained, data):
+    """One evaluation loop (flexbert/train/mlm_eval.py): Composer's evaluator in training, eval_mlm's
+    evaluate_mlm and the phase chain's length evaluation give the same float on the same rows."""
+    from flexbert.eval.mlm import data_config, evaluate_mlm
+    from flexbert.train.phases import length_losses
+    from flexbert.train.pretrained import load_pretrained, mlm_model
+    from flexbert.train.run_folder import RunFolder
+
+    run_dir, _, last_eval = trained
+    run = RunFolder(run_dir)
+    cfg = run.load_config()
+    ckpt = run.newest_checkpoint()
+    chain = length_losses(cfg, ckpt, [cfg])["loss@128"]
+    pre = load_pretrained(run_dir)
+    script = evaluate_mlm(mlm_model(pre), data_config(data, run_data=pre.data), max_batches=3)["loss"]
+    assert chain == script == last_eval["metrics/eval/MLMLoss"], (chain, script, last_eval["metrics/eval/MLMLoss"])

@@ -151,3 +151,40 @@ def test_cli_bad_column_is_one_line(tmp_path, tiny_hf):
                          cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=300)
     assert res.returncode == 2
     assert res.stderr.strip() == f"error: {task}/train.jsonl: text column 'sentence' not found; columns: text, label"
+
+
+def test_finetune_sweep_with_a_base_runs(tmp_path, tiny_hf):
+    """A fine-tuning sweep's ``base`` is a YAML of finetune.py options (scripts/finetune.py --config)."""
+    import yaml
+
+    from flexbert import sweep as S
+
+    task = write_task(str(tmp_path / "task"), 16, 8)
+    base = tmp_path / "ft-base.yaml"
+    base.write_text(yaml.safe_dump({"model": tiny_hf, "train": f"{task}/train.jsonl", "validation": f"{task}/validation.jsonl",
+                                    "text_columns": ["text"], "epochs": 1, "batch_size": 8, "max_seq_len": 32}))
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"kind": "finetune", "base": str(base), "out": str(tmp_path / "out"),
+                                    "grid": {"lr": [1e-3]}}))
+    sw = S.load_sweep(str(path))
+    assert S.run_all(sw) == []
+    result = json.load(open(os.path.join(S.run_dir(sw, sw.runs[0]), "metrics.json")))
+    assert set(result["validation"]) == {"accuracy", "f1", "matthews_correlation"}
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--epochs", "0", "epochs: must be >= 1, got 0"),
+    ("--batch-size", "0", "batch_size: must be >= 1, got 0"),
+    ("--lr", "-1e-4", "lr: must be > 0, got -0.0001"),
+    ("--warmup", "1.5", "warmup: a fraction of the run in [0, 1), got 1.5"),
+])
+def test_cli_bad_numbers_are_one_line(tmp_path, capsys, flag, value, message):
+    """Invalid numbers are refused where they are parsed, before anything is loaded or written."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("finetune_cli", os.path.join(ROOT, "scripts", "finetune.py"))
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    rc = cli.main(["--model", "m", "--train", "t", "--validation", "v", "--out", str(tmp_path / "o"), f"{flag}={value}"])
+    assert (rc, capsys.readouterr().err.strip()) == (2, f"error: {message}")
+    assert not (tmp_path / "o").exists()

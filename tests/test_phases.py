@@ -37,6 +37,7 @@ def chain(tmp_path_factory, data):
         "data.batch_size_warmup_tokens=0", "data.doc_batch_size=32", "data.packer_buffer_size=64",
         "eval_subset_num_batches=2", "save_interval=2ba", "loggers.console=false",
         f"1:data.local={data}", "1:max_duration=6ba", "1:scheduler.t_warmup=2ba",
+        "1:data.microbatch_size=auto",  # phase 1 resolves its row size; the chain and every tool read it back
         f"2:data.local={long_data}", "2:data.max_seq_len=256", "2:max_duration=4ba",
         f"3:data.local={long_data}", "3:data.max_seq_len=256", "3:max_duration=4ba",
     ]
@@ -113,3 +114,25 @@ def test_rerun_does_no_work(chain):
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.count("already finished") == 3
     assert {p: os.path.getmtime(p) for p in root.rglob("*.pt")} == before
+
+
+@pytest.mark.slow
+def test_an_auto_microbatch_run_is_evaluated_exported_averaged_and_continued(chain, tmp_path, data):
+    """data.microbatch_size=auto: the run folder keeps the resolved size, so eval_mlm.py, export,
+    averaging and the phase chain (phase 2 started from it and evaluated it at both lengths) work."""
+    from flexbert.train.averaging import average_checkpoints
+    from flexbert.train.export import export_to_hf
+    from flexbert.train.run_folder import RunFolder
+
+    run = RunFolder(str(chain[0] / "tiny"))
+    assert yaml.safe_load(open(run.config_path))["data"]["microbatch_size"] == 4  # cpu rule: 4 x 128 tokens
+    assert run.load_config().data.microbatch_size == 4
+    r = subprocess.run([PY, os.path.join(ROOT, "scripts/eval_mlm.py"), "--model", run.path, "--data", data,
+                        "--max-batches", "2", "--json"], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                       env=dict(os.environ, PYTHONPATH=ROOT))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1])["rows"] == 2
+    assert export_to_hf(str(tmp_path / "hf"), run_dir=run.path)["checkpoint"].endswith("ba6.pt")
+    avg = average_checkpoints([p for _, p in sorted(run.checkpoints())][-2:], str(tmp_path / "avg"))
+    assert RunFolder(str(tmp_path / "avg")).load_config().data.microbatch_size == 4 and os.path.exists(avg)
+    assert set(json.load(open(chain[0] / "tiny-context-extension" / "length_eval.json"))) == {"loss@128", "loss@256"}
