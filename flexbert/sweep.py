@@ -13,15 +13,12 @@ import itertools
 import json
 import os
 import shlex
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import yaml
-
-from flexbert.train import run_lock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KINDS = ("train", "finetune")
@@ -81,6 +78,10 @@ def _mapping(raw: Any, where: str) -> dict[str, Any]:
     return {str(k): v for k, v in raw.items()}
 
 
+def _plain_name(name: str) -> bool:
+    return bool(name) and not name.startswith(".") and all(c.isalnum() or c in "-_." for c in name)
+
+
 def expand(list_entries: list[dict], grid: dict[str, list], seed_key: str = "seed") -> list[Run]:
     """Runs for list x grid (either may be empty), in file order, grid varying fastest."""
     entries = list_entries or [{}]
@@ -94,6 +95,9 @@ def expand(list_entries: list[dict], grid: dict[str, list], seed_key: str = "see
     runs, seen = [], set()
     for entry in entries:
         label = entry.get("name")
+        if label is not None and not _plain_name(str(label)):
+            raise SweepError(f"list: name {str(label)!r} must be a plain folder name (letters, digits, '-', '_', '.'; "
+                             "no '/' and not starting with '.')")
         own = {k: v for k, v in entry.items() if k != "name"}
         head = str(label) if label else run_name({k: v for k, v in own.items() if k != seed_key}, short)
         for combo in combos:
@@ -208,89 +212,76 @@ def validate(sweep: Sweep) -> None:
             raise SweepError(f"{sweep.path}: run {run.name}: {e}") from None
 
 
-def _env(threads: Optional[int]) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "") if env.get("PYTHONPATH") else ROOT
-    env.setdefault("WANDB_MODE", "offline")
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if threads:
-        env.setdefault("OMP_NUM_THREADS", str(threads))
-    return env
+def log_path(sweep: Sweep, run: Run) -> str:
+    return os.path.join(sweep.out, "logs", f"{run.name}.log")
 
 
-def _start(sweep: Sweep, run: Run, threads: Optional[int]) -> tuple[subprocess.Popen, Any, float]:
-    """Start a run under its run folder's lock, held here and handed to the child (train.py)."""
-    folder = run_dir(sweep, run)
-    run_lock.acquire(folder, f"sweep {sweep.name}")
-    log = open(os.path.join(folder, "sweep.log"), "a")
-    cmd = command(sweep, run)
-    log.write("$ " + " ".join(shlex.quote(c) for c in cmd) + "\n")
-    log.flush()
-    env = dict(_env(threads), **{run_lock.HANDOFF: str(os.getpid())})
-    proc = subprocess.Popen(cmd, cwd=os.getcwd(), env=env, stdout=log, stderr=subprocess.STDOUT)
-    return proc, log, time.time()
+def stale(sweep: Sweep, run: Run) -> Optional[str]:
+    """Why a train run's folder holds another model or data than its resolved settings now (the
+    base config or the sweep file was edited), or None."""
+    from flexbert.train.config import load_run_config
+    from flexbert.train.run_folder import RunFolder
+    from flexbert.train.run_identity import ConfigChanged, check_rerun
+
+    folder = RunFolder(run_dir(sweep, run))
+    if sweep.kind != "train" or not folder.has_config():
+        return None
+    try:
+        check_rerun(folder, load_run_config(sweep.base, command(sweep, run)[3:]))
+    except ConfigChanged as e:
+        return str(e).split(": ", 1)[-1].split("; ")[0]
+    return None
 
 
-def _finish(sweep: Sweep, run: Run, rc: int, seconds: float) -> bool:
-    run_lock.release(run_dir(sweep, run))
+def _prepare(sweep: Sweep, run: Run) -> bool:
+    """Say what will happen to a run; a stale run folder is moved aside (nothing is deleted).
+    True when the run has to be started."""
+    state, why = status(sweep, run), stale(sweep, run)
+    if why:
+        aside = f"{run_dir(sweep, run)}.stale-{time.strftime('%Y%m%d-%H%M%S')}"
+        os.replace(run_dir(sweep, run), aside)
+        print(f"[sweep] {run.name}: its settings changed since it ran ({why}); rerunning, old run kept in {aside}", flush=True)
+        return True
+    if state == "done":
+        print(f"[sweep] {run.name}: already done, skipped", flush=True)
+        return False
+    if state == "partial":
+        print(f"[sweep] {run.name}: started before, resuming", flush=True)
+    return True
+
+
+def _finished(sweep: Sweep, run: Run, rc: int, seconds: float) -> bool:
     if rc == 0:
         with open(os.path.join(run_dir(sweep, run), DONE), "w") as f:
             json.dump({"command": command(sweep, run)[1:], "seconds": round(seconds, 1)}, f)
             f.write("\n")
         print(f"[sweep] {run.name}: done in {seconds:.0f}s", flush=True)
         return True
-    print(f"[sweep] {run.name}: FAILED (exit {rc}); see {os.path.join(run_dir(sweep, run), 'sweep.log')}", flush=True)
+    print(f"[sweep] {run.name}: FAILED (exit {rc}); see {log_path(sweep, run)}", flush=True)
     return False
 
 
 def run_all(sweep: Sweep, parallel: int = 1, only: Optional[list[str]] = None) -> list[str]:
     """Run every run not done yet, ``parallel`` at a time; returns the names that failed."""
+    from flexbert.train.jobs import Job, run_jobs
+
     by_name = {r.name: r for r in sweep.runs}
     todo = [by_name[n] for n in only] if only else list(sweep.runs)  # --only: in the order given
-    pending = []
-    for r in todo:
-        state = status(sweep, r)
-        if state == "done":
-            print(f"[sweep] {r.name}: already done, skipped", flush=True)
-        else:
-            pending.append(r)
-            if state == "partial":
-                print(f"[sweep] {r.name}: started before, resuming", flush=True)
-    threads = max(1, (os.cpu_count() or 1) // parallel) if parallel > 1 else None
-    failed, active = [], []
-    total, started = len(pending), 0
-    while pending or active:
-        while pending and len(active) < max(1, parallel):
-            run = pending.pop(0)
-            started += 1
-            if status(sweep, run) == "done" or run_lock.held_by_other(run_dir(sweep, run)):  # another runner got to it
-                print(f"[sweep] {run.name}: done or running elsewhere, skipped", flush=True)
-                continue
-            print(f"[sweep] ({started}/{total}) {run.name}: running, log {run_dir(sweep, run)}/sweep.log", flush=True)
-            active.append((run, *_start(sweep, run, threads)))
-        time.sleep(0.2)
-        for item in list(active):
-            run, proc, log, t0 = item
-            if proc.poll() is not None:
-                log.close()
-                active.remove(item)
-                if not _finish(sweep, run, proc.returncode, time.time() - t0):
-                    failed.append(run.name)
-    return failed
+    jobs = [Job(r.name, command(sweep, r), log_path(sweep, r), os.path.join(sweep.out, "logs", r.name))
+            for r in todo if _prepare(sweep, r)]
+    return run_jobs(jobs, parallel, skip=lambda j: status(sweep, by_name[j.name]) == "done",
+                    finished=lambda j, rc, sec: _finished(sweep, by_name[j.name], rc, sec), echo=lambda m: print(m, flush=True))
 
 
 def collect(sweep: Sweep) -> list:
     """A RunResult for every run (runs not started have no numbers)."""
-    from flexbert.eval.results import RunResult, summarize
+    from flexbert.eval.results import results_of
 
-    return [RunResult(r.name, r.group, dict(r.overrides), status(sweep, r), *summarize(run_dir(sweep, r))) for r in sweep.runs]
+    return results_of([(r.name, r.group, r.overrides, status(sweep, r), run_dir(sweep, r)) for r in sweep.runs])
 
 
 def report(sweep: Sweep, metric: Optional[str] = None, done_only: bool = False) -> dict[str, str]:
     """results.csv, results.md and the plots in the sweep's folder (``done_only``: finished runs only)."""
     from flexbert.eval.report import write_report
-    from flexbert.eval.results import default_metric
 
-    everything = collect(sweep)
-    results = [r for r in everything if r.status == "done" or not done_only]
-    return write_report(results, sweep.out, sweep.name, metric or sweep.metric or default_metric(results), len(everything))
+    return write_report(collect(sweep), sweep.out, sweep.name, metric or sweep.metric, done_only)

@@ -106,7 +106,7 @@ def test_skip_finished_and_resume_interrupted(tmp_path, data, capsys):
     assert S.run_all(sw, parallel=2) == []
     out = capsys.readouterr().out
     assert "seed-1: started before, resuming" in out and "seed-2: done" in out
-    log = open(os.path.join(S.run_dir(sw, first), "sweep.log")).read()
+    log = open(S.log_path(sw, first)).read()
     assert "(resumed at batch 2)" in log
     recs = read_jsonl(os.path.join(S.run_dir(sw, first), "metrics.jsonl"))
     assert [r["batch"] for r in recs if r["kind"] == "train"] == [1, 2, 3, 4]  # each batch once
@@ -115,7 +115,7 @@ def test_skip_finished_and_resume_interrupted(tmp_path, data, capsys):
     assert S.run_all(sw) == []
     out = capsys.readouterr().out
     assert out.count("already done, skipped") == 2 and "running" not in out
-    assert open(os.path.join(S.run_dir(sw, first), "sweep.log")).read() == log
+    assert open(S.log_path(sw, first)).read() == log
     # the CLI reports on the finished sweep
     res = subprocess.run([PY, os.path.join(ROOT, "scripts", "sweep.py"), path], env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]

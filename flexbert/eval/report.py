@@ -11,7 +11,7 @@ import statistics
 from typing import Any, Optional
 
 from flexbert.eval import plots
-from flexbert.eval.results import RunResult, group_stats, lower_is_better
+from flexbert.eval.results import RunResult, default_metric, group_stats, lower_is_better
 
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
@@ -62,16 +62,20 @@ def markdown_table(results: list[RunResult], metric: str, extra: Optional[list[s
     return "\n".join(lines) + "\n"
 
 
-def write_report(results: list[RunResult], out: str, title: str, metric: str, runs_in_all: int) -> dict[str, str]:
-    """results.csv, results.md, loss_curves.png and final_metric.png in ``out``."""
+def write_report(everything: list[RunResult], out: str, title: str, metric: Optional[str] = None,
+                 done_only: bool = False) -> dict[str, str]:
+    """results.csv, results.md, loss_curves.png and final_metric.png in ``out`` (``done_only``:
+    unfinished runs left out)."""
+    results = [r for r in everything if r.status == "done" or not done_only]
+    metric = metric or default_metric(results)
     os.makedirs(out, exist_ok=True)
     paths = {k: os.path.join(out, k) for k in ("results.csv", "results.md", "loss_curves.png", "final_metric.png")}
     write_csv(results, paths["results.csv"])
     extra = ["eval_accuracy", "train_loss", "tokens", "seconds"] if metric == "eval_loss" else \
         sorted({k for r in results for k in r.summary if k.startswith(("validation_", "test_"))})
-    done = sum(r.status == "done" for r in results)
+    done = sum(r.status == "done" for r in everything)
     with open(paths["results.md"], "w") as f:
-        f.write(f"# Sweep {title}: {done}/{runs_in_all} runs done\n\n")
+        f.write(f"# Sweep {title}: {done}/{len(everything)} runs done\n\n")
         f.write(markdown_table(results, metric, extra))
     plots.loss_curves(results, paths["loss_curves.png"], title=title)
     plots.final_metric(results, metric, paths["final_metric.png"])

@@ -79,3 +79,8 @@ def group_stats(results: list[RunResult], metric: str) -> list[dict]:
                     "sd": statistics.stdev(vals) if len(vals) > 1 else float("nan"),
                     "min": min(vals) if vals else float("nan"), "max": max(vals) if vals else float("nan")})
     return out
+
+
+def results_of(runs: list[tuple[str, str, dict, str, str]]) -> list[RunResult]:
+    """RunResults of (name, group, overrides, status, run folder) tuples (a run not started has no numbers)."""
+    return [RunResult(name, group, dict(overrides), status, *summarize(folder)) for name, group, overrides, status, folder in runs]

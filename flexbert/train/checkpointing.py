@@ -117,6 +117,7 @@ class AtomicCheckpointSaver(Callback):
         self.num_to_keep = num_to_keep
         self.save_interval = create_interval_scheduler(interval, include_end_of_training=True)
         self.saved: list[str] = []
+        self._verified: set[str] = set()  # checkpoints whose CRCs were read back once
         self.last_saved_batch: Optional[int] = None
         self.enabled = True  # the NaN guard turns saving off once the weights are bad
 
@@ -168,14 +169,30 @@ class AtomicCheckpointSaver(Callback):
         return os.path.join(self.folder, f"ba{batch}.pt")
 
     def _rotate(self) -> None:
+        """Keep the newest ``num_to_keep`` INTACT checkpoints: each is CRC-checked once before it
+        counts; a corrupt one is renamed ``*.corrupt`` (resume never picks it), never counted."""
         if self.num_to_keep < 0:
             return
-        while len(self.saved) > self.num_to_keep:
-            old = self.saved.pop(0)
+        intact: list[str] = []
+        for path in reversed(self.saved):  # newest first
+            if path not in self._verified:
+                problem = checkpoint_problem(path)
+                if problem is not None:
+                    msg = f"checkpoint {path} is corrupt ({problem}); renamed to {os.path.basename(path)}.corrupt"
+                    warnings.warn(msg, CheckpointWarning, stacklevel=2)
+                    log.warning(msg)
+                    if os.path.exists(path):
+                        os.replace(path, path + ".corrupt")
+                    continue
+                self._verified.add(path)
+            intact.append(path)
+        keep = intact[: self.num_to_keep]
+        for path in [p for p in self.saved if p not in keep]:
             try:
-                os.remove(old)
+                os.remove(path)
             except FileNotFoundError:
                 pass
+        self.saved = [p for p in self.saved if p in keep]
 
     # The list of saved files is re-read from the folder at fit start.  What is serialised is the
     # run's identity (flexbert/train/run_folder.py reads it back); loading it changes nothing.

@@ -3,8 +3,9 @@
 Works as ``python train.py ...`` and under the Composer launcher (``composer [-n N] train.py
 ...``).  A bad invocation (unknown key, wrong type, unknown module name, missing data, unreadable
 checkpoint) prints ONE line, ``error: ...``, and exits non-zero; ``--debug`` or ``FLEXBERT_DEBUG=1``
-shows the traceback instead.  Exit codes: 2 bad config/usage, 3 diverged, 143 stopped by a signal
-after saving a checkpoint (``callbacks.graceful_stop``; rerun to resume), 1 anything else.
+shows the traceback instead.  Exit codes: 2 bad config/usage, 3 diverged, 143 (130 for Ctrl-C)
+stopped by a signal after saving a checkpoint (``callbacks.graceful_stop``; rerun to resume), 1
+anything else.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def run(cfg, debug: bool = False) -> int:
         _close(run_obj)
         if _rank() == 0:
             print(f"[flexbert] {cfg.run_name}: {e}", file=sys.stderr, flush=True)
-        return EXIT_CODE
+        return 130 if e.signame == "SIGINT" else EXIT_CODE
     except KeyboardInterrupt:
         _close(run_obj)
         return _fail("interrupted", 130, debug)

@@ -51,8 +51,9 @@ class CallbacksConfig:
     max_loss: Optional[float] = None  # also stop when the train loss exceeds this
     memory: bool = True  # GPU memory (CUDA only)
     audit_doc_ids: bool = False  # write the document ids each rank trained on to {run_dir}/doc_ids/
-    # on these signals: finish the batch, save a checkpoint, exit 143 ([]: Composer's immediate exit)
-    graceful_stop: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
+    # on these signals: finish the batch, save a checkpoint, exit 143 (130 for SIGINT, Ctrl-C);
+    # a second signal exits at once; []: Composer's immediate exit
+    graceful_stop: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1", "SIGINT"])
 
     def validate(self, prefix: str = "callbacks") -> None:
         if self.throughput_window < 1:
@@ -107,8 +108,9 @@ class RunConfig:
         _, unit = parse_time(self.max_duration, "max_duration")
         if unit == "dur":
             raise ConfigError("max_duration: must be in tok, ba, sp or ep, not a fraction")
-        parse_time(self.eval_interval, "eval_interval")
-        parse_time(self.save_interval, "save_interval")
+        for key in ("max_duration", "eval_interval", "save_interval"):
+            if parse_time(getattr(self, key), key)[0] <= 0:
+                raise ConfigError(f"{key}: must be more than zero, got {getattr(self, key)!r}")
         if self.save_num_to_keep == 0 or self.save_num_to_keep < -1:
             raise ConfigError(f"save_num_to_keep: must be >= 1 or -1 (keep all), got {self.save_num_to_keep}")
         if not self.run_name or "/" in self.run_name:

@@ -61,6 +61,13 @@ def plan_phases(configs: list[str], overrides: list[str], runs_root: Optional[st
             ov = ov + [f"run_dir={os.path.join(runs_root, cfg.run_name)}"]
             cfg = load_run_config(path, ov)
         phases.append(Phase(path, ov, cfg))
+    seen: dict[str, int] = {}
+    for i, ph in enumerate(phases, 1):
+        folder = os.path.realpath(ph.cfg.resolved_run_dir)
+        if folder in seen:
+            raise ConfigError(f"phases {seen[folder]} and {i} ({configs[seen[folder] - 1]}, {ph.config}) would both train in "
+                              f"{ph.cfg.resolved_run_dir}; give each phase its own run_name or run_dir")
+        seen[folder] = i
     return phases
 
 

@@ -85,8 +85,10 @@ def check_rerun(run: RunFolder, cfg: RunConfig, data_identity=None) -> Optional[
     if old is None or not has_trained(run, cfg):
         return None
     record = run.microbatch_record()
-    if (old.get("data") or {}).get("microbatch_size") == "auto" and record:  # written before auto was resolved
-        old["data"]["microbatch_size"] = int(record["microbatch_size"])
+    if record:  # compare row sizes as resolved (older runs wrote config.yaml before resolving auto)
+        if (old.get("data") or {}).get("microbatch_size") == "auto":
+            old["data"]["microbatch_size"] = int(record["microbatch_size"])
+        cfg = run.resolved(cfg)
     diff = differences(old, as_plain_dict(cfg))
     refused = [k for k in diff if not resumable(k)]
     moved = [k for k in diff if k.startswith(DATA_PATHS)]

@@ -4,9 +4,6 @@ train.py takes the lock (global rank 0 only) before anything in the folder chang
 back when it ends; a second writer refuses in one line naming the holder.  A lock left by a
 process that no longer exists (killed, machine rebooted) is taken over with a message.  A lock
 from another host cannot be checked from here: the refusal says how to clear it by hand.
-
-A sweep runner holds the lock of the run it starts and hands it to its child: the child finds
-its parent's pid in ``FLEXBERT_LOCK_HELD_BY`` and works under that lock.
 """
 
 from __future__ import annotations
@@ -19,7 +16,6 @@ import time
 from typing import Optional
 
 LOCK = ".lock"
-HANDOFF = "FLEXBERT_LOCK_HELD_BY"
 log = logging.getLogger(__name__)
 
 
@@ -64,14 +60,12 @@ def holder_line(holder: dict) -> str:
 
 
 def held_by_other(run_dir: str) -> Optional[dict]:
-    """The live holder of the folder's lock other than this process (and the parent that handed it
-    over), else None."""
+    """The live holder of the folder's lock other than this process, else None."""
     holder = read_lock(run_dir)
     if holder is None:
         return None
-    mine = {os.getpid(), int(os.environ.get(HANDOFF, "-1"))}
     if holder.get("host") == socket.gethostname():
-        return holder if int(holder.get("pid", -1)) not in mine and _alive(holder) else None
+        return holder if int(holder.get("pid", -1)) != os.getpid() and _alive(holder) else None
     return holder  # another machine: assume alive
 
 
@@ -86,8 +80,6 @@ def acquire(run_dir: str, what: str) -> None:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             holder = read_lock(run_dir)
-            if holder is not None and int(os.environ.get(HANDOFF, "-1")) == holder.get("pid"):
-                return  # our parent (a sweep runner) holds it for us
             other = held_by_other(run_dir)
             if other is not None:
                 hint = "" if other.get("host") == socket.gethostname() else \

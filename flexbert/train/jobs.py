@@ -1,0 +1,81 @@
+"""Run training / fine-tuning commands as subprocesses, N at a time, each under a lock.
+
+What the sweep runner (flexbert/sweep.py) and any other orchestrator share: a job is a command,
+a log file and a lock folder.  A job whose lock a live process holds (another runner, a train.py
+started by hand) is skipped; the lock is given back when the job ends.  train.py itself also takes
+its run folder's lock, so a sweep and a hand-started run never write one folder together.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from flexbert.train import run_lock
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@dataclass
+class Job:
+    name: str
+    command: list[str]
+    log: str  # appended to: the command line, then its output
+    lock: str  # a folder whose .lock this runner holds while the job runs
+
+
+def subprocess_env(threads: Optional[int] = None) -> dict[str, str]:
+    """The environment of a child run: FlexBERT importable, wandb offline, threads shared out."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ROOT
+    env.setdefault("WANDB_MODE", "offline")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if threads:
+        env.setdefault("OMP_NUM_THREADS", str(threads))
+    return env
+
+
+def _start(job: Job, threads: Optional[int]):
+    os.makedirs(os.path.dirname(os.path.abspath(job.log)), exist_ok=True)
+    log = open(job.log, "a")
+    log.write("$ " + " ".join(shlex.quote(c) for c in job.command) + "\n")
+    log.flush()
+    proc = subprocess.Popen(job.command, cwd=os.getcwd(), env=subprocess_env(threads), stdout=log, stderr=subprocess.STDOUT)
+    return proc, log, time.time()
+
+
+def run_jobs(jobs: list[Job], parallel: int = 1, skip: Callable[[Job], bool] = lambda j: False,
+             finished: Callable[[Job, int, float], bool] = lambda j, rc, s: rc == 0, echo=print) -> list[str]:
+    """Run ``jobs`` ``parallel`` at a time; ``skip(job)`` is asked again just before each start
+    (another runner may have done it meanwhile); ``finished(job, rc, seconds)`` says whether it
+    succeeded.  Returns the names of the jobs that failed."""
+    threads = max(1, (os.cpu_count() or 1) // parallel) if parallel > 1 else None
+    pending, active, failed = list(jobs), [], []
+    total, started = len(pending), 0
+    while pending or active:
+        while pending and len(active) < max(1, parallel):
+            job = pending.pop(0)
+            started += 1
+            try:
+                if skip(job):
+                    raise run_lock.RunLocked("done meanwhile")
+                run_lock.acquire(job.lock, f"runner of {job.name}")
+            except run_lock.RunLocked:
+                echo(f"[sweep] {job.name}: done or running elsewhere, skipped")
+                continue
+            echo(f"[sweep] ({started}/{total}) {job.name}: running, log {job.log}")
+            active.append((job, *_start(job, threads)))
+        time.sleep(0.2)
+        for item in list(active):
+            job, proc, log, t0 = item
+            if proc.poll() is not None:
+                log.close()
+                active.remove(item)
+                run_lock.release(job.lock)
+                if not finished(job, proc.returncode, time.time() - t0):
+                    failed.append(job.name)
+    return failed
