@@ -135,3 +135,19 @@ def load_yaml(path: str | None, overrides: list[str] | None = None) -> dict:
     if not isinstance(out, dict):
         raise ConfigError(f"config {path} must be a mapping at the top level")
     return out
+
+
+def at_least(minimum: int):
+    """An argparse ``type=``: an int >= ``minimum``, else argparse's one-line usage error."""
+    import argparse
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse

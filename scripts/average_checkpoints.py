@@ -17,11 +17,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main(argv=None) -> int:
+    from flexbert.config import at_least
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoints", nargs="*", help="checkpoints to average (the last one is the template)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--run-dir", help="pick checkpoints from this run by eval metric (with --best-k)")
-    p.add_argument("--best-k", type=int, default=3)
+    p.add_argument("--best-k", type=at_least(1), default=3, help="the k best checkpoints by --metric, plus the final one")
     p.add_argument("--metric", default="MLMLoss", help="eval metric in metrics.jsonl (metrics/eval/NAME)")
     p.add_argument("--maximize", action="store_true", help="higher metric is better (e.g. MLMAccuracy)")
     a = p.parse_args(argv)

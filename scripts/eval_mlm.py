@@ -19,16 +19,18 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main(argv=None) -> int:
+    from flexbert.config import at_least
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="run folder, checkpoint, or Hugging Face folder")
     p.add_argument("--data", required=True, help="MDS shard folder")
     p.add_argument("--split", default="validation")
     p.add_argument("--mlm-probability", type=float, default=0.15)
-    p.add_argument("--seed", type=int, default=1234, help="mask seed (the training eval's default)")
-    p.add_argument("--max-seq-len", type=int, help="default: the run's, else the shards' (stats.json)")
-    p.add_argument("--rows-of", type=int, help="sequences per packed row (default: the run's, else 8)")
+    p.add_argument("--seed", type=at_least(0), default=1234, help="mask seed (the training eval's default)")
+    p.add_argument("--max-seq-len", type=at_least(8), help="default: the run's, else the shards' (stats.json)")
+    p.add_argument("--rows-of", type=at_least(1), help="sequences per packed row (default: the run's, else 8)")
     p.add_argument("--tokenizer", help="default: the copy inside the shard folder")
-    p.add_argument("--max-batches", type=int, help="evaluate only the first N batches")
+    p.add_argument("--max-batches", type=at_least(1), help="evaluate only the first N batches")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     a = p.parse_args(argv)

@@ -136,3 +136,14 @@ def test_an_auto_microbatch_run_is_evaluated_exported_averaged_and_continued(cha
     avg = average_checkpoints([p for _, p in sorted(run.checkpoints())][-2:], str(tmp_path / "avg"))
     assert RunFolder(str(tmp_path / "avg")).load_config().data.microbatch_size == 4 and os.path.exists(avg)
     assert set(json.load(open(chain[0] / "tiny-context-extension" / "length_eval.json"))) == {"loss@128", "loss@256"}
+
+
+def test_two_phases_in_one_run_folder_are_refused(tmp_path):
+    """A phase config that inherits the previous phase's run_name would be skipped as 'finished'."""
+    from flexbert.config import ConfigError
+    from flexbert.train.phases import plan_phases
+
+    second = tmp_path / "second.yaml"
+    second.write_text(f"inherit: {CONFIGS[0]}\nmax_duration: 4ba\n")
+    with pytest.raises(ConfigError, match=r"phases 1 and 2 .* would both train in runs/tiny; give each phase its own"):
+        plan_phases([CONFIGS[0], str(second)], [])

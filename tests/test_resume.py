@@ -154,3 +154,23 @@ def test_graceful_stop_names_unknown_signals():
 
     with pytest.raises(ConfigError, match=r"callbacks.graceful_stop: unknown signal 'SIGTREM' \(did you mean 'SIGTERM'\?\)"):
         load_run_config(os.path.join(ROOT, "configs", "tiny.yaml"), ["callbacks.graceful_stop=[SIGTREM]"])
+
+
+def test_ctrl_c_saves_the_batch_in_flight(tmp_path, data):
+    """SIGINT (Ctrl-C) stops like SIGTERM: the batch finishes, is saved, one line, exit 130."""
+    import yaml
+
+    cfg = make_cfg(tmp_path, data, "interrupted")
+    ckpts = os.path.join(cfg["run_dir"], "checkpoints")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), str(tmp_path / "c.yaml")], cwd=ROOT,
+                            env=dict(os.environ, PYTHONPATH=ROOT, WANDB_MODE="offline"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    _wait_for(os.path.join(ckpts, "ba2.pt"), proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    stopped = [line for line in err.splitlines() if "stopped by SIGINT after batch" in line]
+    assert len(stopped) == 1 and "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+    batch = int(stopped[0].split("after batch ")[1].split(":")[0])
+    assert os.path.realpath(os.path.join(ckpts, "latest.pt")) == os.path.join(os.path.realpath(ckpts), f"ba{batch}.pt")

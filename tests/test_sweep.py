@@ -180,3 +180,27 @@ def test_finetune_results_are_read(tmp_path):
     result = Res.RunResult("r", "r", {}, "done", summary)
     assert Res.default_metric([result]) == "validation_accuracy" and not Res.lower_is_better("validation_accuracy")
 
+
+
+def test_a_variant_whose_settings_changed_is_moved_aside_and_rerun(tmp_path, data, capsys):
+    """Editing the base config changes a finished variant's model: the sweep does not report the old
+    results under the new settings; it keeps the old run aside and trains the variant again."""
+    cfg = run_config(tmp_path, data, max_duration="2ba", save_interval="2ba")
+    path = sweep_file(tmp_path, {"list": [{"name": "only"}]}, base=cfg)
+    sw = S.load_sweep(path)
+    assert S.run_all(sw) == []
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({**cfg, "model": {**cfg["model"], "norm": "rmsnorm"}}))
+    sw = S.load_sweep(path)
+    assert S.status(sw, sw.runs[0]) == "done" and "model.norm ('layernorm' -> 'rmsnorm')" in S.stale(sw, sw.runs[0])
+    assert S.run_all(sw) == []
+    out = capsys.readouterr().out
+    assert "only: its settings changed since it ran (model.norm ('layernorm' -> 'rmsnorm')); rerunning" in out
+    assert yaml.safe_load(open(os.path.join(S.run_dir(sw, sw.runs[0]), "config.yaml")))["model"]["norm"] == "rmsnorm"
+    aside = [p for p in os.listdir(sw.out) if p.startswith("only.stale-")]
+    assert len(aside) == 1 and yaml.safe_load(open(os.path.join(sw.out, aside[0], "config.yaml")))["model"]["norm"] == "layernorm"
+
+
+def test_a_variant_name_must_be_a_plain_folder_name(tmp_path):
+    path = sweep_file(tmp_path, {"list": [{"name": "../x", "seed": 1}]})
+    with pytest.raises(S.SweepError, match=r"list: name '../x' must be a plain folder name"):
+        S.load_sweep(path)

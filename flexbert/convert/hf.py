@@ -32,6 +32,7 @@ SAFETENSORS_NAME = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 TIED_KEY = "decoder.weight"
 EMBEDDING_KEY = "model.embeddings.tok_embeddings.weight"
+DIGEST_KEY = "flexbert_sha256"  # in the safetensors header of every FlexBERT export
 
 
 # ---------------------------------------------------------------------------- weights
@@ -71,16 +72,44 @@ def hf_state_dict(state_dict: Mapping[str, torch.Tensor], cfg: FlexBertConfig) -
     return out
 
 
-def _load_safetensors_dir(path: Path) -> dict[str, torch.Tensor]:
+def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes (key order): what an export records in
+    its safetensors header and every load checks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        t = tensors[k].detach().contiguous().cpu()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def load_safetensors(file: Path) -> dict[str, torch.Tensor]:
+    """One safetensors file; a truncated one, or one whose tensors no longer match the checksum its
+    FlexBERT export recorded, raises ConversionError naming the file."""
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
+    try:
+        tensors = load_file(str(file))
+        with safe_open(str(file), "pt") as f:
+            recorded = (f.metadata() or {}).get(DIGEST_KEY)
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types; one line each
+        raise ConversionError(f"{file}: not a complete safetensors file ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    if recorded is not None and tensors_digest(tensors) != recorded:
+        raise ConversionError(f"{file}: corrupt (its tensors do not match the checksum written with them)")
+    return tensors
+
+
+def _load_safetensors_dir(path: Path) -> dict[str, torch.Tensor]:
     if (path / SAFETENSORS_NAME).exists():
-        return load_file(str(path / SAFETENSORS_NAME))
+        return load_safetensors(path / SAFETENSORS_NAME)
     if (path / SAFETENSORS_INDEX).exists():
         index = json.loads((path / SAFETENSORS_INDEX).read_text())
         tensors: dict[str, torch.Tensor] = {}
         for shard in sorted(set(index["weight_map"].values())):
-            tensors.update(load_file(str(path / shard)))
+            tensors.update(load_safetensors(path / shard))
         return tensors
     raise ConversionError(f"{path}: no {SAFETENSORS_NAME} (FlexBERT reads safetensors only)")
 
@@ -141,7 +170,7 @@ def _write_folder(out_dir, tensors: dict, hf_config, tokenizer: Any, cfg: FlexBe
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(out / SAFETENSORS_NAME), metadata={"format": "pt"})
+    save_file(tensors, str(out / SAFETENSORS_NAME), metadata={"format": "pt", DIGEST_KEY: tensors_digest(tensors)})
     hf_config.save_pretrained(str(out))
     if tokenizer is not None:
         _save_tokenizer(tokenizer, out, cfg)

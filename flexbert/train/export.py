@@ -15,7 +15,7 @@ import yaml
 
 from flexbert.train.config import RunConfig, as_plain_dict, load_run_config
 from flexbert.train.run_folder import (RunFolder, RunFolderError, checkpoint_config, identity, load_checkpoint,
-                                       model_state, progress, run_of_checkpoint)
+                                       load_weights, model_state, progress, run_of_checkpoint)
 
 
 class ExportError(RuntimeError):
@@ -82,10 +82,10 @@ def export_to_hf(out_dir: str, run_dir: Optional[str] = None, checkpoint: Option
 
     checkpoint, ckpt, cfg = _source(run_dir, checkpoint, config)
     model = FlexBertForMaskedLM(cfg.model)
-    missing, unexpected = model.load_state_dict(model_state(ckpt), strict=False)
-    missing = [k for k in missing if k != "decoder.weight"]
-    if missing or unexpected:
-        raise ExportError(f"checkpoint {checkpoint} does not match its config: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    try:
+        load_weights(model, model_state(ckpt), f"checkpoint {checkpoint}")
+    except RunFolderError as e:
+        raise ExportError(str(e)) from None
     model.tie_weights()
     tok_dir, tok = _tokenizer(cfg, tokenizer)
     to_hf(model.eval(), out_dir, tokenizer=tok)

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import torch
 
 from flexbert.train.checkpointing import checkpoint_problem, find_resume_checkpoint
 from flexbert.train.config import RunConfig
-from flexbert.train.run_folder import model_state
+from flexbert.train.run_folder import RunFolderError, load_weights, model_state
 
 
 class SetupError(RuntimeError):
@@ -39,20 +40,19 @@ def load_initial_weights(model, path: str) -> None:
 
             state = from_hf(path).state_dict()
         elif path.endswith(".safetensors"):
-            from safetensors.torch import load_file
+            from flexbert.convert.hf import load_safetensors
 
-            state = load_file(path)
+            state = load_safetensors(Path(path))
         else:
             state = _pt_state(path)
     except SetupError:
         raise
     except Exception as e:  # noqa: BLE001 - any unreadable file gets one line
         raise SetupError(f"init_from: cannot read weights from {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
-    target = model.model
-    missing, unexpected = target.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k != "decoder.weight"]  # tied to the embeddings
-    if missing or unexpected:
-        raise SetupError(f"init_from: {path} does not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    try:
+        load_weights(model.model, state, f"init_from: {path}")  # decoder.weight may be missing: tied to the embeddings
+    except RunFolderError as e:
+        raise SetupError(str(e)) from None
 
 
 def _pt_state(path: str) -> dict:

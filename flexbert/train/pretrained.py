@@ -23,7 +23,8 @@ import torch
 
 from flexbert.config import ConfigError
 from flexbert.model.config import FlexBertConfig
-from flexbert.train.run_folder import RunFolder, RunFolderError, checkpoint_config, load_checkpoint, model_state
+from flexbert.train.run_folder import (RunFolder, RunFolderError, checkpoint_config, load_checkpoint, load_weights,
+                                       model_state)
 
 
 class ModelLoadError(ValueError):
@@ -86,10 +87,10 @@ def load_pretrained(path: str) -> Pretrained:
 
 
 def _load(model: torch.nn.Module, state: dict, what: str, allow_missing: tuple[str, ...] = ()) -> None:
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith(allow_missing)]
-    if missing or unexpected:
-        raise ModelLoadError(f"{what}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    try:
+        load_weights(model, state, what, allow_missing)
+    except RunFolderError as e:
+        raise ModelLoadError(str(e)) from None
 
 
 def mlm_model(pre: Pretrained):

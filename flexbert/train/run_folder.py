@@ -104,6 +104,20 @@ def checkpoint_model_state(path: str) -> dict[str, torch.Tensor]:
     return model_state(load_checkpoint(path))
 
 
+def load_weights(model: torch.nn.Module, state: dict, what: str, allow_missing: tuple[str, ...] = ("decoder.weight",)) -> None:
+    """``model.load_state_dict(state)`` or RunFolderError in one line: names that do not fit, or
+    the first tensor whose shape differs (a config whose sizes are not the checkpoint's)."""
+    own = model.state_dict()
+    for k, v in state.items():
+        if k in own and tuple(own[k].shape) != tuple(v.shape):
+            raise RunFolderError(f"{what}: {k} has shape {tuple(v.shape)} there but {tuple(own[k].shape)} in the "
+                                 "configured model (the config's sizes are not the checkpoint's)")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith(allow_missing)]
+    if missing or unexpected:
+        raise RunFolderError(f"{what}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
 def identity(ckpt: dict) -> dict:
     """What a checkpoint says about its run: ``{"run_dir", "config", "tokenizer"}`` (empty for
     checkpoints written before FlexBERT recorded it)."""

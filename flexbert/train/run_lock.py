@@ -9,14 +9,13 @@ from another host cannot be checked from here: the refusal says how to clear it 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import socket
+import sys
 import time
 from typing import Optional
 
 LOCK = ".lock"
-log = logging.getLogger(__name__)
 
 
 class RunLocked(RuntimeError):
@@ -86,7 +85,8 @@ def acquire(run_dir: str, what: str) -> None:
                     f"; if that process is gone, delete {path}"
                 raise RunLocked(f"{run_dir} is in use by {holder_line(other)}: one writer per run folder{hint}")
             if holder is not None and int(holder.get("pid", -1)) != os.getpid():
-                log.warning("taking over the lock of %s from %s, which is no longer running", run_dir, holder_line(holder))
+                print(f"[flexbert] taking over the lock of {run_dir} from {holder_line(holder)}, which is no longer "
+                      "running", file=sys.stderr, flush=True)
             try:
                 os.remove(path)
             except FileNotFoundError:

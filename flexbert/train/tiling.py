@@ -50,9 +50,11 @@ def write_tiled(src: str, target_config: str, out_dir: str, mode: str = "center_
     except ConversionError:
         from safetensors.torch import save_file
 
+        from flexbert.convert.hf import DIGEST_KEY, tensors_digest
+
         os.makedirs(out_dir, exist_ok=True)
         sd = {k: v.contiguous() for k, v in target.state_dict().items() if not (tgt_cfg.tie_word_embeddings and k == "decoder.weight")}
         init_from = os.path.join(out_dir, "model.safetensors")
-        save_file(sd, init_from, metadata={"format": "pt"})
+        save_file(sd, init_from, metadata={"format": "pt", DIGEST_KEY: tensors_digest(sd)})
     return {"source": src, "mode": mode + (", rescaled" if rescale else ""), "layers": gopher_layer_map(source.config.num_hidden_layers,
             tgt_cfg.num_hidden_layers), "init_from": init_from, "tokenizer": tok_dir}
