@@ -246,3 +246,9 @@ def test_guard_a_long_script_function_fails(tmp_path):
 def test_find_cycle_detects_a_circle_and_accepts_a_tree():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_the_docs_list_the_callbacks_in_their_event_order():
+    from flexbert.train.callback_table import markdown_table
+
+    assert markdown_table() in (ROOT / "docs" / "training.md").read_text()
