@@ -32,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from flexbert.data import shards as S  # noqa: E402
 from flexbert.data.tokenizer import SpecialTokens, load_tokenizer, special_tokens_template  # noqa: E402
+from flexbert.data.outputs import prepare_output_dir  # noqa: E402
 
 LENGTHS = ("pretrain", "fixed512", "fixed8192", "normal256", "normal4096")
 PRETRAIN_MEDIAN, PRETRAIN_SIGMA = 460.0, 1.0
@@ -88,7 +89,7 @@ def write_synthetic(tokenizer_dir: str, out: str, kind: str, max_seq_len: int, d
         raise ValueError(f"--max-seq-len {max_seq_len} leaves no room next to the special tokens")
     vocab = special.replacement_ids()
     dtype = "uint16" if special.vocab_size <= 1 << 16 else "uint32"
-    S._prepare_out(out, overwrite)
+    prepare_output_dir(out, overwrite=overwrite, inputs=[tokenizer_dir])
     writers: dict = {}  # one per split that gets documents (an empty split is left out, as tokenize_to_mds does)
     stats = {name: {"documents": 0, "samples": 0, "tokens": 0} for name in S.SPLITS}
     doc_lengths, chunked = [], 0
@@ -157,7 +158,7 @@ def main(argv=None) -> int:
     p.add_argument("--tokens", type=_count, default=0, help="or: stop after this many tokens, e.g. 20M")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-fraction", type=float, default=0.01)
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out (its contents are deleted)")
     a = p.parse_args(argv)
     try:
         s = write_synthetic(a.tokenizer, a.out, a.lengths, a.max_seq_len, a.documents, a.tokens, a.seed,

@@ -146,6 +146,28 @@ class DataConfig:
             f"no tokenizer: set data.tokenizer (none found at {guess}, where tokenize_to_mds.py puts a copy)"
         )
 
+    def shards_fingerprint(self) -> Optional[str]:
+        """The tokenizer fingerprint the shards were written with (flexbert/data/fingerprint.py):
+        common to every source, and ``data.tokenizer`` when set must be that tokenizer; None when
+        unknown.  Raises TokenizerMismatchError naming both sides."""
+        from flexbert.data.fingerprint import check_same, common_fingerprint, shards_fingerprint, tokenizer_fingerprint
+
+        fp = common_fingerprint({f"shards {local or remote}": shards_fingerprint(local, remote)
+                                 for local, remote in self.sources()})
+        if self.tokenizer and os.path.exists(self.tokenizer):
+            check_same(tokenizer_fingerprint(self.tokenizer), f"data.tokenizer {self.tokenizer}", fp, "the shards")
+        return fp
+
+    def check_tokenizer(self, other, name: str) -> Optional[str]:
+        """Refuse ``other`` (a fingerprint or anything tokenizer_fingerprint reads) unless the shards
+        were written with it; returns the shards' fingerprint."""
+        from flexbert.data.fingerprint import check_same, tokenizer_fingerprint
+
+        fp = self.shards_fingerprint()
+        mine = other if other is None or (isinstance(other, str) and not os.path.exists(other)) else tokenizer_fingerprint(other)
+        check_same(mine, name, fp, "the shards " + ", ".join(str(l or r) for l, r in self.sources()))
+        return fp
+
     @classmethod
     def from_dict(cls, data, prefix: str = "data") -> "DataConfig":
         from flexbert.config import from_dict

@@ -33,14 +33,11 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from flexbert.data.ragged import wrapped_chunks
+from flexbert.data.outputs import OutputError, prepare_output_dir  # noqa: F401 - OutputError: re-exported
 from flexbert.data.remote import is_remote, join
 from flexbert.data.shard_stats import SPLITS, ShardStats, check_stats
 from flexbert.data.sources import InputError, expand_inputs, iter_documents
 
-
-
-class OutputError(ValueError):
-    """The output folder cannot be used (one-line message)."""
 
 
 @dataclass
@@ -130,19 +127,6 @@ def _encode_task(task: tuple[list[str], list[int]]) -> tuple[np.ndarray, list[tu
 
 
 # --------------------------------------------------------------------------- main side
-def _prepare_out(out: str, overwrite: bool) -> None:
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise OutputError(f"{out}: exists and is not a directory")
-    if os.path.isdir(out) and os.listdir(out):
-        if not overwrite:
-            raise OutputError(f"{out}: output folder is not empty; pass --overwrite to replace it")
-        real = os.path.realpath(out)
-        if real in ("/", os.path.expanduser("~")) or os.path.realpath(os.getcwd()).startswith(real + os.sep) or real == os.path.realpath(os.getcwd()):
-            raise OutputError(f"{out}: refusing to overwrite this folder (it holds the working directory or home)")
-        shutil.rmtree(out)
-    os.makedirs(out, exist_ok=True)
-
-
 def _tasks(files: list[tuple[str, int]], opts: ShardOptions, stats: ShardStats) -> Iterator[tuple[list[str], list[int]]]:
     """Batches of non-empty texts for the workers; empty documents are counted here."""
     texts: list[str] = []
@@ -248,6 +232,7 @@ def tokenize_to_mds(
     ``out`` may be a URL (``s3://bucket/prefix``): shards are uploaded by Streaming's writer as each
     one is finished (local disk holds a shard or two, not the data set), then the tokenizer and,
     last, stats.json (its presence marks a complete upload)."""
+    from flexbert.data.fingerprint import FINGERPRINT_KEY, tokenizer_fingerprint
     from flexbert.data.tokenizer import SpecialTokens, load_tokenizer
 
     opts.validate()
@@ -270,7 +255,7 @@ def tokenize_to_mds(
     files = [(p, -1) for p in expand_inputs(inputs)] + [(p, 1) for p in expand_inputs(val_inputs or [])]
     if not files:
         raise InputError("no input files given")
-    _prepare_out(out, opts.overwrite)
+    prepare_output_dir(out, overwrite=opts.overwrite, inputs=[p for p, _ in files] + [tokenizer_dir])
 
     stats = ShardStats()
     _write(_results(_tasks(files, opts, stats), tokenizer_dir, opts, tok), out, dtype, opts, stats, remote)
@@ -282,6 +267,7 @@ def tokenize_to_mds(
 
     _copy_tokenizer(tokenizer_dir, os.path.join(out, "tokenizer"))
     result = stats.report(opts, special, dtype, time.time() - t0)
+    result[FINGERPRINT_KEY] = tokenizer_fingerprint(tok)  # the shards' tokenizer identity (flexbert/data/fingerprint.py)
     check_stats(result)
     with open(os.path.join(out, "stats.json"), "w") as f:
         json.dump(result, f, indent=2)
