@@ -72,7 +72,7 @@ class DataConfig:
             return ConfigError(f"{p}{key}: {msg}")
 
         if self.streams:
-            from flexbert.data.streams import load_streams
+            from flexbert.data.stream_config import load_streams
 
             if self.remote:
                 raise bad("remote", "give each of data.streams its own remote (data.remote is for a single source)")
@@ -157,6 +157,17 @@ class DataConfig:
         if self.tokenizer and os.path.exists(self.tokenizer):
             check_same(tokenizer_fingerprint(self.tokenizer), f"data.tokenizer {self.tokenizer}", fp, "the shards")
         return fp
+
+    def shards_digest(self) -> Optional[str]:
+        """A digest of every source's shards (flexbert/data/fingerprint.py); None when one is unknown."""
+        import hashlib
+
+        from flexbert.data.fingerprint import shards_digest
+
+        digests = [shards_digest(local) for local, _ in self.sources()]
+        if not digests or None in digests:
+            return None
+        return digests[0] if len(digests) == 1 else hashlib.sha256("".join(digests).encode()).hexdigest()[:16]
 
     def check_tokenizer(self, other, name: str) -> Optional[str]:
         """Refuse ``other`` (a fingerprint or anything tokenizer_fingerprint reads) unless the shards

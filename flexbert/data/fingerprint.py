@@ -87,6 +87,23 @@ def shards_fingerprint(folder: Optional[str], remote: Optional[str] = None) -> O
     return None
 
 
+def shards_digest(folder: Optional[str]) -> Optional[str]:
+    """A digest of a local shard folder's contents as Streaming indexes them (every split's
+    index.json: shard names, sizes, hashes); None when there is none (an object store only)."""
+    if not folder or not os.path.isdir(folder):
+        return None
+    h = hashlib.sha256()
+    found = False
+    for split in sorted(os.listdir(folder)):
+        index = os.path.join(folder, split, "index.json")
+        if os.path.isfile(index):
+            found = True
+            h.update(split.encode() + b"\0")
+            with open(index, "rb") as f:
+                h.update(f.read())
+    return h.hexdigest()[:16] if found else None
+
+
 def check_same(a: Optional[str], a_name: str, b: Optional[str], b_name: str) -> None:
     """Raise when both fingerprints are known and differ."""
     if a and b and a != b:

@@ -23,7 +23,7 @@ from flexbert.train import run_lock
 from flexbert.train.callback_table import build_callbacks
 from flexbert.train.composer_model import flexbert_data_spec
 from flexbert.train.config import RunConfig, as_plain_dict, tokenizer_mismatch
-from flexbert.train.loading import LoadPlan, SetupError, load_initial_weights, plan_load  # noqa: F401 (re-exported)
+from flexbert.train.loading import LoadPlan, SetupError, init_from_fingerprint, load_initial_weights, plan_load  # noqa: F401 (re-exported)
 from flexbert.train.loggers import ConsoleLogger, JSONLLogger
 from flexbert.train.microbatch import resolve_microbatch
 from flexbert.train.mlm_eval import EVAL_METRICS
@@ -71,6 +71,7 @@ class TrainRun:
     callbacks: dict = field(default_factory=dict)
 
     changes: Optional[dict] = None  # what this start changes in the run folder (run_identity.check_rerun)
+    data: Optional[dict] = None  # the data's identity: tokenizer fingerprint, shards digest
 
     def fit(self) -> bool:
         """Train to max_duration; False (and nothing done, nothing written) when a resumed run is
@@ -80,7 +81,7 @@ class TrainRun:
             log.info("run already complete at batch %d; nothing to do", int(state.timestamp.batch))
             return False
         if _rank() == 0:
-            record_start(RunFolder.of(self.cfg), self.cfg, self.changes, int(state.timestamp.batch))
+            record_start(RunFolder.of(self.cfg), self.cfg, self.changes, int(state.timestamp.batch), self.data)
         self.trainer.fit()
         return True
 
@@ -116,9 +117,22 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def run_identity(cfg: RunConfig) -> dict:
-    """What every checkpoint of the run carries about it (flexbert/train/run_folder.py reads it)."""
-    return {"run_dir": os.path.abspath(cfg.resolved_run_dir), "config": as_plain_dict(cfg)}
+def run_identity(cfg: RunConfig, tokenizer: Optional[str]) -> dict:
+    """What every checkpoint of the run carries about it (flexbert/train/run_folder.py reads it):
+    its folder, config and tokenizer fingerprint (flexbert/data/fingerprint.py)."""
+    return {"run_dir": os.path.abspath(cfg.resolved_run_dir), "config": as_plain_dict(cfg), "tokenizer": tokenizer}
+
+
+def tokenizer_identity(cfg: RunConfig) -> Optional[str]:
+    """The run's tokenizer: the shards' (every stream's, and data.tokenizer's when set, must
+    agree), which ``init_from`` must share when it records one.  Raises TokenizerMismatchError."""
+    from flexbert.data.fingerprint import check_same
+
+    fp = cfg.data.shards_fingerprint()
+    if cfg.init_from and os.path.exists(cfg.init_from):
+        check_same(init_from_fingerprint(cfg.init_from), f"init_from {cfg.init_from}", fp,
+                   f"the shards ({cfg.data.sources()[0][0] or cfg.data.sources()[0][1]})")
+    return fp
 
 
 def build_trainer(cfg: RunConfig, extra_callbacks: Optional[list] = None) -> TrainRun:
@@ -137,7 +151,10 @@ def build_trainer(cfg: RunConfig, extra_callbacks: Optional[list] = None) -> Tra
 def _build_trainer(cfg: RunConfig, extra_callbacks: Optional[list]) -> TrainRun:
     device = resolve_device(cfg.device)
     cfg = resolve_microbatch(cfg, device)  # data.microbatch_size: auto -> a number, kept across resumes
-    changes = check_rerun(RunFolder.of(cfg), cfg) if _rank() == 0 else {}  # refuses another model/data here
+    tokenizer = tokenizer_identity(cfg)
+    # refuses another model, tokenizer or data here (moved data paths must hold the same tokenizer's shards)
+    data = {"tokenizer": tokenizer, "shards": cfg.data.shards_digest()}
+    changes = check_rerun(RunFolder.of(cfg), cfg, data) if _rank() == 0 else {}
     precision = resolve_precision(cfg.precision, device)
     plan = plan_load(cfg)
 
@@ -149,7 +166,7 @@ def _build_trainer(cfg: RunConfig, extra_callbacks: Optional[list]) -> TrainRun:
     optimizer = build_optimizer(model, cfg.optimizer, on_cuda=device == "gpu")
     scheduler = build_scheduler(cfg.scheduler)
     train_loader, eval_loaders = build_loaders(cfg)
-    callbacks = build_callbacks(cfg, train_loader, run_identity(cfg))
+    callbacks = build_callbacks(cfg, train_loader, run_identity(cfg, tokenizer))
     evaluators = [Evaluator(label=label, dataloader=flexbert_data_spec(loader), device_eval_microbatch_size=1,
                             metric_names=list(EVAL_METRICS))
                   for label, loader in eval_loaders.items()] or None
@@ -176,4 +193,4 @@ def _build_trainer(cfg: RunConfig, extra_callbacks: Optional[list]) -> TrainRun:
         **trainer_settings(device=device, precision=precision, seed=cfg.seed),
     )
     return TrainRun(cfg, trainer, model, optimizer, train_loader, eval_loaders.get(K.EVAL_LABEL), callbacks.get("saver"), plan,
-                    callbacks, changes)
+                    callbacks, changes, data)

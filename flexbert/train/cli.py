@@ -100,12 +100,15 @@ def _close(run_obj) -> None:
 
 def _handle(e: BaseException, debug: bool) -> int:
     from flexbert.config import ConfigError
+    from flexbert.data.fingerprint import TokenizerMismatchError
+    from flexbert.data.outputs import OutputError
     from flexbert.registry import RegistryError
     from flexbert.train.loading import SetupError
     from flexbert.train.run_folder import RunFolderError
     from flexbert.train.run_lock import RunLocked
 
-    if isinstance(e, (ConfigError, RegistryError, SetupError, RunFolderError, RunLocked)):
+    if isinstance(e, (ConfigError, RegistryError, SetupError, RunFolderError, RunLocked, TokenizerMismatchError,
+                      OutputError)):
         return _fail(str(e), 2, debug, e)
     if isinstance(e, FileNotFoundError):
         return _fail(f"file not found: {e.filename or e}", 2, debug, e)

@@ -21,11 +21,24 @@ import torch
 
 from flexbert.train.checkpointing import checkpoint_problem, find_resume_checkpoint
 from flexbert.train.config import RunConfig
-from flexbert.train.run_folder import RunFolderError, load_weights, model_state
+from flexbert.train.run_folder import RunFolderError, identity, load_weights, model_state
 
 
 class SetupError(RuntimeError):
     """The run cannot start (missing data, unreadable checkpoint...); the message is one line."""
+
+
+def init_from_fingerprint(path: str) -> Optional[str]:
+    """The tokenizer fingerprint ``init_from`` was trained with, where it says: an export's
+    tokenizer files, a checkpoint's run identity; None when unknown (a bare state dict)."""
+    from flexbert.data.fingerprint import tokenizer_fingerprint
+
+    if os.path.isdir(path):
+        return tokenizer_fingerprint(path) if os.path.isfile(os.path.join(path, "tokenizer.json")) else None
+    if path.endswith(".safetensors") or not os.path.isfile(path) or checkpoint_problem(path) is not None:
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    return identity(state).get("tokenizer") if isinstance(state, dict) and "state" in state else None
 
 
 def load_initial_weights(model, path: str) -> None:

@@ -33,6 +33,7 @@ CONFIG = "config.yaml"
 HISTORY = "config_history.jsonl"
 METRICS = "metrics.jsonl"
 MICROBATCH = "microbatch.json"
+DATA_IDENTITY = "data_identity.json"  # the run's tokenizer and shards (flexbert/data/fingerprint.py)
 LOCK = ".lock"
 IDENTITY = "AtomicCheckpointSaver"  # where a checkpoint keeps its run's identity (the saver's state)
 
@@ -201,6 +202,19 @@ class RunFolder:
     def write_microbatch_record(self, record: dict) -> None:
         os.makedirs(self.path, exist_ok=True)
         write_json(self.file(MICROBATCH), record)
+
+    def data_identity(self) -> dict:
+        """What the run trained on: ``{"tokenizer": fingerprint, "shards": digest}`` ({} for runs
+        older than the record; a value is None where it was unknown)."""
+        path = self.file(DATA_IDENTITY)
+        if not os.path.exists(path):
+            return {}
+        with open(path) as f:
+            return json.load(f)
+
+    def write_data_identity(self, ident: dict) -> None:
+        os.makedirs(self.path, exist_ok=True)
+        write_json(self.file(DATA_IDENTITY), ident)
 
     # -- checkpoints
     def save_folder(self, cfg: Optional[RunConfig] = None) -> Optional[str]:

@@ -31,9 +31,8 @@ RESUMABLE = (
     "callbacks.", "activation_checkpointing",
     "data.num_workers", "data.predownload", "data.cache_limit", "data.download_timeout", "data.epochs",
     "data.return_doc_ids", "data.eval_split", "data.eval_mlm_probability", "data.eval_seed", "data.eval_rows_per_batch",
-    "data.local", "data.remote", "data.tokenizer", "data.streams",  # where: the data itself is checked by fingerprint
+    "data.local", "data.remote", "data.tokenizer", "data.streams",  # where: the data itself is checked by identity
 )
-DATA_PATHS = ("data.local", "data.remote", "data.tokenizer", "data.streams")
 
 
 class ConfigChanged(RunFolderError):
@@ -77,13 +76,27 @@ def current_config(run: RunFolder) -> Optional[dict]:
         return yaml.safe_load(f) or {}
 
 
-def check_rerun(run: RunFolder, cfg: RunConfig, data_identity=None) -> Optional[dict[str, tuple[Any, Any]]]:
+def check_same_data(run: RunFolder, cfg: RunConfig, data: Optional[dict]) -> None:
+    """The data given now (``{"tokenizer": fp, "shards": digest}``) must be what the run trained
+    on: moved data paths are fine, other shards or another tokenizer are not.  Unknown on either
+    side (None, older runs, shards only in an object store) is not checked."""
+    recorded = run.data_identity()
+    where = ", ".join(str(l or r) for l, r in cfg.data.sources())
+    for key, what in (("tokenizer", "tokenizer"), ("shards", "shards")):
+        old, new = recorded.get(key), (data or {}).get(key)
+        if old and new and old != new:
+            raise ConfigChanged(f"{run.path} was trained on other data: its {what} {old}, the data given now "
+                                f"({where}) has {what} {new}; use a new run_dir for other data")
+
+
+def check_rerun(run: RunFolder, cfg: RunConfig, data: Optional[dict] = None) -> Optional[dict[str, tuple[Any, Any]]]:
     """None: the folder never trained (write the config as new).  Else the allowed changes against
-    the run's current config ({} when none); raises ConfigChanged on any other difference.
-    ``data_identity(cfg) -> str`` says whether changed data paths still hold the same data."""
+    the run's current config ({} when none); raises ConfigChanged on any other difference, and
+    when ``data`` (the data's identity now) is not what the run trained on."""
     old = current_config(run)
     if old is None or not has_trained(run, cfg):
         return None
+    check_same_data(run, cfg, data)
     record = run.microbatch_record()
     if record:  # compare row sizes as resolved (older runs wrote config.yaml before resolving auto)
         if (old.get("data") or {}).get("microbatch_size") == "auto":
@@ -91,13 +104,6 @@ def check_rerun(run: RunFolder, cfg: RunConfig, data_identity=None) -> Optional[
         cfg = run.resolved(cfg)
     diff = differences(old, as_plain_dict(cfg))
     refused = [k for k in diff if not resumable(k)]
-    moved = [k for k in diff if k.startswith(DATA_PATHS)]
-    if moved and data_identity is not None and not refused:
-        from flexbert.train.config import config_from_dict
-
-        before, after = data_identity(config_from_dict(old)), data_identity(cfg)
-        if before != after:
-            refused = moved
     if refused:
         shown = ", ".join(f"{k} ({diff[k][0]!r} -> {diff[k][1]!r})" for k in refused[:3])
         more = f" and {len(refused) - 3} more" if len(refused) > 3 else ""
@@ -107,9 +113,12 @@ def check_rerun(run: RunFolder, cfg: RunConfig, data_identity=None) -> Optional[
     return diff
 
 
-def record_start(run: RunFolder, cfg: RunConfig, changes: Optional[dict], batch: int) -> None:
-    """Write what this start trains with: the config of a new run, or a history entry for a
-    resume that changed something (rank 0, once training goes ahead)."""
+def record_start(run: RunFolder, cfg: RunConfig, changes: Optional[dict], batch: int,
+                 data: Optional[dict] = None) -> None:
+    """Write what this start trains with: the config of a new run (and its data's identity), or a
+    history entry for a resume that changed something (rank 0, once training goes ahead)."""
+    if data and (changes is None or not run.data_identity()):
+        run.write_data_identity(data)
     if changes is None:
         run.write_config(cfg)
         return
