@@ -184,7 +184,6 @@ def main() -> int:
         print(json.dumps(fn()))
         return 0
 
-    from flexbert.data.config import DataConfig
     from flexbert.data.tokenizer import SpecialTokens
 
     text, tok = ensure_inputs(a)
@@ -206,6 +205,18 @@ def main() -> int:
     for name, rate, note in rows_a:
         print(f"  {name:40s} {rate / 1e6:7.3f} M tok/s  {note}")
 
+    results.update(bench_packing(text, tok, a.seq_len, special))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+def bench_packing(text: str, tok: str, seq_len: int, special) -> dict:
+    """Parts (b) and (c): packer + masking rates, the whole loader, packing efficiency."""
+    from flexbert.data.config import DataConfig
+
+    results: dict = {}
     print("(b) packer + masking, one core", flush=True)
     buf = DataConfig(local="x").packer_buffer_size
     b_cases = {
@@ -216,10 +227,10 @@ def main() -> int:
     results["b"] = b_cases
     for name, r in b_cases.items():
         print(f"  {name:45s} {r['tokens_per_s'] / 1e6:7.2f} M tok/s")
-    lr = loader_rate(text, tok, a.seq_len, 8)
+    lr = loader_rate(text, tok, seq_len, 8)
     results["b_loader"] = lr
     for w, r in lr.items():
-        print(f"  whole loader (Streaming + pack + mask), {w} workers, 8x{a.seq_len} rows: {r['tokens_per_s'] / 1e6:.2f} M tok/s")
+        print(f"  whole loader (Streaming + pack + mask), {w} workers, 8x{seq_len} rows: {r['tokens_per_s'] / 1e6:.2f} M tok/s")
 
     print(f"(c) packing efficiency, 8,192 documents, default buffer ({buf} documents)", flush=True)
     c_cases = {
@@ -229,10 +240,7 @@ def main() -> int:
     results["c"] = c_cases
     for name, r in c_cases.items():
         print(f"  {name:35s} {100 * r['efficiency']:6.2f} %  ({r['rows']} rows)")
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(results, f, indent=2)
-    return 0
+    return results
 
 
 if __name__ == "__main__":

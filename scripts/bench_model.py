@@ -105,7 +105,7 @@ def time_pass(model, batches, device, dtype) -> float:
     return time.perf_counter() - t0
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
@@ -117,13 +117,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--mlm-loss", default="auto", choices=["auto", "chunked", "liger", "plain", "logits"],
                     help="FlexBERT's loss: a model.mlm_loss as in training, or 'logits' (returns full logits)")
-    args = ap.parse_args()
+    return ap.parse_args()
 
-    device = torch.device(args.device)
-    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+
+def build_runs(args, device: torch.device, dtype: torch.dtype) -> tuple[list, int, int, list, list]:
+    """Every model to time, with its batches: (runs, num_seqs, n_tokens, hf_batches, rows)."""
     gpu = device.type == "cuda"
-    if args.threads:
-        torch.set_num_threads(args.threads)
     num_seqs = args.num_seqs or (2048 if gpu else 96)
     batch_size = args.batch_size or (64 if gpu else 8)
     if args.backends:
@@ -167,6 +166,17 @@ def main() -> None:
         model = FlexBertForMaskedLM(cfg).to(device).train()
         model.load_state_dict(state)
         runs.append((f"FlexBERT, {backend}, packed, {args.mlm_loss} loss", model, flex_rows))
+    return runs, num_seqs, n_tokens, hf_batches, rows
+
+
+def main() -> None:
+    args = parse_args()
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    runs, num_seqs, n_tokens, hf_batches, rows = build_runs(args, device, dtype)
+    batch_size = args.batch_size or (64 if device.type == "cuda" else 8)
     for _, model, batches in runs:
         time_pass(model, batches[:2], device, dtype)  # warm-up (allocator, kernels, compile)
     best = {name: float("inf") for name, _, _ in runs}

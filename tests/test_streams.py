@@ -11,7 +11,8 @@ import pytest
 
 from data_fixtures.helpers import clean_shm, write_doc_shards
 from flexbert.config import ConfigError
-from flexbert.data.streams import StreamConfig, StreamIndex, build_streams, load_streams
+from flexbert.data.stream_config import StreamConfig, load_streams
+from flexbert.data.streams import StreamIndex, build_streams
 
 SIZES = {"web": 3000, "code": 1500, "sci": 500}
 

@@ -22,71 +22,18 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import threading
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 from streaming import StreamingDataset
 
-from flexbert.config import ConfigError
 from flexbert.data.documents import _streaming_world, local_nodes
+from flexbert.data.stream_config import StreamConfig
 
 if TYPE_CHECKING:
     from flexbert.data.config import DataConfig
-
-NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # names become metric keys (metrics/eval/<name>/...)
-
-
-@dataclass
-class StreamConfig:
-    local: str = ""  # folder with <split>/index.json; the download cache when remote is set
-    remote: Optional[str] = None  # s3://... (Streaming downloads into local)
-    proportion: Optional[float] = None  # relative weight (all streams, or none)
-    repeat: Optional[float] = None  # absolute: passes over this stream per epoch
-    choose: Optional[int] = None  # absolute: documents from this stream per epoch
-    eval: bool = True  # evaluate on this stream's eval split (a metric per source)
-
-    def validate(self, prefix: str = "") -> None:
-        p = f"{prefix}." if prefix else ""
-        if not self.local and not self.remote:
-            raise ConfigError(f"{p}local: set the folder of this stream's MDS shards (or remote)")
-        given = [k for k in ("proportion", "repeat", "choose") if getattr(self, k) is not None]
-        if len(given) > 1:
-            raise ConfigError(f"{p}{given[1]}: a stream takes at most one of proportion, repeat, choose (got {', '.join(given)})")
-        for key in ("proportion", "repeat"):
-            v = getattr(self, key)
-            if v is not None and not v > 0:
-                raise ConfigError(f"{p}{key}: must be > 0, got {v}")
-        if self.choose is not None and self.choose < 1:
-            raise ConfigError(f"{p}choose: must be >= 1, got {self.choose}")
-
-
-def load_streams(streams: Mapping[str, Any], prefix: str = "data") -> dict[str, StreamConfig]:
-    """``data.streams`` as typed, validated ``StreamConfig``s (one-line errors naming the key)."""
-    from flexbert.config import from_dict
-
-    out: dict[str, StreamConfig] = {}
-    for name, spec in streams.items():
-        key = f"{prefix}.streams.{name}" if prefix else f"streams.{name}"
-        if not isinstance(name, str) or not NAME.match(name):
-            raise ConfigError(f"{key}: stream names are letters, digits, '_', '-', '.' (they name metrics)")
-        if isinstance(spec, StreamConfig):
-            spec.validate(key)
-            out[name] = spec
-        elif isinstance(spec, Mapping):
-            out[name] = from_dict(StreamConfig, spec, key)
-        else:
-            raise ConfigError(f"{key}: expected a mapping with local/remote and proportion|repeat|choose, got {spec!r}")
-    relative = [n for n, s in out.items() if s.proportion is not None]
-    if relative and len(relative) != len(out):
-        other = next(n for n in out if n not in relative)
-        raise ConfigError(f"{prefix}.streams.{other}: give every stream a proportion or none of them "
-                          f"(relative and absolute weights do not mix; {', '.join(relative)} have one)")
-    return out
-
 
 def build_streams(streams: Mapping[str, StreamConfig], split: str, download_timeout: float,
                   weighted: bool = True) -> list:
@@ -162,8 +109,6 @@ def build_dataset(cfg: "DataConfig", split: str, *, shuffle: bool, seed: int, ra
             raise FileNotFoundError(f"no MDS index at {os.path.join(local, split, 'index.json')} "
                                     "(write shards with data_prep/tokenize_to_mds.py)")
     if cfg.streams:
-        from flexbert.data.streams import build_streams
-
         source: dict = dict(streams=build_streams(cfg.streams, split, cfg.download_timeout, weighted),
                             epoch_size=cfg.epoch_size if weighted else None)
     else:  # local None: Streaming picks a cache dir
