@@ -174,7 +174,7 @@ def command(sweep: Sweep, run: Run, python: Optional[str] = None, launcher: bool
     for k, v in {**sweep.fixed, **run.overrides}.items():
         flag = "--" + k.replace("_", "-")
         args += [flag, *map(format_value, v)] if isinstance(v, list) else [flag, format_value(v)]
-    return [*head, *args, "--out", run_dir(sweep, run)]
+    return [*head, *args, "--out", run_dir(sweep, run), "--overwrite"]  # the sweep owns its variants' folders
 
 
 def emit(sweep: Sweep) -> list[str]:

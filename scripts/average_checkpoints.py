@@ -22,6 +22,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoints", nargs="*", help="checkpoints to average (the last one is the template)")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a non-empty --out whole (its files are deleted; never a folder holding an input)")
     p.add_argument("--run-dir", help="pick checkpoints from this run by eval metric (with --best-k)")
     p.add_argument("--best-k", type=at_least(1), default=3, help="the k best checkpoints by --metric, plus the final one")
     p.add_argument("--metric", default="MLMLoss", help="eval metric in metrics.jsonl (metrics/eval/NAME)")
@@ -34,7 +36,7 @@ def main(argv=None) -> int:
 
     try:
         paths = a.checkpoints or best_checkpoints(a.run_dir, a.best_k, a.metric, a.maximize)
-        out = average_checkpoints(paths, a.out)
+        out = average_checkpoints(paths, a.out, a.overwrite)
     except (ExportError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -74,7 +74,7 @@ def finetune_rt(py: str, out: str, run_dir: str, ckpt: str, epochs: int) -> None
                  "--validation", os.path.join(rt, "validation.jsonl"), "--test", os.path.join(rt, "test.jsonl"),
                  "--text-columns", "text", "--label-column", "label", "--epochs", str(epochs), "--lr", "3e-4",
                  "--batch-size", "32", "--max-seq-len", "128", "--patience", "0", "--log-interval", "100",
-                 "--out", ft, *extra])
+                 "--out", ft, "--overwrite", *extra])
         with open(done) as f:
             results[name] = json.load(f)
     with open(os.path.join(rt, "test.jsonl")) as f:

@@ -39,15 +39,16 @@ def main(argv=None) -> int:
     _quiet_third_party()
     from flexbert.config import ConfigError
     from flexbert.train.pretrained import ModelLoadError, load_pretrained, mlm_model
-    from flexbert.eval.mlm import data_config, evaluate_mlm
+    from flexbert.eval.mlm import check_model_tokenizer, data_config, evaluate_mlm
 
     try:
         if not os.path.isdir(os.path.join(a.data, a.split)):
             raise ModelLoadError(f"--data {a.data}: no '{a.split}' split folder (MDS shards from tokenize_to_mds.py)")
         pre = load_pretrained(a.model)
         cfg = data_config(a.data, a.split, a.mlm_probability, a.seed, a.max_seq_len, a.rows_of, a.tokenizer, pre.data)
+        check_model_tokenizer(pre, cfg, f"shards {a.data}")
         result = evaluate_mlm(mlm_model(pre), cfg, a.max_batches, a.device)
-    except (ModelLoadError, ConfigError, FileNotFoundError) as e:
+    except (ModelLoadError, ConfigError, FileNotFoundError, ValueError) as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
     result.update(model=a.model, data=a.data, split=a.split, mlm_probability=a.mlm_probability, seed=a.seed)

@@ -24,6 +24,8 @@ def main(argv=None) -> int:
     p.add_argument("--config", help="a run config to use instead of the one the checkpoint was trained with")
     p.add_argument("--tokenizer", help="tokenizer folder (default: from the config's data section)")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a non-empty --out whole (its files are deleted; never an input's folder)")
     p.add_argument("--pooling", default="mean", choices=["mean", "cls", "none"],
                    help="sentence-transformers pooling written with the export (none: no sentence-transformers files)")
     a = p.parse_args(argv)
@@ -34,7 +36,7 @@ def main(argv=None) -> int:
 
     try:
         info = export_to_hf(a.out, run_dir=a.run_dir, checkpoint=a.checkpoint, config=a.config, tokenizer=a.tokenizer,
-                            pooling=a.pooling)
+                            pooling=a.pooling, overwrite=a.overwrite)
     except (ExportError, ConfigError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

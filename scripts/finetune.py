@@ -31,6 +31,8 @@ def parse(argv=None):
     p.add_argument("--label-column")
     p.add_argument("--task", choices=("classification", "regression"))
     p.add_argument("--out", help="output folder (required here or in --config)")
+    p.add_argument("--overwrite", action="store_true", default=None,
+                   help="replace a non-empty --out whole (its files are deleted; never a folder holding an input)")
     p.add_argument("--lr", type=float)
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
@@ -79,7 +81,7 @@ def main(argv=None) -> int:
     try:
         cfg = load_finetune_config(a.config, given)
         result = run_finetune(cfg)
-    except (TaskFileError, ModelLoadError, ConversionError, ConfigError, FileNotFoundError) as e:
+    except (TaskFileError, ModelLoadError, ConversionError, ConfigError, FileNotFoundError, ValueError) as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
     for split in ("validation", "test"):

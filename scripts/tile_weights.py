@@ -27,6 +27,8 @@ def main(argv=None) -> int:
     p.add_argument("--mode", default="center_wraparound", choices=MODES)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--tokenizer", help="tokenizer folder (default: the source's)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a non-empty --out whole (its files are deleted; never an input's folder)")
     p.add_argument("--seed", type=int, default=0, help="seed of the fresh init that mode 'center' keeps")
     p.add_argument("--rescale", action="store_true",
                    help="divide weights by how often their inputs were copied, so the grown model computes what the "
@@ -39,7 +41,7 @@ def main(argv=None) -> int:
     from flexbert.train.export import ExportError
 
     try:
-        info = write_tiled(a.src, a.config, a.out, a.mode, a.seed, a.tokenizer, a.overrides, a.rescale)
+        info = write_tiled(a.src, a.config, a.out, a.mode, a.seed, a.tokenizer, a.overrides, a.rescale, a.overwrite)
     except (TilingError, ExportError, ConfigError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -7,9 +7,24 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))  # tests import helpers from test_train_fixtures
 
-from test_train_fixtures import data_dir  # noqa: E402
+from test_train_fixtures import build_and_fit, data_dir, run_config  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def data(tmp_path_factory):
     return data_dir(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, data):
+    """A finished 4-batch run whose checkpoints live outside its run folder (a custom save_folder).
+    Shared: tests that change it work on a copy."""
+    import yaml
+
+    tmp = tmp_path_factory.mktemp("runfolder")
+    cfg = run_config(tmp, data, max_duration="4ba", save_interval="2ba", eval_interval="2ba", eval_subset_num_batches=2,
+                     save_folder=str(tmp / "elsewhere" / "ckpts"))
+    build_and_fit(cfg)
+    config = tmp / "run.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    return cfg, str(config)

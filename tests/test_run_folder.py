@@ -13,19 +13,7 @@ import pytest
 import torch
 import yaml
 
-from test_train_fixtures import ROOT, build_and_fit, run_config, train_py
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, data):
-    """A finished 4-batch run whose checkpoints live outside its run folder (a custom save_folder)."""
-    tmp = tmp_path_factory.mktemp("runfolder")
-    cfg = run_config(tmp, data, max_duration="4ba", save_interval="2ba", eval_interval="2ba", eval_subset_num_batches=2,
-                     save_folder=str(tmp / "elsewhere" / "ckpts"))
-    build_and_fit(cfg)
-    config = tmp / "run.yaml"
-    config.write_text(yaml.safe_dump(cfg))
-    return cfg, str(config)
+from test_train_fixtures import ROOT, run_config, train_py
 
 
 def _copy_run(trained, tmp_path) -> tuple[dict, str]:

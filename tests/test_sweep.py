@@ -70,7 +70,7 @@ def test_emit_and_finetune_commands(tmp_path):
     ft.write_text(yaml.safe_dump({"kind": "finetune", "out": "o", "fixed": {"model": "runs/demo/run", "text_columns": ["a", "b"]},
                                   "grid": {"lr": [5e-5], "seed": [1]}}))
     assert S.emit(S.load_sweep(str(ft))) == [
-        "python scripts/finetune.py --model runs/demo/run --text-columns a b --lr 5e-05 --seed 1 --out o/lr-5e-05_seed-1"]
+        "python scripts/finetune.py --model runs/demo/run --text-columns a b --lr 5e-05 --seed 1 --out o/lr-5e-05_seed-1 --overwrite"]
 
 
 @pytest.mark.parametrize("body,message", [

@@ -24,9 +24,16 @@ def _inside(child: Path, parent: Path) -> bool:
     return child == parent or parent in child.parents
 
 
-def check_output_dir(out: PathLike, inputs: Iterable[Optional[PathLike]] = (), what: str = "--out") -> Path:
-    """The resolved output path after the checks that need nothing written (a file, an input)."""
+def check_output_dir(out: PathLike, inputs: Iterable[Optional[PathLike]] = (), what: str = "--out",
+                     keep: Iterable[Optional[PathLike]] = ()) -> Path:
+    """The resolved output path after the checks that need nothing written (a file, an input).
+    ``keep``: folders the output may lie inside but must not be or contain (a run folder: its
+    export may go to RUN/hf, never to RUN itself)."""
     path = Path(os.path.realpath(os.fspath(out)))
+    for given in keep:
+        if given is not None and "://" not in os.fspath(given) and _inside(Path(os.path.realpath(os.fspath(given))), path):
+            where = "is" if path == Path(os.path.realpath(os.fspath(given))) else "contains"
+            raise OutputError(f"{what} {out} {where} the run folder {given}: write the output somewhere else")
     if path.exists() and not path.is_dir():
         raise OutputError(f"{what} {out}: exists and is not a folder")
     for given in inputs:
@@ -42,10 +49,11 @@ def check_output_dir(out: PathLike, inputs: Iterable[Optional[PathLike]] = (), w
 
 
 def prepare_output_dir(out: PathLike, *, overwrite: bool = False, inputs: Iterable[Optional[PathLike]] = (),
-                       what: str = "--out") -> Path:
-    """Create ``out`` empty and return it: refuse a file, an input (or a folder holding one), and a
-    non-empty folder unless ``overwrite`` (then the folder is removed whole first)."""
-    path = check_output_dir(out, inputs, what)
+                       what: str = "--out", keep: Iterable[Optional[PathLike]] = ()) -> Path:
+    """Create ``out`` empty and return it: refuse a file, an input (or a folder holding one), a
+    ``keep`` folder or one holding it, and a non-empty folder unless ``overwrite`` (then the folder
+    is removed whole first)."""
+    path = check_output_dir(out, inputs, what, keep)
     if path.is_dir() and any(path.iterdir()):
         if not overwrite:
             raise OutputError(f"{what} {out}: folder is not empty; pass --overwrite to replace it "

@@ -52,6 +52,7 @@ class FinetuneConfig:
     device: str = "auto"
     log_interval: int = 20
     config: Optional[str] = None  # the YAML these options came from (a sweep's base), for the record
+    overwrite: bool = False  # replace a non-empty out whole (flexbert/data/outputs.py)
 
     def validate(self, prefix: str = "") -> None:
         from flexbert.registry import ConfigError, unknown_choice
@@ -167,6 +168,15 @@ def _trainer(cfg: FinetuneConfig, model, enc, keep: KeepBest, num_labels: int):
         device=cfg.device, seed=cfg.seed, log_interval=cfg.log_interval)
 
 
+def _check_tokenizer(pre, tok_dir: str) -> None:
+    """The tokenizer must be the model's (when known) and fit its embeddings (one line otherwise)."""
+    from transformers import AutoTokenizer
+
+    from flexbert.data.fingerprint import tokenizer_fingerprint
+
+    pre.check_tokenizer(tokenizer_fingerprint(tok_dir), f"tokenizer {tok_dir}", len(AutoTokenizer.from_pretrained(tok_dir)))
+
+
 def run_finetune(cfg: FinetuneConfig) -> dict:
     """Train, keep the best validation epoch, score validation (and test), write ``DIR/``."""
     from flexbert.train.pretrained import ModelLoadError, load_pretrained
@@ -176,12 +186,16 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     tok = cfg.tokenizer or pre.tokenizer_dir
     if not tok:
         raise ModelLoadError(f"--model {cfg.model}: no tokenizer found with it; pass --tokenizer DIR")
+    _check_tokenizer(pre, tok)
     enc, labels = _datasets(cfg, tok)
     if cfg.main_metric not in cfg.metric_names:
         from flexbert.config import ConfigError
 
         raise ConfigError(f"--metric: '{cfg.main_metric}' is not a {cfg.task} metric; valid: {', '.join(cfg.metric_names)}")
-    os.makedirs(cfg.out, exist_ok=True)
+    from flexbert.data.outputs import prepare_output_dir
+
+    prepare_output_dir(cfg.out, overwrite=cfg.overwrite, inputs=[pre.path, cfg.train, cfg.validation, cfg.test, tok],
+                       keep=[cfg.model])
     seed_everything(cfg.seed)
     model = build_classifier(cfg, pre, labels.num_labels)
     keep = KeepBest(cfg.main_metric, cfg.main_metric not in ("loss",), cfg.patience, cfg.metric_names)

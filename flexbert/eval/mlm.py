@@ -45,6 +45,19 @@ def data_config(shards: str, split: str = "validation", mlm_probability: float =
     return from_dict(DataConfig, d, "data")
 
 
+def check_model_tokenizer(pre, data_cfg, name: str) -> None:
+    """The model (a flexbert.train.pretrained.Pretrained) must have been trained with the shards'
+    tokenizer, when both are known, and its embeddings must cover the shards' ids (one line)."""
+    from flexbert.data.tokenizer import SpecialTokens
+
+    fp = data_cfg.shards_fingerprint()
+    try:
+        size = SpecialTokens.from_dir(data_cfg.tokenizer_dir()).vocab_size
+    except (FileNotFoundError, OSError):
+        size = None
+    pre.check_tokenizer(fp, name, size)
+
+
 def evaluate_mlm(model: torch.nn.Module, data_cfg, max_batches: Optional[int] = None, device: str = "cpu") -> dict:
     """{"loss", "accuracy", "perplexity", "masked_tokens", "rows"} over the split (or its first
     ``max_batches`` batches): training's own evaluation loop (``flexbert/train/mlm_eval.py``) on

@@ -22,7 +22,7 @@ import torch
 from flexbert.train import metric_keys as K
 from flexbert.train.export import ExportError
 from flexbert.train.run_folder import (RunFolder, RunFolderError, checkpoint_config, identity, load_checkpoint,
-                                       progress, write_json)
+                                       progress, run_of_checkpoint, write_json)
 
 
 class AveragingError(ExportError):
@@ -57,23 +57,30 @@ def average_states(states: list[dict]) -> dict:
     return out
 
 
-def average_checkpoints(paths: list[str], out_dir: str) -> str:
+def average_checkpoints(paths: list[str], out_dir: str, overwrite: bool = False) -> str:
     """Average ``paths`` (the last one is the template) into the run folder ``out_dir``; returns the
-    checkpoint path."""
+    checkpoint path.  ``out_dir`` must not hold an input (e.g. the run averaged: a resume there would
+    continue from the average); a non-empty one is replaced whole only with ``overwrite``."""
+    from flexbert.data.outputs import check_output_dir, prepare_output_dir
+
     if not paths:
         raise AveragingError("no checkpoints to average")
+    check_output_dir(out_dir, paths)
     try:
         ckpts = [load_checkpoint(p) for p in paths]
         _check_same_model(paths, ckpts)
         cfg = checkpoint_config(paths[-1], ckpts[-1])
     except RunFolderError as e:
         raise AveragingError(str(e)) from None
+    runs = [r.path for r in (run_of_checkpoint(p, c) for p, c in zip(paths, ckpts)) if r is not None]
+    check_output_dir(out_dir, paths, keep=runs)
     template = ckpts[-1]
     template["state"]["model"] = average_states([c["state"]["model"] for c in ckpts])
     ident = identity(template)
     if ident:  # the average's own run folder is out_dir
         ident["run_dir"] = os.path.abspath(out_dir)
     batch = progress(template)[1] or 0
+    prepare_output_dir(out_dir, overwrite=overwrite, inputs=paths, keep=runs)
     run = RunFolder(out_dir)
     folder = os.path.join(out_dir, "checkpoints")
     os.makedirs(folder, exist_ok=True)

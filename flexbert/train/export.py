@@ -71,10 +71,28 @@ def _tokenizer(cfg: RunConfig, tokenizer: Optional[str]):
     return tok_dir, AutoTokenizer.from_pretrained(tok_dir)
 
 
+def check_export_tokenizer(tok, tok_dir: Optional[str], fingerprint: Optional[str], source: str, vocab_size: int) -> None:
+    """The tokenizer written with a model must be the one it was trained with (when the source
+    says which) and must fit its embedding matrix; one line naming both sides otherwise."""
+    if tok is None:
+        return
+    from flexbert.data.fingerprint import check_same, tokenizer_fingerprint
+
+    check_same(fingerprint, source, tokenizer_fingerprint(tok), f"tokenizer {tok_dir}")
+    if len(tok) > vocab_size:
+        raise ExportError(f"tokenizer {tok_dir} has {len(tok)} tokens, more than {source}'s vocabulary "
+                          f"(vocab_size={vocab_size}): ids past it have no embedding")
+
+
 def export_to_hf(out_dir: str, run_dir: Optional[str] = None, checkpoint: Optional[str] = None,
-                 config: Optional[str] = None, tokenizer: Optional[str] = None, pooling: str = "mean") -> dict:
+                 config: Optional[str] = None, tokenizer: Optional[str] = None, pooling: str = "mean",
+                 overwrite: bool = False) -> dict:
     """Write ``out_dir`` loadable by ``AutoModelForMaskedLM`` / ``AutoTokenizer`` and (unless
-    ``pooling`` is ``none``) ``SentenceTransformer``, with a model card; returns a summary."""
+    ``pooling`` is ``none``) ``SentenceTransformer``, with a model card; returns a summary.
+
+    Everything is checked before ``out_dir`` is touched; a non-empty ``out_dir`` is replaced whole
+    only with ``overwrite`` (flexbert/data/outputs.py), never when it holds an input."""
+    from flexbert.data.outputs import prepare_output_dir
     from flexbert.convert.hf import to_hf
     from flexbert.convert.model_card import write_model_card
     from flexbert.convert.sentence import write_sentence_transformers
@@ -88,6 +106,10 @@ def export_to_hf(out_dir: str, run_dir: Optional[str] = None, checkpoint: Option
         raise ExportError(str(e)) from None
     model.tie_weights()
     tok_dir, tok = _tokenizer(cfg, tokenizer)
+    check_export_tokenizer(tok, tok_dir, identity(ckpt).get("tokenizer"), f"checkpoint {checkpoint}", cfg.model.vocab_size)
+    found = run_of_checkpoint(checkpoint, ckpt)
+    prepare_output_dir(out_dir, overwrite=overwrite, inputs=[checkpoint, config, tok_dir],
+                       keep=[run_dir, found.path if found else None])
     to_hf(model.eval(), out_dir, tokenizer=tok)
     write_sentence_transformers(out_dir, cfg.model.hidden_size, cfg.data.max_seq_len, pooling)
     tokens, batches = progress(ckpt)
@@ -95,6 +117,5 @@ def export_to_hf(out_dir: str, run_dir: Optional[str] = None, checkpoint: Option
     run = {"run_name": cfg.run_name, "max_seq_len": cfg.data.max_seq_len, "tokens": tokens, "batches": batches,
            "config_yaml": yaml.safe_dump(as_plain_dict(cfg), sort_keys=False)}
     write_model_card(out_dir, cfg.model, run, phase_history(cfg, ckpt), n_params, pooling)
-    found = run_of_checkpoint(checkpoint, ckpt)
     return {"checkpoint": checkpoint, "run_dir": found.path if found else None, "tokenizer": tok_dir, "out": out_dir,
             "tokenizer_fingerprint": identity(ckpt).get("tokenizer")}

@@ -23,8 +23,8 @@ import torch
 
 from flexbert.config import ConfigError
 from flexbert.model.config import FlexBertConfig
-from flexbert.train.run_folder import (RunFolder, RunFolderError, checkpoint_config, load_checkpoint, load_weights,
-                                       model_state)
+from flexbert.train.run_folder import (RunFolder, RunFolderError, checkpoint_config, identity, load_checkpoint,
+                                       load_weights, model_state)
 
 
 class ModelLoadError(ValueError):
@@ -40,6 +40,17 @@ class Pretrained:
     path: str
     label_names: Optional[list[str]] = None  # a classification folder's id2label, in id order
     data: Optional[dict] = None  # a run's data section (shards, tokenizer)
+    tokenizer_fingerprint: Optional[str] = None  # what it was trained with, where known (flexbert/data/fingerprint.py)
+
+    def check_tokenizer(self, fingerprint: Optional[str], other: str, size: Optional[int] = None) -> None:
+        """Refuse (one line naming both) a tokenizer or shards written with another tokenizer than
+        this model's, or one with more ids than its embeddings hold."""
+        from flexbert.data.fingerprint import check_same
+
+        check_same(self.tokenizer_fingerprint, f"model {self.path}", fingerprint, other)
+        if size is not None and size > self.config.vocab_size:
+            raise ModelLoadError(f"{other} has {size} tokens, more than model {self.path}'s vocabulary "
+                                 f"(vocab_size={self.config.vocab_size})")
 
 
 def _from_run(path: str, kind: str) -> Pretrained:
@@ -60,7 +71,8 @@ def _from_run(path: str, kind: str) -> Pretrained:
         tok = cfg.data.tokenizer_dir()
     except FileNotFoundError:  # the run's data may have moved; the caller can pass one
         tok = None
-    return Pretrained(cfg.model, model_state(ckpt), tok, kind, checkpoint, data=dataclasses.asdict(cfg.data))
+    return Pretrained(cfg.model, model_state(ckpt), tok, kind, checkpoint, data=dataclasses.asdict(cfg.data),
+                      tokenizer_fingerprint=identity(ckpt).get("tokenizer"))
 
 
 def _from_hf(path: str) -> Pretrained:
@@ -70,8 +82,10 @@ def _from_hf(path: str) -> Pretrained:
         cfg, tensors, label_names = read_hf_folder(path)
     except (ConversionError, OSError) as e:
         raise ModelLoadError(f"--model {path}: {e}") from None
+    from flexbert.data.fingerprint import tokenizer_fingerprint
+
     tok = path if os.path.exists(os.path.join(path, "tokenizer.json")) else None
-    return Pretrained(cfg, tensors, tok, "hf", path, label_names)
+    return Pretrained(cfg, tensors, tok, "hf", path, label_names, tokenizer_fingerprint=tokenizer_fingerprint(tok) if tok else None)
 
 
 def load_pretrained(path: str) -> Pretrained:

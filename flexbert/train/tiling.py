@@ -12,17 +12,20 @@ import os
 import torch
 
 from flexbert.model.tiling import TilingError, gopher_layer_map, tile_model
+from flexbert.train.export import ExportError, check_export_tokenizer
 
 
 def write_tiled(src: str, target_config: str, out_dir: str, mode: str = "center_wraparound",
                 seed: int = 0, tokenizer: str | None = None, overrides: list[str] | None = None,
-                rescale: bool = False) -> dict:
+                rescale: bool = False, overwrite: bool = False) -> dict:
     """Tile the model at ``src`` into the model section of ``target_config`` and write ``out_dir``.
 
     Export format (config.json, model.safetensors, tokenizer) when transformers' ModernBERT can
     express the target; otherwise only ``out_dir/model.safetensors`` in FlexBERT names (use it as
-    ``init_from: out_dir/model.safetensors``).  Returns a summary.
+    ``init_from: out_dir/model.safetensors``).  Everything is checked before ``out_dir`` is touched
+    (a non-empty one is replaced whole only with ``overwrite``).  Returns a summary.
     """
+    from flexbert.data.outputs import prepare_output_dir
     from flexbert.convert.hf import ConversionError, to_hf
     from flexbert.model.model import FlexBertForMaskedLM
     from flexbert.train.config import load_run_config
@@ -42,8 +45,11 @@ def write_tiled(src: str, target_config: str, out_dir: str, mode: str = "center_
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(tok_dir)
-        if len(tok) > tgt_cfg.vocab_size:
-            raise TilingError(f"tokenizer {tok_dir} has {len(tok)} tokens, more than model.vocab_size={tgt_cfg.vocab_size}")
+        try:
+            check_export_tokenizer(tok, tok_dir, source.tokenizer_fingerprint, f"--from {src}", tgt_cfg.vocab_size)
+        except ExportError as e:
+            raise TilingError(str(e)) from None
+    prepare_output_dir(out_dir, overwrite=overwrite, inputs=[source.path, target_config, tok_dir], keep=[src])
     try:
         to_hf(target, out_dir, tokenizer=tok)
         init_from = out_dir
