@@ -30,9 +30,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from flexbert.data import shards as S  # noqa: E402
-from flexbert.data.tokenizer import SpecialTokens, load_tokenizer, special_tokens_template  # noqa: E402
 from flexbert.data.outputs import prepare_output_dir  # noqa: E402
+from flexbert.data.shard_stats import SPLITS  # noqa: E402
+from flexbert.data.shard_writer import ShardWriter  # noqa: E402
+from flexbert.data.tokenizer import load_tokenizer, special_tokens_template  # noqa: E402
 
 LENGTHS = ("pretrain", "fixed512", "fixed8192", "normal256", "normal4096")
 PRETRAIN_MEDIAN, PRETRAIN_SIGMA = 460.0, 1.0
@@ -76,69 +77,51 @@ def _documents(kind, n_docs, tokens, seed):
 def write_synthetic(tokenizer_dir: str, out: str, kind: str, max_seq_len: int, documents: int = 0, tokens: int = 0,
                     seed: int = 0, val_fraction: float = 0.01, overwrite: bool = False) -> dict:
     """Write the shards and stats.json; returns the stats (tokenize_to_mds's keys + ``synthetic``)."""
-    from streaming import MDSWriter
-
     if kind not in LENGTHS:
         raise ValueError(f"--lengths: unknown distribution '{kind}'; valid choices: {', '.join(LENGTHS)}")
     if not documents and not tokens:
         raise ValueError("give --documents or --tokens")
     tok = load_tokenizer(tokenizer_dir)
-    special = SpecialTokens.from_tokenizer(tok)
     pre, post = special_tokens_template(tok)
     if max_seq_len < len(pre) + len(post) + 1:
         raise ValueError(f"--max-seq-len {max_seq_len} leaves no room next to the special tokens")
-    vocab = special.replacement_ids()
-    dtype = "uint16" if special.vocab_size <= 1 << 16 else "uint32"
     prepare_output_dir(out, overwrite=overwrite, inputs=[tokenizer_dir])
-    writers: dict = {}  # one per split that gets documents (an empty split is left out, as tokenize_to_mds does)
-    stats = {name: {"documents": 0, "samples": 0, "tokens": 0} for name in S.SPLITS}
+    stats = {name: {"documents": 0, "samples": 0, "tokens": 0} for name in SPLITS}
     doc_lengths, chunked = [], 0
     n_special = len(pre) + len(post)
-    for i, (length, rng) in enumerate(_documents(kind, documents, tokens, seed)):
-        length = max(length, n_special + 1)
-        name = S.SPLITS[int(rng.random() < val_fraction)]
-        pieces = chunk(length, max_seq_len, n_special)
-        if name not in writers:
-            writers[name] = MDSWriter(out=os.path.join(out, name), size_limit="64mb",
-                                      columns={"input_ids": f"ndarray:{dtype}", "length": "uint32"})
-        for n in pieces:
-            ids = np.concatenate([pre, vocab[rng.integers(0, len(vocab), n - n_special)], post]).astype(dtype)
-            writers[name].write({"input_ids": ids, "length": n})
-        s = stats[name]
-        s["documents"] += 1
-        s["samples"] += len(pieces)
-        s["tokens"] += sum(pieces)
-        doc_lengths.append(length)
-        chunked += len(pieces) > 1
-    for w in writers.values():
-        w.finish()
-    S._copy_tokenizer(tokenizer_dir, os.path.join(out, "tokenizer"))
-    return _write_stats(out, stats, doc_lengths, chunked, kind, max_seq_len, seed, val_fraction, dtype, special)
+    with ShardWriter(out, tokenizer_dir, tok) as writer:  # one per split that gets documents, as tokenize_to_mds
+        vocab = writer.special.replacement_ids()
+        for length, rng in _documents(kind, documents, tokens, seed):
+            length = max(length, n_special + 1)
+            name = SPLITS[int(rng.random() < val_fraction)]
+            pieces = chunk(length, max_seq_len, n_special)
+            body = [np.concatenate([pre, vocab[rng.integers(0, len(vocab), n - n_special)], post]) for n in pieces]
+            writer.write(name, np.concatenate(body), pieces)
+            s = stats[name]
+            s["documents"] += 1
+            s["samples"] += len(pieces)
+            s["tokens"] += sum(pieces)
+            doc_lengths.append(length)
+            chunked += len(pieces) > 1
+        return writer.finish(_stats(stats, doc_lengths, chunked, kind, max_seq_len, seed, val_fraction))
 
 
-def _write_stats(out, stats, doc_lengths, chunked, kind, max_seq_len, seed, val_fraction, dtype, special) -> dict:
-    import json
-
+def _stats(stats, doc_lengths, chunked, kind, max_seq_len, seed, val_fraction) -> dict:
+    """stats.json's counts (the writer adds the schema, vocabulary and tokenizer identity)."""
     n = len(doc_lengths)
     lengths = np.asarray(doc_lengths)
-    result = {
+    return {
         "inputs": [{"path": f"synthetic:{kind}", "split": "auto", "documents": n}],
         "documents_read": n, "documents_written": n, "documents_skipped": {"empty": 0, "no_tokens": 0},
         "documents_chunked": chunked, "documents_truncated": 0, "documents_with_replaced_bytes": 0,
         "samples_written": sum(s["samples"] for s in stats.values()),
         "tokens_written": sum(s["tokens"] for s in stats.values()), "tokens_truncated": 0,
-        "splits": stats, "max_seq_len": max_seq_len, "dtype": dtype, "vocab_size": special.vocab_size,
-        "special_ids": {"cls": special.cls_id, "sep": special.sep_id, "pad": special.pad_id, "mask": special.mask_id},
+        "splits": stats, "max_seq_len": max_seq_len,
         "val_fraction": val_fraction, "truncate": False, "workers": 1,
         "synthetic": {"lengths": kind, "seed": seed, "document_length_median": float(np.median(lengths)),
                       "document_length_mean": float(lengths.mean()), "document_length_std": float(lengths.std()),
                       "document_length_min": int(lengths.min()), "document_length_max": int(lengths.max())},
     }
-    S.check_stats(result)
-    with open(os.path.join(out, "stats.json"), "w") as f:
-        json.dump(result, f, indent=2)
-        f.write("\n")
-    return result
 
 
 def _count(text: str) -> int:
@@ -163,7 +146,7 @@ def main(argv=None) -> int:
     try:
         s = write_synthetic(a.tokenizer, a.out, a.lengths, a.max_seq_len, a.documents, a.tokens, a.seed,
                             a.val_fraction, a.overwrite)
-    except (ValueError, FileNotFoundError, S.OutputError) as e:
+    except (ValueError, FileNotFoundError) as e:  # OutputError, InputError: ValueErrors
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"{a.out}: {s['documents_written']} documents, {s['samples_written']} samples, {s['tokens_written']} tokens; "

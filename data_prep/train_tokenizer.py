@@ -20,15 +20,16 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from flexbert.data.sources import InputError  # noqa: E402
 from flexbert.data import tokenizer as T  # noqa: E402
+from flexbert.data.outputs import OutputError, check_output_dir, prepare_output_dir  # noqa: E402
+from flexbert.data.readers import InputError  # noqa: E402
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="kind", required=True)
     b = sub.add_parser("bpe", help="train a byte-level BPE on text files")
-    b.add_argument("--input", nargs="+", required=True, help=".txt/.jsonl(.gz/.bz2) files")
+    b.add_argument("--input", nargs="+", required=True, help="corpus files or folders: .txt, .jsonl, .json, .csv, .tsv, .parquet, optionally compressed")
     b.add_argument("--field", default="text")
     b.add_argument("--vocab-size", type=int, default=8192, help="total size, rounded up to a multiple of 64")
     b.add_argument("--min-frequency", type=int, default=2)
@@ -37,11 +38,15 @@ def main(argv=None) -> int:
     m.add_argument("--cache", default=None, help="download cache (default $FLEXBERT_CACHE or ./cache)")
     for s in (b, m):
         s.add_argument("--out", required=True, help="output folder")
+        s.add_argument("--overwrite", action="store_true",
+                       help="replace a non-empty --out whole (its files are deleted; never a folder holding an input)")
         s.add_argument("--model-max-length", type=int, default=8192)
     a = p.parse_args(argv)
 
     t0 = time.time()
+    inputs = a.input if a.kind == "bpe" else [a.tiktoken]
     try:
+        check_output_dir(a.out, inputs)  # before training: a refused --out costs nothing
         if a.kind == "bpe":
             tok = T.train_bpe(T.iter_texts_from_files(a.input, a.field), a.vocab_size, a.min_frequency, show_progress=True)
         else:
@@ -51,7 +56,8 @@ def main(argv=None) -> int:
 
                 path = gpt2_tiktoken_path(a.cache)
             tok = T.build_modernbert_tokenizer(path)
-    except (InputError, FileNotFoundError) as e:
+        prepare_output_dir(a.out, overwrite=a.overwrite, inputs=inputs)
+    except (InputError, OutputError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     T.save_tokenizer(tok, a.out, a.model_max_length)

@@ -56,7 +56,7 @@ def test_validation_maps_to_training_labels(tmp_path):
     _, labels = load_task(write(tmp_path / "train.csv", "s,l\na,x\nb,y\n"), ["s"], "l")
     with pytest.raises(TaskFileError) as e:
         load_task(write(tmp_path / "dev.csv", "s,l\nc,z\n"), ["s"], "l", labels)
-    assert str(e.value) == f"{tmp_path / 'dev.csv'}: column 'l', row 1: label 'z' is not one of the training labels ['x', 'y']"
+    assert str(e.value) == f"{tmp_path / 'dev.csv'}:2: column 'l': label 'z' is not one of the training labels ['x', 'y']"
 
 
 def test_unlabelled_test_file(tmp_path):
@@ -75,13 +75,18 @@ def test_unlabelled_test_file(tmp_path):
     ("d.tsv", "sentence\tlabel\n", ["sentence"], "label", "classification", "{p}: no examples (empty file, or a header row only)"),
     ("e.jsonl", '{"sentence": "a", "label": 0}\n{"sentence": "b", "label": 1}\n{"sentence": "c", "label": [1]}\n',
      ["sentence"], "label", "classification",
-     "{p}: column 'label', row 3: unknown label type [1]; classification labels are ints or strings (use --task regression for real values)"),
+     "{p}:3: column 'label': unknown label type [1]; classification labels are ints or strings (use --task regression for real values)"),
     ("f.csv", "s,label\na,0.5\nb,1\nc,0\n", ["s"], "label", "classification",
-     "{p}: column 'label', row 1: unknown label type '0.5'; classification labels are ints or strings (use --task regression for real values)"),
+     "{p}:2: column 'label': unknown label type '0.5'; classification labels are ints or strings (use --task regression for real values)"),
     ("g.csv", "s,score\na,high\n", ["s"], "score", "regression",
-     "{p}: column 'score', row 1: 'high' is not a number (regression needs numeric labels)"),
-    ("h.txt", "x", ["s"], "label", "classification", "{p}: unknown file type '.txt'; valid: .tsv (GLUE layout, header row), .csv, .jsonl"),
-    ("i.tsv", "a\tb\n1\t2\t3\n", ["a"], "b", "classification", "{p}: line 2 has 3 fields, the header has 2"),
+     "{p}:2: column 'score': 'high' is not a number (regression needs numeric labels)"),
+    ("h.txt", "x", ["s"], "label", "classification", "{p}: unknown file type '.txt'; valid: .tsv (GLUE layout, header row), .csv, .jsonl, .json, .parquet (optionally compressed)"),
+    ("i.tsv", "a\tb\n1\t2\t3\n", ["a"], "b", "classification", "{p}:2: 3 fields, the header has 2"),
+    ("j.csv", "s,score\na,1.5\nb,nan\n", ["s"], "score", "regression",
+     "{p}:3: column 'score': 'nan' is not a finite number (a regression label cannot be nan or inf)"),
+    ("k.jsonl", '{"s": "a", "score": 1}\n{"s": "b", "score": Infinity}\n', ["s"], "score", "regression",
+     "{p}:2: column 'score': inf is not a finite number (a regression label cannot be nan or inf)"),
+    ("l.csv", "s,label,label\na,0,1\n", ["s"], "label", "classification", "{p}:1: column 'label' appears twice in the header"),
 ])
 def test_bad_inputs_give_one_line(tmp_path, name, text, cols, label, task, message):
     path = write(tmp_path / name, text)
@@ -89,6 +94,20 @@ def test_bad_inputs_give_one_line(tmp_path, name, text, cols, label, task, messa
         load_task(path, cols, label, task=task)
     assert str(e.value) == message.format(p=path)
     assert "\n" not in str(e.value)
+
+
+def test_a_byte_order_mark_is_not_part_of_the_header(tmp_path):
+    path = tmp_path / "bom.csv"
+    path.write_bytes("\ufeffsentence,label\nhi,1\nho,0\n".encode("utf-8"))
+    data, labels = load_task(str(path), ["sentence"], "label")
+    assert data.texts == [("hi",), ("ho",)] and labels.names == ["0", "1"]
+
+
+def test_bytes_that_are_not_utf8_name_file_and_line(tmp_path):
+    path = tmp_path / "latin.tsv"
+    path.write_bytes(b"s\tlabel\nfine\t0\ncaf\xe9\t1\n")
+    with pytest.raises(TaskFileError, match=rf"^{path}:3: invalid UTF-8 \(byte 0xe9 at column 4\)"):
+        load_task(str(path), ["s"], "label")
 
 
 def test_missing_file(tmp_path):

@@ -76,3 +76,35 @@ def test_an_output_folder_is_replaced_only_when_asked_and_never_an_input(tmp_pat
     (tmp_path / "file").write_text("x")
     with pytest.raises(OutputError, match="not a folder"):
         prepare_output_dir(tmp_path / "file", overwrite=True)
+
+
+def test_streams_written_with_different_tokenizers_refuse_to_mix(tmp_path):
+    from flexbert.data.config import DataConfig
+    from flexbert.data.shards import ShardOptions, tokenize_to_mds
+
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"text": s}) + "\n" for s in sentences(40)))
+    toks = {"a": _bpe(tmp_path, "tok_a", seed=0), "b": _bpe(tmp_path, "tok_b", seed=1)}
+    for name, tok in (("web", toks["a"]), ("code", toks["a"]), ("sci", toks["b"])):
+        tokenize_to_mds([str(corpus)], tok, str(tmp_path / name), ShardOptions(max_seq_len=64, val_fraction=0.0, progress=False))
+    same = DataConfig.from_dict({"streams": {n: {"local": str(tmp_path / n), "proportion": 1} for n in ("web", "code")}})
+    assert same.shards_fingerprint() == tokenizer_fingerprint(toks["a"])
+    mixed = DataConfig.from_dict({"streams": {n: {"local": str(tmp_path / n), "proportion": 1} for n in ("web", "sci")}})
+    with pytest.raises(TokenizerMismatchError, match=f"shards {tmp_path / 'web'} uses tokenizer .*, shards {tmp_path / 'sci'} uses"):
+        mixed.shards_fingerprint()
+
+
+def test_train_tokenizer_refuses_a_non_empty_out_before_training(tmp_path, capsys):
+    import runpy
+
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"text": s}) + "\n" for s in sentences(200)))
+    out = tmp_path / "shards"
+    out.mkdir()
+    (out / "tokenizer.json").write_text("the shard folder's own tokenizer")
+    args = ["bpe", "--input", str(corpus), "--vocab-size", "256", "--out", str(out)]
+    main = runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "data_prep", "train_tokenizer.py"))["main"]
+    assert main(args) == 2 and "not empty; pass --overwrite" in capsys.readouterr().err
+    assert (out / "tokenizer.json").read_text() == "the shard folder's own tokenizer"
+    assert main([*args[:-2], "--out", str(tmp_path)]) == 2  # holds the input
+    assert main(args + ["--overwrite"]) == 0 and tokenizer_fingerprint(str(out))

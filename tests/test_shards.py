@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from data_fixtures.helpers import clean_shm, sentences, small_tokenizer_dir
-from flexbert.data.shards import OutputError, ShardOptions, check_stats, tokenize_to_mds
+from flexbert.data.shard_stats import check_stats
+from flexbert.data.shards import OutputError, ShardOptions, tokenize_to_mds
 from flexbert.data.sources import InputError
 from flexbert.data.tokenizer import load_tokenizer, special_tokens_template
 
@@ -168,8 +169,8 @@ def test_hostile_inputs(tmp_path, tok):
     with pytest.raises(InputError, match="no such file"):
         run([str(tmp_path / "nope.jsonl")], tok, tmp_path / "o8")
     with pytest.raises(InputError, match="unsupported input type"):
-        (tmp_path / "x.csv").write_text("a")
-        run([str(tmp_path / "x.csv")], tok, tmp_path / "o9")
+        (tmp_path / "x.docx").write_text("a")
+        run([str(tmp_path / "x.docx")], tok, tmp_path / "o9")
     corrupt = tmp_path / "c.jsonl.gz"
     corrupt.write_bytes(gzip.compress(b'{"text": "a"}\n' * 100)[:40])
     with pytest.raises(InputError, match=r"c\.jsonl\.gz:\d+: cannot read"):

@@ -1,14 +1,8 @@
 """Tokenize text documents into MDS shards that ``StreamingDataset`` reads (library behind
 ``data_prep/tokenize_to_mds.py``).
 
-Layout written under ``out``::
-
-    out/train/index.json + shard.*.mds        one sample per document chunk
-    out/validation/index.json + shard.*.mds   (only when the split got documents)
-    out/tokenizer/                            copy of the tokenizer used (reproducibility)
-    out/stats.json                            counts that add up (see ``check_stats``)
-
-A sample is ``{"input_ids": ndarray uint16|uint32, "length": uint32}``.  Every document is encoded
+The folder's layout and sample schema are the shard writer's (flexbert/data/shard_writer.py).
+Every document is encoded
 through the tokenizer's post-processor (``[CLS] ... [SEP]``); documents longer than
 ``max_seq_len`` are split into chunks that are each wrapped the same way (or truncated to the
 first chunk when asked).  Which split a document lands in is decided by a hash of its text, so it
@@ -35,7 +29,8 @@ import numpy as np
 from flexbert.data.ragged import wrapped_chunks
 from flexbert.data.outputs import OutputError, prepare_output_dir  # noqa: F401 - OutputError: re-exported
 from flexbert.data.remote import is_remote, join
-from flexbert.data.shard_stats import SPLITS, ShardStats, check_stats
+from flexbert.data.shard_stats import SPLITS, ShardStats
+from flexbert.data.shard_writer import ShardWriter, id_dtype
 from flexbert.data.sources import InputError, expand_inputs, iter_documents
 
 
@@ -84,7 +79,7 @@ def _init_worker(tokenizer_dir: str, max_seq_len: int, truncate: bool, val_fract
         cap=cap,
         truncate=truncate,
         val_fraction=val_fraction,
-        dtype=np.uint16 if vocab <= 1 << 16 else np.uint32,
+        dtype=np.dtype(id_dtype(vocab)),
     )
 
 
@@ -177,18 +172,13 @@ def _results(tasks: Iterable, tokenizer_dir: str, opts: ShardOptions, tok=None) 
             yield pending.popleft().get()
 
 
-def _write(results: Iterable, out: str, dtype: str, opts: ShardOptions, stats: ShardStats,
-           remote: str | None = None) -> None:
-    """Encoded documents -> one MDSWriter per split (uploading each shard to ``remote``/<split>
-    when given); removes what it wrote locally if anything fails."""
-    writers: dict = {}
-    columns = {"input_ids": f"ndarray:{dtype}", "length": "uint32"}
+def _write(results: Iterable, writer: ShardWriter, opts: ShardOptions, stats: ShardStats) -> None:
+    """Encoded documents -> the shard writer, one split per document as decided by the workers."""
     bar = None
     if opts.progress:
         from tqdm import tqdm
 
         bar = tqdm(unit=" docs", desc="tokenize", dynamic_ncols=True, mininterval=0.5)
-    ok = False
     try:
         for flat, meta in results:
             pos = 0
@@ -196,31 +186,16 @@ def _write(results: Iterable, out: str, dtype: str, opts: ShardOptions, stats: S
                 if not lengths:
                     stats.skipped["no_tokens"] += 1
                     continue
-                name = SPLITS[split]
-                w = writers.get(name)
-                if w is None:
-                    from streaming import MDSWriter  # heavy (imports torch): only once there is output
-
-                    dest = os.path.join(out, name) if remote is None else (os.path.join(out, name), join(remote, name))
-                    w = writers[name] = MDSWriter(
-                        out=dest, columns=columns, size_limit=opts.size_limit, compression=opts.compression
-                    )
-                for n in lengths:
-                    w.write({"input_ids": flat[pos : pos + n], "length": n})
-                    pos += n
-                stats.add(name, lengths, dropped)
+                n = sum(lengths)
+                writer.write(SPLITS[split], flat[pos: pos + n], lengths)
+                pos += n
+                stats.add(SPLITS[split], lengths, dropped)
             if bar is not None:
                 bar.update(len(meta))
                 bar.set_postfix(tokens=stats.tokens(), refresh=False)
-        for w in writers.values():
-            w.finish()
-        ok = True
     finally:
         if bar is not None:
             bar.close()
-        if not ok:  # never leave a half-written dataset behind
-            for name in writers:
-                shutil.rmtree(os.path.join(out, name), ignore_errors=True)
 
 
 def tokenize_to_mds(
@@ -232,8 +207,7 @@ def tokenize_to_mds(
     ``out`` may be a URL (``s3://bucket/prefix``): shards are uploaded by Streaming's writer as each
     one is finished (local disk holds a shard or two, not the data set), then the tokenizer and,
     last, stats.json (its presence marks a complete upload)."""
-    from flexbert.data.fingerprint import FINGERPRINT_KEY, tokenizer_fingerprint
-    from flexbert.data.tokenizer import SpecialTokens, load_tokenizer
+    from flexbert.data.tokenizer import load_tokenizer
 
     opts.validate()
     if is_remote(out):
@@ -250,36 +224,18 @@ def tokenize_to_mds(
         return stats
     t0 = time.time()
     tok = load_tokenizer(tokenizer_dir)
-    special = SpecialTokens.from_tokenizer(tok)
-    dtype = "uint16" if special.vocab_size <= 1 << 16 else "uint32"
     files = [(p, -1) for p in expand_inputs(inputs)] + [(p, 1) for p in expand_inputs(val_inputs or [])]
     if not files:
         raise InputError("no input files given")
     prepare_output_dir(out, overwrite=opts.overwrite, inputs=[p for p, _ in files] + [tokenizer_dir])
 
     stats = ShardStats()
-    _write(_results(_tasks(files, opts, stats), tokenizer_dir, opts, tok), out, dtype, opts, stats, remote)
-    if stats.documents_written == 0:
-        raise InputError(
-            f"no documents to write: {len(files)} input file(s), {stats.documents_read} document(s) read, "
-            f"all empty ({stats.skipped['empty']} empty, {stats.skipped['no_tokens']} without tokens)"
-        )
-
-    _copy_tokenizer(tokenizer_dir, os.path.join(out, "tokenizer"))
-    result = stats.report(opts, special, dtype, time.time() - t0)
-    result[FINGERPRINT_KEY] = tokenizer_fingerprint(tok)  # the shards' tokenizer identity (flexbert/data/fingerprint.py)
-    check_stats(result)
-    with open(os.path.join(out, "stats.json"), "w") as f:
-        json.dump(result, f, indent=2)
-        f.write("\n")
-    return result
-
-
-def _copy_tokenizer(src: str, dst: str) -> None:
-    os.makedirs(dst, exist_ok=True)
-    if not os.path.isdir(src):
-        shutil.copyfile(src, os.path.join(dst, "tokenizer.json"))
-        return
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        if os.path.isfile(os.path.join(src, name)):
-            shutil.copyfile(os.path.join(src, name), os.path.join(dst, name))
+    with ShardWriter(out, tokenizer_dir, tok, size_limit=opts.size_limit, compression=opts.compression,
+                     remote=remote) as writer:
+        _write(_results(_tasks(files, opts, stats), tokenizer_dir, opts, tok), writer, opts, stats)
+        if stats.documents_written == 0:
+            raise InputError(
+                f"no documents to write: {len(files)} input file(s), {stats.documents_read} document(s) read, "
+                f"all empty ({stats.skipped['empty']} empty, {stats.skipped['no_tokens']} without tokens)"
+            )
+        return writer.finish(stats.report(opts, writer.special, writer.dtype, time.time() - t0))

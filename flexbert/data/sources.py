@@ -1,30 +1,26 @@
-"""Reading raw text documents from .txt / .jsonl / .parquet files, each optionally .gz or .bz2.
+"""Raw text documents from corpus files: every format of the reader registry
+(``flexbert/data/readers.py``: .txt, .jsonl, .json, .csv, .tsv, .parquet, each optionally
+compressed).
 
 Every problem with an input is an :class:`InputError` whose message is one line starting with
 ``path:line:`` (or ``path:`` when no line applies), so a CLI can print it and exit 2.
 
 Documents are yielded with their origin (file and 1-based line, or row for parquet); empty
 documents are yielded too, so that the caller can count what it skips instead of losing it.
+A ``.txt`` file is one document per line, or per paragraph (``txt_mode="paragraph"``); the table
+formats take the text from one field / column (``field``, default ``text``).
 """
 
 from __future__ import annotations
 
-import bz2
-import gzip
-import io
-import json
 import os
 from dataclasses import dataclass
-from typing import IO, Iterator
+from typing import Iterator
 
-TEXT_SUFFIXES = (".txt", ".text")
-JSONL_SUFFIXES = (".jsonl", ".ndjson")
-PARQUET_SUFFIXES = (".parquet",)
-COMPRESSIONS = {".gz": gzip.open, ".bz2": bz2.open}
+from flexbert.data.readers import InputError, ReadOptions, Record, formats, is_supported, read_records, split_suffix
 
-
-class InputError(ValueError):
-    """Bad input; the message is one line naming the file (and line when there is one)."""
+TEXT_SUFFIXES = (".txt", ".text")  # one document per line or paragraph; the other formats are tables
+__all__ = ["Document", "InputError", "expand_inputs", "iter_documents"]
 
 
 @dataclass
@@ -33,22 +29,6 @@ class Document:
     path: str
     line: int  # 1-based line (txt: first line of the paragraph; parquet: row)
     replaced: bool = False  # invalid UTF-8 bytes were replaced by U+FFFD
-
-
-def split_suffix(path: str) -> tuple[str, str | None]:
-    """('.jsonl', '.gz') for 'a/b.jsonl.gz'; the format suffix is lower-cased."""
-    name = os.path.basename(path).lower()
-    comp = None
-    for c in COMPRESSIONS:
-        if name.endswith(c):
-            comp, name = c, name[: -len(c)]
-            break
-    return os.path.splitext(name)[1], comp
-
-
-def is_supported(path: str) -> bool:
-    fmt, _ = split_suffix(path)
-    return fmt in TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES
 
 
 def expand_inputs(paths: list[str]) -> list[str]:
@@ -60,61 +40,27 @@ def expand_inputs(paths: list[str]) -> list[str]:
                 os.path.join(root, f) for root, _, files in os.walk(p) for f in files if is_supported(f)
             )
             if not found:
-                raise InputError(f"{p}: directory holds no .txt/.jsonl/.parquet files")
+                raise InputError(f"{p}: directory holds no readable files ({formats()})")
             out += found
         elif not os.path.exists(p):
             raise InputError(f"{p}: no such file")
         elif not is_supported(p):
-            raise InputError(f"{p}: unsupported input type (expected .txt, .jsonl or .parquet, optionally .gz/.bz2)")
+            raise InputError(f"{p}: unsupported input type (expected {formats()})")
         else:
             out.append(p)
     return out
 
 
-def _open_binary(path: str) -> IO[bytes]:
-    _, comp = split_suffix(path)
-    return COMPRESSIONS[comp](path, "rb") if comp else open(path, "rb")
-
-
-def _lines(path: str) -> Iterator[tuple[int, bytes]]:
-    """(1-based line number, raw line without its terminator); decompression errors become InputError."""
-    lineno = 0
-    try:
-        with _open_binary(path) as f:
-            for lineno, raw in enumerate(f, 1):
-                yield lineno, raw.rstrip(b"\n").rstrip(b"\r")
-    except (OSError, EOFError) as e:  # truncated/corrupt .gz/.bz2, unreadable file
-        raise InputError(f"{path}:{lineno + 1}: cannot read: {e}") from None
-
-
-def _decode(raw: bytes, path: str, lineno: int, errors: str) -> tuple[str, bool]:
-    try:
-        return raw.decode("utf-8"), False
-    except UnicodeDecodeError as e:
-        if errors == "replace":
-            return raw.decode("utf-8", errors="replace"), True
-        raise InputError(
-            f"{path}:{lineno}: invalid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
-            "pass --errors replace to substitute U+FFFD"
-        ) from None
-
-
-def _iter_txt(path: str, mode: str, errors: str) -> Iterator[Document]:
-    if mode == "line":
-        for lineno, raw in _lines(path):
-            text, rep = _decode(raw, path, lineno, errors)
-            yield Document(text, path, lineno, rep)
-        return
-    # paragraph mode: blank lines separate documents; lines within a paragraph keep their "\n"
+def _paragraphs(records: Iterator[Record], path: str) -> Iterator[Document]:
+    """Blank lines separate documents; lines within a paragraph keep their "\n"."""
     buf: list[str] = []
     start, rep_any = 0, False
-    for lineno, raw in _lines(path):
-        text, rep = _decode(raw, path, lineno, errors)
-        if text.strip():
+    for r in records:
+        if r.value.strip():
             if not buf:
-                start, rep_any = lineno, False
-            buf.append(text)
-            rep_any |= rep
+                start, rep_any = r.line, False
+            buf.append(r.value)
+            rep_any |= r.replaced
         elif buf:
             yield Document("\n".join(buf), path, start, rep_any)
             buf = []
@@ -122,71 +68,29 @@ def _iter_txt(path: str, mode: str, errors: str) -> Iterator[Document]:
         yield Document("\n".join(buf), path, start, rep_any)
 
 
-def _iter_jsonl(path: str, field: str, errors: str) -> Iterator[Document]:
-    for lineno, raw in _lines(path):
-        if not raw.strip():
-            continue  # blank separator lines hold no record
-        line, rep = _decode(raw, path, lineno, errors)
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}:{lineno}: malformed JSON: {e.msg} at column {e.colno}") from None
-        if not isinstance(obj, dict):
-            raise InputError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-        if field not in obj:
-            keys = ", ".join(list(obj)[:8]) or "none"
-            raise InputError(f"{path}:{lineno}: missing field '{field}' (keys: {keys}); choose one with --field")
-        text = obj[field]
+def _field(records: Iterator[Record], path: str, field: str) -> Iterator[Document]:
+    for r in records:
+        if field not in r.value:
+            keys = ", ".join(list(r.value)[:8]) or "none"
+            raise InputError(f"{path}:{r.line}: missing field '{field}' (keys: {keys}); choose one with --field")
+        text = r.value[field]
         if text is None:
             text = ""  # an explicit null is an empty document: skipped and counted
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", errors="replace")
         if not isinstance(text, str):
-            raise InputError(f"{path}:{lineno}: field '{field}' is {type(text).__name__}, expected a string")
-        yield Document(text, path, lineno, rep)
-
-
-def _iter_parquet(path: str, field: str) -> Iterator[Document]:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise InputError(f"{path}: reading .parquet needs pyarrow (pip install pyarrow)") from None
-    _, comp = split_suffix(path)
-    try:
-        if comp:  # parquet needs random access: decompress the outer wrapper into memory
-            with _open_binary(path) as f:
-                source = io.BytesIO(f.read())
-        else:
-            source = path
-        pf = pq.ParquetFile(source)
-    except Exception as e:  # pyarrow raises several types for corrupt files
-        raise InputError(f"{path}: cannot read parquet: {str(e).splitlines()[0]}") from None
-    if field not in pf.schema_arrow.names:
-        raise InputError(f"{path}: missing column '{field}' (columns: {', '.join(pf.schema_arrow.names)})")
-    row = 0
-    for batch in pf.iter_batches(columns=[field], batch_size=4096):
-        for text in batch.column(0).to_pylist():
-            row += 1
-            if text is None:
-                text = ""
-            if isinstance(text, bytes):
-                text = text.decode("utf-8", errors="replace")
-            if not isinstance(text, str):
-                raise InputError(f"{path}:{row}: column '{field}' holds {type(text).__name__}, expected strings")
-            yield Document(text, path, row)
+            raise InputError(f"{path}:{r.line}: field '{field}' is {type(text).__name__}, expected a string")
+        yield Document(text, path, r.line, r.replaced)
 
 
 def iter_documents(path: str, field: str = "text", txt_mode: str = "line", errors: str = "strict") -> Iterator[Document]:
     """Every document of one input file, in file order (empty ones included)."""
     if txt_mode not in ("line", "paragraph"):
         raise ValueError(f"txt_mode must be 'line' or 'paragraph', got {txt_mode!r}")
-    if errors not in ("strict", "replace"):
-        raise ValueError(f"errors must be 'strict' or 'replace', got {errors!r}")
-    fmt, _ = split_suffix(path)
-    if not os.path.isfile(path):
-        raise InputError(f"{path}: no such file")
-    if fmt in TEXT_SUFFIXES:
-        return _iter_txt(path, txt_mode, errors)
-    if fmt in JSONL_SUFFIXES:
-        return _iter_jsonl(path, field, errors)
-    if fmt in PARQUET_SUFFIXES:
-        return _iter_parquet(path, field)
-    raise InputError(f"{path}: unsupported input type '{fmt}' (expected .txt, .jsonl or .parquet)")
+    records = read_records(path, ReadOptions(errors=errors, columns=[field], tsv_quoting=True))
+    if split_suffix(path)[0] in TEXT_SUFFIXES:
+        if txt_mode == "paragraph":
+            return _paragraphs(records, path)
+        return (Document(r.value, path, r.line, r.replaced) for r in records)
+    return _field(records, path, field)
+

@@ -8,67 +8,31 @@ column or line): a missing column, an empty file, a label that is neither a clas
 
 from __future__ import annotations
 
-import csv
-import gzip
-import json
-import os
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
+from flexbert.data.readers import InputError, ReadOptions, read_records, split_suffix
+
 TASKS = ("classification", "regression")
-FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}
+FORMATS = (".tsv", ".csv", ".jsonl", ".json", ".parquet")  # the table formats of flexbert/data/readers.py
 
 
 class TaskFileError(ValueError):
     """One line naming the file and the column / line that cannot be used."""
 
 
-def _open(path: str):
-    return gzip.open(path, "rt", encoding="utf-8", newline="") if path.endswith(".gz") else open(path, encoding="utf-8", newline="")
-
-
-def file_format(path: str) -> str:
-    stem = path[:-3] if path.endswith(".gz") else path
-    ext = os.path.splitext(stem)[1].lower()
+def read_rows(path: str) -> list[tuple[int, dict[str, Any]]]:
+    """(line, row) pairs, header names as keys, through the reader registry (any compression).
+    TSV is read as GLUE writes it: tab-separated, no quoting (quotes are part of the text)."""
+    ext = split_suffix(path)[0]
     if ext not in FORMATS:
-        raise TaskFileError(f"{path}: unknown file type '{ext}'; valid: .tsv (GLUE layout, header row), .csv, .jsonl")
-    return FORMATS[ext]
-
-
-def read_rows(path: str) -> list[dict[str, Any]]:
-    """Rows as dicts (header names as keys).  TSV is read as GLUE writes it: tab-separated, no
-    quoting (quotes are part of the text)."""
-    if not os.path.exists(path):
-        raise TaskFileError(f"{path}: no such file")
-    fmt = file_format(path)
-    with _open(path) as f:
-        if fmt == "jsonl":
-            rows = []
-            for i, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise TaskFileError(f"{path}: line {i} is not JSON ({e.msg})") from None
-                if not isinstance(rec, dict):
-                    raise TaskFileError(f"{path}: line {i} is not a JSON object")
-                rows.append(rec)
-            return rows
-        if fmt == "tsv":
-            reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        else:
-            reader = csv.reader(f)
-        table = [r for r in reader if r]
-    if not table:
-        return []
-    header, body = table[0], table[1:]
-    rows = []
-    for i, r in enumerate(body, 2):
-        if len(r) != len(header):
-            raise TaskFileError(f"{path}: line {i} has {len(r)} fields, the header has {len(header)}")
-        rows.append(dict(zip(header, r)))
-    return rows
+        raise TaskFileError(f"{path}: unknown file type '{ext}'; valid: .tsv (GLUE layout, header row), "
+                            ".csv, .jsonl, .json, .parquet (optionally compressed)")
+    try:
+        return [(r.line, r.value) for r in read_records(path, ReadOptions())]
+    except InputError as e:
+        raise TaskFileError(str(e)) from None
 
 
 def _class_name(value: Any) -> Optional[str]:
@@ -118,19 +82,24 @@ class LabelSpace:
         return dict(enumerate(self.names))
 
     def encode(self, value: Any, path: str, column: str, line: int) -> float | int:
+        """The label's id (classification) or value (regression); ``line``: where it is in the file."""
+        where = f"{path}:{line}: column '{column}'"
         if self.task == "regression":
             try:
                 if isinstance(value, bool) or value is None or isinstance(value, (list, dict)):
                     raise ValueError
-                return float(value)
+                number = float(value)
             except ValueError:
-                raise TaskFileError(f"{path}: column '{column}', row {line}: {value!r} is not a number (regression needs numeric labels)") from None
+                raise TaskFileError(f"{where}: {value!r} is not a number (regression needs numeric labels)") from None
+            if not math.isfinite(number):
+                raise TaskFileError(f"{where}: {value!r} is not a finite number (a regression label cannot be nan or inf)")
+            return number
         name = _class_name(value)
         if name is None:
-            raise TaskFileError(f"{path}: column '{column}', row {line}: unknown label type {value!r}; "
+            raise TaskFileError(f"{where}: unknown label type {value!r}; "
                                 "classification labels are ints or strings (use --task regression for real values)")
         if name not in self.names:
-            raise TaskFileError(f"{path}: column '{column}', row {line}: label {name!r} is not one of the training labels {self.names}")
+            raise TaskFileError(f"{where}: label {name!r} is not one of the training labels {self.names}")
         return self.names.index(name)
 
 
@@ -151,23 +120,23 @@ def load_task(path: str, text_columns: Sequence[str], label_column: str, labels:
     rows = read_rows(path)
     if not rows:
         raise TaskFileError(f"{path}: no examples (empty file, or a header row only)")
-    columns = list(rows[0].keys())
+    columns = list(rows[0][1].keys())
     for col in text_columns:
-        if col not in rows[0]:
+        if col not in rows[0][1]:
             raise TaskFileError(f"{path}: text column '{col}' not found; columns: {', '.join(columns)}")
-    has_labels = label_column in rows[0]
+    has_labels = label_column in rows[0][1]
     if not has_labels and require_labels:
         raise TaskFileError(f"{path}: label column '{label_column}' not found; columns: {', '.join(columns)}")
     texts = []
-    for i, r in enumerate(rows, 1):
+    for line, r in rows:
         parts = []
         for col in text_columns:
             v = r.get(col)
             if not isinstance(v, str):
-                raise TaskFileError(f"{path}: text column '{col}', row {i}: expected text, got {v!r}")
+                raise TaskFileError(f"{path}:{line}: text column '{col}': expected text, got {v!r}")
             parts.append(v)
         texts.append(tuple(parts))
     if labels is None:
-        labels = LabelSpace.from_labels(task, [r.get(label_column) for r in rows], path, label_column)
-    ids = [labels.encode(r.get(label_column), path, label_column, i) for i, r in enumerate(rows, 1)] if has_labels else None
+        labels = LabelSpace.from_labels(task, [r.get(label_column) for _, r in rows], path, label_column)
+    ids = [labels.encode(r.get(label_column), path, label_column, line) for line, r in rows] if has_labels else None
     return TaskData(path, texts, ids), labels

@@ -89,7 +89,7 @@ def plan(o: Options) -> list[Step]:
         steps.append(Step("install wheels", f"{py} -m flexbert.train.gpu_report install {shlex.quote(o.wheelhouse)}", 300))
     tok = o.tokenizer or os.path.join(work, "tokenizer")
     if not o.tokenizer:
-        args = ["modernbert", "--out", tok] + (["--tiktoken", o.tiktoken] if o.tiktoken else [])
+        args = ["modernbert", "--out", tok, "--overwrite"] + (["--tiktoken", o.tiktoken] if o.tiktoken else [])
         steps.append(Step("tokenizer (50,368 ids)", _py(o, "data_prep/train_tokenizer.py", *args), 120))
     seqs = sorted({r[4] for r in (SMOKE_RUNS if o.smoke else FULL_RUNS)})
     for seq in seqs:
