@@ -29,3 +29,20 @@ def test_absurd_lr_is_stopped(tmp_path_factory):
     assert f"Last good checkpoint: {os.path.join(ckpts, f'ba{saved[-1]}.pt')}" in lines[0]
     weights = torch.load(os.path.join(ckpts, f"ba{saved[-1]}.pt"), map_location="cpu", weights_only=False)
     assert all(torch.isfinite(v).all() for v in weights["state"]["model"].values())
+
+
+def test_the_console_prints_a_nan_loss_instead_of_crashing():
+    """With callbacks.nan_guard=false a diverged run keeps logging: the console shows nan/inf."""
+    import io
+
+    import torch
+
+    from flexbert.train import metric_keys as K
+    from flexbert.train.loggers import ConsoleLogger, console_fields
+
+    log = ConsoleLogger(stream=io.StringIO())
+    log.log_metrics({K.TRAIN_LOSS: torch.tensor(float("nan")), K.TOKENS_PER_SEC: float("inf"), K.LR: 1e-3,
+                     K.EVAL_LOSS: float("nan")})
+    line = console_fields(log.latest)
+    assert " loss nan" in line and " inf tok/s" in line and " lr 0.001" in line
+    assert log._eval[K.EVAL_LOSS] != log._eval[K.EVAL_LOSS]  # still a float nan, printable with :.4f

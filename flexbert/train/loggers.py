@@ -36,6 +36,8 @@ def _plain(value: Any) -> Any:
 
 
 def _fmt_tokens(n: float) -> str:
+    if not math.isfinite(n):
+        return str(n)
     for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(n) >= scale:
             return f"{n / scale:.2f}{unit}"
@@ -52,6 +54,12 @@ _CONSOLE_FIELDS = (
     (K.PACKING, lambda x: f" pack {100 * x:.1f}%"),
     (K.MEMORY_ALLOCATED, lambda x: f" mem {x:.1f}GB"),
 )
+
+
+def console_fields(values: dict[str, Any]) -> str:
+    """The metrics part of a console progress line (numbers only: other values are skipped)."""
+    return "".join(fmt(values[key]) for key, fmt in _CONSOLE_FIELDS
+                   if isinstance(values.get(key), (int, float)) and not isinstance(values.get(key), bool))
 
 
 class JSONLLogger(LoggerDestination):
@@ -125,6 +133,8 @@ class ConsoleLogger(LoggerDestination):
     def log_metrics(self, metrics: dict[str, Any], step: Optional[int] = None) -> None:
         for k, v in metrics.items():
             v = _plain(v)
+            if v in ("nan", "inf", "-inf"):
+                v = float(v)  # printed as nan/inf: a diverging run is shown, not a crash of the logger
             (self._eval if k.startswith(K.EVAL_PREFIX) else self.latest).__setitem__(k, v)
 
     def _print(self, line: str) -> None:
@@ -146,7 +156,7 @@ class ConsoleLogger(LoggerDestination):
             parts = [f"[batch {batch}", f"tok {_fmt_tokens(int(ts.token))}"]
             if elapsed is not None:
                 parts.append(f"{100 * float(elapsed):.0f}%]")
-            line = " ".join(parts) + "".join(fmt(v[key]) for key, fmt in _CONSOLE_FIELDS if key in v)
+            line = " ".join(parts) + console_fields(v)
             self._print(line)
         if self._eval:
             e = self._eval
