@@ -15,8 +15,9 @@ outlive the loss and the training / eval metrics are counts (docs/model.md):
   elsewhere ``plain`` (host memory is not the limit of a CPU-sized run, and ``chunked`` pays one
   more decoder matmul: 12% slower in ``scripts/bench_model.py``'s small config on CPU).
 
-The loss runs outside torch.compile (it is a handful of large matmuls; liger syncs with the host),
-so a compiled model has one graph break here and never recompiles because of it.
+``plain`` and ``chunked`` trace into a compiled model's graph (``compile: model`` is one graph from
+the embeddings to the loss sums); ``liger`` is a Triton kernel that syncs with the host and stays
+a separate call (one graph break, no recompilation).
 """
 
 from __future__ import annotations
@@ -130,8 +131,11 @@ def plain_loss(h, weight, bias, labels) -> LossStats:
     return LossStats(loss_sum, correct, _count(labels))
 
 
+_LIGER = importlib.util.find_spec("liger_kernel") is not None  # looked up once: a constant when traced
+
+
 def liger_available() -> bool:
-    return importlib.util.find_spec("liger_kernel") is not None
+    return _LIGER
 
 
 def require_liger() -> None:
@@ -143,6 +147,7 @@ def require_liger() -> None:
 
 
 @MLM_LOSSES.register("liger")
+@torch.compiler.disable  # a Triton kernel with host syncs: called as is from a compiled model
 def liger_loss(h, weight, bias, labels) -> LossStats:
     require_liger()
     if h.device.type != "cuda":
@@ -178,7 +183,6 @@ def auto_loss(h, weight, bias, labels) -> LossStats:
     return chunked_loss(h, weight, bias, labels)
 
 
-@torch.compiler.disable
 def mlm_loss(name: str, h, weight, bias, labels) -> LossStats:
     """Loss sums of decoder(h) against ``labels`` with the implementation ``name``.
 

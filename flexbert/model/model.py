@@ -11,7 +11,7 @@ the head.  Two input forms (see docs/internals.md):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -118,6 +118,10 @@ class FlexBertModel(nn.Module):
         self.layers = nn.ModuleList(build_block(config, i) for i in range(config.num_hidden_layers))
         self.final_norm = build_norm(config) if config.final_norm else None
         self.windows = [layer.attn.window for layer in self.layers]  # fixed at construction
+        # (device type, compute dtype, dropout) -> attention backend, resolved once on the host by
+        # bind_backends: a forward that finds its backend here calls no resolver, so a compiled
+        # model traces embeddings to loss as one graph
+        self._backends: dict = {}
         if init:
             init_weights(self, config)
 
@@ -126,13 +130,25 @@ class FlexBertModel(nn.Module):
             return torch.get_autocast_dtype(device.type)
         return self.embeddings.tok_embeddings.weight.dtype
 
+    def bind_backends(self, device: Union[str, torch.device], dtype: torch.dtype) -> None:
+        """Resolve the attention backend for ``device`` and compute ``dtype`` now (with and without
+        attention dropout), so that forward does not: called once when the model is built for a
+        run (flexbert/train/recipe.py), before it is compiled."""
+        device_type = torch.device(device).type
+        for dropout in sorted({False, self.config.attention_dropout > 0}):
+            self._backends[(device_type, dtype, dropout)] = resolve_backend(self.config.attention_backend, device, dtype, dropout)
+
     def prepare_batch(self, cu_seqlens: torch.Tensor, max_seqlen: int, total: int, static: bool = False) -> BatchInfo:
         """Everything per batch that layers share: positions, RoPE tables, backend + its masks."""
         cfg = self.config
         batch = batch_info(cu_seqlens, max_seqlen, total, static)
         device = cu_seqlens.device
         dropout = self.training and cfg.attention_dropout > 0
-        batch.backend = resolve_backend(cfg.attention_backend, device, self._compute_dtype(device), dropout)
+        dtype = self._compute_dtype(device)
+        backend = self._backends.get((device.type, dtype, dropout))
+        if backend is None:  # not bound (eager use, tests): resolve here, outside any compiled graph
+            backend = resolve_backend(cfg.attention_backend, device, dtype, dropout)
+        batch.backend = backend
         batch.attn = batch.backend.prepare(batch, self.windows)
         batch.rope = rope_tables(cfg, batch.positions, [w is None for w in self.windows])
         return batch

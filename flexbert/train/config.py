@@ -95,13 +95,17 @@ class RunConfig:
     precision: str = "auto"  # auto: amp_bf16 on GPU, fp32 on CPU
     device: str = "auto"  # auto | cpu | gpu
     compile: str = "none"  # none | model | blocks
+    compile_mode: str = "default"  # default | reduce-overhead (CUDA graphs) | max-autotune | max-autotune-no-cudagraphs
     dist_timeout: float = 300.0
 
     loggers: LoggersConfig = field(default_factory=LoggersConfig)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
 
     def validate(self, prefix: str = "") -> None:
-        for key, choices in (("precision", PRECISIONS), ("device", DEVICES), ("compile", COMPILE)):
+        from flexbert.model.compile import TORCH_COMPILE_MODES
+
+        for key, choices in (("precision", PRECISIONS), ("device", DEVICES), ("compile", COMPILE),
+                             ("compile_mode", TORCH_COMPILE_MODES)):
             value = getattr(self, key)
             if value not in choices:
                 raise ConfigError(unknown_choice(key, "value", value, choices))

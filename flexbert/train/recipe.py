@@ -36,6 +36,9 @@ def resolve_precision(precision: str, device: str) -> str:
     return precision
 
 
+COMPUTE_DTYPES = {"fp32": torch.float32, "amp_bf16": torch.bfloat16, "amp_fp16": torch.float16}
+
+
 def build_model(cfg) -> FlexBertMLM:
     """The Composer model of a RunConfig with ``compile`` applied; a compiled model gets fixed row
     shapes from the data section (an eager one keeps the cheaper per-batch shapes: no padding
@@ -46,7 +49,10 @@ def build_model(cfg) -> FlexBertMLM:
         masking = max(data.mlm_probability, data.eval_mlm_probability)
         shapes = StaticShapes.for_rows(data.row_tokens, data.max_seq_len, masking, cfg.model.sparse_prediction)
     model = FlexBertMLM(cfg.model, shapes=shapes)
-    compile_model(model.model, cfg.compile)
+    if cfg.compile != "none":
+        device = "cuda" if resolve_device(cfg.device) == "gpu" else "cpu"
+        dtype = COMPUTE_DTYPES[resolve_precision(cfg.precision, resolve_device(cfg.device))]
+        compile_model(model.model, cfg.compile, compile_mode=cfg.compile_mode, device=device, dtype=dtype)
     return model
 
 
