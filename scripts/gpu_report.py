@@ -5,7 +5,7 @@
     python scripts/gpu_report.py --dry-run          # print each step's command, run nothing
     python scripts/gpu_report.py --device cpu --smoke --tokenizer DIR --out /tmp/r.md   # seconds, on CPU
 
-Steps and what is measured: flexbert/train/gpu_report.py.  Without CUDA (and without
+Steps and what is measured: scripts/gpu_harness.py.  Without CUDA (and without
 ``--device cpu``) it stops at once with one line.
 """
 
@@ -18,7 +18,9 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from flexbert.train import gpu_report as G  # noqa: E402
+sys.path.insert(0, os.path.join(REPO, "scripts"))
+import gpu_harness as G  # noqa: E402 (same folder)
+from gpu_env import env_info  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -47,10 +49,13 @@ def main(argv=None) -> int:
         if not torch.cuda.is_available():
             print("gpu-report: no CUDA GPU here (torch.cuda.is_available() is False); run it on a machine with one", file=sys.stderr)
             return 2
-    G.run_steps(steps, a.budget_s, os.path.join(a.work, "logs"))
-    env = G.env_info()  # after the steps: versions of the wheels they installed
     command = "make gpu-report" if not a.smoke else "python scripts/gpu_report.py --smoke"
-    G.write_report(a.out, G.render(steps, env, command))
+
+    def report(done: list) -> None:  # after every step: versions of what the steps installed, figures so far
+        G.write_report(a.out, G.render(done, env_info(), command))
+
+    G.run_steps(steps, a.budget_s, os.path.join(a.work, "logs"), after_step=report)
+    report(steps)
     failed = [s.name for s in steps if s.status != "ok"]
     print(f"wrote {a.out}; {len(steps) - len(failed)} of {len(steps)} steps ok" + (f"; not ok: {', '.join(failed)}" if failed else ""))
     return 0

@@ -9,7 +9,7 @@ mosaicml-cli imports when Composer loads) for the target platform without instal
 (``pip install --dry-run --report``), then every resolved distribution except the GPU stack a
 CUDA machine already has (torch, torchvision, torchaudio, triton, nvidia-*) is fetched with
 ``pip download --no-deps --only-binary :all:``.  ``make gpu-report`` installs from the folder
-the wheels whose distributions the machine does not already have (flexbert/train/gpu_report.py),
+the wheels whose distributions the machine does not already have (scripts/gpu_harness.py),
 and builds the 50,368-token tokenizer from the ``gpt2.tiktoken`` copied beside them.
 """
 

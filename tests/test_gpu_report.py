@@ -1,4 +1,4 @@
-"""make gpu-report's orchestrator (flexbert/train/gpu_report.py): the plan, metrics.jsonl into
+"""make gpu-report's orchestrator (scripts/gpu_harness.py): the plan, metrics.jsonl into
 the table, the Markdown, the no-CUDA line, and a tiny end-to-end run on CPU."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import sys
 import pytest
 
 from data_fixtures.helpers import small_tokenizer_dir
-from flexbert.train import gpu_report as G
 from test_train_fixtures import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
+import gpu_harness as G  # noqa: E402
 import gpu_report as cli  # noqa: E402
 
 
@@ -26,8 +26,11 @@ def test_full_plan_covers_the_issue_table(tmp_path):
     (tmp_path / "wh").mkdir()
     steps = G.plan(_opts(tmp_path, wheelhouse=str(tmp_path / "wh"), tiktoken="/x/gpt2.tiktoken"))
     names = [s.name for s in steps]
-    assert names[:5] == ["install wheels", "tokenizer (50,368 ids)", "synthetic shards at 1024", "synthetic shards at 8192", "GPU tests"]
-    assert names[-1] == "bench_model vs transformers" and "--tiktoken /x/gpt2.tiktoken" in steps[1].cmd
+    assert names[:10] == ["install wheels", "tokenizer (50,368 ids)", "synthetic shards at 1024", "GPU tests",
+                          "train base-none-mb48", "train base-model-mb48", "synthetic shards at 8192",
+                          "train base-context-extension-blocks-mb9", "bench_inference vs transformers",
+                          "bench_model vs transformers"]
+    assert "--tiktoken /x/gpt2.tiktoken" in steps[1].cmd
     runs = [(s.meta["config"], s.meta["compile"], s.meta["microbatch"]) for s in steps if s.kind == "train"]
     assert {c for _, c, _ in runs} == {"none", "blocks", "model"}
     assert ("configs/base-context-extension.yaml", "blocks", 9) in runs and ("configs/large.yaml", "blocks", 28) in runs
@@ -37,7 +40,7 @@ def test_full_plan_covers_the_issue_table(tmp_path):
     assert args[:3] == ["python3", os.path.join(ROOT, "train.py"), os.path.join(ROOT, "configs/base-context-extension.yaml")]
     assert {"data.microbatch_size=9", "data.global_batch_size=18", "data.max_seq_len=8192", "load_path=null",
             "reset_time=false", "save_folder=''", "max_duration=20ba", "data.eval_split=null", "device=gpu"} <= set(args)
-    assert "pytest -q -m gpu" in steps[4].cmd and all(s.timeout_s <= 300 for s in steps)
+    assert "pytest -q -m gpu" in steps[3].cmd and all(s.timeout_s <= 300 for s in steps)
 
 
 def test_dry_run_prints_every_command_and_runs_nothing(tmp_path, capsys):
@@ -106,7 +109,7 @@ def test_smoke_run_on_cpu_end_to_end(tmp_path_factory, tmp_path, capsys):
     tok = small_tokenizer_dir(tmp_path_factory)
     out = tmp_path / "r.md"
     assert cli.main(["--device", "cpu", "--smoke", "--tokenizer", tok, "--work", str(tmp_path / "w"), "--out", str(out)]) == 0
-    assert "2 of 2 steps ok" in capsys.readouterr().out
+    assert "3 of 3 steps ok" in capsys.readouterr().out
     text = out.read_text()
     row = next(ln for ln in text.splitlines() if ln.startswith("| configs/tiny.yaml"))
     cells = [c.strip() for c in row.strip("|").split("|")]
@@ -128,4 +131,20 @@ def test_gpu_page_says_for_every_run_whether_it_was_measured():
         if any(figures):
             assert status == "ok", cells  # a figure only from a run that finished
         else:
-            assert status != "ok" and ("not measured yet" in status or status.startswith(("OOM", "failed", "timeout", "skipped")))
+            assert status != "ok" and ("not measured yet" in status or status.startswith(("OOM", "failed", "timeout", "skipped", "not run")))
+
+
+def test_a_budget_too_small_for_every_step_reports_what_ran_and_marks_the_rest(tmp_path_factory, tmp_path, capsys):
+    """The lease ends before the plan does: each finished step is in the report at once, the
+    steps the budget cannot reach are marked not run (the smoke plan on CPU, a 25 s budget)."""
+    tok = small_tokenizer_dir(tmp_path_factory)
+    out = tmp_path / "r.md"
+    seen = []
+    steps = G.plan(G.Options(work=str(tmp_path / "w"), device="cpu", smoke=True, steps=3, tokenizer=tok, repo=ROOT))
+    G.run_steps(steps, 25, str(tmp_path / "logs"), echo=lambda *_: None,
+                after_step=lambda done: (G.write_report(str(out), G.render(done, {}, "test")), seen.append(out.read_text())))
+    assert steps[0].status == "ok" and G.NOT_RUN in {s.status for s in steps[1:]}
+    assert seen and "| synthetic shards at 128 | ok |" in seen[0]  # written the moment the first step finished
+    text = out.read_text()
+    for s in steps:
+        assert f"| {s.name} | {s.status} |" in text

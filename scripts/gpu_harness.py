@@ -5,10 +5,12 @@ wheels from wheelhouse/, build the 50,368-token tokenizer, write synthetic shard
 8192 tokens, run the GPU tests, train through the real ``train.py`` (base at 1024 under each
 compile mode and several microbatches, the context-extension config at 8192, large at 1024), then
 scripts/bench_model.py against transformers.  A failing step is recorded as such and the rest go
-on; a step that would overrun the time budget is skipped and recorded.  Each training run's
+on; a step the time budget cannot reach is recorded as not run.  Each training run's
 steady-state tokens/s, MFU and peak memory are read from its metrics.jsonl (``summarize``) and
-rendered into the report between two markers, leaving the rest of the page as it is.
-scripts/gpu_report.py is the command line.
+rendered into the report between two markers, leaving the rest of the page as it is; the report
+is rewritten after every step, so a run cut short (a lease ending) keeps everything it measured.
+scripts/gpu_report.py is the command line.  A harness of shell steps, not library code: it lives
+with the scripts.
 """
 
 from __future__ import annotations
@@ -52,11 +54,11 @@ class Options:
 
 
 # (label, config, compile, microbatch, max_seq_len)
-FULL_RUNS = [  # most telling first: a run the time budget cuts off is recorded as skipped
+FULL_RUNS = [  # most telling first: a run the time budget cannot reach is reported as not run
     ("base", "configs/base.yaml", "none", 48, 1024),  # as shipped
-    ("base", "configs/base.yaml", "blocks", 48, 1024),
     ("base", "configs/base.yaml", "model", 48, 1024),
     ("base-context-extension", "configs/base-context-extension.yaml", "blocks", 9, 8192),
+    ("base", "configs/base.yaml", "blocks", 48, 1024),
     ("large", "configs/large.yaml", "blocks", 28, 1024),
     ("base", "configs/base.yaml", "blocks", 64, 1024),
     ("base", "configs/base.yaml", "blocks", 32, 1024),
@@ -82,32 +84,65 @@ def train_overrides(o: Options, run_dir: str, shards: str, compile: str, mb: int
     ]
 
 
-def plan(o: Options) -> list[Step]:
+def _setup_steps(o: Options) -> tuple[list[Step], str]:
     py, work = shlex.quote(o.python), o.work
     steps: list[Step] = []
     if o.device == "gpu" and o.wheelhouse and os.path.isdir(o.wheelhouse):  # never into a CPU dev venv
-        steps.append(Step("install wheels", f"{py} -m flexbert.train.gpu_report install {shlex.quote(o.wheelhouse)}", 300))
+        steps.append(Step("install wheels", f"{py} {shlex.quote(os.path.join(o.repo, 'scripts', 'gpu_env.py'))} install "
+                          f"{shlex.quote(o.wheelhouse)}", 300))
     tok = o.tokenizer or os.path.join(work, "tokenizer")
     if not o.tokenizer:
         args = ["modernbert", "--out", tok, "--overwrite"] + (["--tiktoken", o.tiktoken] if o.tiktoken else [])
         steps.append(Step("tokenizer (50,368 ids)", _py(o, "data_prep/train_tokenizer.py", *args), 120))
-    seqs = sorted({r[4] for r in (SMOKE_RUNS if o.smoke else FULL_RUNS)})
-    for seq in seqs:
-        tokens = "100k" if o.smoke else "6M"  # > 20 steps of 196,608 tokens: every run reads fresh data
-        steps.append(Step(f"synthetic shards at {seq}", _py(o, "data_prep/synthetic_shards.py", "--tokenizer", tok, "--out",
-                          os.path.join(work, f"shards{seq}"), "--max-seq-len", str(seq), "--tokens", tokens, "--overwrite"), 300))
+    return steps, tok
+
+
+def _shards_step(o: Options, tok: str, seq: int) -> Step:
+    tokens = "100k" if o.smoke else "6M"  # > 20 steps of 196,608 tokens: every run reads fresh data
+    return Step(f"synthetic shards at {seq}", _py(o, "data_prep/synthetic_shards.py", "--tokenizer", tok, "--out",
+                os.path.join(o.work, f"shards{seq}"), "--max-seq-len", str(seq), "--tokens", tokens, "--overwrite"), 300)
+
+
+def _train_step(o: Options, run: tuple) -> Step:
+    label, config, compile, mb, seq = run
+    name = f"{label}-{compile}-mb{mb}"
+    run_dir = os.path.join(o.work, "runs", name)
+    over = train_overrides(o, run_dir, os.path.join(o.work, f"shards{seq}"), compile, mb, seq)
+    meta = {"config": config, "compile": compile, "microbatch": mb, "row_tokens": mb * seq, "run_dir": run_dir}
+    return Step(f"train {name}", _py(o, "train.py", os.path.join(o.repo, config), *over), 90 if o.smoke else 240, "train", meta)
+
+
+def _bench_steps(o: Options) -> list[Step]:
+    if o.smoke:  # the harness's test on CPU: the inference benchmark at toy sizes
+        return [Step("bench_inference vs transformers", _py(o, "scripts/bench_inference.py", "--docs", "4", "--long-docs", "1",
+                                                            "--length-divisor", "32", "--repeats", "1"), 120, "bench")]
+    return [Step("bench_inference vs transformers", _py(o, "scripts/bench_inference.py", "--device", "cuda", "--dtype", "bf16",
+                                                        "--config", "base", "--docs", "2048", "--long-docs", "128"), 180, "bench"),
+            Step("bench_model vs transformers",
+                 _py(o, "scripts/bench_model.py", "--device", "cuda", "--dtype", "bf16", "--config", "base"), 180, "bench")]
+
+
+def plan(o: Options) -> list[Step]:
+    """Ordered by what each step tells, for a short lease: setup, the GPU tests, base.yaml as
+    shipped and compiled, the inference and forward+backward benchmarks, then context extension,
+    large and the microbatch sweep.  A step the time budget cannot reach is reported as not run."""
+    steps, tok = _setup_steps(o)
+    runs = SMOKE_RUNS if o.smoke else FULL_RUNS
+    steps.append(_shards_step(o, tok, runs[0][4]))
     if not o.smoke:
-        steps.append(Step("GPU tests", f"{py} -m pytest -q -m gpu {shlex.quote(os.path.join(o.repo, 'tests'))}", 240, "tests"))
-    for label, config, compile, mb, seq in (SMOKE_RUNS if o.smoke else FULL_RUNS):
-        name = f"{label}-{compile}-mb{mb}"
-        run_dir = os.path.join(work, "runs", name)
-        over = train_overrides(o, run_dir, os.path.join(work, f"shards{seq}"), compile, mb, seq)
-        cmd = _py(o, "train.py", os.path.join(o.repo, config), *over)
-        meta = {"config": config, "compile": compile, "microbatch": mb, "row_tokens": mb * seq, "run_dir": run_dir}
-        steps.append(Step(f"train {name}", cmd, 90 if o.smoke else 240, "train", meta))
-    if not o.smoke:
-        steps.append(Step("bench_model vs transformers",
-                          _py(o, "scripts/bench_model.py", "--device", "cuda", "--dtype", "bf16", "--config", "base"), 240, "bench"))
+        steps.append(Step("GPU tests", f"{shlex.quote(o.python)} -m pytest -q -m gpu "
+                          f"{shlex.quote(os.path.join(o.repo, 'tests'))}", 150, "tests"))
+    first = 1 if o.smoke else 3  # base.yaml as shipped, compiled, context extension; then the benchmarks
+    have = {runs[0][4]}
+    for i, r in enumerate(runs):
+        if i == first:
+            steps += _bench_steps(o)
+        if r[4] not in have:
+            steps.append(_shards_step(o, tok, r[4]))
+            have.add(r[4])
+        steps.append(_train_step(o, r))
+    if first >= len(runs):
+        steps += _bench_steps(o)
     return steps
 
 
@@ -195,33 +230,13 @@ def write_report(path: str, section: str) -> None:
         f.write(text)
 
 
-def env_info() -> dict:
-    import datetime
-    import platform
-    import subprocess
-    from importlib import metadata
-
-    import torch
-
-    env = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda or "none",
-           "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-    env["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "CPU"
-    for dist in ("transformers", "mosaicml", "mosaicml-streaming"):
-        try:
-            env[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            env[dist] = "absent"
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=30)
-        env["driver"] = out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else "unknown"
-    except (OSError, subprocess.TimeoutExpired):
-        env["driver"] = "none"
-    return env
+NOT_RUN = "not run (time budget spent)"
 
 
-def run_steps(steps: list[Step], budget_s: float, log_dir: str, echo=print) -> None:
-    """Run each step under ``timeout``; record status, output tail and train results."""
+def run_steps(steps: list[Step], budget_s: float, log_dir: str, echo=print, after_step=None) -> None:
+    """Run each step under ``timeout`` (its limit: its own, or what is left of the budget); record
+    status, output tail and train results; ``after_step(steps)`` after each one (the report is
+    rewritten then, so a run cut short keeps what it measured)."""
     import subprocess
     import time
 
@@ -231,8 +246,10 @@ def run_steps(steps: list[Step], budget_s: float, log_dir: str, echo=print) -> N
         left = budget_s - (time.monotonic() - t0)
         limit = int(min(s.timeout_s, left))
         if limit < 10:
-            s.status = "skipped (time budget spent)"
+            s.status = NOT_RUN
             echo(f"[gpu-report] {s.name}: {s.status}")
+            if after_step is not None:
+                after_step(steps)
             continue
         echo(f"[gpu-report] {s.name} (<= {limit}s): {s.cmd}")
         start = time.monotonic()
@@ -246,27 +263,5 @@ def run_steps(steps: list[Step], budget_s: float, log_dir: str, echo=print) -> N
         if s.kind == "train" and os.path.isfile(metrics):
             s.result.update(summarize(metrics))
         echo(f"[gpu-report] {s.name}: {s.status} ({s.result['seconds']}s)")
-
-
-def install_missing(wheelhouse: str) -> int:
-    """pip-install (no index, no deps) the wheels whose distribution is not installed yet: the
-    machine's own torch stack, numpy and transformers stay as they are."""
-    import subprocess
-    from importlib import metadata
-
-    wheels = sorted(f for f in os.listdir(wheelhouse) if f.endswith(".whl"))
-    missing = []
-    for w in wheels:
-        name = w.split("-")[0].replace("_", "-").lower()
-        try:
-            metadata.version(name)
-        except metadata.PackageNotFoundError:
-            missing.append(os.path.join(wheelhouse, w))
-    print(f"{len(wheels)} wheels in {wheelhouse}; {len(missing)} not installed yet")
-    if not missing:
-        return 0
-    return subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile", *missing]).returncode
-
-
-if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "install":
-    sys.exit(install_missing(sys.argv[2]))
+        if after_step is not None:
+            after_step(steps)
