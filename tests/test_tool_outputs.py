@@ -184,3 +184,25 @@ def test_a_rerun_on_other_shards_or_init_from_another_tokenizer_refuses(trained,
     shutil.copy(os.path.join(other, "tokenizer.json"), os.path.join(hf, "tokenizer.json"))
     with pytest.raises(TokenizerMismatchError, match=f"init_from {hf} uses tokenizer"):
         tokenizer_identity(start)
+
+
+@pytest.mark.parametrize("keep_moments", [True, False], ids=["optimizer-kept", "optimizer-reset"])
+def test_rollback_starts_at_the_chosen_checkpoint_with_the_new_lr(trained, tmp_path, keep_moments):
+    """The plateau recipe: a new run folder continues from an earlier checkpoint of a run with a lower
+    LR (clock and data position kept); its first logged step is the checkpoint's next batch at the new LR."""
+    import torch
+
+    from test_train_fixtures import build_and_fit, read_jsonl
+
+    cfg, _ = trained
+    chosen = os.path.join(cfg["save_folder"], "ba2.pt")
+    new = dict(cfg, run_dir=str(tmp_path / "rollback"), save_folder=None, load_path=chosen,
+               load_optimizer_state=keep_moments, optimizer=dict(cfg["optimizer"], lr=1e-4), max_duration="3ba",
+               eval_interval="1000ba")
+    run = build_and_fit(new)
+    first = read_jsonl(os.path.join(new["run_dir"], "metrics.jsonl"))[0]
+    assert first["batch"] == 3 and first["lr"] == pytest.approx(1e-4)  # past warmup: the constant LR, the new one
+    opt = run.trainer.state.optimizers[0]
+    steps = {int(torch.as_tensor(g["step"])) for g in opt.param_groups if "step" in g}
+    steps |= {int(torch.as_tensor(s["step"])) for s in opt.state.values() if "step" in s}
+    assert steps == ({3} if keep_moments else {1})  # the moments went on from batch 2, or started anew

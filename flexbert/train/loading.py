@@ -110,5 +110,7 @@ def plan_load(cfg: RunConfig) -> LoadPlan:
             return LoadPlan(cfg.load_path, True, None, "weights")
         if cfg.reset_time:
             return LoadPlan(cfg.load_path, False, _phase_ignore_keys(cfg), "phase")
-        return LoadPlan(cfg.load_path, False, None, "load")
+        # the rollback recipe: clock, data position and schedule continue; the optimizer's moments
+        # only when asked (load_optimizer_state), its hyper-parameters are the config's (after_load)
+        return LoadPlan(cfg.load_path, False, None if cfg.load_optimizer_state else ["state/optimizers"], "load")
     return LoadPlan()

@@ -1,0 +1,159 @@
+"""Model merging beyond averaging: linear, task arithmetic and TIES over FlexBERT weights.
+
+Inputs are anything ``--model`` takes (flexbert/train/pretrained.py: run folders, checkpoints,
+Hugging Face folders); every model must have the base's config and tensor shapes, and, where they
+say, the same tokenizer.  The result is written as a Hugging Face folder (transformers loads it,
+``init_from`` starts a new phase from it).
+
+* ``linear``: ``sum_i w_i * theta_i`` with the weights normalised to sum to 1 (a weighted average;
+  the base, when given, is not part of it).
+* ``task_arithmetic`` (Ilharco et al., 2023, "Editing models with task arithmetic"):
+  ``theta_base + scale * sum_i w_i * (theta_i - theta_base)``.
+* ``ties`` (Yadav et al., 2023, "TIES-Merging: resolving interference when merging models"):
+  for each task vector ``tau_i = theta_i - theta_base`` keep the ``density`` fraction of entries
+  with the largest magnitude (per tensor) and zero the rest (trim); elect each entry's sign as the
+  sign of the sum of the trimmed, weighted task vectors (elect); average the weighted entries whose
+  sign agrees with the elected one (disjoint mean); ``theta_base + scale * merged``.
+
+All arithmetic is in fp32; tensors that are not floating point are the base's.  No maintained
+merging library was used: mergekit (the common one) maps architectures by name from its own
+tables and does not list ModernBERT, and a dependency for three formulas over state dicts would
+be larger than the formulas.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Sequence
+
+import torch
+
+METHODS = ("linear", "task_arithmetic", "ties")
+
+
+class MergeError(ValueError):
+    """Models that cannot be merged as asked (one line)."""
+
+
+def _floats(state: dict) -> list[str]:
+    return [k for k, v in state.items() if torch.is_floating_point(v)]
+
+
+def merge_linear(states: Sequence[dict], weights: Sequence[float]) -> dict:
+    total = float(sum(weights))
+    if total <= 0:
+        raise MergeError(f"--weights must sum to more than 0, got {list(weights)}")
+    out = dict(states[0])
+    for k in _floats(states[0]):
+        acc = sum(w * s[k].float() for w, s in zip(weights, states)) / total
+        out[k] = acc.to(states[0][k].dtype)
+    return out
+
+
+def merge_task_arithmetic(base: dict, states: Sequence[dict], weights: Sequence[float], scale: float = 1.0) -> dict:
+    out = dict(base)
+    for k in _floats(base):
+        b = base[k].float()
+        out[k] = (b + scale * sum(w * (s[k].float() - b) for w, s in zip(weights, states))).to(base[k].dtype)
+    return out
+
+
+def trim(tau: torch.Tensor, density: float) -> torch.Tensor:
+    """``tau`` with all but its ``density`` fraction of largest-magnitude entries set to zero."""
+    k = int(round(density * tau.numel()))
+    if k >= tau.numel():
+        return tau
+    if k <= 0:
+        return torch.zeros_like(tau)
+    threshold = tau.abs().flatten().kthvalue(tau.numel() - k + 1).values
+    return torch.where(tau.abs() >= threshold, tau, torch.zeros_like(tau))
+
+
+def ties_tensor(base: torch.Tensor, others: Sequence[torch.Tensor], weights: Sequence[float], density: float,
+                scale: float = 1.0) -> torch.Tensor:
+    """TIES for one tensor: trim, elect the sign by summed weighted value, disjoint weighted mean."""
+    b = base.float()
+    taus = torch.stack([w * trim(o.float() - b, density) for w, o in zip(weights, others)])
+    sign = torch.sign(taus.sum(0))
+    agree = (torch.sign(taus) == sign) & (taus != 0)
+    w = torch.tensor(list(weights), dtype=torch.float32).view(-1, *([1] * b.dim()))
+    denom = (agree * w.abs()).sum(0)
+    merged = torch.where(denom > 0, (taus * agree).sum(0) / denom.clamp(min=1e-12), torch.zeros_like(b))
+    return (b + scale * merged).to(base.dtype)
+
+
+def merge_ties(base: dict, states: Sequence[dict], weights: Sequence[float], density: float, scale: float = 1.0) -> dict:
+    if not 0 < density <= 1:
+        raise MergeError(f"--density must be in (0, 1], got {density}")
+    out = dict(base)
+    for k in _floats(base):
+        out[k] = ties_tensor(base[k], [s[k] for s in states], weights, density, scale)
+    return out
+
+
+def merge_states(method: str, base: Optional[dict], states: Sequence[dict], weights: Optional[Sequence[float]] = None,
+                 density: float = 0.5, scale: float = 1.0) -> dict:
+    """The merged state dict (FlexBERT names) of ``states`` by ``method``."""
+    if method not in METHODS:
+        raise MergeError(f"--method: unknown method '{method}'; valid choices: {', '.join(METHODS)}")
+    if not states:
+        raise MergeError("--models: give at least one model to merge")
+    weights = list(weights) if weights is not None else [1.0] * len(states)
+    if len(weights) != len(states):
+        raise MergeError(f"--weights: {len(weights)} weight(s) for {len(states)} model(s)")
+    if method == "linear":
+        return merge_linear(states, weights)
+    if base is None:
+        raise MergeError(f"--method {method} needs --base (task vectors are differences from it)")
+    if method == "task_arithmetic":
+        return merge_task_arithmetic(base, states, weights, scale)
+    return merge_ties(base, states, weights, density, scale)
+
+
+def _check_same(paths: Sequence[str], pres: Sequence) -> None:
+    from flexbert.data.fingerprint import common_fingerprint
+
+    first = pres[0]
+    for path, pre in zip(paths[1:], pres[1:]):
+        if pre.config != first.config:
+            diff = sorted(f.name for f in dataclasses.fields(first.config)
+                          if getattr(first.config, f.name) != getattr(pre.config, f.name))
+            raise MergeError(f"{path} has another model config than {paths[0]} (model.{', model.'.join(diff[:4])}); "
+                             "only models of one architecture and size merge")
+        if set(pre.state) != set(first.state) or any(pre.state[k].shape != first.state[k].shape for k in first.state):
+            raise MergeError(f"{path} has other weights (names or shapes) than {paths[0]}")
+    common_fingerprint({f"model {p}": pre.tokenizer_fingerprint for p, pre in zip(paths, pres)})
+
+
+def merge_models(method: str, models: Sequence[str], out_dir: str, base: Optional[str] = None,
+                 weights: Optional[Sequence[float]] = None, density: float = 0.5, scale: float = 1.0,
+                 overwrite: bool = False) -> dict:
+    """Merge ``models`` (and ``base``) and write ``out_dir`` as a Hugging Face folder."""
+    from flexbert.convert.hf import to_hf
+    from flexbert.data.outputs import prepare_output_dir
+    from flexbert.model.model import FlexBertForMaskedLM
+    from flexbert.train.pretrained import load_pretrained, mlm_model
+
+    paths = ([base] if base else []) + list(models)
+    pres = [load_pretrained(p) for p in paths]
+    _check_same(paths, pres)
+    states = [mlm_model(p).state_dict() for p in pres]
+    merged = merge_states(method, states[0] if base else None, states[1:] if base else states, weights, density, scale)
+    model = FlexBertForMaskedLM(pres[0].config)
+    model.load_state_dict(merged)
+    model.tie_weights()
+    tok_dir = next((p.tokenizer_dir for p in pres if p.tokenizer_dir), None)
+    tok = None
+    if tok_dir:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(tok_dir)
+    prepare_output_dir(out_dir, overwrite=overwrite, inputs=[p.path for p in pres] + [tok_dir], keep=paths)
+    to_hf(model.eval(), out_dir, tokenizer=tok)
+    from flexbert.train.run_folder import write_json
+
+    info = {"method": method, "base": base, "models": list(models), "weights": list(weights) if weights else None,
+            "density": density if method == "ties" else None, "scale": scale if method != "linear" else None,
+            "tokenizer": tok_dir, "out": out_dir}
+    write_json(f"{out_dir}/merge.json", info)
+    return info
