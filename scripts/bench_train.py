@@ -66,7 +66,7 @@ def baseline_run(config: str, shards: str, tokens: int, extra: list[str], sparse
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optimizer.lr, betas=tuple(cfg.optimizer.betas),
                             eps=cfg.optimizer.eps, weight_decay=cfg.optimizer.weight_decay)
     tok = AutoTokenizer.from_pretrained(data.tokenizer_dir())
-    collator = DataCollatorForLanguageModeling(tok, mlm=True, mlm_probability=data.mlm_probability)
+    collator = DataCollatorForLanguageModeling(tok, mlm=True, mlm_probability=data.max_mlm_probability)
     clean_stale_shared_memory()
     ds = StreamingDataset(local=shards, split=data.split, shuffle=True, shuffle_seed=cfg.seed, batch_size=1)
     docs_per_step = data.global_batch_size or data.microbatch_size

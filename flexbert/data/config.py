@@ -43,7 +43,9 @@ class DataConfig:
     batch_size_warmup_tokens: int = 0  # tokens over which the batch grows to global_batch_size
 
     # MLM
-    mlm_probability: float = 0.30
+    mlm_probability: Any = 0.30  # a rate, or a schedule {start, end, shape, tokens} (flexbert/data/mask_schedule.py)
+    mask_token_fraction: float = 0.8  # of the selected tokens: replaced by [MASK]
+    random_token_fraction: float = 0.1  # ... by a random token; the rest stay unchanged
     eval_mlm_probability: float = 0.15  # fixed so eval losses compare across runs
     seed: int = 17  # shuffle and training masks; build_train_loader(seed=...) overrides it
     eval_seed: int = 1234  # eval masks: the same every evaluation and every run
@@ -93,9 +95,18 @@ class DataConfig:
         for key in ("global_batch_size", "batch_size_warmup_min", "batch_size_warmup_tokens", "num_workers", "seed", "eval_seed"):
             if getattr(self, key) < 0:
                 raise bad(key, f"must be >= 0, got {getattr(self, key)}")
-        for key in ("mlm_probability", "eval_mlm_probability"):
-            if not 0.0 < getattr(self, key) < 1.0:
-                raise bad(key, f"must be in (0, 1), got {getattr(self, key)}")
+        from flexbert.data.mask_schedule import MaskScheduleError, parse_mask_schedule
+
+        try:
+            parse_mask_schedule(self.mlm_probability, f"{p}mlm_probability")
+        except MaskScheduleError as e:
+            raise ConfigError(str(e)) from None
+        if not 0.0 < self.eval_mlm_probability < 1.0:
+            raise bad("eval_mlm_probability", f"must be in (0, 1), got {self.eval_mlm_probability}")
+        fractions = (self.mask_token_fraction, self.random_token_fraction)
+        if min(fractions) < 0 or sum(fractions) > 1:
+            raise bad("mask_token_fraction", f"mask_token_fraction ({fractions[0]}) and random_token_fraction "
+                                             f"({fractions[1]}) must be >= 0 and sum to <= 1")
         if self.microbatch_size == "auto" and not self.global_batch_size:
             raise bad("microbatch_size", "auto needs global_batch_size (rows are chosen among its divisors)")
         if self.microbatch_size != "auto" and self.global_batch_size % self.microbatch_size:
@@ -145,6 +156,18 @@ class DataConfig:
         raise FileNotFoundError(
             f"no tokenizer: set data.tokenizer (none found at {guess}, where tokenize_to_mds.py puts a copy)"
         )
+
+    @property
+    def mask_schedule(self):
+        """``mlm_probability`` as a MaskSchedule (a constant rate is a schedule that stays put)."""
+        from flexbert.data.mask_schedule import parse_mask_schedule
+
+        return parse_mask_schedule(self.mlm_probability)
+
+    @property
+    def max_mlm_probability(self) -> float:
+        """The highest training masking rate of the phase (what memory and static shapes must hold)."""
+        return self.mask_schedule.highest
 
     def shards_fingerprint(self) -> Optional[str]:
         """The tokenizer fingerprint the shards were written with (flexbert/data/fingerprint.py):

@@ -49,10 +49,14 @@ class PackedLoader:
         self.max_seq_len = cfg.max_seq_len
         if training:
             self.warmup: Optional[BatchSizeWarmup] = warmup_from_config(cfg, self.world_size)
-            self.masker = MLMMasker(self.special, cfg.mlm_probability, self.seed)
+            self.schedule = cfg.mask_schedule
+            self.masker = MLMMasker(self.special, self.schedule.start, self.seed, cfg.mask_token_fraction,
+                                    cfg.random_token_fraction)
         else:
             self.warmup = None
-            self.masker = MLMMasker(self.special, cfg.eval_mlm_probability, cfg.eval_seed)
+            self.schedule = None
+            self.masker = MLMMasker(self.special, cfg.eval_mlm_probability, cfg.eval_seed, cfg.mask_token_fraction,
+                                    cfg.random_token_fraction)
         self.packer = BestFitPacker(self.row_tokens, self.max_seq_len, cfg.packer_buffer_size)
         dataset = build_dataset(cfg, split, shuffle=cfg.shuffle and training, seed=self.seed,
                                 rank=self.rank, world_size=self.world_size, weighted=training)
@@ -86,9 +90,9 @@ class PackedLoader:
                 return
             self.packer.add(*doc)
 
-    def _row(self, docs: list, global_index: int) -> dict:
+    def _row(self, docs: list, global_index: int, rate: Optional[float] = None) -> dict:
         r = make_row(docs, self.row_tokens, self.max_seq_len, self.special.pad_id)
-        ids, labels, n_masked = self.masker(r["input_ids"], global_index)
+        ids, labels, n_masked = self.masker(r["input_ids"], global_index, rate)
         row = {
             "input_ids": torch.from_numpy(ids),
             "labels": torch.from_numpy(labels),
@@ -137,12 +141,13 @@ class PackedLoader:
             return None
         rows = []
         first = self.rows_global + self.rank * n_rows
+        rate = self.schedule.rate(self.tokens_seen) if self.schedule is not None else self.masker.p
         for j in range(n_rows):
             docs = self.packer.pop_row(refill=self._fill)
             if not docs and rows:
                 break  # the data ran out mid-step (last step of a finite pass)
-            rows.append(self._row(docs, first + j))  # docs == []: a padding-only row
-        batch = {"rows": rows}
+            rows.append(self._row(docs, first + j, rate))  # docs == []: a padding-only row
+        batch = {"rows": rows, "mlm_probability": rate}
         self.steps += 1
         self.rows_global += n_rows * self.world_size
         self.tokens_seen += n_rows * self.world_size * self.row_tokens

@@ -1,4 +1,5 @@
-"""MLM masking of packed rows: BERT's 80/10/10 at a configurable rate (ModernBERT: 30%).
+"""MLM masking of packed rows: BERT's 80/10/10 at a configurable rate (ModernBERT: 30%), or a rate
+that follows a schedule (flexbert/data/mask_schedule.py), and a configurable [MASK]/random split.
 
 * Every non-special token is selected independently with probability ``p``; special tokens
   ([CLS], [SEP], [PAD], [MASK], [UNK], [unusedN], ...) and the padding tail never are (the
@@ -43,14 +44,16 @@ class MLMMasker:
         # Philox takes a 128-bit key: seed in the high word, row index in the low word.
         return np.random.Generator(np.random.Philox(key=(self.seed << 64) | (row_index & (2**64 - 1))))
 
-    def __call__(self, input_ids: np.ndarray, row_index: int) -> tuple[np.ndarray, np.ndarray, int]:
-        """(masked ids, labels, number masked) for one row; ``input_ids`` is not modified."""
+    def __call__(self, input_ids: np.ndarray, row_index: int, probability: float | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+        """(masked ids, labels, number masked) for one row; ``input_ids`` is not modified;
+        ``probability``: this row's rate (a masking schedule), else the masker's."""
+        p = self.p if probability is None else probability
         rng = self.rng(row_index)
         ids = input_ids
         if ids.max(initial=0) >= len(self.never):
             raise ValueError(f"token id {int(ids.max())} is outside the tokenizer's vocabulary ({len(self.never)})")
         eligible = ~self.never[ids]
-        selected = (rng.random(len(ids), dtype=np.float32) < self.p) & eligible
+        selected = (rng.random(len(ids), dtype=np.float32) < p) & eligible
         pos = np.flatnonzero(selected)
         labels = np.full(len(ids), IGNORE_INDEX, dtype=np.int64)
         labels[pos] = ids[pos]

@@ -186,6 +186,8 @@ class RunMetrics(Callback):
         st = batch_stats(state.batch)
         self._batch_stats = {"tokens": float(st["num_tokens"]), "masked": float(st["num_masked"]),
                              "rows": float(st["rows"]), "packing": st["packing_efficiency"]}
+        if isinstance(state.batch, dict) and "mlm_probability" in state.batch:
+            self._batch_stats["rate"] = float(state.batch["mlm_probability"])
 
     def batch_end(self, state: State, logger: Logger) -> None:
         out: dict[str, float] = {}
@@ -198,6 +200,8 @@ class RunMetrics(Callback):
             out[K.PACKING] = stats["packing"]
             out[K.ROWS_PER_RANK] = stats["rows"]
             out[K.MASKED_FRACTION] = stats["masked"] / max(stats["tokens"], 1.0)
+            if "rate" in stats:
+                out[K.MLM_PROBABILITY] = stats["rate"]
         if self.throughput and self._t_fetch is not None and stats:
             dt = time.perf_counter() - self._t_fetch
             flops = 0.0

@@ -18,7 +18,7 @@ def synthetic_row(data_cfg, model_cfg, microbatch_size: int, device) -> dict:
     1% above the configured rate (the loader's masks are random; its rows rarely mask more)."""
     seq, tokens = data_cfg.max_seq_len, microbatch_size * data_cfg.max_seq_len
     ids = torch.randint(0, model_cfg.vocab_size, (tokens,), device=device)
-    n_masked = min(tokens, math.ceil(tokens * data_cfg.mlm_probability * 1.01))
+    n_masked = min(tokens, math.ceil(tokens * data_cfg.max_mlm_probability * 1.01))
     labels = torch.full((tokens,), IGNORE_INDEX, dtype=torch.long, device=device)
     where = torch.randperm(tokens, device=device)[:n_masked]
     labels[where] = ids[where]
@@ -33,7 +33,7 @@ def estimate_start(cfg, candidates) -> int | None:
 
     data = cfg.data
     total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
-    return largest_fitting(cfg.model, data.max_seq_len, candidates, "none", data.mlm_probability, gpu_bytes=total)
+    return largest_fitting(cfg.model, data.max_seq_len, candidates, "none", data.max_mlm_probability, gpu_bytes=total)
 
 
 def cuda_fits(cfg, safety: float):

@@ -112,7 +112,7 @@ def estimate_run(cfg, microbatch_size: int | None = None) -> MemoryEstimate:
     mb = microbatch_size if microbatch_size is not None else data.microbatch_size
     if not isinstance(mb, int):
         raise ValueError(f"data.microbatch_size: '{mb}' is not a number; resolve it first (flexbert/train/microbatch.py)")
-    return estimate_peak(cfg.model, mb * data.max_seq_len, cfg.compile, data.mlm_probability)
+    return estimate_peak(cfg.model, mb * data.max_seq_len, cfg.compile, data.max_mlm_probability)
 
 
 def largest_fitting(model_cfg, max_seq_len: int, candidates, compile: str = "none", mask_rate: float = 0.30,

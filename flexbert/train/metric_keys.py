@@ -45,6 +45,7 @@ def lr_group(i: int) -> str:
 PACKING = "data/packing_efficiency"
 ROWS_PER_RANK = "data/rows_per_rank"
 MASKED_FRACTION = "data/masked_fraction"
+MLM_PROBABILITY = "data/mlm_probability"  # the masking rate in force (data.mlm_probability, maybe a schedule)
 
 
 def source_tokens(source: str) -> str:

@@ -46,7 +46,7 @@ def build_model(cfg) -> FlexBertMLM:
     shapes = None
     if cfg.compile != "none":
         data = cfg.data
-        masking = max(data.mlm_probability, data.eval_mlm_probability)
+        masking = max(data.max_mlm_probability, data.eval_mlm_probability)
         shapes = StaticShapes.for_rows(data.row_tokens, data.max_seq_len, masking, cfg.model.sparse_prediction)
     model = FlexBertMLM(cfg.model, shapes=shapes)
     if cfg.compile != "none":
