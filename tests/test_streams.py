@@ -32,7 +32,7 @@ def sources(tmp_path_factory):
     return out
 
 
-def _epoch(sources, weights: dict, epoch_size=None, seed=11):
+def _epoch(sources, weights: dict, epoch_size=None, seed=11, temperature=None):
     """(stream name per document of epoch 0, sample ids) read through a Streaming dataset."""
     from streaming import StreamingDataset
 
@@ -42,7 +42,7 @@ def _epoch(sources, weights: dict, epoch_size=None, seed=11):
 
     cfg = load_streams({n: {"local": sources[n], **weights.get(n, {})} for n in SIZES})
     clean_shm()
-    ds = Ids(streams=build_streams(cfg, "train", 60.0), epoch_size=epoch_size, shuffle=True, shuffle_seed=seed,
+    ds = Ids(streams=build_streams(cfg, "train", 60.0, temperature=temperature), epoch_size=epoch_size, shuffle=True, shuffle_seed=seed,
              batch_size=8)
     ids = list(ds)  # one rank, no workers: the whole epoch in order
     index = StreamIndex.of(ds, list(cfg))
@@ -83,6 +83,39 @@ def test_repeat_and_choose_give_expected_counts(sources):
 def test_unweighted_streams_read_each_document_once(sources):
     names, ids = _epoch(sources, {})
     assert Counter(names) == SIZES and len(set(ids)) == sum(SIZES.values())
+
+
+@pytest.mark.parametrize("tau", [0.3, 0.7, 1.0])
+def test_temperature_shares_follow_size_to_the_tau(sources, tmp_path, tau):
+    """streams_temperature: each source's share of the tokens trained on is size**tau / sum."""
+    import json
+    import shutil
+
+    copies = {}
+    for n, folder in sources.items():
+        copies[n] = str(tmp_path / n)
+        shutil.copytree(folder, copies[n])
+        with open(os.path.join(copies[n], "stats.json"), "w") as f:
+            json.dump({"splits": {"train": {"tokens": SIZES[n] * 5}}}, f)  # 5 tokens a document
+    names, _ = _epoch(copies, {}, temperature=tau)
+    counts = Counter(names)
+    expected = {n: (5 * size) ** tau for n, size in SIZES.items()}
+    total = sum(expected.values())
+    for n in SIZES:  # every document has 5 tokens: document shares are token shares
+        assert abs(counts[n] / len(names) - expected[n] / total) < 0.03, (tau, n, counts)
+    if tau < 1:
+        assert counts["sci"] / len(names) > SIZES["sci"] / sum(SIZES.values())  # the small source is up-sampled
+
+
+def test_temperature_needs_sizes_and_no_other_weights(sources):
+    from flexbert.data.config import DataConfig
+
+    with pytest.raises(ConfigError, match="stream 'web' .* has no token count"):
+        build_streams(load_streams({"web": {"local": sources["web"]}}), "train", 60.0, temperature=0.5)
+    with pytest.raises(ConfigError, match="data.streams.web: streams_temperature sets every stream's proportion"):
+        DataConfig.from_dict({"streams": {"web": {"local": "x", "proportion": 1}}, "streams_temperature": 0.5})
+    with pytest.raises(ConfigError, match="data.streams_temperature: a temperature in \\[0, 1\\]"):
+        DataConfig.from_dict({"streams": {"web": {"local": "x"}}, "streams_temperature": 1.5})
 
 
 def test_stream_index_counts_tokens_per_source():

@@ -31,6 +31,9 @@ class DataConfig:
     # then the cache root of remote-only streams (<local>/<name>)
     streams: dict[str, Any] = field(default_factory=dict)
     epoch_size: Optional[int] = None  # documents per epoch of a proportion-weighted mixture (default: all)
+    # data.streams sampled by size**tau / sum (sizes: tokens in each stream's stats.json); the streams
+    # then give no proportion/repeat/choose.  1: by size; 0: uniform over sources
+    streams_temperature: Optional[float] = None
 
     # row shape and step size
     max_seq_len: int = 1024  # longest document (chunk) and the attention span unit
@@ -84,6 +87,13 @@ class DataConfig:
                     s.local = os.path.join(self.local, name)  # the download cache of a remote-only stream
         elif not self.local and not self.remote:
             raise bad("local", "set the folder of the MDS shards (data_prep/tokenize_to_mds.py --out)")
+        if self.streams_temperature is not None:
+            if not self.streams or not 0 <= self.streams_temperature <= 1:
+                raise bad("streams_temperature", f"a temperature in [0, 1] for data.streams, got {self.streams_temperature}"
+                          + ("" if self.streams else " without data.streams"))
+            weighted = [n for n, s in self.streams.items() if any(getattr(s, k) is not None for k in ("proportion", "repeat", "choose"))]
+            if weighted:
+                raise bad(f"streams.{weighted[0]}", "streams_temperature sets every stream's proportion: give none here")
         if self.epoch_size is not None and (self.epoch_size < 1 or not self.streams):
             raise bad("epoch_size", "must be >= 1 and needs data.streams")
         if not self.split:

@@ -60,3 +60,36 @@ def load_streams(streams: Mapping[str, Any], prefix: str = "data") -> dict[str, 
         raise ConfigError(f"{prefix}.streams.{other}: give every stream a proportion or none of them "
                           f"(relative and absolute weights do not mix; {', '.join(relative)} have one)")
     return out
+
+
+def stream_tokens(s: StreamConfig, split: str = "train") -> Optional[int]:
+    """Tokens in a stream's split, from its shards' stats.json (flexbert/data/shard_writer.py); None
+    when the folder has none (shards written elsewhere, or only in an object store)."""
+    import json
+    import os
+
+    from flexbert.data.fingerprint import STATS
+
+    path = os.path.join(s.local, STATS) if s.local else ""
+    if not path or not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        splits = (json.load(f).get("splits") or {})
+    tokens = (splits.get(split) or {}).get("tokens")
+    return int(tokens) if tokens else None
+
+
+def temperature_proportions(streams: Mapping[str, StreamConfig], tau: float, split: str = "train",
+                            key: str = "data.streams_temperature") -> dict[str, float]:
+    """Each stream's share ``size**tau / sum(size**tau)``, size = its tokens (stats.json): tau = 1
+    samples in proportion to size, tau = 0 uniformly over sources, in between up-samples the small."""
+    sizes = {}
+    for name, s in streams.items():
+        n = stream_tokens(s, split)
+        if n is None:
+            raise ConfigError(f"{key}: stream '{name}' ({s.local or s.remote}) has no token count (no stats.json with a "
+                              f"'{split}' split next to its shards); give the streams proportions instead")
+        sizes[name] = float(n)
+    weights = {n: size ** tau for n, size in sizes.items()}
+    total = sum(weights.values())
+    return {n: w / total for n, w in weights.items()}

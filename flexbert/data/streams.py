@@ -24,28 +24,31 @@ import os
 import random
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 import numpy as np
 from streaming import StreamingDataset
 
 from flexbert.data.documents import _streaming_world, local_nodes
-from flexbert.data.stream_config import StreamConfig
+from flexbert.data.stream_config import StreamConfig, temperature_proportions
 
 if TYPE_CHECKING:
     from flexbert.data.config import DataConfig
 
 def build_streams(streams: Mapping[str, StreamConfig], split: str, download_timeout: float,
-                  weighted: bool = True) -> list:
+                  weighted: bool = True, temperature: Optional[float] = None) -> list:
     """Streaming ``Stream`` objects in config order.  ``weighted=False`` (evaluation): each
-    document once, whatever the training weights."""
+    document once, whatever the training weights; ``temperature``: proportions by size**tau."""
     from streaming import Stream
 
+    shares = temperature_proportions(streams, temperature, split) if weighted and temperature is not None else {}
     out = []
-    for s in streams.values():
+    for name, s in streams.items():
         w = {}
         if weighted:
             w = {k: getattr(s, k) for k in ("proportion", "repeat", "choose") if getattr(s, k) is not None}
+        if name in shares:
+            w = {"proportion": shares[name]}
         out.append(Stream(local=s.local or None, remote=s.remote, split=split, download_timeout=download_timeout, **w))
     return out
 
@@ -109,7 +112,7 @@ def build_dataset(cfg: "DataConfig", split: str, *, shuffle: bool, seed: int, ra
             raise FileNotFoundError(f"no MDS index at {os.path.join(local, split, 'index.json')} "
                                     "(write shards with data_prep/tokenize_to_mds.py)")
     if cfg.streams:
-        source: dict = dict(streams=build_streams(cfg.streams, split, cfg.download_timeout, weighted),
+        source: dict = dict(streams=build_streams(cfg.streams, split, cfg.download_timeout, weighted, cfg.streams_temperature),
                             epoch_size=cfg.epoch_size if weighted else None)
     else:  # local None: Streaming picks a cache dir
         source = dict(local=cfg.local or None, remote=cfg.remote, split=split)
