@@ -70,12 +70,8 @@ class DataConfig:
     epochs: Optional[int] = None  # train loader stops after this many passes; None: never stops
     return_doc_ids: bool = False  # add "doc_ids" (Streaming sample ids) to each row, for audits
 
-    def validate(self, prefix: str = "data") -> None:
-        p = (prefix + ".") if prefix else ""
-
-        def bad(key: str, msg: str) -> ConfigError:
-            return ConfigError(f"{p}{key}: {msg}")
-
+    def _validate_sources(self, prefix: str, bad) -> None:
+        """data.local / remote, or data.streams (typed here) and their temperature."""
         if self.streams:
             from flexbert.data.stream_config import load_streams
 
@@ -94,17 +90,9 @@ class DataConfig:
             weighted = [n for n, s in self.streams.items() if any(getattr(s, k) is not None for k in ("proportion", "repeat", "choose"))]
             if weighted:
                 raise bad(f"streams.{weighted[0]}", "streams_temperature sets every stream's proportion: give none here")
-        if self.epoch_size is not None and (self.epoch_size < 1 or not self.streams):
-            raise bad("epoch_size", "must be >= 1 and needs data.streams")
-        if not self.split:
-            raise bad("split", "must name a split, e.g. 'train'")
-        for key, lo in (("max_seq_len", 4), ("microbatch_size", 1), ("packer_buffer_size", 1), ("doc_batch_size", 1),
-                        ("eval_rows_per_batch", 1)):
-            if getattr(self, key) != "auto" and getattr(self, key) < lo:
-                raise bad(key, f"must be >= {lo}, got {getattr(self, key)}")
-        for key in ("global_batch_size", "batch_size_warmup_min", "batch_size_warmup_tokens", "num_workers", "seed", "eval_seed"):
-            if getattr(self, key) < 0:
-                raise bad(key, f"must be >= 0, got {getattr(self, key)}")
+
+    def _validate_masking(self, p: str, bad) -> None:
+        """The training rate (or schedule), the eval rate, the [MASK] / random split."""
         from flexbert.data.mask_schedule import MaskScheduleError, parse_mask_schedule
 
         try:
@@ -117,6 +105,26 @@ class DataConfig:
         if min(fractions) < 0 or sum(fractions) > 1:
             raise bad("mask_token_fraction", f"mask_token_fraction ({fractions[0]}) and random_token_fraction "
                                              f"({fractions[1]}) must be >= 0 and sum to <= 1")
+
+    def validate(self, prefix: str = "data") -> None:
+        p = (prefix + ".") if prefix else ""
+
+        def bad(key: str, msg: str) -> ConfigError:
+            return ConfigError(f"{p}{key}: {msg}")
+
+        self._validate_sources(prefix, bad)
+        if self.epoch_size is not None and (self.epoch_size < 1 or not self.streams):
+            raise bad("epoch_size", "must be >= 1 and needs data.streams")
+        if not self.split:
+            raise bad("split", "must name a split, e.g. 'train'")
+        for key, lo in (("max_seq_len", 4), ("microbatch_size", 1), ("packer_buffer_size", 1), ("doc_batch_size", 1),
+                        ("eval_rows_per_batch", 1)):
+            if getattr(self, key) != "auto" and getattr(self, key) < lo:
+                raise bad(key, f"must be >= {lo}, got {getattr(self, key)}")
+        for key in ("global_batch_size", "batch_size_warmup_min", "batch_size_warmup_tokens", "num_workers", "seed", "eval_seed"):
+            if getattr(self, key) < 0:
+                raise bad(key, f"must be >= 0, got {getattr(self, key)}")
+        self._validate_masking(p, bad)
         if self.microbatch_size == "auto" and not self.global_batch_size:
             raise bad("microbatch_size", "auto needs global_batch_size (rows are chosen among its divisors)")
         if self.microbatch_size != "auto" and self.global_batch_size % self.microbatch_size:
