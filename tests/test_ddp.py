@@ -26,6 +26,12 @@ def launch(data, run_dir, batches):
     return proc
 
 
+def _data_of(run_dir) -> str:
+    import yaml
+
+    return yaml.safe_load(open(os.path.join(run_dir, "config.yaml")))["data"]["local"]
+
+
 def doc_ids(run_dir, rank):
     return [(s["batch"], s["doc_ids"]) for s in read_jsonl(os.path.join(run_dir, "doc_ids", f"rank{rank}.jsonl"))]
 
@@ -48,7 +54,17 @@ def test_two_ranks_tiny_config_disjoint_data(reference):
     recs = [r for r in read_jsonl(reference / "metrics.jsonl") if r["kind"] == "train"]
     assert [r["batch"] for r in recs] == [1, 2, 3, 4]
     assert "metrics/eval/MLMLoss" in recs[-1]
-    assert recs[-1]["tokens"] > 2 * 1024  # tokens are counted over both ranks
+    # tokens are the real tokens of both ranks' documents (the audit's sample ids, their lengths in
+    # the shards): one rank's count alone is about half and fails
+    from streaming import StreamingDataset
+
+    from data_fixtures.helpers import clean_shm
+
+    clean_shm()
+    shards = StreamingDataset(local=_data_of(reference), split="train", shuffle=False, batch_size=1)
+    per_rank = [sum(int(shards[i]["length"]) for i in ids[r]) for r in (0, 1)]
+    clean_shm()
+    assert recs[-1]["tokens"] == sum(per_rank) and min(per_rank) > 0
     assert os.path.exists(reference / "checkpoints" / "ba4.pt")
 
 
