@@ -4,6 +4,7 @@ same logits, and bad inputs stop with one line."""
 
 import json
 import os
+import dataclasses
 import random
 import subprocess
 
@@ -139,9 +140,13 @@ def test_regression_task_runs(tmp_path, tiny_hf):
                          lr=1e-3, epochs=1, batch_size=8)
     result = run_finetune(cfg)
     assert set(result["validation"]) == {"pearson", "spearman"} and result["metric"] == "pearson"
+    assert result["validation"]["pearson"] > 0.8, result["validation"]  # it learned the count
     from transformers import AutoConfig
 
     assert AutoConfig.from_pretrained(tmp_path / "out" / "hf").num_labels == 1
+    # guard: the same run at an LR that learns nothing does not pass the bound
+    idle = run_finetune(dataclasses.replace(cfg, lr=1e-12, out=str(tmp_path / "idle")))
+    assert idle["validation"]["pearson"] < 0.5, idle["validation"]
 
 
 def test_cli_bad_column_is_one_line(tmp_path, tiny_hf):

@@ -247,15 +247,28 @@ def test_all_bias_flags_create_trained_biases():
     assert not any(n.endswith(".bias") for n, _ in no_bias.named_parameters())
 
 
-def test_dropouts_act_in_training_only():
-    model = make_model(attention_dropout=0.3, attn_out_dropout=0.2, mlp_dropout=0.1, embedding_dropout=0.1)
+DROPOUTS = ("embedding_dropout", "attention_dropout", "attn_out_dropout", "mlp_dropout")
+
+
+@pytest.mark.parametrize("which", DROPOUTS)
+def test_each_dropout_acts_in_training_only(which):
+    """Each dropout on its own changes training outputs (and only training outputs); with all four
+    at zero, training is deterministic: so each case can only pass through its own dropout."""
     docs, ids, cu, max_len = packed_row([20, 10])
-    with torch.no_grad():
-        model.eval()
-        e1, e2 = (model.model(ids, cu_seqlens=cu, max_seqlen=max_len) for _ in range(2))
-        model.train()
-        t1, t2 = (model.model(ids, cu_seqlens=cu, max_seqlen=max_len) for _ in range(2))
-    assert torch.equal(e1, e2) and not torch.allclose(t1, t2)
+
+    def outputs(**rates):
+        model = make_model(**{**{k: 0.0 for k in DROPOUTS}, **rates})
+        with torch.no_grad():
+            model.eval()
+            e1, e2 = (model.model(ids, cu_seqlens=cu, max_seqlen=max_len) for _ in range(2))
+            model.train()
+            t1, t2 = (model.model(ids, cu_seqlens=cu, max_seqlen=max_len) for _ in range(2))
+        return e1, e2, t1, t2
+
+    e1, e2, t1, t2 = outputs(**{which: 0.3})
+    assert torch.equal(e1, e2) and not torch.allclose(t1, t2), which
+    _, _, n1, n2 = outputs()
+    assert torch.equal(n1, n2)  # no dropout anywhere: training is deterministic
 
 
 def test_layer0_has_no_attn_norm_and_state_dict_names():
@@ -359,3 +372,24 @@ def test_import_flexbert_does_not_import_composer():
         "bad = [m for m in sys.modules if m.split('.')[0] in ('composer', 'streaming')]; assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_rope_tables_hold_the_configured_thetas_value():
+    """Not only 'a theta change changes outputs': each layer kind's table is the RoPE formula at its
+    own theta (global 1000, local 100 here), position by position within each document."""
+    import math
+
+    model = make_model(num_hidden_layers=3, global_attn_every_n_layers=3, global_rope_theta=1000.0, local_rope_theta=100.0)
+    docs, ids, cu, max_len = packed_row([7, 5])
+    batch = model.model.prepare_batch(cu, max_len, ids.shape[0])
+    d = model.config.head_dim
+    for kind, theta in (("global", 1000.0), ("local", 100.0)):
+        cos, sin = batch.rope[kind]
+        for t, pos in enumerate([*range(7), *range(5)]):  # positions restart in each document
+            for i in range(d // 2):
+                angle = pos / theta ** (2 * i / d)
+                assert math.isclose(float(cos[t, i]), math.cos(angle), abs_tol=1e-5), (kind, t, i)
+                assert math.isclose(float(sin[t, i + d // 2]), math.sin(angle), abs_tol=1e-5), (kind, t, i)
+    guard = make_model(num_hidden_layers=3, global_attn_every_n_layers=3, global_rope_theta=2000.0)
+    cos2, _ = guard.model.prepare_batch(cu, max_len, ids.shape[0]).rope["global"]
+    assert not math.isclose(float(cos2[3, 1]), math.cos(3 / 1000.0 ** (2 / d)), abs_tol=1e-5)  # another theta fails

