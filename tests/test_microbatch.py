@@ -120,3 +120,30 @@ def test_with_microbatch_copies_the_config(tmp_path):
 
     cfg = _cfg(tmp_path)
     assert with_microbatch(cfg, 24).data.microbatch_size == 24 and cfg.data.microbatch_size == "auto"
+
+
+@pytest.mark.gpu
+def test_auto_on_the_real_gpu_picks_a_row_that_fits_and_the_next_does_not(tmp_path):
+    """The real probe (flexbert/train/gpu_probe.py), not a fake limit: under a 4 GiB memory cap the
+    chosen row trains, the next divisor does not fit, and the probe leaves nothing allocated."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from flexbert.train.gpu_probe import cuda_fits
+
+    model = dict(vocab_size=50368, hidden_size=256, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4)
+    cfg = from_dict(RunConfig, {"run_name": "t", "run_dir": str(tmp_path / "run"), "model": model, "device": "gpu",
+                                "data": {"local": str(tmp_path), "max_seq_len": 1024, "microbatch_size": "auto",
+                                         "global_batch_size": 256}}, "")
+    total = torch.cuda.get_device_properties(0).total_memory
+    before = torch.cuda.memory_allocated()
+    torch.cuda.set_per_process_memory_fraction(4 * 2**30 / total)
+    try:
+        chosen = resolve_microbatch(cfg, device="gpu", world_size=1).data.microbatch_size
+        fits = cuda_fits(cfg, 0.0)
+        bigger = [d for d in divisors(256) if d > chosen]
+        assert fits(chosen) and bigger and not fits(bigger[0]), (chosen, bigger[:1])
+        assert torch.cuda.memory_allocated() == before  # nothing left behind by the probes
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)

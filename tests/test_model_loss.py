@@ -139,17 +139,32 @@ def test_model_lean_loss_equals_logits_loss(sparse, bias):
 
 @pytest.mark.parametrize("choice", ["auto", "chunked", "liger", "plain"])
 def test_every_mlm_loss_choice_trains_the_model(choice):
-    if choice == "liger":
-        pytest.skip("liger runs on CUDA only: tests/test_model_loss.py::test_liger_equals_plain_on_gpu")
-    ids, cu, max_len, labels = packed([25, 14], seed=4)
+    """Each ``model.mlm_loss`` through the model (on CUDA when there is one, liger included) against
+    the loss written out here: decoder(head(h)), fp32 mean cross-entropy over the labelled tokens;
+    loss and every gradient."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "liger" and (device != "cuda" or not liger_available()):
+        pytest.skip("liger runs on CUDA with liger-kernel installed; neither is here")
+    ids, cu, max_len, labels = (t.to(device) if torch.is_tensor(t) else t for t in packed([25, 14], seed=4))
     torch.manual_seed(0)
-    model = FlexBertForMaskedLM(small_config(mlm_loss=choice)).train()
+    model = FlexBertForMaskedLM(small_config(mlm_loss=choice, decoder_bias=True)).to(device).train()
+    with torch.no_grad():
+        model.decoder.bias.normal_(0, 1.0)  # a bias the loss must not drop
     out = model(ids, cu_seqlens=cu, max_seqlen=max_len, labels=labels, return_logits=False)
     out.loss.backward()
-    ref = FlexBertForMaskedLM(small_config(mlm_loss="plain")).train()
+    ref = FlexBertForMaskedLM(small_config(mlm_loss="plain", decoder_bias=True)).to(device).train()
     ref.load_state_dict(model.state_dict())
-    torch.testing.assert_close(out.loss, ref(ids, cu_seqlens=cu, max_seqlen=max_len, labels=labels).loss)
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    h = ref.model(ids, cu_seqlens=cu, max_seqlen=max_len)
+    logits = torch.nn.functional.linear(ref.head(h), ref.decoder.weight, ref.decoder.bias).float()
+    keep = labels != -100
+    loss = torch.nn.functional.cross_entropy(logits[keep], labels[keep])
+    loss.backward()
+    torch.testing.assert_close(out.loss.float(), loss, atol=1e-5, rtol=1e-5)
+    grads = dict(ref.named_parameters())
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, grads[name].grad, atol=1e-5, rtol=1e-4, msg=name)
+    wrong = torch.nn.functional.cross_entropy(logits[keep] - ref.decoder.bias.float(), labels[keep])
+    assert abs(float(wrong) - float(loss)) > 1e-3  # guard: a loss without the bias would be caught
 
 
 def test_fixed_prediction_capacity_changes_nothing():

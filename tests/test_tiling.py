@@ -177,9 +177,15 @@ def test_tiled_wider_model_beats_fresh_init_on_held_out_text(tmp_path, source_ru
     batch = _held_out_batch(str(out))
     torch.manual_seed(0)
     fresh = AutoModelForMaskedLM.from_config(hf.config).eval()
+    # guard: a fresh model given only the tiled decoder bias (the unigram prior) must not be what
+    # beats the fresh init: the tiled encoder has to do better than the bias alone
+    torch.manual_seed(0)
+    bias_only = AutoModelForMaskedLM.from_config(hf.config).eval()
     with torch.no_grad():
+        bias_only.decoder.bias.copy_(hf.decoder.bias)
         tiled_loss, fresh_loss = hf(**batch).loss.item(), fresh(**batch).loss.item()
-    assert tiled_loss < fresh_loss, (tiled_loss, fresh_loss)
+        bias_loss = bias_only(**batch).loss.item()
+    assert tiled_loss < fresh_loss and tiled_loss < bias_loss, (tiled_loss, bias_loss, fresh_loss)
 
 
 def test_rescaled_wraparound_keeps_the_source_on_held_out_text(tmp_path, source_run):
