@@ -87,3 +87,32 @@ def test_bad_folders_are_one_line(tmp_path, capsys):
     os.remove(os.path.join(folder, "qrels", "test.tsv"))
     assert main(["--bm25", "--data", folder]) == 2
     assert "no qrels/test.tsv (BEIR layout" in capsys.readouterr().err
+
+
+def test_retrieval_finetune_lowers_the_loss_and_writes_a_sentence_transformer(tmp_path, data):
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from finetune_retrieval import main
+    from flexbert.convert.hf import to_hf
+    from flexbert.convert.sentence import write_sentence_transformers
+    from flexbert.model import FlexBertForMaskedLM
+    from flexbert.model.config import FlexBertConfig
+    from test_train_fixtures import model_overrides
+
+    torch.manual_seed(0)
+    enc = tmp_path / "enc"
+    to_hf(FlexBertForMaskedLM(FlexBertConfig.from_dict(model_overrides(attn_out_dropout=0.0))).eval(), enc,
+          tokenizer=os.path.join(data, "tokenizer", "tokenizer.json"))
+    write_sentence_transformers(str(enc), 64, 128, "mean")
+    topics = ["river", "city", "music", "rain", "stone", "forest", "bread", "ship"]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"query": f"what about the {t} {i}", "positive": f"a text on the {t} number {i}"}) + "\n"
+                             for i in range(4) for t in topics))
+    out = tmp_path / "retriever"
+    assert main(["--model", str(enc), "--pairs", str(pairs), "--out", str(out), "--epochs", "4", "--batch-size", "8",
+                 "--lr", "1e-3"]) == 0
+    losses = json.loads((out / "finetune_retrieval.json").read_text())["losses"]
+    assert sum(losses[-4:]) / 4 < 0.7 * sum(losses[:4]) / 4, losses  # it learned to match queries to passages
+    emb = SentenceTransformer(str(out)).encode(["what about the river 1"])
+    assert emb.shape == (1, 64)
