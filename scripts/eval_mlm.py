@@ -33,13 +33,16 @@ def main(argv=None) -> int:
     p.add_argument("--max-batches", type=at_least(1), help="evaluate only the first N batches")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--by-length", nargs="*", type=at_least(1), metavar="BOUND",
+                   help="also the loss per document-length range, split at these token counts (default 128 512 2048)")
     a = p.parse_args(argv)
     from flexbert.train.cli import _quiet_third_party
 
     _quiet_third_party()
     from flexbert.config import ConfigError
     from flexbert.train.pretrained import ModelLoadError, load_pretrained, mlm_model
-    from flexbert.eval.mlm import check_model_tokenizer, data_config, evaluate_mlm
+    from flexbert.eval.mlm import check_model_tokenizer, data_config, evaluate_by_length, evaluate_mlm
+    from flexbert.train.mlm_eval import DEFAULT_LENGTH_BOUNDS, format_by_length
 
     try:
         if not os.path.isdir(os.path.join(a.data, a.split)):
@@ -47,7 +50,11 @@ def main(argv=None) -> int:
         pre = load_pretrained(a.model)
         cfg = data_config(a.data, a.split, a.mlm_probability, a.seed, a.max_seq_len, a.rows_of, a.tokenizer, pre.data)
         check_model_tokenizer(pre, cfg, f"shards {a.data}")
-        result = evaluate_mlm(mlm_model(pre), cfg, a.max_batches, a.device)
+        model = mlm_model(pre)
+        result = evaluate_mlm(model, cfg, a.max_batches, a.device)
+        if a.by_length is not None:
+            bounds = sorted(set(a.by_length)) or list(DEFAULT_LENGTH_BOUNDS)
+            result["by_length"] = evaluate_by_length(model, cfg, bounds, a.max_batches, a.device)
     except (ModelLoadError, ConfigError, FileNotFoundError, ValueError) as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
@@ -58,6 +65,8 @@ def main(argv=None) -> int:
         print(f"{a.model} on {a.data}/{a.split} ({a.mlm_probability:.0%} masking, seed {a.seed}): MLM loss "
               f"{result['loss']:.4f}, accuracy {result['accuracy']:.4f}, perplexity {result['perplexity']:.1f} "
               f"over {result['masked_tokens']:,} masked tokens")
+        if "by_length" in result:
+            print(format_by_length(result["by_length"]))
     return 0
 
 

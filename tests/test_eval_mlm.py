@@ -53,13 +53,19 @@ def test_run_checkpoint_and_hf_folder_agree_with_training_eval(trained, data):
 def test_cli(trained, data):
     run_dir, _, _ = trained
     env = dict(os.environ, PYTHONPATH=ROOT)
-    res = subprocess.run([PY, "scripts/eval_mlm.py", "--model", run_dir, "--data", data, "--max-batches", "2", "--json"],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    res = subprocess.run([PY, "scripts/eval_mlm.py", "--model", run_dir, "--data", data, "--max-batches", "2", "--json",
+                          "--by-length", "24", "64"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     import json
 
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["rows"] == 2 and out["mlm_probability"] == 0.15 and 0 < out["loss"] < 20
+    # per document-length range: the ranges add up to the whole, each with its own count
+    buckets = out["by_length"]
+    assert [b["range"] for b in buckets] == ["len-0-23", "len-24-63", "len-64-max"]
+    assert sum(b["masked_tokens"] for b in buckets) == out["masked_tokens"]
+    whole = sum(b["loss"] * b["masked_tokens"] for b in buckets if b["masked_tokens"]) / out["masked_tokens"]
+    assert whole == pytest.approx(out["loss"], rel=1e-4) and sum(b["documents"] > 0 for b in buckets) >= 2
     bad = subprocess.run([PY, "scripts/eval_mlm.py", "--model", os.path.join(run_dir, "nope"), "--data", data],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.strip() == f"error: --model {os.path.join(run_dir, 'nope')}: does not exist"

@@ -67,6 +67,11 @@ def test_chain_runs_each_phase_from_the_previous_one(chain):
     lengths = json.load(open(root / "tiny-context-extension" / "length_eval.json"))
     assert set(lengths) == {"loss@128", "loss@256"} and all(0 < v < 20 for v in lengths.values())
     assert "eval loss by length" in r.stdout
+    for name in ("tiny", "tiny-context-extension", "tiny-decay"):  # each phase: loss per document-length range
+        buckets = json.load(open(root / name / "length_buckets_eval.json"))
+        assert [b["range"] for b in buckets] == ["len-0-127", "len-128-511", "len-512-2047", "len-2048-max"]
+        assert sum(b["masked_tokens"] for b in buckets) > 0 and all(b["loss"] is None or 0 < b["loss"] < 20 for b in buckets)
+    assert r.stdout.count("eval loss by document length") == 3
 
 
 @pytest.mark.slow

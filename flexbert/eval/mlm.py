@@ -69,3 +69,16 @@ def evaluate_mlm(model: torch.nn.Module, data_cfg, max_batches: Optional[int] = 
 
     clean_stale_shared_memory()
     return evaluate(model, build_eval_loader(data_cfg), max_batches, device)
+
+
+def evaluate_by_length(model: torch.nn.Module, data_cfg, bounds, max_batches: Optional[int] = None,
+                       device: str = "cpu") -> list[dict]:
+    """Per document-length range loss, on the same eval rows as ``evaluate_mlm``
+    (flexbert/train/mlm_eval.py ``evaluate_mlm_by_length``)."""
+    from streaming.base.util import clean_stale_shared_memory
+
+    from flexbert.data.loader import build_eval_loader
+    from flexbert.train.mlm_eval import evaluate_mlm_by_length
+
+    clean_stale_shared_memory()
+    return evaluate_mlm_by_length(model, build_eval_loader(data_cfg), bounds, max_batches, device)

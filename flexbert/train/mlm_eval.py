@@ -101,3 +101,63 @@ def evaluate_mlm(model: torch.nn.Module, loader, max_batches: Optional[int] = No
     loss = float(metrics["MLMLoss"].compute())
     return {"loss": loss, "accuracy": float(metrics["MLMAccuracy"].compute()), "perplexity": math.exp(loss),
             "masked_tokens": int(metrics["MLMLoss"].count), "rows": rows}
+
+
+DEFAULT_LENGTH_BOUNDS = (128, 512, 2048)
+
+
+def _row_token_losses(model, row: dict[str, Any], chunk: int = 4096):
+    """(per-token loss, per-token hit, the token positions) of a row's masked tokens: the encoder,
+    then head and decoder on the masked positions only, in chunks (no full-vocabulary logits)."""
+    h = model.model(row["input_ids"], cu_seqlens=row["cu_seqlens"], max_seqlen=int(row["max_seqlen"]))
+    pos = (row["labels"] != -100).nonzero().flatten()
+    losses, hits = [], []
+    for s in range(0, pos.numel(), chunk):
+        p = pos[s: s + chunk]
+        logits = model.decoder(model.head(h[p])).float()
+        target = row["labels"][p]
+        losses.append(torch.nn.functional.cross_entropy(logits, target, reduction="none"))
+        hits.append(logits.argmax(-1) == target)
+    empty = torch.zeros(0, device=h.device)
+    return (torch.cat(losses) if losses else empty), (torch.cat(hits) if hits else empty.bool()), pos
+
+
+@torch.no_grad()
+def evaluate_mlm_by_length(model: torch.nn.Module, loader, bounds=DEFAULT_LENGTH_BOUNDS,
+                           max_batches: Optional[int] = None, device="cpu") -> list[dict]:
+    """Per document-length range (``bounds``: where ranges end, in tokens): documents, masked
+    tokens, mean MLM loss and accuracy.  Each masked token counts for the document (packed
+    segment) it sits in; summed over the ranges, the loss is ``evaluate_mlm``'s on the same rows."""
+    from flexbert.data.length_buckets import bucket_names
+
+    names = bucket_names(bounds)
+    edges = torch.tensor(list(bounds), device=device)
+    loss_sum, hits, masked, docs = (torch.zeros(len(names), dtype=torch.float64, device=device) for _ in range(4))
+    model = model.to(device).eval()
+    for i, batch in enumerate(loader):
+        if max_batches is not None and max_batches >= 0 and i >= max_batches:
+            break
+        for row in batch["rows"]:
+            row = _to(row, device)
+            cu = row["cu_seqlens"].long()
+            lengths = cu[1:] - cu[:-1]
+            bucket = torch.bucketize(lengths, edges, right=True)
+            real = cu[:-1] < int(row.get("num_tokens", cu[-1]))  # documents, not the padding tail's segments
+            docs.index_add_(0, bucket[real], torch.ones(int(real.sum()), dtype=torch.float64, device=device))
+            tok_loss, tok_hit, pos = _row_token_losses(model, row)
+            seg = torch.searchsorted(cu[1:], pos, right=True)
+            loss_sum.index_add_(0, bucket[seg], tok_loss.double())
+            hits.index_add_(0, bucket[seg], tok_hit.double())
+            masked.index_add_(0, bucket[seg], torch.ones_like(tok_loss, dtype=torch.float64))
+    return [{"range": n, "documents": int(d), "masked_tokens": int(m), "loss": float(s / m) if m else None,
+             "accuracy": float(a / m) if m else None} for n, d, m, s, a in zip(names, docs, masked, loss_sum, hits)]
+
+
+def format_by_length(rows: list[dict]) -> str:
+    """The per-length table as text (one line per range)."""
+    lines = [f"  {'document length':<18} {'documents':>10} {'masked tokens':>14} {'loss':>8} {'accuracy':>9}"]
+    for r in rows:
+        loss = f"{r['loss']:.4f}" if r["loss"] is not None else "-"
+        acc = f"{r['accuracy']:.4f}" if r["accuracy"] is not None else "-"
+        lines.append(f"  {r['range']:<18} {r['documents']:>10,} {r['masked_tokens']:>14,} {loss:>8} {acc:>9}")
+    return "\n".join(lines)

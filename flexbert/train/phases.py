@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from flexbert.config import ConfigError
+from flexbert.train.mlm_eval import format_by_length
 from flexbert.train.run_folder import RunFolder, RunFolderError, write_json
 
 DONE = "phase_done.json"
@@ -115,6 +116,10 @@ def run_chain(configs: list[str], overrides: list[str], runs_root: Optional[str]
             report = length_losses(cfg, ckpt, [phases[i - 1].cfg, cfg])
             write_json(RunFolder.of(cfg).file("length_eval.json"), report)
             log(f"[phases] {cfg.run_name} eval loss by length: " + ", ".join(f"{k}: {v:.4f}" for k, v in report.items()))
+        by_length = phase_by_length(cfg, ckpt)
+        if by_length is not None:
+            write_json(RunFolder.of(cfg).file("length_buckets_eval.json"), by_length)
+            log(f"[phases] {cfg.run_name} eval loss by document length:\n{format_by_length(by_length)}")
         write_json(RunFolder.of(cfg).file(DONE), {"checkpoint": ckpt, "config": os.path.abspath(ph.config), "overrides": ov})
         finals.append(ckpt)
     return finals
@@ -137,3 +142,19 @@ def length_losses(cfg, checkpoint: str, length_cfgs: list) -> dict[str, float]:
         out[f"loss@{data_cfg.max_seq_len}"] = evaluate_mlm(model.model, loader, max(1, cfg.eval_subset_num_batches),
                                                             shapes=model.shapes)["loss"]
     return out
+
+
+def phase_by_length(cfg, checkpoint: str) -> Optional[list]:
+    """The phase's held-out MLM loss per document-length range (None without an eval split)."""
+    from flexbert.data.loader import build_eval_loader, has_eval
+    from flexbert.train.loading import load_initial_weights
+    from flexbert.train.mlm_eval import evaluate_mlm_by_length
+    from flexbert.train.recipe import build_model
+
+    cfg = RunFolder.of(cfg).resolved(cfg)
+    data_cfg = dataclasses.replace(cfg.data, num_workers=0)
+    if not has_eval(data_cfg):
+        return None
+    model = build_model(dataclasses.replace(cfg, compile="none"))
+    load_initial_weights(model, checkpoint)
+    return evaluate_mlm_by_length(model.model, build_eval_loader(data_cfg), max_batches=max(1, cfg.eval_subset_num_batches))
