@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Optional, Union
 
 import torch
+import torch.utils.checkpoint
 import torch.nn.functional as F
 from torch import nn
 
@@ -107,6 +108,18 @@ def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
 
 
+def checkpointed_layers(spec: str, n_layers: int) -> list[int]:
+    """The block indices ``activation_checkpointing`` names: none | all | every_N."""
+    if spec == "none":
+        return []
+    if spec == "all":
+        return list(range(n_layers))
+    n = spec[6:] if spec.startswith("every_") else ""
+    if not n.isdigit() or int(n) < 1:
+        raise ValueError(f"activation_checkpointing: unknown value '{spec}'; valid choices: none, all, every_N (N >= 1)")
+    return list(range(0, n_layers, int(n)))
+
+
 # ------------------------------------------------------------------------------ encoder
 class FlexBertModel(nn.Module):
     """Embeddings -> blocks -> final norm, on unpadded tokens."""
@@ -122,6 +135,7 @@ class FlexBertModel(nn.Module):
         # bind_backends: a forward that finds its backend here calls no resolver, so a compiled
         # model traces embeddings to loss as one graph
         self._backends: dict = {}
+        self.checkpointed: frozenset = frozenset()  # blocks whose activations are recomputed in backward
         if init:
             init_weights(self, config)
 
@@ -137,6 +151,12 @@ class FlexBertModel(nn.Module):
         device_type = torch.device(device).type
         for dropout in sorted({False, self.config.attention_dropout > 0}):
             self._backends[(device_type, dtype, dropout)] = resolve_backend(self.config.attention_backend, device, dtype, dropout)
+
+    def checkpoint_layers(self, spec: str) -> None:
+        """Activation checkpointing: ``none``, ``all`` or ``every_N`` (blocks 0, N, 2N, ...) keep
+        only their input for backward and recompute the rest (dropout masks included: the RNG state
+        is restored), trading one more forward of those blocks for their activation memory."""
+        self.checkpointed = frozenset(checkpointed_layers(spec, len(self.layers)))
 
     def prepare_batch(self, cu_seqlens: torch.Tensor, max_seqlen: int, total: int, static: bool = False) -> BatchInfo:
         """Everything per batch that layers share: positions, RoPE tables, backend + its masks."""
@@ -158,8 +178,12 @@ class FlexBertModel(nn.Module):
         ids = layout.input_ids
         batch = self.prepare_batch(layout.cu_seqlens, layout.max_seqlen, ids.shape[0], static)
         h = self.embeddings(ids, batch.positions)
-        for layer in self.layers:
-            h = layer(h, batch)
+        recompute = self.training and torch.is_grad_enabled()
+        for i, layer in enumerate(self.layers):
+            if recompute and i in self.checkpointed:
+                h = torch.utils.checkpoint.checkpoint(layer, h, batch, use_reentrant=False)
+            else:
+                h = layer(h, batch)
         if self.final_norm is not None:
             h = self.final_norm(h)
         return h, batch

@@ -96,6 +96,7 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | gpu
     compile: str = "none"  # none | model | blocks
     compile_mode: str = "default"  # default | reduce-overhead (CUDA graphs) | max-autotune | max-autotune-no-cudagraphs
+    activation_checkpointing: str = "none"  # none | all | every_N: blocks recomputed in backward (less memory)
     dist_timeout: float = 300.0
 
     loggers: LoggersConfig = field(default_factory=LoggersConfig)
@@ -109,6 +110,12 @@ class RunConfig:
             value = getattr(self, key)
             if value not in choices:
                 raise ConfigError(unknown_choice(key, "value", value, choices))
+        from flexbert.model.model import checkpointed_layers
+
+        try:
+            checkpointed_layers(self.activation_checkpointing, self.model.num_hidden_layers)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         _, unit = parse_time(self.max_duration, "max_duration")
         if unit == "dur":
             raise ConfigError("max_duration: must be in tok, ba, sp or ep, not a fraction")

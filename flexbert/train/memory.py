@@ -74,6 +74,9 @@ class MemoryEstimate:
         return self.process <= (1.0 - headroom) * gpu_bytes / GIB
 
 
+CHECKPOINTED_BYTES_PER_HIDDEN = 4  # a checkpointed block's saved input: the fp32 residual stream
+
+
 def count_params(model_cfg) -> tuple[int, int]:
     """(all parameters, matmul weights) of the MLM model, decoder tied to the embeddings."""
     h, i, v, n = model_cfg.hidden_size, model_cfg.intermediate_size, model_cfg.vocab_size, model_cfg.num_hidden_layers
@@ -89,7 +92,7 @@ def lean_head(model_cfg) -> bool:
 
 
 def estimate_peak(model_cfg, row_tokens: int, compile: str = "none", mask_rate: float = 0.30,
-                  lean: bool | None = None) -> MemoryEstimate:
+                  lean: bool | None = None, checkpointed: int = 0) -> MemoryEstimate:
     """Peak memory of a training step over rows of ``row_tokens`` tokens (see the module doc)."""
     if compile not in A_H:
         raise ValueError(f"compile: unknown value '{compile}'; valid choices: {', '.join(A_H)}")
@@ -97,7 +100,11 @@ def estimate_peak(model_cfg, row_tokens: int, compile: str = "none", mask_rate: 
     params, matmul = count_params(model_cfg)
     fixed = params * OPTIM_BYTES_PER_PARAM + matmul * CAST_BYTES_PER_MATMUL_PARAM + OTHER_FIXED_BYTES
     per_layer = A_H[compile] * model_cfg.hidden_size + A_I * model_cfg.intermediate_size + 4 * model_cfg.num_attention_heads
-    acts = row_tokens * model_cfg.num_hidden_layers * per_layer
+    # a checkpointed block keeps only its fp32 input; during its backward one block's activations
+    # are recomputed and alive again
+    n = model_cfg.num_hidden_layers
+    kept = (n - checkpointed) * per_layer + checkpointed * CHECKPOINTED_BYTES_PER_HIDDEN * model_cfg.hidden_size
+    acts = row_tokens * (kept + (per_layer if checkpointed else 0))
     predicted = row_tokens * (mask_rate if getattr(model_cfg, "sparse_prediction", True) else 1.0)
     if lean:
         head = predicted * LEAN_BYTES_PER_HIDDEN * model_cfg.hidden_size + LEAN_WORKSPACE_BYTES
@@ -112,12 +119,16 @@ def estimate_run(cfg, microbatch_size: int | None = None) -> MemoryEstimate:
     mb = microbatch_size if microbatch_size is not None else data.microbatch_size
     if not isinstance(mb, int):
         raise ValueError(f"data.microbatch_size: '{mb}' is not a number; resolve it first (flexbert/train/microbatch.py)")
-    return estimate_peak(cfg.model, mb * data.max_seq_len, cfg.compile, data.max_mlm_probability)
+    from flexbert.model.model import checkpointed_layers
+
+    n_ckpt = len(checkpointed_layers(cfg.activation_checkpointing, cfg.model.num_hidden_layers))
+    return estimate_peak(cfg.model, mb * data.max_seq_len, cfg.compile, data.max_mlm_probability, checkpointed=n_ckpt)
 
 
 def largest_fitting(model_cfg, max_seq_len: int, candidates, compile: str = "none", mask_rate: float = 0.30,
-                    gpu_bytes: int = H100_80GB_BYTES, headroom: float = HEADROOM, lean: bool | None = None) -> int | None:
+                    gpu_bytes: int = H100_80GB_BYTES, headroom: float = HEADROOM, lean: bool | None = None,
+                    checkpointed: int = 0) -> int | None:
     """The largest candidate microbatch whose estimate fits, or None."""
     ok = [c for c in candidates
-          if estimate_peak(model_cfg, c * max_seq_len, compile, mask_rate, lean).fits(gpu_bytes, headroom)]
+          if estimate_peak(model_cfg, c * max_seq_len, compile, mask_rate, lean, checkpointed).fits(gpu_bytes, headroom)]
     return max(ok) if ok else None

@@ -49,6 +49,7 @@ def build_model(cfg) -> FlexBertMLM:
         masking = max(data.max_mlm_probability, data.eval_mlm_probability)
         shapes = StaticShapes.for_rows(data.row_tokens, data.max_seq_len, masking, cfg.model.sparse_prediction)
     model = FlexBertMLM(cfg.model, shapes=shapes)
+    model.model.model.checkpoint_layers(cfg.activation_checkpointing)  # before compiling: traced with it
     if cfg.compile != "none":
         device = "cuda" if resolve_device(cfg.device) == "gpu" else "cpu"
         dtype = COMPUTE_DTYPES[resolve_precision(cfg.precision, resolve_device(cfg.device))]
