@@ -77,3 +77,19 @@ def test_config_and_memory_estimate():
     full = estimate_run(load_run_config(path, ["activation_checkpointing=all"]), 9)
     assert full.activations < every.activations < plain.activations
     assert full.activations < 0.2 * plain.activations and full.weights_and_optimizer == plain.weights_and_optimizer
+
+
+def test_profiler_writes_a_trace_of_the_chosen_batches(tmp_path, data, capsys):
+    import json
+    import os
+
+    from test_train_fixtures import build_and_fit, run_config
+
+    cfg = run_config(tmp_path, data, max_duration="4ba", profiler={"start_batch": 2, "batches": 2})
+    run = build_and_fit(cfg)
+    trace = os.path.join(cfg["run_dir"], "profile", "trace_rank0.json")
+    events = json.load(open(trace))["traceEvents"]
+    assert any(e.get("name", "").startswith("aten::") for e in events)  # the model's operators
+    out = capsys.readouterr().out
+    assert "[profiler] batches 2-3: trace" in out and "Self CPU" in out
+    assert run is not None

@@ -44,6 +44,13 @@ def _saver(cfg, loader, ident):
                                  cfg.save_num_to_keep, identity=ident)
 
 
+def _profiler(cfg, loader, ident):
+    from flexbert.train.profiling import StepProfiler
+
+    p = cfg.profiler
+    return StepProfiler(p.start_batch, p.batches, p.out or os.path.join(cfg.resolved_run_dir, "profile"))
+
+
 CALLBACKS: tuple[Entry, ...] = (
     # BATCH_START, first of all: the batch's LR is the schedule at the tokens seen before it
     Entry("schedule", "always", _always, lambda cfg, loader, ident: cb.ScheduleStepper()),
@@ -56,6 +63,8 @@ CALLBACKS: tuple[Entry, ...] = (
           lambda cfg, loader, ident: cb.NaNGuard(cfg.callbacks.max_loss)),
     # BATCH_END: LR, packing, throughput, memory (logged before the checkpoint event writes the record)
     Entry("metrics", "always", _always, _metrics),
+    # BATCH_START / BATCH_END: a torch profiler trace of the chosen batches (checkpoints outside it)
+    Entry("profiler", "profiler.start_batch", lambda cfg: cfg.profiler.start_batch > 0, _profiler),
     # BATCH_CHECKPOINT: periodic and final checkpoints, each carrying the run's identity
     Entry("saver", "save_folder (not empty)", lambda cfg: bool(cfg.resolved_save_folder), _saver),
     # BATCH_CHECKPOINT after the saver: a batch already saved on schedule is not saved twice

@@ -18,6 +18,7 @@ from flexbert.model.config import FlexBertConfig
 from flexbert.data.config import DataConfig
 from flexbert.registry import ConfigError, unknown_choice
 from flexbert.train.optim import OptimizerConfig
+from flexbert.train.profiling import ProfilerConfig
 from flexbert.train.schedulers import build_scheduler, parse_time
 
 PRECISIONS = ("auto", "fp32", "amp_bf16", "amp_fp16")
@@ -97,6 +98,7 @@ class RunConfig:
     compile: str = "none"  # none | model | blocks
     compile_mode: str = "default"  # default | reduce-overhead (CUDA graphs) | max-autotune | max-autotune-no-cudagraphs
     activation_checkpointing: str = "none"  # none | all | every_N: blocks recomputed in backward (less memory)
+    profiler: ProfilerConfig = field(default_factory=ProfilerConfig)  # a torch profiler trace of chosen batches
     dist_timeout: float = 300.0
 
     loggers: LoggersConfig = field(default_factory=LoggersConfig)
