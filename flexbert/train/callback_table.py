@@ -44,6 +44,12 @@ def _saver(cfg, loader, ident):
                                  cfg.save_num_to_keep, identity=ident)
 
 
+def _doctor(cfg, loader, ident):
+    from flexbert.train.doctor import TimeLedger, settings_of
+
+    return TimeLedger(settings_of(cfg))
+
+
 def _profiler(cfg, loader, ident):
     from flexbert.train.profiling import StepProfiler
 
@@ -67,6 +73,8 @@ CALLBACKS: tuple[Entry, ...] = (
     Entry("profiler", "profiler.start_batch", lambda cfg: cfg.profiler.start_batch > 0, _profiler),
     # BATCH_CHECKPOINT: periodic and final checkpoints, each carrying the run's identity
     Entry("saver", "save_folder (not empty)", lambda cfg: bool(cfg.resolved_save_folder), _saver),
+    # BATCH_CHECKPOINT after the saver: where the time went, the saver's time included (the doctor)
+    Entry("doctor", "always", _always, _doctor),
     # BATCH_CHECKPOINT after the saver: a batch already saved on schedule is not saved twice
     Entry("graceful_stop", "callbacks.graceful_stop", lambda cfg: bool(cfg.callbacks.graceful_stop),
           lambda cfg, loader, ident: GracefulStop(tuple(cfg.callbacks.graceful_stop))),

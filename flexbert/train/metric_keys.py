@@ -65,3 +65,7 @@ MEMORY_RESERVED = "memory/reserved_gb"
 CHECKPOINT_BATCH = "checkpoint/batch"
 
 COMPOSER_TIME_PREFIX = "time/"  # Composer's own clock keys: not written to metrics.jsonl
+
+# Where the time went, cumulative seconds since the run (re)started, rank 0 (flexbert/train/doctor.py)
+TIMING_PREFIX = "timing/"
+TIMING = {part: f"{TIMING_PREFIX}{part}_s" for part in ("data", "step", "eval", "checkpoint")}

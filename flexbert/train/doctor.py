@@ -1,0 +1,99 @@
+"""The throughput doctor: where a run's time went, and which knob to turn.
+
+``TimeLedger`` (a callback) splits wall time, on rank 0, from Composer's events and host clocks
+only (no device synchronisation added): waiting for the next batch (BEFORE/AFTER_DATALOADER),
+the step (forward, backward, optimizer; on a GPU the host waits for the device at the loss's
+first read, so queued work lands in the step or the next data wait), evaluation (EVAL_START/END)
+and checkpointing (the saver, at BATCH_CHECKPOINT).  The cumulative seconds go into every
+metrics.jsonl record (``timing/<part>_s``); ``verdict`` turns them into a sentence, printed at the
+end of training and by ``scripts/diagnose.py RUN_DIR``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Optional
+
+from composer.core import Callback, State
+from composer.loggers import Logger
+from composer.utils import dist
+
+from flexbert.train import metric_keys as K
+
+DATA_BOUND, EVAL_BOUND, CHECKPOINT_BOUND = 0.25, 0.25, 0.15  # shares of the wall time that name the bottleneck
+
+
+def verdict(seconds: dict[str, float], settings: Optional[dict] = None) -> str:
+    """Plain words from ``{"data", "step", "eval", "checkpoint"}`` seconds (and a few settings)."""
+    s = settings or {}
+    total = sum(seconds.values())
+    if total <= 0:
+        return "no timing recorded yet"
+    share = {k: v / total for k, v in seconds.items()}
+    parts = ", ".join(f"{k} {100 * share[k]:.0f}%" for k in ("data", "step", "eval", "checkpoint"))
+    if share["data"] >= DATA_BOUND:
+        return (f"data-bound: {100 * share['data']:.0f}% of the time waiting for the next batch ({parts}). Raise "
+                f"data.num_workers (now {s.get('num_workers', '?')}), data.predownload, or read the shards from a local "
+                "disk (data.local as a cache of data.remote); check with scripts/bench_data.py")
+    if share["eval"] >= EVAL_BOUND:
+        return (f"eval-bound: {100 * share['eval']:.0f}% of the time in evaluation ({parts}). Raise eval_interval "
+                f"(now {s.get('eval_interval', '?')}) or lower eval_subset_num_batches")
+    if share["checkpoint"] >= CHECKPOINT_BOUND:
+        return (f"checkpoint-bound: {100 * share['checkpoint']:.0f}% of the time saving ({parts}). Raise save_interval "
+                f"(now {s.get('save_interval', '?')}) or save to a faster disk")
+    return (f"compute-bound: {100 * share['step']:.0f}% of the time in forward/backward/optimizer ({parts}), as it "
+            "should be. To go faster: compile: model, the fastest attention_backend, a larger data.microbatch_size "
+            "(docs/benchmarks-gpu.md). Under batch-size warmup the batches per second fall as the batch grows; "
+            "compare tokens/s (throughput/tokens_per_sec), not batches")
+
+
+class TimeLedger(Callback):
+    def __init__(self, settings: Optional[dict] = None, echo: Callable[[str], None] = print):
+        self.settings, self.echo = settings or {}, echo
+        self.seconds = {"data": 0.0, "step": 0.0, "eval": 0.0, "checkpoint": 0.0}
+        self._mark: Optional[float] = None
+
+    def _charge(self, part: str) -> None:
+        now = time.perf_counter()
+        if self._mark is not None:
+            self.seconds[part] += now - self._mark
+        self._mark = now
+
+    def fit_start(self, state: State, logger: Logger) -> None:
+        self._mark = time.perf_counter()
+
+    def before_dataloader(self, state: State, logger: Logger) -> None:
+        self._charge("step")  # what happened since the last event: the tail of the previous step
+
+    def after_dataloader(self, state: State, logger: Logger) -> None:
+        self._charge("data")
+
+    def batch_end(self, state: State, logger: Logger) -> None:
+        self._charge("step")
+        if dist.get_global_rank() == 0:
+            logger.log_metrics({K.TIMING[k]: round(v, 3) for k, v in self.seconds.items()})
+
+    def eval_start(self, state: State, logger: Logger) -> None:
+        self._charge("step")
+
+    def eval_end(self, state: State, logger: Logger) -> None:
+        self._charge("eval")
+
+    def batch_checkpoint(self, state: State, logger: Logger) -> None:
+        self._charge("checkpoint")  # after the saver in the callback table: its time is the save
+
+    def fit_end(self, state: State, logger: Logger) -> None:
+        if dist.get_global_rank() == 0:
+            self.echo(f"[doctor] {verdict(self.seconds, self.settings)}")
+
+
+def settings_of(cfg: Any) -> dict:
+    return {"num_workers": cfg.data.num_workers, "eval_interval": cfg.eval_interval, "save_interval": cfg.save_interval}
+
+
+def diagnose(records: list[dict], settings: Optional[dict] = None) -> str:
+    """The verdict from a run's metrics.jsonl records (the last one with timings)."""
+    timed = [r for r in records if K.TIMING["step"] in r]
+    if not timed:
+        return "no timing in metrics.jsonl (a run from before the throughput doctor, or one that has not logged yet)"
+    return verdict({k: float(timed[-1][key]) for k, key in K.TIMING.items()}, settings)
