@@ -137,7 +137,7 @@ def test_model_lean_loss_equals_logits_loss(sparse, bias):
         torch.testing.assert_close(g_lean[name], g, atol=1e-6, rtol=1e-5, msg=name)
 
 
-@pytest.mark.parametrize("choice", ["auto", "chunked", "liger", "plain"])
+@pytest.mark.parametrize("choice", ["auto", "chunked", pytest.param("liger", marks=pytest.mark.gpu), "plain"])
 def test_every_mlm_loss_choice_trains_the_model(choice):
     """Each ``model.mlm_loss`` through the model (on CUDA when there is one, liger included) against
     the loss written out here: decoder(head(h)), fp32 mean cross-entropy over the labelled tokens;
