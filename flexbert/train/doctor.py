@@ -42,7 +42,7 @@ def verdict(seconds: dict[str, float], settings: Optional[dict] = None) -> str:
         return (f"checkpoint-bound: {100 * share['checkpoint']:.0f}% of the time saving ({parts}). Raise save_interval "
                 f"(now {s.get('save_interval', '?')}) or save to a faster disk")
     return (f"compute-bound: {100 * share['step']:.0f}% of the time in forward/backward/optimizer ({parts}), as it "
-            "should be. To go faster: compile: model, the fastest attention_backend, a larger data.microbatch_size "
+            f"should be. To go faster: compile: model (now {s.get('compile', '?')}), the fastest attention_backend, a larger data.microbatch_size "
             "(docs/benchmarks-gpu.md). Under batch-size warmup the batches per second fall as the batch grows; "
             "compare tokens/s (throughput/tokens_per_sec), not batches")
 
@@ -88,7 +88,8 @@ class TimeLedger(Callback):
 
 
 def settings_of(cfg: Any) -> dict:
-    return {"num_workers": cfg.data.num_workers, "eval_interval": cfg.eval_interval, "save_interval": cfg.save_interval}
+    return {"num_workers": cfg.data.num_workers, "eval_interval": cfg.eval_interval, "save_interval": cfg.save_interval,
+            "compile": cfg.compile}
 
 
 def diagnose(records: list[dict], settings: Optional[dict] = None) -> str:
