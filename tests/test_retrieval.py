@@ -40,10 +40,42 @@ def test_bm25_on_a_known_ranking_gives_the_metrics_computed_by_hand(tmp_path, ca
     # q1: its one relevant document at rank 2; q2: both relevant at ranks 1, 2 (gains 2, 1): ideal; q3: rank 1
     ndcg = ((1 / math.log2(3)) / 1 + 1 + 1) / 3
     mrr = (1 / 2 + 1 + 1) / 3
-    assert main(["--bm25", "--data", folder, "--json"]) == 0
+    assert main(["--bm25", "--data", folder, "--json", "--out", str(tmp_path / "out")]) == 0
     got = json.loads(capsys.readouterr().out)
     assert got["ndcg@10"] == pytest.approx(ndcg) and got["mrr@10"] == pytest.approx(mrr) and got["recall@100"] == 1.0
     assert got["queries"] == 3 and got["documents"] == 6
+    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert saved == got and saved["split"] == "test" and saved["scoring"] == "bm25"
+    # recall@100 counts relevant documents past rank 10: q1 has 12 relevant ones, 11 of them found
+    many = {f"x{i}": f"apple banana filler{i}" for i in range(11)}
+    folder2 = write_beir(tmp_path / "beir2", docs=dict(DOCS, **many), qrels=[("q1", d, 1) for d in list(many) + ["d9"]])
+    assert main(["--bm25", "--data", folder2, "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["recall@100"] == pytest.approx(11 / 12) and got["queries"] == 1
+    # a second run into the same --out needs --overwrite
+    assert main(["--bm25", "--data", folder, "--out", str(tmp_path / "out")]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+
+
+def test_run_folder_is_exported_and_scored_beside_bm25(tmp_path, trained, capsys):
+    """--model RUN exports the run first (the one export path) and scores it as the export itself
+    would be scored; --bm25 beside it lands under "bm25"."""
+    from eval_retrieval import main
+
+    from flexbert.train.export import export_to_hf
+
+    cfg, _ = trained
+    folder = write_beir(tmp_path / "beir")
+    export_to_hf(str(tmp_path / "hf"), run_dir=cfg["run_dir"])
+    assert main(["--model", str(tmp_path / "hf"), "--data", folder, "--json"]) == 0
+    direct = json.loads(capsys.readouterr().out)
+    assert main(["--model", cfg["run_dir"], "--bm25", "--data", folder, "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    for k in ("ndcg@10", "mrr@10", "recall@100"):
+        assert saved[k] == pytest.approx(direct[k], abs=1e-6)
+    assert saved["model"] == cfg["run_dir"] and saved["scoring"] == "cosine" and saved["bm25"]["recall@100"] == 1.0
+    assert len(printed) == 2 and printed[1].startswith("bm25 on ")
 
 
 def test_metrics_agree_with_sentence_transformers_evaluator(tmp_path, data):
@@ -89,11 +121,9 @@ def test_bad_folders_are_one_line(tmp_path, capsys):
     assert "no qrels/test.tsv (BEIR layout" in capsys.readouterr().err
 
 
-def test_retrieval_finetune_lowers_the_loss_and_writes_a_sentence_transformer(tmp_path, data):
+def _tiny_encoder(tmp_path, data):
     import torch
-    from sentence_transformers import SentenceTransformer
 
-    from finetune_retrieval import main
     from flexbert.convert.hf import to_hf
     from flexbert.convert.sentence import write_sentence_transformers
     from flexbert.model import FlexBertForMaskedLM
@@ -105,14 +135,60 @@ def test_retrieval_finetune_lowers_the_loss_and_writes_a_sentence_transformer(tm
     to_hf(FlexBertForMaskedLM(FlexBertConfig.from_dict(model_overrides(attn_out_dropout=0.0))).eval(), enc,
           tokenizer=os.path.join(data, "tokenizer", "tokenizer.json"))
     write_sentence_transformers(str(enc), 64, 128, "mean")
-    topics = ["river", "city", "music", "rain", "stone", "forest", "bread", "ship"]
+    return enc
+
+
+TOPICS = ["river", "city", "music", "rain", "stone", "forest", "bread", "ship"]
+
+
+def test_retrieval_finetune_lowers_the_loss_and_writes_a_sentence_transformer(tmp_path, data, capsys):
+    """sentence-transformers' trainer with MultipleNegativesRankingLoss on a pair file: the loss of
+    the last steps is well below the first ones', the output loads, --eval scores before and after."""
+    from sentence_transformers import SentenceTransformer
+
+    from finetune_retrieval import main
+
+    enc = _tiny_encoder(tmp_path, data)
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps({"query": f"what about the {t} {i}", "positive": f"a text on the {t} number {i}"}) + "\n"
-                             for i in range(4) for t in topics))
+                             for i in range(4) for t in TOPICS))
+    # decoys share the query's wording, the relevant passage only its topic: an untrained encoder
+    # (mean of token vectors) prefers the decoys
+    docs = dict({f"d{t}": f"a text on the {t} number 9" for t in TOPICS}, **{f"x{t}": f"what about the {t}s 9" for t in TOPICS})
+    beir = write_beir(tmp_path / "beir", docs=docs,
+                      queries={f"q{t}": f"what about the {t} 9" for t in TOPICS}, qrels=[(f"q{t}", f"d{t}", 1) for t in TOPICS])
     out = tmp_path / "retriever"
-    assert main(["--model", str(enc), "--pairs", str(pairs), "--out", str(out), "--epochs", "4", "--batch-size", "8",
-                 "--lr", "1e-3"]) == 0
-    losses = json.loads((out / "finetune_retrieval.json").read_text())["losses"]
+    assert main(["--model", str(enc), "--train", str(pairs), "--out", str(out), "--epochs", "4", "--batch-size", "8",
+                 "--lr", "1e-3", "--warmup", "0", "--eval", beir, "--no-progress"]) == 0
+    info = json.loads((out / "finetune_retrieval.json").read_text())
+    losses = info["losses"]
+    assert info["steps"] == len(losses) == 16 and info["kind"] == "pairs"
     assert sum(losses[-4:]) / 4 < 0.7 * sum(losses[:4]) / 4, losses  # it learned to match queries to passages
+    assert info["metrics_after"]["mrr@10"] > info["metrics_before"]["mrr@10"], info
+    assert "ndcg@10 " in capsys.readouterr().out
     emb = SentenceTransformer(str(out)).encode(["what about the river 1"])
     assert emb.shape == (1, 64)
+
+
+def test_retrieval_finetune_triplets_with_the_cached_loss(tmp_path, data, capsys):
+    """A TSV of triplets and --mini-batch-size (CachedMultipleNegativesRankingLoss): the hard
+    negative is used, the model trains and loads; a half-triplet file is one line."""
+    from sentence_transformers import SentenceTransformer
+
+    from finetune_retrieval import main
+
+    enc = _tiny_encoder(tmp_path, data)
+    rows = [(f"what about the {t}", f"a text on the {t}", f"a text on the {TOPICS[(k + 1) % 8]}") for k, t in enumerate(TOPICS)]
+    tsv = tmp_path / "triplets.tsv"
+    tsv.write_text("q\tpos\tneg\n" + "".join("\t".join(r) + "\n" for r in rows))
+    out = tmp_path / "retriever"
+    args = ["--model", str(enc), "--train", str(tsv), "--out", str(out), "--batch-size", "8", "--mini-batch-size", "3",
+            "--query-column", "q", "--positive-column", "pos", "--negative-column", "neg", "--no-progress"]
+    assert main(args) == 0
+    info = json.loads((out / "finetune_retrieval.json").read_text())
+    assert info["kind"] == "triplets" and info["mini_batch_size"] == 3 and info["steps"] == 1
+    assert info["losses"][0] > 0 and SentenceTransformer(str(out)).encode(["x"]).shape == (1, 64)
+    tsv.write_text("q\tpos\tneg\n" + "".join("\t".join(r) + "\n" for r in rows[:3]) + "a\tb\t\n")
+    assert main(args + ["--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "triplets.tsv:5: no text in column 'neg'" in err, err

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from dataclasses import dataclass
 from typing import Optional
 
@@ -107,12 +108,26 @@ def rank_dense(model, data: Beir, k: int = 100, batch_size: int = 32) -> dict[st
 
 
 def load_encoder(path: str, max_seq_len: Optional[int] = None, device: Optional[str] = None):
-    """A SentenceTransformer from a folder (a FlexBERT export carries its pooling files)."""
-    if not os.path.isdir(path):
-        raise RetrievalError(f"--model {path}: not a folder (export a run with scripts/export_hf.py first)")
+    """A SentenceTransformer from a Hugging Face / sentence-transformers folder (a FlexBERT export
+    carries its pooling files), or from a run folder or checkpoint, exported first (mean pooling)
+    to a scratch folder by flexbert/train/export.py, the one export path."""
+    if not os.path.exists(path):
+        raise RetrievalError(f"--model {path}: does not exist")
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(path, device=device)
+    if os.path.isdir(path) and os.path.exists(os.path.join(path, "config.json")):
+        model = SentenceTransformer(path, device=device)
+    else:
+        from flexbert.train.export import export_to_hf
+
+        with tempfile.TemporaryDirectory() as scratch:
+            folder = os.path.join(scratch, "hf")
+            try:
+                export_to_hf(folder, run_dir=path if os.path.isdir(path) else None,
+                             checkpoint=None if os.path.isdir(path) else path)
+            except (RuntimeError, ValueError, OSError) as e:
+                raise RetrievalError(f"--model {path}: {str(e).splitlines()[0]}") from None
+            model = SentenceTransformer(folder, device=device)
     if max_seq_len:
         model.max_seq_length = max_seq_len
     return model
