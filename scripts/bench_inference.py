@@ -165,8 +165,9 @@ def main(argv=None) -> int:
         print(f"| {name:<14} | {r['docs']:>6} | {r['tokens']:>10,} | {r['flexbert_tokens_per_s']:>14,.0f} | "
               f"{r['transformers_tokens_per_s']:>18,.0f} | {r['ratio']:>5.2f}x |", flush=True)
         if a.json:  # each set as it finishes: a run cut short keeps what it measured
-            with open(a.json, "w") as f:
+            with open(a.json + ".tmp", "w") as f:  # then renamed: a kill mid-write leaves the previous sets
                 json.dump({"device": str(device), "dtype": a.dtype, "config": a.config, "rows": rows}, f, indent=2)
+            os.replace(a.json + ".tmp", a.json)
     return 0
 
 

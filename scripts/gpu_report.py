@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """Measure FlexBERT on this machine's GPU and write docs/benchmarks-gpu.md (``make gpu-report``).
 
-    python scripts/gpu_report.py [--out docs/benchmarks-gpu.md] [--work runs/gpu-report] [--budget-s 480]
+    python scripts/gpu_report.py [--out docs/benchmarks-gpu.md] [--work runs/gpu-report] [--budget 480]
     python scripts/gpu_report.py --dry-run          # print each step's command, run nothing
     python scripts/gpu_report.py --device cpu --smoke --tokenizer DIR --out /tmp/r.md   # seconds, on CPU
+                                                    # (a test of the harness: it measures nothing worth recording)
 
 Steps and what is measured: scripts/gpu_harness.py.  Without CUDA (and without
 ``--device cpu``) it stops at once with one line.
@@ -27,7 +28,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=os.path.join(REPO, "docs", "benchmarks-gpu.md"))
     p.add_argument("--work", default=os.path.join(REPO, "runs", "gpu-report"))
-    p.add_argument("--budget-s", type=float, default=480.0, help="stop starting steps after this many seconds")
+    p.add_argument("--budget", "--budget-s", dest="budget", type=float, default=480.0, metavar="SECONDS",
+                   help="time for all steps (default 480: a 15-minute lease less start-up and transfers); each step's "
+                        "limit is what is left, and a step that no longer fits is reported as not run")
     p.add_argument("--steps", type=int, default=20, help="optimizer steps per training run")
     p.add_argument("--device", default="gpu", choices=["gpu", "cpu"])
     p.add_argument("--smoke", action="store_true", help="the tiny plan (with --device cpu: a test of this tool)")
@@ -54,7 +57,7 @@ def main(argv=None) -> int:
     def report(done: list) -> None:  # after every step: versions of what the steps installed, figures so far
         G.write_report(a.out, G.render(done, env_info(), command))
 
-    G.run_steps(steps, a.budget_s, os.path.join(a.work, "logs"), after_step=report)
+    G.run_steps(steps, a.budget, os.path.join(a.work, "logs"), after_step=report)
     report(steps)
     failed = [s.name for s in steps if s.status != "ok"]
     print(f"wrote {a.out}; {len(steps) - len(failed)} of {len(steps)} steps ok" + (f"; not ok: {', '.join(failed)}" if failed else ""))

@@ -46,3 +46,9 @@ def test_the_comparison_refuses_models_that_differ():
     with torch.no_grad():
         flex.layers[0].mlp.Wo.weight.mul_(10.0)
     assert B.max_difference(flex, hf, batch, torch.device("cpu"), torch.float32) > 2e-3  # measure() refuses to time it
+
+
+def test_the_gpu_report_names_the_same_sets():
+    import gpu_harness
+
+    assert gpu_harness.INFERENCE_SETS == tuple(B.SETS)  # the report's inference table lists exactly these

@@ -26,13 +26,16 @@ def test_full_plan_covers_the_issue_table(tmp_path):
     (tmp_path / "wh").mkdir()
     steps = G.plan(_opts(tmp_path, wheelhouse=str(tmp_path / "wh"), tiktoken="/x/gpt2.tiktoken"))
     names = [s.name for s in steps]
-    assert names[:10] == ["install wheels", "tokenizer (50,368 ids)", "synthetic shards at 1024", "GPU tests",
-                          "train base-none-mb48", "train base-model-mb48", "synthetic shards at 8192",
-                          "train base-context-extension-blocks-mb9", "bench_inference vs transformers",
-                          "bench_model vs transformers"]
+    assert names[:11] == ["install wheels", "tokenizer (50,368 ids)", "synthetic shards at 1024", "GPU tests",
+                          "train base-none-mb48", "train base-model-mb48", "train base-model-reduce-overhead-mb48",
+                          "bench_inference vs transformers", "bench_model vs transformers", "synthetic shards at 8192",
+                          "train base-context-extension-blocks-mb9"]
     assert "--tiktoken /x/gpt2.tiktoken" in steps[1].cmd
     runs = [(s.meta["config"], s.meta["compile"], s.meta["microbatch"]) for s in steps if s.kind == "train"]
-    assert {c for _, c, _ in runs} == {"none", "blocks", "model"}
+    assert {c for _, c, _ in runs} == {"none", "blocks", "model", "model (reduce-overhead)"}
+    cuda_graphs = shlex.split(steps[6].cmd)
+    assert {"compile=model", "compile_mode=reduce-overhead"} <= set(cuda_graphs)
+    assert "compile_mode=default" in shlex.split(steps[5].cmd)
     assert ("configs/base-context-extension.yaml", "blocks", 9) in runs and ("configs/large.yaml", "blocks", 28) in runs
     assert runs[0] == ("configs/base.yaml", "none", 48)  # the shipped config first
     ext = next(s for s in steps if "context-extension" in s.name)
@@ -132,19 +135,66 @@ def test_gpu_page_says_for_every_run_whether_it_was_measured():
             assert status == "ok", cells  # a figure only from a run that finished
         else:
             assert status != "ok" and ("not measured yet" in status or status.startswith(("OOM", "failed", "timeout", "skipped", "not run")))
+    sets = [[c.strip() for c in ln.strip("|").split("|")] for ln in section.splitlines()
+            if ln.startswith("| ") and ln.split("|")[1].strip() in G.INFERENCE_SETS]
+    assert [c[0] for c in sets] == list(G.INFERENCE_SETS)  # the inference rows, each measured or saying why not
+    for cells in sets:
+        assert (cells[-1] == "ok") == any(cells[1:-1]) and cells[-1], cells
 
 
-def test_a_budget_too_small_for_every_step_reports_what_ran_and_marks_the_rest(tmp_path_factory, tmp_path, capsys):
-    """The lease ends before the plan does: each finished step is in the report at once, the
-    steps the budget cannot reach are marked not run (the smoke plan on CPU, a 25 s budget)."""
+def test_a_budget_too_small_for_every_step_reports_what_ran_and_marks_the_rest(tmp_path_factory, tmp_path, monkeypatch):
+    """The lease ends before the plan does (the CPU smoke plan through the command line, a 30 s
+    budget: shards, a tiny training run, the toy inference benchmark): the report is rewritten
+    after every step, the steps that fit are in it, the rest are marked not run, and no
+    snapshot's finished step is missing later."""
     tok = small_tokenizer_dir(tmp_path_factory)
-    out = tmp_path / "r.md"
-    seen = []
-    steps = G.plan(G.Options(work=str(tmp_path / "w"), device="cpu", smoke=True, steps=3, tokenizer=tok, repo=ROOT))
-    G.run_steps(steps, 25, str(tmp_path / "logs"), echo=lambda *_: None,
-                after_step=lambda done: (G.write_report(str(out), G.render(done, {}, "test")), seen.append(out.read_text())))
-    assert steps[0].status == "ok" and G.NOT_RUN in {s.status for s in steps[1:]}
-    assert seen and "| synthetic shards at 128 | ok |" in seen[0]  # written the moment the first step finished
-    text = out.read_text()
-    for s in steps:
-        assert f"| {s.name} | {s.status} |" in text
+    out, work = tmp_path / "r.md", tmp_path / "w"
+    snapshots = []
+    write = G.write_report
+    monkeypatch.setattr(G, "write_report", lambda path, md: (write(path, md), snapshots.append(open(path).read())))
+    assert cli.main(["--device", "cpu", "--smoke", "--tokenizer", tok, "--work", str(work), "--out", str(out),
+                     "--budget", "30"]) == 0
+    names = [s.name for s in G.plan(G.Options(work=str(work), device="cpu", smoke=True, tokenizer=tok, repo=ROOT))]
+    status = dict(_table(out.read_text(), "| step | status |"))
+    assert list(status) == names and status[names[0]] == "ok"
+    assert status[names[-1]] == G.NOT_RUN  # the benchmark cannot fit what the first two steps left
+    assert "| synthetic shards at 128 | ok |" in snapshots[0] and len(snapshots) >= len(names)
+    final = snapshots[-1]
+    for snap in snapshots:  # nothing lost: every finished step of an early snapshot is in the final one
+        for name, st in _table(snap, "| step | status |"):
+            if not st.startswith("not run"):
+                assert status[name] == st
+    ran = [n for n in names if not status[n].startswith("not run")]
+    assert len(os.listdir(work / "logs")) == len(ran)  # each step that ran left its full log
+    sets = dict(_table(final, "| set | documents |", cell=-1))
+    assert sets == dict.fromkeys(G.INFERENCE_SETS, G.NOT_RUN)
+
+
+def _table(text: str, header: str, cell: int = 1) -> list[tuple[str, str]]:
+    """(first cell, cell ``cell``) of each row of the Markdown table under ``header``."""
+    lines = text[text.index(header):].splitlines()[2:]
+    rows = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in lines[: next(
+        (i for i, ln in enumerate(lines) if not ln.startswith("|")), len(lines))]]
+    return [(r[0], r[cell]) for r in rows]
+
+
+def test_an_inference_step_cut_short_keeps_its_finished_sets(tmp_path):
+    """The benchmark rewrites its JSON after each set; a step killed by its limit still reports
+    those sets, the others say why they have no figure, and a stale file never passes for new rows."""
+    path = tmp_path / "b.json"
+    done = [{"set": s, "docs": 2048, "tokens": 1_000_000 * (i + 1), "flexbert_tokens_per_s": 2.0e6 * (i + 1),
+             "transformers_tokens_per_s": 1.0e6, "ratio": 2.0 * (i + 1), "max_abs_diff": 0.01}
+            for i, s in enumerate(G.INFERENCE_SETS[:2])]
+    path.write_text(json.dumps({"rows": done}))
+    step = G.Step("bench_inference vs transformers", "x", 1, "bench", {"json": str(path), "sets": list(G.INFERENCE_SETS)},
+                  status="timeout", result={"rows": G.inference_rows(str(path))})
+    md = G.render([step], {}, "test")
+    assert "| fixed-512 | 2,048 | 1,000,000 | 2.00M | 1.00M | 2.00x | ok |" in md
+    assert "| variable-512 | 2,048 | 2,000,000 | 4.00M | 1.00M | 4.00x | ok |" in md
+    assert "| fixed-8192 | | | | | | not run (step timeout) |" in md and "| variable-8192 |" in md
+    path.write_text('{"rows": [')  # cut mid-write (the benchmark renames, but an older file may be anything)
+    assert G.inference_rows(str(path)) == []
+    path.write_text(json.dumps({"rows": done}))
+    step = G.Step("again", "true", 30, "bench", {"json": str(path), "sets": list(G.INFERENCE_SETS)})
+    G._run_one(step, 30, str(tmp_path / "00.log"))
+    assert step.status == "ok" and step.result["rows"] == [] and not path.exists()  # the old rows were not this run's

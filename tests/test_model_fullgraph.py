@@ -20,7 +20,7 @@ def _step(model, rows) -> list[tuple]:
         o = model(row)
         o.loss.backward()
         grads = {n: p.grad.clone() for n, p in model.model.named_parameters() if p.grad is not None}
-        out.append((o.loss.detach(), int(o.stats.correct), int(o.stats.count), grads))
+        out.append((o.loss.detach().clone(), int(o.stats.correct), int(o.stats.count), grads))  # CUDA graphs reuse outputs
     return out
 
 
@@ -68,3 +68,37 @@ def test_guards_an_unbound_backend_breaks_the_graph_and_another_model_differs():
     rows = [loader_row(25)]
     with pytest.raises(AssertionError):
         _assert_same(_step(composer_model(seed=6).train(), rows), _step(composer_model(seed=7).train(), rows))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["flex", "varlen"])
+def test_on_cuda_each_backend_is_one_graph_and_its_cuda_graph_replays_agree(backend):
+    """What the CPU tests cannot show: with a CUDA attention backend bound, the bf16 training
+    forward is still one graph, and ``reduce-overhead`` (CUDA graphs) replays give eager's loss and
+    gradients step after step (outputs are read before the next replay, as Composer does)."""
+    from flexbert.model.backends import ATTENTION_BACKENDS
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    why = ATTENTION_BACKENDS.get(backend).why_unavailable(torch.device("cuda"), torch.bfloat16)
+    if why:
+        pytest.skip(why)
+    torch._dynamo.reset()
+    size = dict(attention_backend=backend, hidden_size=128, intermediate_size=192, num_attention_heads=2)
+    rows = [{k: v.cuda() if torch.is_tensor(v) else v for k, v in loader_row(s).items()} for s in (31, 32, 33)]
+    eager = composer_model(seed=8, **size).cuda().train()
+    graphs = composer_model(seed=8, **size).cuda().train()
+    compile_model(graphs.model, "none", device="cuda", dtype=torch.bfloat16)  # binds the backend only
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        explained = torch._dynamo.explain(graphs.model.forward)(**_inputs(graphs, rows[0]))
+        assert explained.graph_break_count == 0, explained.break_reasons
+        graphs.model.compile(fullgraph=True, dynamic=False, mode="reduce-overhead")
+        got, ref = _step(graphs, rows), _step(eager, rows)
+        other = _step(composer_model(seed=9, **size).cuda().train(), rows[:1])
+    for (lg, cg, ng, gg), (lr, cr, nr, gr) in zip(got, ref):
+        torch.testing.assert_close(lg, lr, atol=2e-2, rtol=1e-2)
+        assert ng == nr and abs(cg - cr) <= max(2, nr // 50)  # bf16 may flip a near-tie
+        for name in gr:
+            err = (gg[name].float() - gr[name].float()).norm() / gr[name].float().norm().clamp(min=1e-12)
+            assert err < 0.05, (name, float(err))
+    assert abs(float(other[0][0]) - float(ref[0][0])) > 0.05  # the bounds above do tell models apart
