@@ -1,0 +1,98 @@
+#!/usr/bin/env python
+"""When pretraining pays: fine-tuned score against pretraining tokens, pretrained vs random init.
+
+    python scripts/pretraining_budget.py --shards runs/demo/shards --budgets 1M 2M 4M 8M 16M --seeds 17 18 \\
+        --task-dir runs/demo/corpus/rotten_tomatoes --out runs/budget
+
+Pretrains CONFIG (default configs/tiny.yaml) once per budget and seed through the sweep runner
+(a rerun resumes or skips what is done), fine-tunes each run on TASK-DIR/{train,validation,test}.jsonl
+with scripts/finetune.py (the demo's recipe unless --finetune-args says otherwise), and the same
+architecture from a random init once per seed, then writes OUT/budget.{json,md,png}: the score per
+budget, the random-init band and where the curves cross (flexbert/eval/budget.py).
+"""
+
+import argparse
+import os
+import shlex
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FINETUNE = ("--text-columns text --label-column label --epochs 1 --lr 3e-4 --batch-size 32 --max-seq-len 128 "
+            "--patience 0 --log-interval 100")
+
+
+def _args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", default=os.path.join(ROOT, "configs", "tiny.yaml"), help="pretraining run config")
+    p.add_argument("--shards", required=True, help="MDS shard folder to pretrain on (data.local)")
+    p.add_argument("--budgets", nargs="+", required=True, metavar="TOKENS",
+                   help="pretraining budgets in tokens: 1M, 500K, 2000000 ...")
+    p.add_argument("--seeds", nargs="+", type=int, default=[17, 18], help="one pretraining + fine-tune per seed")
+    p.add_argument("--task-dir", required=True, help="folder with train.jsonl, validation.jsonl, test.jsonl")
+    p.add_argument("--finetune-args", default=FINETUNE, help=f"scripts/finetune.py options (default: {FINETUNE!r})")
+    p.add_argument("--metric", default="test_accuracy", help="SPLIT_NAME from the fine-tunes' metrics.json")
+    p.add_argument("--out", required=True)
+    p.add_argument("--parallel", type=int, default=1, help="runs at a time")
+    p.add_argument("overrides", nargs="*", help="key=value overrides for every pretraining run")
+    a = p.parse_args(argv)
+    try:
+        a.tokens = [_tokens(b) for b in a.budgets]
+    except ValueError:
+        p.error(f"--budgets: expected token counts such as 1M, 500K or 2000000, got {' '.join(a.budgets)}")
+    return a
+
+
+def _tokens(text: str) -> int:
+    scale = {"K": 10 ** 3, "M": 10 ** 6, "B": 10 ** 9}.get(text[-1:].upper(), 1)
+    value = float(text[:-1] if scale > 1 else text)
+    if value <= 0:
+        raise ValueError(text)
+    return int(value * scale)
+
+
+def pretrain(a) -> list:
+    """The pretraining runs (one per budget and seed), run by the sweep runner; the finished ones."""
+    from flexbert.eval.budget import Pretrained
+    from flexbert.sweep import Sweep, expand, run_all, run_dir, validate
+
+    fixed = dict(kv.split("=", 1) for kv in a.overrides)
+    fixed.update({"data.local": os.path.abspath(a.shards), "save_num_to_keep": 1})
+    runs = expand([{}], {"max_duration": [f"{t}tok" for t in a.tokens], "seed": a.seeds})
+    sweep = Sweep("(pretraining budget)", "pretraining-budget", "train", os.path.abspath(a.config),
+                  os.path.join(a.out, "pretrain"), fixed, runs)
+    validate(sweep)
+    failed = set(run_all(sweep, a.parallel))
+    return [Pretrained(r.name, run_dir(sweep, r), int(r.overrides["seed"])) for r in runs if r.name not in failed]
+
+
+def main(argv=None) -> int:
+    a = _args(argv)
+    from flexbert.train.cli import _quiet_third_party
+
+    _quiet_third_party()
+    from flexbert.eval.budget import collect, finetune_all, summary_line, write_report
+    from flexbert.sweep import SweepError
+
+    task = [f"--{s}" if i == 0 else os.path.join(a.task_dir, f"{s}.jsonl") for s in ("train", "validation", "test")
+            for i in range(2)] + shlex.split(a.finetune_args)
+    try:
+        runs = pretrain(a)
+        if len(runs) < len(a.tokens) * len(a.seeds):
+            raise SweepError("some pretraining runs failed (logs under OUT/pretrain/logs); rerun to resume them")
+        if finetune_all(runs, task, a.out, a.seeds, a.parallel):
+            raise SweepError(f"some fine-tunes failed (logs under {a.out}/logs); rerun to redo them")
+        result = collect(runs, a.out, a.seeds, a.metric)
+    except (SweepError, ValueError, OSError) as e:
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+    paths = write_report(result, a.out)
+    with open(paths["budget.md"]) as f:
+        print(f.read())
+    print(summary_line(result))
+    print("report: " + ", ".join(paths.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

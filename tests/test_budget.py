@@ -1,0 +1,59 @@
+"""The pretraining-budget study (flexbert/eval/budget.py, scripts/pretraining_budget.py): where the
+curves cross, and the whole chain on the test shards (pretrain per budget, fine-tune, random init,
+report), resumed for free on a rerun."""
+
+import json
+import math
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
+
+
+def test_crossing_is_interpolated_in_log_tokens():
+    from flexbert.eval.budget import crossing
+
+    series = [{"tokens": 10 ** 6, "mean": 0.5}, {"tokens": 2 * 10 ** 6, "mean": 0.6}, {"tokens": 4 * 10 ** 6, "mean": 0.8}]
+    assert crossing(series, 0.7) == pytest.approx(2e6 * math.sqrt(2))  # half-way from 0.6 to 0.8, in log tokens
+    assert crossing(series, 0.4) == 10 ** 6  # the smallest budget already wins
+    assert crossing(series, 0.9) is None
+
+
+@pytest.mark.slow
+def test_budget_series_end_to_end(tmp_path, data, capsys):
+    """One budget and one seed (three subprocesses, ~1 min on 2 cores): the chain and its files;
+    the series logic (order, crossing) is the test above."""
+    import yaml
+
+    from flexbert.eval.plots import is_png
+    from pretraining_budget import main
+    from test_finetune import write_task
+    from test_train_fixtures import run_config
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(run_config(tmp_path, data, max_duration="1ba")))
+    task = write_task(str(tmp_path / "task"), 16, 8)
+    out = tmp_path / "budget"
+    args = ["--config", str(config), "--shards", data, "--budgets", "1K", "--seeds", "3", "--task-dir", task,
+            "--finetune-args", "--text-columns text --epochs 1 --batch-size 8 --max-seq-len 32 --patience 0",
+            "--out", str(out)]
+    assert main(args) == 0
+    result = json.loads((out / "budget.json").read_text())
+    points = result["pretrained"]
+    assert len(points) == 1 and points[0]["tokens"] >= 1000 and len(points[0]["values"]) == 1
+    assert result["metric"] == "test_accuracy" and 0 <= result["random_init"]["mean"] <= 1
+    # the point is its fine-tune's own test accuracy, the baseline the random init's
+    tests = {n: json.loads((out / "finetune" / n / "metrics.json").read_text())["test"]["accuracy"]
+             for n in os.listdir(out / "finetune")}
+    assert len(tests) == 2 and result["random_init"]["values"] == [tests.pop("random-init_seed3")]
+    assert list(tests.values()) == points[0]["values"]
+    md = (out / "budget.md").read_text()
+    assert "| random init |" in md and ("reaches the random init" in md or "does not beat" in md)
+    assert is_png(str(out / "budget.png"))
+    capsys.readouterr()
+    assert main(args) == 0  # a rerun redoes nothing
+    again = capsys.readouterr().out
+    assert again.count("already done, skipped") == 1 and again.count("fine-tune already done") == 2
+    assert json.loads((out / "budget.json").read_text()) == result
