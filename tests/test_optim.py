@@ -57,7 +57,7 @@ def test_fully_decoupled_weight_decay_and_cpu_step(name):
 def test_override_after_load():
     model = tiny_model()
     old = build_optimizer(model, OptimizerConfig(lr=8e-4, weight_decay=1e-5))
-    new_cfg = OptimizerConfig(lr=3e-4, weight_decay=1e-6, max_lr=3e-4)
+    new_cfg = OptimizerConfig(lr=3e-4, weight_decay=1e-6, max_lr=3e-4, betas=[0.8, 0.95])
     opt = build_optimizer(model, new_cfg)
     opt.load_state_dict(old.state_dict())  # what a checkpoint load does to the groups
     assert opt.param_groups[0]["lr"] == 8e-4
@@ -65,6 +65,8 @@ def test_override_after_load():
     g0, g1 = opt.param_groups
     assert g0["initial_lr"] == 3e-4 and g0["weight_decay"] == 1e-6 and g0["max_lr"] == 3e-4
     assert g1["weight_decay"] == 0.0 and g1["max_lr"] == 3e-4
+    # the betas under the names the optimizer (optimi) reads, and no stray "betas" key beside them
+    assert all((g["beta1"], g["beta2"]) == (0.8, 0.95) and "betas" not in g for g in (g0, g1))
 
 
 def test_bad_optimizer_config():

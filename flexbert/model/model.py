@@ -219,6 +219,11 @@ class FlexBertForMaskedLM(nn.Module):
         self.tie_weights()
         init_weights(self, config)
 
+    def fsdp_wrap_fn(self, module: nn.Module) -> bool:
+        """Sharded data parallelism (flexbert/train/parallelism.py): each block is one FSDP unit;
+        embeddings, head and the tied decoder stay in the root unit."""
+        return any(module is layer for layer in self.model.layers)
+
     def tie_weights(self) -> None:
         if self.config.tie_word_embeddings:
             self.decoder.weight = self.model.embeddings.tok_embeddings.weight

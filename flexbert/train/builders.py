@@ -28,6 +28,7 @@ from flexbert.train.loggers import ConsoleLogger, JSONLLogger
 from flexbert.train.microbatch import resolve_microbatch
 from flexbert.train.mlm_eval import EVAL_METRICS
 from flexbert.train.optim import build_optimizer
+from flexbert.train.parallelism import check_parallelism, composer_parallelism
 from flexbert.train.quiet import quiet_known_warnings
 from flexbert.train.recipe import build_model, resolve_device, resolve_precision, trainer_settings
 from flexbert.train.run_folder import METRICS, RunFolder
@@ -150,6 +151,7 @@ def build_trainer(cfg: RunConfig, extra_callbacks: Optional[list] = None) -> Tra
 
 def _build_trainer(cfg: RunConfig, extra_callbacks: Optional[list]) -> TrainRun:
     device = resolve_device(cfg.device)
+    check_parallelism(cfg.parallelism, cfg.optimizer.name, device)
     cfg = resolve_microbatch(cfg, device)  # data.microbatch_size: auto -> a number, kept across resumes
     tokenizer = tokenizer_identity(cfg)
     # refuses another model, tokenizer or data here (moved data paths must hold the same tokenizer's shards)
@@ -190,6 +192,7 @@ def _build_trainer(cfg: RunConfig, extra_callbacks: Optional[list]) -> TrainRun:
         load_ignore_keys=plan.ignore_keys,
         load_progress_bar=False,
         dist_timeout=cfg.dist_timeout,
+        parallelism_config=composer_parallelism(cfg.parallelism, cfg.fsdp, device),
         **trainer_settings(device=device, precision=precision, seed=cfg.seed),
     )
     return TrainRun(cfg, trainer, model, optimizer, train_loader, eval_loaders.get(K.EVAL_LABEL), callbacks.get("saver"), plan,

@@ -18,6 +18,7 @@ from flexbert.model.config import FlexBertConfig
 from flexbert.data.config import DataConfig
 from flexbert.registry import ConfigError, unknown_choice
 from flexbert.train.optim import OptimizerConfig
+from flexbert.train.parallelism import PARALLELISMS, FsdpConfig
 from flexbert.train.profiling import ProfilerConfig
 from flexbert.train.schedulers import build_scheduler, parse_time
 
@@ -100,6 +101,8 @@ class RunConfig:
     activation_checkpointing: str = "none"  # none | all | every_N: blocks recomputed in backward (less memory)
     profiler: ProfilerConfig = field(default_factory=ProfilerConfig)  # a torch profiler trace of chosen batches
     dist_timeout: float = 300.0
+    parallelism: str = "ddp"  # ddp | fsdp (sharded parameters, gradients, optimizer state: flexbert/train/parallelism.py)
+    fsdp: FsdpConfig = field(default_factory=FsdpConfig)  # with parallelism: fsdp
 
     loggers: LoggersConfig = field(default_factory=LoggersConfig)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
@@ -108,7 +111,7 @@ class RunConfig:
         from flexbert.model.compile import TORCH_COMPILE_MODES
 
         for key, choices in (("precision", PRECISIONS), ("device", DEVICES), ("compile", COMPILE),
-                             ("compile_mode", TORCH_COMPILE_MODES)):
+                             ("compile_mode", TORCH_COMPILE_MODES), ("parallelism", PARALLELISMS)):
             value = getattr(self, key)
             if value not in choices:
                 raise ConfigError(unknown_choice(key, "value", value, choices))

@@ -34,6 +34,7 @@ it: the context-extension run (9 x 8192, blocks, 55.2 GiB) and the out-of-memory
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 GIB = 2**30
@@ -91,14 +92,28 @@ def lean_head(model_cfg) -> bool:
     return getattr(model_cfg, "mlm_loss", "plain") != "plain"
 
 
+def sharded_state_bytes(model_cfg, params: int, shards: int) -> float:
+    """Weights, gradients and moments with ``parallelism: fsdp`` over ``shards`` ranks: each rank
+    keeps 1/shards of them, plus, unsharded in fp32, the root unit's weights and gradients
+    (embeddings = decoder, head) and two blocks' (the one computing and the one prefetched).
+    Not yet measured on a GPU."""
+    n = model_cfg.num_hidden_layers
+    _, matmul = count_params(model_cfg)
+    block = (matmul - model_cfg.vocab_size * model_cfg.hidden_size - model_cfg.hidden_size ** 2) / n
+    root = params - n * block
+    return params * OPTIM_BYTES_PER_PARAM / shards + 8 * (root + min(2, n) * block)
+
+
 def estimate_peak(model_cfg, row_tokens: int, compile: str = "none", mask_rate: float = 0.30,
-                  lean: bool | None = None, checkpointed: int = 0) -> MemoryEstimate:
-    """Peak memory of a training step over rows of ``row_tokens`` tokens (see the module doc)."""
+                  lean: bool | None = None, checkpointed: int = 0, shards: int = 1) -> MemoryEstimate:
+    """Peak memory of a training step over rows of ``row_tokens`` tokens (see the module doc);
+    ``shards``: the ranks FSDP shards over (1: DDP or one GPU)."""
     if compile not in A_H:
         raise ValueError(f"compile: unknown value '{compile}'; valid choices: {', '.join(A_H)}")
     lean = lean_head(model_cfg) if lean is None else lean
     params, matmul = count_params(model_cfg)
-    fixed = params * OPTIM_BYTES_PER_PARAM + matmul * CAST_BYTES_PER_MATMUL_PARAM + OTHER_FIXED_BYTES
+    state = params * OPTIM_BYTES_PER_PARAM if shards <= 1 else sharded_state_bytes(model_cfg, params, shards)
+    fixed = state + matmul * CAST_BYTES_PER_MATMUL_PARAM + OTHER_FIXED_BYTES
     per_layer = A_H[compile] * model_cfg.hidden_size + A_I * model_cfg.intermediate_size + 4 * model_cfg.num_attention_heads
     # a checkpointed block keeps only its fp32 input; during its backward one block's activations
     # are recomputed and alive again
@@ -122,7 +137,17 @@ def estimate_run(cfg, microbatch_size: int | None = None) -> MemoryEstimate:
     from flexbert.model.model import checkpointed_layers
 
     n_ckpt = len(checkpointed_layers(cfg.activation_checkpointing, cfg.model.num_hidden_layers))
-    return estimate_peak(cfg.model, mb * data.max_seq_len, cfg.compile, data.max_mlm_probability, checkpointed=n_ckpt)
+    return estimate_peak(cfg.model, mb * data.max_seq_len, cfg.compile, data.max_mlm_probability, checkpointed=n_ckpt,
+                         shards=fsdp_shards(cfg))
+
+
+def fsdp_shards(cfg) -> int:
+    """How many ranks hold one copy of the state: the world (``fsdp.sharding: full``) or one node
+    (``hybrid``) with ``parallelism: fsdp``, else 1."""
+    if getattr(cfg, "parallelism", "ddp") != "fsdp":
+        return 1
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return int(os.environ.get("LOCAL_WORLD_SIZE", world)) if cfg.fsdp.sharding == "hybrid" else world
 
 
 def largest_fitting(model_cfg, max_seq_len: int, candidates, compile: str = "none", mask_rate: float = 0.30,

@@ -109,7 +109,11 @@ def override_hyperparameters(optimizer: torch.optim.Optimizer, cfg: OptimizerCon
     """
     for i, group in enumerate(optimizer.param_groups):
         group["initial_lr"] = cfg.lr
-        group["betas"] = tuple(cfg.betas)
+        if "beta1" in group:  # optimi's names (it has no "betas": a key set here would be ignored)
+            group["beta1"], group["beta2"] = cfg.betas
+            group.pop("betas", None)  # written by earlier versions of this function
+        else:
+            group["betas"] = tuple(cfg.betas)
         group["eps"] = cfg.eps
         group["weight_decay"] = cfg.weight_decay if i == 0 else 0.0  # groups: [decay, no-decay]
         if "max_lr" in group or cfg.decouple_lr:
