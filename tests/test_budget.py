@@ -23,11 +23,12 @@ def test_crossing_is_interpolated_in_log_tokens():
 
 @pytest.mark.slow
 def test_budget_series_end_to_end(tmp_path, data, capsys):
-    """One budget and one seed (three subprocesses, ~1 min on 2 cores): the chain and its files;
-    the series logic (order, crossing) is the test above."""
+    """One budget and one seed (pretraining, two fine-tunes per task: ~2 min on 2 cores): the chain
+    and its files; the series logic (order, crossing) is the test above."""
     import yaml
 
     from flexbert.eval.plots import is_png
+    from flexbert.eval.retrieval import write_beir
     from pretraining_budget import main
     from test_finetune import write_task
     from test_train_fixtures import run_config
@@ -35,25 +36,36 @@ def test_budget_series_end_to_end(tmp_path, data, capsys):
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(run_config(tmp_path, data, max_duration="1ba")))
     task = write_task(str(tmp_path / "task"), 16, 8)
+    beir = tmp_path / "beir"
+    docs = {f"d{i}": f"document {i} about topic {i % 3}" for i in range(6)}
+    write_beir(str(beir), docs, {"q0": "topic 0", "q1": "topic 1"}, {"test": {"q0": {"d0": 1}, "q1": {"d1": 1}}})
+    (beir / "train_pairs.jsonl").write_text("".join(json.dumps({"query": f"topic {i}", "positive": docs[f"d{i}"]}) + "\n"
+                                                    for i in range(6)))
     out = tmp_path / "budget"
     args = ["--config", str(config), "--shards", data, "--budgets", "1K", "--seeds", "3", "--task-dir", task,
             "--finetune-args", "--text-columns text --epochs 1 --batch-size 8 --max-seq-len 32 --patience 0",
+            "--retrieval", str(beir), "--retrieval-args", "--max-steps 2 --batch-size 3 --max-seq-len 32 --no-progress",
             "--out", str(out)]
     assert main(args) == 0
     result = json.loads((out / "budget.json").read_text())
-    points = result["pretrained"]
-    assert len(points) == 1 and points[0]["tokens"] >= 1000 and len(points[0]["values"]) == 1
-    assert result["metric"] == "test_accuracy" and 0 <= result["random_init"]["mean"] <= 1
-    # the point is its fine-tune's own test accuracy, the baseline the random init's
-    tests = {n: json.loads((out / "finetune" / n / "metrics.json").read_text())["test"]["accuracy"]
-             for n in os.listdir(out / "finetune")}
-    assert len(tests) == 2 and result["random_init"]["values"] == [tests.pop("random-init_seed3")]
-    assert list(tests.values()) == points[0]["values"]
+    assert set(result) == {"classification", "retrieval"}
+    for name, metric, file, read in (
+            ("classification", "test_accuracy", "metrics.json", lambda r: r["test"]["accuracy"]),
+            ("retrieval", "ndcg@10", "finetune_retrieval.json", lambda r: r["metrics_after"]["ndcg@10"])):
+        r = result[name]
+        points = r["pretrained"]
+        assert len(points) == 1 and points[0]["tokens"] >= 1000 and len(points[0]["values"]) == 1
+        assert r["metric"] == metric and 0 <= r["random_init"]["mean"] <= 1
+        # the point is its fine-tune's own score, the baseline the random init's
+        scores = {n: read(json.loads((out / name / n / file).read_text())) for n in os.listdir(out / name)}
+        assert len(scores) == 2 and r["random_init"]["values"] == [scores.pop("random-init_seed3")]
+        assert list(scores.values()) == points[0]["values"]
+    assert json.loads((out / "retrieval" / "random-init_seed3" / "finetune_retrieval.json").read_text())["random_init"]
     md = (out / "budget.md").read_text()
-    assert "| random init |" in md and ("reaches the random init" in md or "does not beat" in md)
+    assert md.count("| random init |") == 2 and ("reaches the random init" in md or "does not beat" in md)
     assert is_png(str(out / "budget.png"))
     capsys.readouterr()
     assert main(args) == 0  # a rerun redoes nothing
     again = capsys.readouterr().out
-    assert again.count("already done, skipped") == 1 and again.count("fine-tune already done") == 2
+    assert again.count("already done, skipped") == 1 and again.count("fine-tune already done") == 4
     assert json.loads((out / "budget.json").read_text()) == result

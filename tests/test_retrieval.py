@@ -192,3 +192,26 @@ def test_retrieval_finetune_triplets_with_the_cached_loss(tmp_path, data, capsys
     assert main(args + ["--overwrite"]) == 2
     err = capsys.readouterr().err
     assert "triplets.tsv:5: no text in column 'neg'" in err, err
+
+
+def test_random_init_gives_fresh_weights_of_the_same_shape_by_seed(tmp_path, data):
+    """--random-init: every weight re-drawn (the transformer's own init), the same per seed."""
+    import torch
+    from transformers import set_seed
+
+    from flexbert.eval.retrieval import load_encoder
+    from flexbert.eval.retrieval_finetune import reinitialize
+
+    enc = str(_tiny_encoder(tmp_path, data))
+    trained = load_encoder(enc)[0].auto_model.state_dict()
+    fresh = []
+    for _ in range(2):
+        set_seed(5)
+        model = load_encoder(enc)
+        reinitialize(model)
+        fresh.append(model[0].auto_model.state_dict())
+    for k, v in trained.items():
+        assert fresh[0][k].shape == v.shape
+        torch.testing.assert_close(fresh[0][k], fresh[1][k], rtol=0, atol=0)
+        if v.ndim == 2:  # matrices are random draws, never the loaded ones
+            assert not torch.equal(fresh[0][k], v), k

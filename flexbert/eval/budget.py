@@ -1,12 +1,18 @@
-"""When pretraining pays: a downstream score against pretraining tokens, pretrained vs random init.
+"""When pretraining pays: downstream scores against pretraining tokens, pretrained vs random init.
 
 ``scripts/pretraining_budget.py`` pretrains one run per (token budget, seed) through the sweep
-runner (resumable, locked, logged), then this module fine-tunes every finished run on one task
-file set with ``scripts/finetune.py`` (the same recipe as ``make demo``'s step 7) and the same
-architecture from a random init once per seed, reads each fine-tune's ``metrics.json`` and writes
-``budget.json``, ``budget.md`` and ``budget.png``: the score per budget (mean and sd over seeds),
-the random-init band, and where the curves cross (interpolated in log tokens).  Fine-tunes are
-jobs of ``flexbert/train/jobs.py``; one whose ``metrics.json`` is newer than its model is skipped.
+runner (resumable, locked, logged), then this module fine-tunes every finished run, and the same
+architecture from a random init once per seed, on each task:
+
+* ``classification``: ``scripts/finetune.py`` on a task folder's train/validation/test files (the
+  recipe of ``make demo``'s step 7), scored by a ``metrics.json`` value such as ``test_accuracy``;
+* ``retrieval`` (optional): ``scripts/finetune_retrieval.py`` on a BEIR folder's
+  ``train_pairs.jsonl``, scored by nDCG@10 on its test split after fine-tuning (step 8's recipe).
+
+It writes ``budget.json``, ``budget.md`` and ``budget.png``: per task the score per budget (mean and
+sd over seeds), the random-init band, and where the curves cross (interpolated in log tokens).
+Fine-tunes are jobs of ``flexbert/train/jobs.py``; one whose result is newer than its model is
+skipped, so a rerun with more budgets or seeds does only what is new.
 """
 
 from __future__ import annotations
@@ -16,10 +22,11 @@ import math
 import os
 import statistics
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+RANDOM = "random-init_seed{}"
 
 
 @dataclass
@@ -27,6 +34,26 @@ class Pretrained:
     name: str  # the pretraining run's name (its folder under the sweep's out)
     run_dir: str
     seed: int
+
+
+@dataclass
+class Task:
+    name: str  # classification | retrieval: the folder under OUT holding its fine-tunes
+    script: str  # under scripts/
+    args: list[str]  # data and recipe options of the script
+    result: str  # the file a finished fine-tune writes in its folder
+    metric: str  # what is plotted
+    extra_random: list[str] = field(default_factory=lambda: ["--random-init"])
+
+    def score(self, folder: str) -> float:
+        with open(os.path.join(folder, self.result)) as f:
+            result = json.load(f)
+        if self.name == "retrieval":
+            return float(result["metrics_after"][self.metric])
+        split, _, name = self.metric.partition("_")
+        if split not in result or name not in result[split]:
+            raise ValueError(f"{folder}/{self.result}: no {split} {name} (metric {self.metric!r})")
+        return float(result[split][name])
 
 
 def tokens_seen(run_dir: str) -> int:
@@ -40,8 +67,7 @@ def tokens_seen(run_dir: str) -> int:
     return int(max(seen))
 
 
-def _fresh(out: str, model: str) -> bool:
-    done = os.path.join(out, "metrics.json")
+def _fresh(done: str, model: str) -> bool:
     if not os.path.exists(done):
         return False
     from flexbert.train.run_folder import RunFolder
@@ -50,32 +76,24 @@ def _fresh(out: str, model: str) -> bool:
     return os.path.getmtime(done) > os.path.getmtime(newest)
 
 
-def finetune_all(runs: list[Pretrained], task_args: list[str], out: str, seeds: list[int], parallel: int = 1) -> list[str]:
-    """Fine-tune every pretrained run (its own seed) and a random init per seed; the failed names."""
+def finetune_all(runs: list[Pretrained], tasks: list[Task], out: str, seeds: list[int], parallel: int = 1) -> list[str]:
+    """Fine-tune every pretrained run (its own seed) and a random init per seed on every task; the failed names."""
     from flexbert.train.jobs import Job, run_jobs
 
-    specs = [(f"{r.name}", r.run_dir, r.seed, []) for r in runs]
-    specs += [(f"random-init_seed{s}", runs[0].run_dir, s, ["--random-init"]) for s in seeds]
     jobs = []
-    for name, model, seed, extra in specs:
-        folder = os.path.join(out, "finetune", name)
-        if _fresh(folder, model):
-            print(f"[budget] {name}: fine-tune already done", flush=True)
-            continue
-        cmd = [sys.executable, os.path.join(ROOT, "scripts", "finetune.py"), "--model", model, *task_args,
-               "--seed", str(seed), "--out", folder, "--overwrite", *extra]
-        jobs.append(Job(name, cmd, os.path.join(out, "logs", f"finetune-{name}.log"), os.path.join(out, "logs", name)))
+    for task in tasks:
+        specs = [(r.name, r.run_dir, r.seed, []) for r in runs]
+        specs += [(RANDOM.format(s), runs[0].run_dir, s, task.extra_random) for s in seeds]
+        for name, model, seed, extra in specs:
+            folder = os.path.join(out, task.name, name)
+            if _fresh(os.path.join(folder, task.result), model):
+                print(f"[budget] {task.name} {name}: fine-tune already done", flush=True)
+                continue
+            cmd = [sys.executable, os.path.join(ROOT, "scripts", task.script), "--model", model, *task.args,
+                   "--seed", str(seed), "--out", folder, "--overwrite", *extra]
+            jobs.append(Job(f"{task.name}-{name}", cmd, os.path.join(out, "logs", f"{task.name}-{name}.log"),
+                            os.path.join(out, "logs", f"{task.name}-{name}")))
     return run_jobs(jobs, parallel, echo=lambda m: print(m, flush=True))
-
-
-def score(folder: str, metric: str) -> float:
-    """``split_name`` (e.g. ``test_accuracy``) from a fine-tune's metrics.json."""
-    split, _, name = metric.partition("_")
-    with open(os.path.join(folder, "metrics.json")) as f:
-        result = json.load(f)
-    if split not in result or name not in result[split]:
-        raise ValueError(f"{folder}/metrics.json: no {split} {name} (metric {metric!r})")
-    return float(result[split][name])
 
 
 def _stats(values: list[float]) -> dict:
@@ -83,15 +101,18 @@ def _stats(values: list[float]) -> dict:
             "values": values}
 
 
-def collect(runs: list[Pretrained], out: str, seeds: list[int], metric: str) -> dict:
-    """The series: per token budget (the tokens the runs saw), the fine-tuned score over seeds."""
-    by_tokens: dict[int, list[float]] = {}
-    for r in runs:
-        by_tokens.setdefault(tokens_seen(r.run_dir), []).append(score(os.path.join(out, "finetune", r.name), metric))
-    baseline = _stats([score(os.path.join(out, "finetune", f"random-init_seed{s}"), metric) for s in seeds])
-    series = [dict(tokens=t, **_stats(v)) for t, v in sorted(by_tokens.items())]
-    return {"metric": metric, "random_init": baseline, "pretrained": series,
-            "crossing_tokens": crossing(series, baseline["mean"])}
+def collect(runs: list[Pretrained], tasks: list[Task], out: str, seeds: list[int]) -> dict:
+    """Per task, the series: per token budget (the tokens the runs saw), the score over seeds."""
+    result = {}
+    for task in tasks:
+        by_tokens: dict[int, list[float]] = {}
+        for r in runs:
+            by_tokens.setdefault(tokens_seen(r.run_dir), []).append(task.score(os.path.join(out, task.name, r.name)))
+        baseline = _stats([task.score(os.path.join(out, task.name, RANDOM.format(s))) for s in seeds])
+        series = [dict(tokens=t, **_stats(v)) for t, v in sorted(by_tokens.items())]
+        result[task.name] = {"metric": task.metric, "random_init": baseline, "pretrained": series,
+                             "crossing_tokens": crossing(series, baseline["mean"])}
+    return result
 
 
 def crossing(series: list[dict], baseline: float) -> Optional[float]:
@@ -107,41 +128,45 @@ def crossing(series: list[dict], baseline: float) -> Optional[float]:
     return None
 
 
-def summary_line(result: dict) -> str:
-    base, at = result["random_init"]["mean"], result["crossing_tokens"]
-    last = result["pretrained"][-1]
+def summary_line(task: str, r: dict) -> str:
+    base, at, last = r["random_init"]["mean"], r["crossing_tokens"], r["pretrained"][-1]
     if at is None:
-        return (f"pretraining does not beat the random init ({result['metric']} {base:.3f}) within the series: "
+        return (f"{task}: pretraining does not beat the random init ({r['metric']} {base:.3f}) within the series: "
                 f"{last['mean']:.3f} after {last['tokens']:,} tokens")
-    return f"the pretrained model reaches the random init's {result['metric']} ({base:.3f}) at about {at:,.0f} tokens"
+    return f"{task}: the pretrained model reaches the random init's {r['metric']} ({base:.3f}) at about {at:,.0f} tokens"
+
+
+def table(task: str, r: dict) -> list[str]:
+    base, metric = r["random_init"], r["metric"]
+    lines = [f"| {task}: pretraining tokens | {metric} (mean ± sd) | per seed | vs random init |", "|---|---|---|---|"]
+    for p in r["pretrained"]:
+        lines.append(f"| {p['tokens']:,} | {p['mean']:.4f} ± {p['sd']:.4f} | {', '.join(f'{v:.4f}' for v in p['values'])} "
+                     f"| {p['mean'] - base['mean']:+.4f} |")
+    lines.append(f"| random init | {base['mean']:.4f} ± {base['sd']:.4f} | {', '.join(f'{v:.4f}' for v in base['values'])} | – |")
+    return lines + ["", summary_line(task, r) + ".", ""]
 
 
 def write_report(result: dict, out: str) -> dict[str, str]:
-    """budget.json, budget.md (table + the crossing) and budget.png in ``out``."""
+    """budget.json, budget.md (a table and the crossing per task) and budget.png (a panel per task) in ``out``."""
     from flexbert.eval.plots import _pyplot
 
     paths = {n: os.path.join(out, n) for n in ("budget.json", "budget.md", "budget.png")}
     with open(paths["budget.json"], "w") as f:
         json.dump(result, f, indent=2)
-    base, metric = result["random_init"], result["metric"]
-    lines = [f"| pretraining tokens | {metric} (mean ± sd) | per seed | vs random init |", "|---|---|---|---|"]
-    for p in result["pretrained"]:
-        lines.append(f"| {p['tokens']:,} | {p['mean']:.4f} ± {p['sd']:.4f} | {', '.join(f'{v:.4f}' for v in p['values'])} "
-                     f"| {p['mean'] - base['mean']:+.4f} |")
-    lines.append(f"| random init | {base['mean']:.4f} ± {base['sd']:.4f} | {', '.join(f'{v:.4f}' for v in base['values'])} | – |")
     with open(paths["budget.md"], "w") as f:
-        f.write("\n".join(lines) + f"\n\n{summary_line(result)}.\n")
+        f.write("\n".join(line for task, r in result.items() for line in table(task, r)))
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    xs = [p["tokens"] for p in result["pretrained"]]
-    ax.errorbar(xs, [p["mean"] for p in result["pretrained"]], yerr=[p["sd"] for p in result["pretrained"]],
-                marker="o", capsize=3, label="pretrained, then fine-tuned")
-    ax.axhline(base["mean"], color="C1", ls="--", label="random init, fine-tuned")
-    ax.axhspan(base["mean"] - base["sd"], base["mean"] + base["sd"], color="C1", alpha=0.15)
-    if result["crossing_tokens"]:
-        ax.axvline(result["crossing_tokens"], color="grey", ls=":", label="crossing")
-    ax.set(xscale="log", xlabel="pretraining tokens", ylabel=metric, title=f"{metric} against pretraining budget")
-    ax.legend()
+    fig, axes = plt.subplots(1, len(result), figsize=(6.5 * len(result), 4.5), squeeze=False)
+    for ax, (task, r) in zip(axes[0], result.items()):
+        base, points = r["random_init"], r["pretrained"]
+        ax.errorbar([p["tokens"] for p in points], [p["mean"] for p in points], yerr=[p["sd"] for p in points],
+                    marker="o", capsize=3, label="pretrained, then fine-tuned")
+        ax.axhline(base["mean"], color="C1", ls="--", label="random init, fine-tuned")
+        ax.axhspan(base["mean"] - base["sd"], base["mean"] + base["sd"], color="C1", alpha=0.15)
+        if r["crossing_tokens"]:
+            ax.axvline(r["crossing_tokens"], color="grey", ls=":", label="crossing")
+        ax.set(xscale="log", xlabel="pretraining tokens", ylabel=r["metric"], title=f"{task}: {r['metric']}")
+        ax.legend()
     fig.tight_layout()
     fig.savefig(paths["budget.png"], dpi=110)
     plt.close(fig)

@@ -65,6 +65,22 @@ def load_beir(folder: str, split: str = "test") -> Beir:
     return Beir(corpus, {q: queries[q] for q in qrels}, qrels)
 
 
+def write_beir(folder: str, corpus: dict[str, str], queries: dict[str, str],
+               qrels: dict[str, dict[str, dict[str, int]]]) -> None:
+    """Write the BEIR layout ``load_beir`` reads: ``qrels`` maps a split name to its judgements."""
+    import json
+
+    os.makedirs(os.path.join(folder, "qrels"), exist_ok=True)
+    with open(os.path.join(folder, "corpus.jsonl"), "w", encoding="utf-8") as f:
+        f.writelines(json.dumps({"_id": d, "title": "", "text": t}, ensure_ascii=False) + "\n" for d, t in corpus.items())
+    with open(os.path.join(folder, "queries.jsonl"), "w", encoding="utf-8") as f:
+        f.writelines(json.dumps({"_id": q, "text": t}, ensure_ascii=False) + "\n" for q, t in queries.items())
+    for split, judged in qrels.items():
+        with open(os.path.join(folder, "qrels", f"{split}.tsv"), "w", encoding="utf-8") as f:
+            f.write("query-id\tcorpus-id\tscore\n")
+            f.writelines(f"{q}\t{d}\t{s}\n" for q, rel in judged.items() for d, s in rel.items())
+
+
 def ranking_metrics(ranked: dict[str, list[str]], qrels: dict[str, dict[str, int]]) -> dict[str, float]:
     """Mean nDCG@10, MRR@10 and Recall@100 over the judged queries (a query without a ranking scores 0)."""
     totals = {"ndcg@10": 0.0, "mrr@10": 0.0, "recall@100": 0.0}

@@ -47,6 +47,16 @@ def read_pairs(path: str, query_column: str = "query", positive_column: str = "p
     return table
 
 
+def reinitialize(model) -> None:
+    """The same architecture with fresh weights (a baseline): the transformer's own initialisation
+    (transformers' ``_init_weights``, applied to every module; ``init_weights()`` would skip the
+    modules ``from_pretrained`` marked as initialised), seeded by the caller."""
+    transformer = model[0].auto_model
+    transformer.apply(transformer._init_weights)
+    if hasattr(transformer, "tie_weights"):
+        transformer.tie_weights()
+
+
 def _loss(model, mini_batch_size: Optional[int]):
     from sentence_transformers import losses
 
@@ -65,7 +75,7 @@ def _evaluate(model, eval_dir: Optional[str], split: str) -> Optional[dict]:
 
 
 def _train(model, table: dict, loss, *, epochs: int, batch_size: int, lr: float, warmup: float, seed: int,
-           progress: bool) -> list[float]:
+           progress: bool, max_steps: int = -1) -> list[float]:
     """Run the trainer; the loss of every optimizer step."""
     import torch
     from datasets import Dataset
@@ -74,11 +84,15 @@ def _train(model, table: dict, loss, *, epochs: int, batch_size: int, lr: float,
 
     with tempfile.TemporaryDirectory() as scratch:  # the trainer's output_dir: nothing is saved there
         args = SentenceTransformerTrainingArguments(
-            output_dir=scratch, num_train_epochs=epochs, per_device_train_batch_size=batch_size, learning_rate=lr,
+            output_dir=scratch, num_train_epochs=epochs, max_steps=max_steps, per_device_train_batch_size=batch_size, learning_rate=lr,
             warmup_ratio=warmup, seed=seed, data_seed=seed, batch_sampler=BatchSamplers.NO_DUPLICATES,
             logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=not progress,
             dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available())
         trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=Dataset.from_dict(table), loss=loss)
+        if not progress:  # without a bar the trainer prints every step's record instead: neither
+            from transformers.trainer_callback import PrinterCallback
+
+            trainer.remove_callback(PrinterCallback)
         trainer.train()
     return [rec["loss"] for rec in trainer.state.log_history if "loss" in rec]
 
@@ -86,7 +100,7 @@ def _train(model, table: dict, loss, *, epochs: int, batch_size: int, lr: float,
 def finetune_retrieval(model_path: str, pairs_path: str, out: str, *, eval_dir: Optional[str] = None,
                        split: str = "test", epochs: int = 1, batch_size: int = 32, lr: float = 2e-5,
                        warmup: float = 0.1, mini_batch_size: Optional[int] = None, max_seq_len: Optional[int] = None,
-                       seed: int = 0, overwrite: bool = False, columns: tuple[str, str, str] = ("query", "positive", "negative"),
+                       seed: int = 0, random_init: bool = False, max_steps: Optional[int] = None, overwrite: bool = False, columns: tuple[str, str, str] = ("query", "positive", "negative"),
                        progress: bool = True, log: Callable[[str], None] = print) -> dict:
     """Fine-tune, save a SentenceTransformer to ``out``, return (and write beside it) a summary:
     settings, the loss of every step and, with ``eval_dir``, the BEIR metrics before and after."""
@@ -101,17 +115,20 @@ def finetune_retrieval(model_path: str, pairs_path: str, out: str, *, eval_dir: 
         load_beir(eval_dir, split)  # a bad folder fails before any training
     set_seed(seed)
     model = load_encoder(model_path, max_seq_len)
+    if random_init:
+        reinitialize(model)
     before = _evaluate(model, eval_dir, split)
     kind = "triplets" if "negative" in table else "pairs"
     log(f"[finetune_retrieval] {len(table['anchor'])} {kind}, batch {batch_size}, {epochs} epoch(s), "
         f"{'cached ' if mini_batch_size else ''}MultipleNegativesRankingLoss")
     losses = _train(model, table, _loss(model, mini_batch_size), epochs=epochs, batch_size=batch_size, lr=lr,
-                    warmup=warmup, seed=seed, progress=progress)
+                    warmup=warmup, seed=seed, progress=progress, max_steps=max_steps or -1)
     after = _evaluate(model, eval_dir, split)
     prepare_output_dir(out, overwrite=overwrite, inputs=[model_path, pairs_path, eval_dir])
     model.save(out)
     info = {"model": model_path, "pairs": pairs_path, "rows": len(table["anchor"]), "kind": kind, "epochs": epochs,
             "batch_size": batch_size, "lr": lr, "warmup": warmup, "mini_batch_size": mini_batch_size, "seed": seed,
+            "random_init": random_init, "max_steps": max_steps,
             "steps": len(losses), "losses": losses, "eval": eval_dir, "split": split,
             "metrics_before": before, "metrics_after": after}
     with open(os.path.join(out, "finetune_retrieval.json"), "w") as f:
