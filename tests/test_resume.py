@@ -70,6 +70,18 @@ def test_stop_then_autoresume_equals_uninterrupted(tmp_path, data, reference):
     assert got == ref_losses  # identical per-step losses, bit for bit
 
 
+def test_resume_with_activation_checkpointing_equals_the_run_without(tmp_path, data, reference):
+    """Activation checkpointing (every_2, then all after the resume: it may change there) keeps
+    exact resume and changes no number: the same weights and losses as the reference without it."""
+    ref_w, ref_losses = reference
+    build_and_fit(make_cfg(tmp_path, data, "ac", max_duration=f"{TOTAL // 2}ba", activation_checkpointing="every_2"))
+    second = build_and_fit(make_cfg(tmp_path, data, "ac", activation_checkpointing="all"))
+    assert second.plan.kind == "resume" and second.model.model.model.checkpointed == frozenset({0, 1})
+    run_dir = str(tmp_path / "ac")
+    assert_same_weights(weights(os.path.join(run_dir, "checkpoints", f"ba{TOTAL}.pt")), ref_w)
+    assert losses(run_dir) == ref_losses
+
+
 def _wait_for(path, proc, timeout=180.0):
     t0 = time.time()
     while not os.path.exists(path):
