@@ -68,7 +68,8 @@ def pretrain(a) -> list:
                   os.path.join(a.out, "pretrain"), fixed, runs)
     validate(sweep)
     failed = set(run_all(sweep, a.parallel))
-    return [Pretrained(r.name, run_dir(sweep, r), int(r.overrides["seed"])) for r in runs if r.name not in failed]
+    return [Pretrained(r.name, run_dir(sweep, r), int(r.overrides["seed"]), int(r.overrides["max_duration"][:-3]))
+            for r in runs if r.name not in failed]
 
 
 def tasks(a) -> list:

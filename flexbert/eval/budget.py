@@ -34,6 +34,7 @@ class Pretrained:
     name: str  # the pretraining run's name (its folder under the sweep's out)
     run_dir: str
     seed: int
+    budget: int  # the tokens it was asked to train (max_duration); it stops at the first batch past them
 
 
 @dataclass
@@ -102,14 +103,16 @@ def _stats(values: list[float]) -> dict:
 
 
 def collect(runs: list[Pretrained], tasks: list[Task], out: str, seeds: list[int]) -> dict:
-    """Per task, the series: per token budget (the tokens the runs saw), the score over seeds."""
+    """Per task, the series: per token budget, the score over seeds (and the tokens the runs saw)."""
+    seen = {r.name: tokens_seen(r.run_dir) for r in runs}
     result = {}
     for task in tasks:
-        by_tokens: dict[int, list[float]] = {}
+        by_budget: dict[int, list[float]] = {}
         for r in runs:
-            by_tokens.setdefault(tokens_seen(r.run_dir), []).append(task.score(os.path.join(out, task.name, r.name)))
+            by_budget.setdefault(r.budget, []).append(task.score(os.path.join(out, task.name, r.name)))
         baseline = _stats([task.score(os.path.join(out, task.name, RANDOM.format(s))) for s in seeds])
-        series = [dict(tokens=t, **_stats(v)) for t, v in sorted(by_tokens.items())]
+        series = [dict(tokens=t, tokens_seen=max(seen[r.name] for r in runs if r.budget == t), **_stats(v))
+                  for t, v in sorted(by_budget.items())]
         result[task.name] = {"metric": task.metric, "random_init": baseline, "pretrained": series,
                              "crossing_tokens": crossing(series, baseline["mean"])}
     return result
