@@ -204,6 +204,10 @@ def main(argv=None) -> int:
     export_and_fill(py, run_dir, ckpt, hf)
     finetune_rt(py, out, run_dir, ckpt, a.finetune_epochs)
     finetune_retrieval(py, out, hf, ckpt)
+    print("\nWhen does pretraining pay? The budget study (docs/ablations.md) fine-tuned this recipe after 1M, 2M\n"
+          "and 4M pretraining tokens (2 seeds each): the random init still won both tasks at 4M; on Rotten\n"
+          "Tomatoes the gap closes by about 0.012 accuracy per doubling, which puts the crossing near 300M\n"
+          "tokens (an extrapolation), far past a CPU demo's budget.  scripts/pretraining_budget.py reruns it.")
     print(f"\ndemo done in {time.time() - t0:.0f}s; everything is under {out}")
     return 0
 
