@@ -23,7 +23,12 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
+# the fine-tuning recipes of steps 7 and 8 (scripts/pretraining_budget.py runs the same ones)
+RT_RECIPE = ["--text-columns", "text", "--label-column", "label", "--lr", "3e-4",
+             "--batch-size", "32", "--max-seq-len", "128", "--patience", "0", "--log-interval", "100"]
 RETRIEVAL_STEPS = 40
+RETRIEVAL_RECIPE = ["--max-steps", str(RETRIEVAL_STEPS), "--batch-size", "32", "--lr", "1e-4", "--max-seq-len", "128",
+                    "--no-progress"]
 PROMPTS = (
     "The history of the [MASK] is long.",
     "He was born in a small [MASK] in the north.",
@@ -58,6 +63,22 @@ def last_records(run_dir: str) -> tuple[dict, dict]:
     return (train or [{}])[-1], (evaluation or [{}])[-1]
 
 
+def both_inits(prefix: str, result: str, ckpt: str, cmd: list[str]) -> dict:
+    """``cmd`` (a fine-tuning script's command line, less --out) from the pretrained weights and from
+    a random init, each skipped when its ``result`` file is newer than the checkpoint; both results."""
+    results = {}
+    for name, extra in (("pretrained", []), ("random-init", ["--random-init"])):
+        ft = f"{prefix}-{name}"
+        done = os.path.join(ft, result)
+        if os.path.exists(done) and os.path.getmtime(done) > os.path.getmtime(ckpt):
+            print(f"already there: {ft}")
+        else:
+            run([*cmd, "--out", ft, "--overwrite", *extra])
+        with open(done) as f:
+            results[name] = json.load(f)
+    return results
+
+
 def finetune_rt(py: str, out: str, run_dir: str, ckpt: str, epochs: int) -> None:
     """Step 7: the same short fine-tune from the pretrained weights and from a random init.
 
@@ -65,20 +86,10 @@ def finetune_rt(py: str, out: str, run_dir: str, ckpt: str, epochs: int) -> None
     movies' text, so validation/test reviews were never seen (tests/test_demo_corpus_leak.py)."""
     step("7/8 fine-tune on Rotten Tomatoes (fresh vs rotten): pretrained vs the same architecture from random init")
     rt = os.path.join(out, "corpus", "rotten_tomatoes")
-    results = {}
-    for name, extra in (("pretrained", []), ("random-init", ["--random-init"])):
-        ft = os.path.join(out, f"finetune-rt-{name}")
-        done = os.path.join(ft, "metrics.json")
-        if os.path.exists(done) and os.path.getmtime(done) > os.path.getmtime(ckpt):
-            print(f"already there: {ft}")
-        else:
-            run([py, "scripts/finetune.py", "--model", run_dir, "--train", os.path.join(rt, "train.jsonl"),
-                 "--validation", os.path.join(rt, "validation.jsonl"), "--test", os.path.join(rt, "test.jsonl"),
-                 "--text-columns", "text", "--label-column", "label", "--epochs", str(epochs), "--lr", "3e-4",
-                 "--batch-size", "32", "--max-seq-len", "128", "--patience", "0", "--log-interval", "100",
-                 "--out", ft, "--overwrite", *extra])
-        with open(done) as f:
-            results[name] = json.load(f)
+    results = both_inits(os.path.join(out, "finetune-rt"), "metrics.json", ckpt,
+                         [py, "scripts/finetune.py", "--model", run_dir, "--train", os.path.join(rt, "train.jsonl"),
+                          "--validation", os.path.join(rt, "validation.jsonl"), "--test", os.path.join(rt, "test.jsonl"),
+                          "--epochs", str(epochs), *RT_RECIPE])
     with open(os.path.join(rt, "test.jsonl")) as f:
         labels = [json.loads(line)["label"] for line in f]
     majority = max(sum(labels), len(labels) - sum(labels)) / len(labels)
@@ -93,18 +104,10 @@ def finetune_retrieval(py: str, out: str, hf: str, ckpt: str) -> None:
     held-out movies (data_prep/rt_retrieval.py: nothing there was pretraining text)."""
     step("8/8 retrieval, review -> plot of held-out movies: pretrained vs random init, fine-tuned; BM25 beside")
     data = os.path.join(out, "corpus", "rt_retrieval")
-    results = {}
-    for name, extra in (("pretrained", []), ("random-init", ["--random-init"])):
-        ft = os.path.join(out, f"retrieval-{name}")
-        done = os.path.join(ft, "finetune_retrieval.json")
-        if os.path.exists(done) and os.path.getmtime(done) > os.path.getmtime(ckpt):
-            print(f"already there: {ft}")
-        else:
-            run([py, "scripts/finetune_retrieval.py", "--model", hf, "--train", os.path.join(data, "train_pairs.jsonl"),
-                 "--eval", data, "--split", "test", "--max-steps", str(RETRIEVAL_STEPS), "--batch-size", "32",
-                 "--lr", "1e-4", "--max-seq-len", "128", "--no-progress", "--out", ft, "--overwrite", *extra])
-        with open(done) as f:
-            results[name] = json.load(f)["metrics_after"]
+    results = {name: r["metrics_after"] for name, r in both_inits(
+        os.path.join(out, "retrieval"), "finetune_retrieval.json", ckpt,
+        [py, "scripts/finetune_retrieval.py", "--model", hf, "--train", os.path.join(data, "train_pairs.jsonl"),
+         "--eval", data, "--split", "test", *RETRIEVAL_RECIPE]).items()}
     from flexbert.eval.retrieval import load_beir, rank_bm25, ranking_metrics
 
     beir = load_beir(data, "test")

@@ -20,9 +20,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FINETUNE = ("--text-columns text --label-column label --epochs 1 --lr 3e-4 --batch-size 32 --max-seq-len 128 "
-            "--patience 0 --log-interval 100")
-RETRIEVAL = "--max-steps 40 --batch-size 32 --lr 1e-4 --max-seq-len 128 --no-progress"  # make demo's step 8
+from demo import RETRIEVAL_RECIPE, RT_RECIPE  # noqa: E402  (make demo's steps 7 and 8: one recipe)
+
+FINETUNE = " ".join(["--epochs", "1", *RT_RECIPE])
+RETRIEVAL = " ".join(RETRIEVAL_RECIPE)
 
 
 def _args(argv):
@@ -80,7 +81,7 @@ def tasks(a) -> list:
     if a.retrieval:
         found.append(Task("retrieval", "finetune_retrieval.py",
                           ["--train", os.path.join(a.retrieval, "train_pairs.jsonl"), "--eval", a.retrieval, "--split", "test",
-                           *shlex.split(a.retrieval_args)], "finetune_retrieval.json", "ndcg@10"))
+                           *shlex.split(a.retrieval_args)], "finetune_retrieval.json", "ndcg@10", ("metrics_after", "ndcg@10")))
     return found
 
 

@@ -22,7 +22,7 @@ import math
 import os
 import statistics
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -40,21 +40,20 @@ class Pretrained:
 @dataclass
 class Task:
     name: str  # classification | retrieval: the folder under OUT holding its fine-tunes
-    script: str  # under scripts/
+    script: str  # under scripts/ (it takes --model, --seed, --out, --overwrite and --random-init)
     args: list[str]  # data and recipe options of the script
-    result: str  # the file a finished fine-tune writes in its folder
-    metric: str  # what is plotted
-    extra_random: list[str] = field(default_factory=lambda: ["--random-init"])
+    result: str  # the JSON file a finished fine-tune writes in its folder
+    metric: str  # what is plotted, e.g. test_accuracy
+    keys: tuple[str, ...] = ()  # where the metric sits in the result file; default: SPLIT_NAME -> [SPLIT][NAME]
 
     def score(self, folder: str) -> float:
         with open(os.path.join(folder, self.result)) as f:
-            result = json.load(f)
-        if self.name == "retrieval":
-            return float(result["metrics_after"][self.metric])
-        split, _, name = self.metric.partition("_")
-        if split not in result or name not in result[split]:
-            raise ValueError(f"{folder}/{self.result}: no {split} {name} (metric {self.metric!r})")
-        return float(result[split][name])
+            value = json.load(f)
+        for key in self.keys or self.metric.split("_", 1):
+            if not isinstance(value, dict) or key not in value:
+                raise ValueError(f"{folder}/{self.result}: no {self.metric} (looked for {' / '.join(self.keys or self.metric.split('_', 1))})")
+            value = value[key]
+        return float(value)
 
 
 def tokens_seen(run_dir: str) -> int:
@@ -84,7 +83,7 @@ def finetune_all(runs: list[Pretrained], tasks: list[Task], out: str, seeds: lis
     jobs = []
     for task in tasks:
         specs = [(r.name, r.run_dir, r.seed, []) for r in runs]
-        specs += [(RANDOM.format(s), runs[0].run_dir, s, task.extra_random) for s in seeds]
+        specs += [(RANDOM.format(s), runs[0].run_dir, s, ["--random-init"]) for s in seeds]
         for name, model, seed, extra in specs:
             folder = os.path.join(out, task.name, name)
             if _fresh(os.path.join(folder, task.result), model):
