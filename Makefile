@@ -23,7 +23,7 @@ test: install
 	$(PY) -m pytest -q tests
 
 demo: install
-	$(PY) scripts/demo.py --out $(DEMO)
+	$(PY) -m flexbert demo --out $(DEMO)
 
 clean-demo:
 	rm -rf $(DEMO)
@@ -37,13 +37,13 @@ gpu-report:
 
 # On a machine with network: every wheel beyond a preinstalled torch, CPython 3.12 x86-64.
 wheelhouse:
-	$(PYTHON) scripts/wheelhouse.py --out wheelhouse $(WHEELHOUSE_ARGS)
+	PYTHONPATH=$(CURDIR) $(PYTHON) scripts/wheelhouse.py --out wheelhouse $(WHEELHOUSE_ARGS)
 
 # The three-phase recipe at demo scale: tiny -> tiny-context-extension (512 tokens, theta 160k)
 # -> tiny-decay (1-sqrt), each phase from the previous one's final checkpoint; reruns skip
 # finished phases.  Needs `make demo`'s corpus and tokenizer.
 phases-demo: install
-	@test -f $(DEMO)/shards-512/stats.json || $(PY) data_prep/tokenize_to_mds.py \
+	@test -f $(DEMO)/shards-512/stats.json || $(PY) -m flexbert tokenize \
 	    --input $(DEMO)/corpus/pretrain/train.jsonl --val-input $(DEMO)/corpus/pretrain/validation.jsonl \
 	    --tokenizer $(DEMO)/tokenizer --out $(DEMO)/shards-512 --max-seq-len 512 --overwrite
-	$(PY) scripts/run_phases.py configs/tiny.yaml configs/tiny-context-extension.yaml configs/tiny-decay.yaml
+	$(PY) -m flexbert phases configs/tiny.yaml configs/tiny-context-extension.yaml configs/tiny-decay.yaml

@@ -6,7 +6,7 @@ See docs/training.md.  Everything lives in ``flexbert.train``; this file only ca
 
 import sys
 
-from flexbert.train.cli import main
+from flexbert.cli.train import main
 
 if __name__ == "__main__":
     sys.exit(main())

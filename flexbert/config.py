@@ -151,3 +151,26 @@ def at_least(minimum: int):
         return value
 
     return parse
+
+
+_COUNT_SUFFIX = {"k": 10**3, "m": 10**6, "b": 10**9, "t": 10**12}
+
+
+def parse_count(text: str) -> int:
+    """``"20M"``, ``"500k"``, ``"1e6"``, ``"2_000_000"`` -> a whole number > 0; ValueError otherwise."""
+    t = str(text).strip().lower().replace("_", "")
+    mult = _COUNT_SUFFIX.get(t[-1:], 1)
+    value = float(t[:-1] if mult > 1 else t) * mult
+    if not value > 0 or value != int(value) or value == float("inf"):
+        raise ValueError(text)
+    return int(value)
+
+
+def count(text: str) -> int:
+    """An argparse ``type=``: a count such as 2M, 500K or 2000000 (> 0), else argparse's one-line error."""
+    import argparse
+
+    try:
+        return parse_count(text)
+    except (ValueError, OverflowError):
+        raise argparse.ArgumentTypeError(f"expected a count such as 2M, 500K or 2000000, got {text!r}") from None

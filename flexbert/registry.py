@@ -9,17 +9,19 @@ from __future__ import annotations
 import difflib
 from typing import Callable, Dict, Generic, Iterable, TypeVar
 
+from flexbert.errors import FlexBertError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(FlexBertError, ValueError):
     """A configuration is invalid; the message is one line naming the key.
 
     Defined here, below both ``flexbert.config`` and ``flexbert.model.registries`` (which raise
     it), so neither has to import the other."""
 
 
-class RegistryError(ValueError):
+class RegistryError(FlexBertError, ValueError):
     """An unknown name was asked of a registry."""
 
 

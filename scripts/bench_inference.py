@@ -28,8 +28,6 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 from bench_model import CONFIGS  # noqa: E402 (same folder)
 
 SETS = {"fixed-512": (512, None), "variable-512": (512, (256, 64)),

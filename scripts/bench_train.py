@@ -27,7 +27,6 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 
 def flexbert_run(config: str, shards: str, tokens: int, extra: list[str]) -> dict:

@@ -1,80 +1,9 @@
 #!/usr/bin/env python
-"""Fine-tune an encoder for retrieval on (query, positive[, negative]) rows with in-batch negatives.
+"""``flexbert finetune-retrieval`` (flexbert/cli/finetune_retrieval.py); this file keeps ``python scripts/finetune_retrieval.py`` working."""
 
-    python scripts/finetune_retrieval.py --model runs/tiny/hf --train pairs.jsonl --out runs/tiny-retriever
-    python scripts/finetune_retrieval.py --model runs/tiny --train triplets.tsv --eval beir/dev --split dev \\
-        --batch-size 512 --mini-batch-size 32 --out runs/tiny-retriever     # cached loss: big batch, small memory
-
---model: a run folder, a checkpoint, a FlexBERT export or any SentenceTransformer folder.  --train:
-any table format of the reader registry (.jsonl, .csv, .tsv, .parquet, compressed too) with a query
-and a positive column, and a negative column for triplets (--query-column, --positive-column,
---negative-column).  The output is a SentenceTransformer folder with finetune_retrieval.json (the
-loss of every step; with --eval, nDCG@10 / MRR@10 / Recall@100 before and after).
-flexbert/eval/retrieval_finetune.py says what it does and why.
-"""
-
-import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _args(argv):
-    from flexbert.config import at_least
-
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="run folder, checkpoint, or SentenceTransformer folder")
-    p.add_argument("--train", "--pairs", dest="train", required=True, help="table of (query, positive[, negative]) rows")
-    p.add_argument("--out", required=True, help="output folder (a SentenceTransformer)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace a non-empty --out whole (its files are deleted; never a folder holding an input)")
-    p.add_argument("--eval", help="BEIR folder scored before and after training (docs/evaluation.md)")
-    p.add_argument("--split", default="test", help="the --eval qrels split")
-    p.add_argument("--epochs", type=at_least(1), default=1)
-    p.add_argument("--max-steps", type=at_least(1), help="stop after this many steps (before --epochs end)")
-    p.add_argument("--batch-size", type=at_least(2), default=32, help="rows per batch (the in-batch negatives)")
-    p.add_argument("--mini-batch-size", type=at_least(1),
-                   help="use the cached loss (GradCache): embed the batch in chunks of this size")
-    p.add_argument("--lr", type=float, default=2e-5)
-    p.add_argument("--warmup", type=float, default=0.1, help="fraction of the steps with a rising learning rate")
-    p.add_argument("--max-seq-len", type=at_least(8))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--random-init", action="store_true", help="same architecture, fresh weights (a baseline)")
-    p.add_argument("--query-column", default="query")
-    p.add_argument("--positive-column", default="positive")
-    p.add_argument("--negative-column", default="negative")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    a = p.parse_args(argv)
-    if not a.lr > 0:
-        p.error(f"--lr must be > 0, got {a.lr}")
-    if not 0 <= a.warmup < 1:
-        p.error(f"--warmup must be in [0, 1), got {a.warmup}")
-    return a
-
-
-def main(argv=None) -> int:
-    a = _args(argv)
-    from flexbert.train.cli import _quiet_third_party
-
-    _quiet_third_party()
-    from flexbert.eval.retrieval_finetune import finetune_retrieval
-
-    try:
-        info = finetune_retrieval(a.model, a.train, a.out, eval_dir=a.eval, split=a.split, epochs=a.epochs,
-                                  batch_size=a.batch_size, lr=a.lr, warmup=a.warmup, mini_batch_size=a.mini_batch_size,
-                                  max_seq_len=a.max_seq_len, seed=a.seed, random_init=a.random_init, max_steps=a.max_steps, overwrite=a.overwrite,
-                                  columns=(a.query_column, a.positive_column, a.negative_column),
-                                  progress=not a.no_progress)
-    except (ValueError, OSError) as e:
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
-        return 2
-    print(f"{info['steps']} steps; loss {info['losses'][0]:.4f} -> {info['losses'][-1]:.4f}; model: {a.out}")
-    if info["metrics_after"] is not None:
-        b, f = info["metrics_before"], info["metrics_after"]
-        print(f"{a.eval} ({a.split}): " + ", ".join(f"{k} {b[k]:.4f} -> {f[k]:.4f}" for k in ("ndcg@10", "mrr@10", "recall@100")))
-    return 0
-
+from flexbert.cli.finetune_retrieval import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -24,7 +24,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gpu_results import (BEGIN, END, GLOBAL_BATCH, NOT_RUN, classify, inference_rows, render,  # noqa: E402,F401
                          summarize, write_report)
 

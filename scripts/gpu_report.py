@@ -17,9 +17,7 @@ import os
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
-sys.path.insert(0, os.path.join(REPO, "scripts"))
 import gpu_harness as G  # noqa: E402 (same folder)
 from gpu_env import env_info  # noqa: E402
 

@@ -1,47 +1,9 @@
 #!/usr/bin/env python
-"""Merge FlexBERT / ModernBERT models: linear, task arithmetic or TIES (flexbert/train/merging.py).
+"""``flexbert merge`` (flexbert/cli/merge.py); this file keeps ``python scripts/merge_checkpoints.py`` working."""
 
-    python scripts/merge_checkpoints.py --method linear --models runs/a runs/b --out runs/ab-merged
-    python scripts/merge_checkpoints.py --method ties --base runs/base/hf --models runs/ft-a runs/ft-b \
-        --weights 1 1 --density 0.3 --out runs/ties
-
-Inputs are run folders (their newest intact checkpoint), checkpoint files or Hugging Face folders
-of one architecture and size.  The output is a Hugging Face folder (model, tokenizer, merge.json):
-``AutoModelForMaskedLM.from_pretrained(OUT)`` loads it and ``init_from: OUT`` starts a new phase.
-"""
-
-import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def main(argv=None) -> int:
-    from flexbert.train.merging import METHODS
-
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--method", required=True, choices=METHODS)
-    p.add_argument("--models", nargs="+", required=True, help="run folders, checkpoints or Hugging Face folders")
-    p.add_argument("--base", help="the model the others were trained from (task_arithmetic, ties)")
-    p.add_argument("--weights", nargs="+", type=float, help="one per --models entry (default: 1 each)")
-    p.add_argument("--density", type=float, default=0.5, help="ties: fraction of each task vector kept (default 0.5)")
-    p.add_argument("--scale", type=float, default=1.0, help="task_arithmetic, ties: multiplier of the merged task vector")
-    p.add_argument("--out", required=True, help="output folder (Hugging Face layout)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace a non-empty --out whole (its files are deleted; never a folder holding an input)")
-    a = p.parse_args(argv)
-    from flexbert.train.merging import merge_models
-    from flexbert.train.pretrained import ModelLoadError
-
-    try:
-        info = merge_models(a.method, a.models, a.out, a.base, a.weights, a.density, a.scale, a.overwrite)
-    except (ModelLoadError, ValueError, OSError) as e:
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
-        return 2
-    print(f"merged {len(a.models)} model(s) by {a.method} -> {info['out']} (tokenizer: {info['tokenizer'] or 'none'})")
-    return 0
-
+from flexbert.cli.merge import main
 
 if __name__ == "__main__":
     sys.exit(main())

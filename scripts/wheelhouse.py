@@ -95,8 +95,7 @@ def main(argv=None) -> int:
         return 0
     subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--find-links", a.out, *TARGET, "-d", a.out, *wanted], check=True)
     # gpt2.tiktoken for the 50,368-token tokenizer, which an offline GPU machine cannot fetch
-    sys.path.insert(0, os.path.join(REPO, "data_prep"))
-    from fetch_demo_corpus import gpt2_tiktoken_path
+    from flexbert.data.demo_sources import gpt2_tiktoken_path  # the checkout's own library (PYTHONPATH)
 
     shutil.copyfile(gpt2_tiktoken_path(), os.path.join(a.out, "gpt2.tiktoken"))
     files = [f for f in os.listdir(a.out) if f.endswith(".whl")]

@@ -1,4 +1,4 @@
-"""Checkpoint averaging (flexbert/train/averaging.py, scripts/average_checkpoints.py)."""
+"""Checkpoint averaging (flexbert/weights/averaging.py, scripts/average_checkpoints.py)."""
 
 import os
 import shutil
@@ -10,7 +10,7 @@ import yaml
 
 from test_train_fixtures import PY, ROOT, build_and_fit, run_config
 
-from flexbert.train.averaging import AveragingError, average_checkpoints, best_checkpoints, eval_metric_by_batch
+from flexbert.weights.averaging import AveragingError, average_checkpoints, best_checkpoints, eval_metric_by_batch
 
 
 @pytest.fixture(scope="module")

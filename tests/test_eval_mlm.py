@@ -15,7 +15,7 @@ def trained(tmp_path_factory, data):
     # evaluations at batch 4 and, as Composer closes training off the interval, at batch 6
     cfg = run_config(tmp, data, max_duration="6ba", eval_interval="4ba", eval_subset_num_batches=3, save_interval="6ba")
     build_and_fit(cfg)
-    from flexbert.train.export import export_to_hf
+    from flexbert.weights.export import export_to_hf
 
     export_to_hf(str(tmp / "hf"), run_dir=cfg["run_dir"])
     last_eval = [r for r in read_jsonl(os.path.join(cfg["run_dir"], "metrics.jsonl")) if "metrics/eval/MLMLoss" in r][-1]
@@ -23,7 +23,7 @@ def trained(tmp_path_factory, data):
 
 
 def test_run_checkpoint_and_hf_folder_agree_with_training_eval(trained, data):
-    from flexbert.train.pretrained import load_pretrained, mlm_model
+    from flexbert.weights.load import load_pretrained, mlm_model
     from flexbert.eval.mlm import data_config, evaluate_mlm
 
     run_dir, hf, last_eval = trained
@@ -75,8 +75,8 @@ def test_training_eval_mlm_and_phase_chain_agree_to_the_last_digit(trained, data
     """One evaluation loop (flexbert/train/mlm_eval.py): Composer's evaluator in training, eval_mlm's
     evaluate_mlm and the phase chain's length evaluation give the same float on the same rows."""
     from flexbert.eval.mlm import data_config, evaluate_mlm
-    from flexbert.train.phases import length_losses
-    from flexbert.train.pretrained import load_pretrained, mlm_model
+    from flexbert.experiments.phases import length_losses
+    from flexbert.weights.load import load_pretrained, mlm_model
     from flexbert.train.run_folder import RunFolder
 
     run_dir, _, last_eval = trained

@@ -77,7 +77,7 @@ def test_export_to_transformers_keeps_labels_and_logits(finetuned):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from flexbert.eval.finetune import predict
-    from flexbert.train.pretrained import classifier_model, load_pretrained
+    from flexbert.weights.load import classifier_model, load_pretrained
 
     cfg, result = finetuned
     hf_dir = os.path.join(cfg.out, "hf")
@@ -162,7 +162,7 @@ def test_finetune_sweep_with_a_base_runs(tmp_path, tiny_hf):
     """A fine-tuning sweep's ``base`` is a YAML of finetune.py options (scripts/finetune.py --config)."""
     import yaml
 
-    from flexbert import sweep as S
+    from flexbert.experiments import sweep as S
 
     task = write_task(str(tmp_path / "task"), 16, 8)
     base = tmp_path / "ft-base.yaml"

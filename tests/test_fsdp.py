@@ -79,7 +79,7 @@ def test_fsdp_matches_ddp_resumes_exactly_and_exports(tmp_path, data):
 
     from transformers import AutoModelForMaskedLM
 
-    from flexbert.train.export import export_to_hf
+    from flexbert.weights.export import export_to_hf
 
     export_to_hf(str(tmp_path / "hf"), run_dir=str(fsdp))
     hf = AutoModelForMaskedLM.from_pretrained(str(tmp_path / "hf"))

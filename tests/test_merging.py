@@ -1,4 +1,4 @@
-"""Model merging (flexbert/train/merging.py): TIES equals a computation written out here, merging
+"""Model merging (flexbert/weights/merging.py): TIES equals a computation written out here, merging
 copies of one model returns it, and the CLI writes a folder transformers loads."""
 
 import json
@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from flexbert.train.merging import MergeError, merge_states, ties_tensor, trim
+from flexbert.weights.merging import MergeError, merge_states, ties_tensor, trim
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
 

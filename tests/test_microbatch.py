@@ -103,7 +103,7 @@ def test_probe_rows_train_the_real_model(tmp_path, data):
     import torch
 
     from flexbert.train.recipe import build_model
-    from flexbert.train.gpu_probe import synthetic_row
+    from flexbert.train.microbatch import synthetic_row
 
     cfg = from_dict(RunConfig, run_config(tmp_path, data), "")
     model = build_model(cfg).train()
@@ -124,13 +124,13 @@ def test_with_microbatch_copies_the_config(tmp_path):
 
 @pytest.mark.gpu
 def test_auto_on_the_real_gpu_picks_a_row_that_fits_and_the_next_does_not(tmp_path):
-    """The real probe (flexbert/train/gpu_probe.py), not a fake limit: under a 4 GiB memory cap the
+    """The real probe (flexbert.train.microbatch.py), not a fake limit: under a 4 GiB memory cap the
     chosen row trains, the next divisor does not fit, and the probe leaves nothing allocated."""
     import torch
 
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
-    from flexbert.train.gpu_probe import cuda_fits
+    from flexbert.train.microbatch import cuda_fits
 
     model = dict(vocab_size=50368, hidden_size=256, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4)
     cfg = from_dict(RunConfig, {"run_name": "t", "run_dir": str(tmp_path / "run"), "model": model, "device": "gpu",

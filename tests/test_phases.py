@@ -11,7 +11,7 @@ import yaml
 
 from test_train_fixtures import PY, ROOT, data_dir, model_overrides, read_jsonl, to_overrides
 
-from flexbert.train.phases import split_overrides
+from flexbert.experiments.phases import split_overrides
 
 CONFIGS = [os.path.join(ROOT, "configs", f) for f in ("tiny.yaml", "tiny-context-extension.yaml", "tiny-decay.yaml")]
 
@@ -125,8 +125,8 @@ def test_rerun_does_no_work(chain):
 def test_an_auto_microbatch_run_is_evaluated_exported_averaged_and_continued(chain, tmp_path, data):
     """data.microbatch_size=auto: the run folder keeps the resolved size, so eval_mlm.py, export,
     averaging and the phase chain (phase 2 started from it and evaluated it at both lengths) work."""
-    from flexbert.train.averaging import average_checkpoints
-    from flexbert.train.export import export_to_hf
+    from flexbert.weights.averaging import average_checkpoints
+    from flexbert.weights.export import export_to_hf
     from flexbert.train.run_folder import RunFolder
 
     run = RunFolder(str(chain[0] / "tiny"))
@@ -146,7 +146,7 @@ def test_an_auto_microbatch_run_is_evaluated_exported_averaged_and_continued(cha
 def test_two_phases_in_one_run_folder_are_refused(tmp_path):
     """A phase config that inherits the previous phase's run_name would be skipped as 'finished'."""
     from flexbert.config import ConfigError
-    from flexbert.train.phases import plan_phases
+    from flexbert.experiments.phases import plan_phases
 
     second = tmp_path / "second.yaml"
     second.write_text(f"inherit: {CONFIGS[0]}\nmax_duration: 4ba\n")

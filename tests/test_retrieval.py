@@ -32,7 +32,8 @@ def write_beir(folder, docs=DOCS, queries=QUERIES, qrels=QRELS):
 def test_bm25_on_a_known_ranking_gives_the_metrics_computed_by_hand(tmp_path, capsys):
     from eval_retrieval import main
 
-    from flexbert.eval.retrieval import load_beir, rank_bm25
+    from flexbert.data.beir import load_beir
+    from flexbert.eval.retrieval import rank_bm25
 
     folder = write_beir(tmp_path / "beir")
     ranked = rank_bm25(load_beir(folder))
@@ -62,7 +63,7 @@ def test_run_folder_is_exported_and_scored_beside_bm25(tmp_path, trained, capsys
     would be scored; --bm25 beside it lands under "bm25"."""
     from eval_retrieval import main
 
-    from flexbert.train.export import export_to_hf
+    from flexbert.weights.export import export_to_hf
 
     cfg, _ = trained
     folder = write_beir(tmp_path / "beir")
@@ -86,7 +87,8 @@ def test_metrics_agree_with_sentence_transformers_evaluator(tmp_path, data):
 
     from flexbert.convert.hf import to_hf
     from flexbert.convert.sentence import write_sentence_transformers
-    from flexbert.eval.retrieval import Beir, load_encoder, rank_dense, ranking_metrics
+    from flexbert.data.beir import Beir
+    from flexbert.eval.retrieval import load_encoder, rank_dense, ranking_metrics
     from flexbert.model import FlexBertForMaskedLM
     from flexbert.model.config import FlexBertConfig
     from test_train_fixtures import model_overrides

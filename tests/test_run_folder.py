@@ -37,11 +37,11 @@ def _one_error_line(r) -> str:
 
 
 def test_a_custom_save_folder_is_found_by_every_consumer(trained, tmp_path):
-    from flexbert.train.averaging import best_checkpoints
+    from flexbert.weights.averaging import best_checkpoints
     from flexbert.train.config import load_run_config
-    from flexbert.train.export import export_to_hf
-    from flexbert.train.phases import final_checkpoint
-    from flexbert.train.pretrained import load_pretrained, mlm_model
+    from flexbert.weights.export import export_to_hf
+    from flexbert.experiments.phases import final_checkpoint
+    from flexbert.weights.load import load_pretrained, mlm_model
     from flexbert.train.run_folder import RunFolder
 
     cfg, _ = trained
@@ -123,9 +123,9 @@ def _corrupt(path, offset_fraction=0.5, size=4096):
 
 
 def test_a_corrupt_checkpoint_file_is_refused_on_every_load_path(trained, tmp_path):
-    from flexbert.train.export import ExportError, export_to_hf
+    from flexbert.weights.export import ExportError, export_to_hf
     from flexbert.train.loading import SetupError, load_initial_weights
-    from flexbert.train.pretrained import ModelLoadError, load_pretrained
+    from flexbert.weights.load import ModelLoadError, load_pretrained
     from flexbert.train.recipe import build_model
     from flexbert.train.run_folder import RunFolder
 
@@ -142,8 +142,8 @@ def test_a_corrupt_checkpoint_file_is_refused_on_every_load_path(trained, tmp_pa
 
 
 def test_a_corrupt_or_truncated_export_is_refused(trained, tmp_path):
-    from flexbert.train.export import export_to_hf
-    from flexbert.train.pretrained import ModelLoadError, load_pretrained
+    from flexbert.weights.export import export_to_hf
+    from flexbert.weights.load import ModelLoadError, load_pretrained
 
     cfg, _ = trained
     for how in ("overwritten", "truncated"):
@@ -161,7 +161,7 @@ def test_a_corrupt_or_truncated_export_is_refused(trained, tmp_path):
 
 
 def test_a_config_whose_sizes_differ_from_the_checkpoint_is_one_line(trained, tmp_path):
-    from flexbert.train.export import ExportError, export_to_hf
+    from flexbert.weights.export import ExportError, export_to_hf
 
     cfg, _ = trained
     other = dict(cfg, model={**cfg["model"], "intermediate_size": 128})

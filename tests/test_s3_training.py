@@ -110,7 +110,7 @@ def test_cache_smaller_than_the_data_evicts_and_refetches(tmp_path, s3, small_sh
 def test_training_from_an_unreachable_store_fails_in_one_line_naming_the_url(tmp_path, s3, monkeypatch, capsys):
     import socket
 
-    from flexbert.train.cli import main
+    from flexbert.cli.train import main
 
     with socket.socket() as sock:  # a port nothing listens on
         sock.bind(("127.0.0.1", 0))

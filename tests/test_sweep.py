@@ -9,10 +9,10 @@ import subprocess
 import pytest
 import yaml
 
-from flexbert import sweep as S
-from flexbert.eval import report as R
-from flexbert.eval import results as Res
-from flexbert.eval.plots import is_png
+from flexbert.experiments import sweep as S
+from flexbert.experiments import report as R
+from flexbert.experiments import results as Res
+from flexbert.experiments.plots import is_png
 from test_train_fixtures import PY, ROOT, read_jsonl, run_config
 
 

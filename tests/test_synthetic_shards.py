@@ -1,20 +1,18 @@
-"""data_prep/synthetic_shards.py: the paper's length distributions, real MDS shards with the
+"""flexbert synthetic-shards (flexbert/data/synthetic.py): the paper's length distributions, real MDS shards with the
 tokenizer beside them, and the training loader reading them."""
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
 
 from data_fixtures.helpers import small_tokenizer_dir
-from test_train_fixtures import ROOT
 
-sys.path.insert(0, os.path.join(ROOT, "data_prep"))
-from synthetic_shards import chunk, draw_lengths, main, write_synthetic  # noqa: E402
+from flexbert.cli.synthetic_shards import main
+from flexbert.data.synthetic import chunk, draw_lengths, write_synthetic
 
 
 def test_length_distributions_have_the_papers_statistics():

@@ -193,7 +193,7 @@ def test_rescaled_wraparound_keeps_the_source_on_held_out_text(tmp_path, source_
     held-out loss, better than a fresh init and than plain wrap-around."""
     from transformers import AutoModelForMaskedLM
 
-    from flexbert.train.export import export_to_hf
+    from flexbert.weights.export import export_to_hf
 
     export_to_hf(str(tmp_path / "source-hf"), run_dir=source_run["run_dir"])
     source = AutoModelForMaskedLM.from_pretrained(str(tmp_path / "source-hf")).eval()

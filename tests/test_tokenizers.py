@@ -60,7 +60,7 @@ def _tiktoken():
     """gpt2.tiktoken from the whisper sdist (800 KB, fetched from PyPI into a cache outside the
     checkout when missing); skips only when the download itself fails, e.g. without network."""
     sys.path.insert(0, os.path.join(REPO, "data_prep"))
-    from fetch_demo_corpus import gpt2_tiktoken_path
+    from flexbert.data.demo_sources import gpt2_tiktoken_path
 
     from data_fixtures.helpers import download_cache, fetched
 

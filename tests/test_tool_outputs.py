@@ -54,7 +54,7 @@ def _task_files(tmp_path) -> tuple[str, str]:
 
 def test_export_refuses_a_non_empty_out_and_overwrite_replaces_it_whole(trained, tmp_path):
     from flexbert.data.outputs import OutputError
-    from flexbert.train.export import export_to_hf
+    from flexbert.weights.export import export_to_hf
 
     cfg, _ = trained
     out = tmp_path / "hf"
@@ -72,9 +72,9 @@ def test_export_refuses_a_non_empty_out_and_overwrite_replaces_it_whole(trained,
 def test_no_tool_writes_over_the_run_it_reads(trained, tmp_path):
     from flexbert.data.outputs import OutputError
     from flexbert.eval.finetune import FinetuneConfig, run_finetune
-    from flexbert.train.averaging import average_checkpoints, best_checkpoints
-    from flexbert.train.export import export_to_hf
-    from flexbert.train.tiling import write_tiled
+    from flexbert.weights.averaging import average_checkpoints, best_checkpoints
+    from flexbert.weights.export import export_to_hf
+    from flexbert.weights.tiling import write_tiled
 
     cfg, config = trained
     run, ckpts = cfg["run_dir"], cfg["save_folder"]
@@ -99,8 +99,8 @@ def test_a_tokenizer_other_than_the_models_is_refused_by_every_tool(trained, tmp
     from flexbert.data.fingerprint import TokenizerMismatchError
     from flexbert.data.shards import ShardOptions, tokenize_to_mds
     from flexbert.eval.finetune import FinetuneConfig, run_finetune
-    from flexbert.train.export import export_to_hf
-    from flexbert.train.tiling import write_tiled
+    from flexbert.weights.export import export_to_hf
+    from flexbert.weights.tiling import write_tiled
     from scripts.eval_mlm import main as eval_mlm
 
     cfg, config = trained
@@ -126,8 +126,8 @@ def test_a_tokenizer_other_than_the_models_is_refused_by_every_tool(trained, tmp
 def test_a_tokenizer_larger_than_the_model_is_one_line(trained, tmp_path, data):
     from transformers import AutoTokenizer
 
-    from flexbert.train.export import ExportError, check_export_tokenizer
-    from flexbert.train.pretrained import ModelLoadError, load_pretrained
+    from flexbert.weights.export import ExportError, check_export_tokenizer
+    from flexbert.weights.load import ModelLoadError, load_pretrained
 
     cfg, _ = trained
     big = _tokenizer_variant(os.path.join(data, "tokenizer"), str(tmp_path / "big"), extra=8)
@@ -159,7 +159,7 @@ def test_a_rerun_on_other_shards_or_init_from_another_tokenizer_refuses(trained,
     from flexbert.data.fingerprint import TokenizerMismatchError, tokenizer_fingerprint
     from flexbert.train.builders import tokenizer_identity
     from flexbert.train.config import load_run_config
-    from flexbert.train.export import export_to_hf
+    from flexbert.weights.export import export_to_hf
     from flexbert.train.run_folder import RunFolder
     from flexbert.train.run_identity import ConfigChanged, check_rerun
 

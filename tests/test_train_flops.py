@@ -3,7 +3,7 @@
 import pytest
 
 from flexbert.model.config import FlexBertConfig
-from flexbert.train.flops import flops_per_token, peak_flops_for
+from flexbert.model.flops import flops_per_token, peak_flops_for
 
 
 def test_base_flops_match_paper():

@@ -60,7 +60,7 @@ def test_export_of_the_trained_checkpoint_matches(tmp_path, data):
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
     from flexbert.train.config import load_run_config
-    from flexbert.train.export import export_to_hf
+    from flexbert.weights.export import export_to_hf
     from flexbert.train.run_folder import checkpoint_model_state
     from test_train_fixtures import build_and_fit
 

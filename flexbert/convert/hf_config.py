@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from flexbert.errors import FlexBertError
 from flexbert.model.config import FlexBertConfig
 
 # FlexBERT activation name <-> transformers ACT2FN name (exactly the same function).
@@ -26,7 +27,7 @@ _FIXED_IN_HF = (
 )
 
 
-class ConversionError(ValueError):
+class ConversionError(FlexBertError, ValueError):
     """A model or config cannot be converted; the message names the option or key."""
 
 

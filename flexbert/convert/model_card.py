@@ -1,7 +1,7 @@
 """The model card (``README.md``) written next to an exported model.
 
 A renderer only: what it shows (architecture, this run's progress and config, the phases) is read
-from the run by the exporter (flexbert/train/export.py) and handed in as plain values.
+from the run by the exporter (flexbert/weights/export.py) and handed in as plain values.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def _sentence_usage(name: str, pooling: str) -> list[str]:
 
 def model_card(name: str, model_cfg, run: dict, phases: list[dict], n_params: int, pooling: str = "none") -> str:
     """``run``: run_name, max_seq_len, tokens, batches, config_yaml (the config the weights were
-    trained with); ``phases``: oldest first, as flexbert/train/export.py ``phase_history`` gives them."""
+    trained with); ``phases``: oldest first, as flexbert/weights/export.py ``phase_history`` gives them."""
     lines = [f"# {name}", "", f"A ModernBERT-architecture masked language model trained with FlexBERT (run `{run['run_name']}`).",
              "", "## Architecture", "", *_architecture(model_cfg, n_params), "",
              "## Training", "", f"This run: {_fmt(run['tokens'])} tokens in {_fmt(run['batches'])} batches "

@@ -19,11 +19,13 @@ import json
 import os
 from typing import Any, Mapping, Optional
 
+from flexbert.errors import FlexBertError
+
 FINGERPRINT_KEY = "tokenizer_fingerprint"  # in a shard folder's stats.json and a run's identity
 STATS = "stats.json"
 
 
-class TokenizerMismatchError(ValueError):
+class TokenizerMismatchError(FlexBertError, ValueError):
     """Two sides that must share a tokenizer do not (one line naming both)."""
 
 

@@ -18,10 +18,12 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from flexbert.errors import FlexBertError
+
 SHAPES = ("linear", "cosine", "step")
 
 
-class MaskScheduleError(ValueError):
+class MaskScheduleError(FlexBertError, ValueError):
     """A bad ``data.mlm_probability`` (one line naming the key)."""
 
 

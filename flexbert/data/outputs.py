@@ -8,15 +8,18 @@ anything is written.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
-from typing import Iterable, Optional, Union
+from typing import Any, Iterable, Optional, Union
+
+from flexbert.errors import FlexBertError
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-class OutputError(ValueError):
+class OutputError(FlexBertError, ValueError):
     """An output folder that cannot be written as asked (one line)."""
 
 
@@ -61,3 +64,12 @@ def prepare_output_dir(out: PathLike, *, overwrite: bool = False, inputs: Iterab
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def write_json(path: str, obj: Any) -> None:
+    """Write ``obj`` as JSON atomically (a temporary file renamed over ``path``)."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)

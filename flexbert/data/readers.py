@@ -30,10 +30,11 @@ import os
 from dataclasses import dataclass
 from typing import IO, Any, Callable, Iterator, Optional
 
+from flexbert.errors import FlexBertError
 from flexbert.registry import Registry
 
 
-class InputError(ValueError):
+class InputError(FlexBertError, ValueError):
     """Bad input; the message is one line naming the file (and line when there is one)."""
 
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 import os
 import urllib.parse
 
+from flexbert.errors import FlexBertError
 
-class StoreError(OSError):
+
+class StoreError(FlexBertError, OSError):
     """An object store cannot be reached or used (one-line message naming the URL)."""
 
 

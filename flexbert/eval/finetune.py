@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 
 from flexbert.eval import metrics as M
-from flexbert.train.classifier import KeepBest, build_classifier_trainer, predictions, seed_everything
+from flexbert.eval.classifier import KeepBest, build_classifier_trainer, predictions, seed_everything
 
 
 TASKS = ("classification", "regression")
@@ -131,7 +131,7 @@ def _datasets(cfg: FinetuneConfig, tokenizer_dir: str):
 
 
 def build_classifier(cfg: FinetuneConfig, pre, num_labels: int):
-    from flexbert.train.pretrained import classifier_model
+    from flexbert.weights.load import classifier_model
     from flexbert.model.model import FlexBertForSequenceClassification
 
     overrides = {}
@@ -179,7 +179,7 @@ def _check_tokenizer(pre, tok_dir: str) -> None:
 
 def run_finetune(cfg: FinetuneConfig) -> dict:
     """Train, keep the best validation epoch, score validation (and test), write ``DIR/``."""
-    from flexbert.train.pretrained import ModelLoadError, load_pretrained
+    from flexbert.weights.load import ModelLoadError, load_pretrained
 
     t0 = time.time()
     pre = load_pretrained(cfg.model)

@@ -1,21 +1,41 @@
-"""Held-out MLM loss and accuracy of a model on MDS shards, at a fixed masking rate and seed.
+"""Held-out MLM evaluation: loss, accuracy and perplexity over every masked token, optionally by
+document length.
 
-The batches are the training loader's evaluation path (``build_eval_loader``: packed rows, masks a
-pure function of the seed and row index), the loop and numbers are the training run's own
-(``flexbert/train/mlm_eval.py``: means over every masked token), and the model comes from
-``flexbert.train.pretrained`` (run folder, checkpoint or Hugging Face folder).  So a run's own eval
-loss and this script agree when given the same shards, rate and seed.
+One loop for every caller: ``flexbert eval-mlm`` (a model on shards, at a fixed masking rate and
+seed), the phase chain (each phase's weights at each phase's length) and the budget study.  The
+batches are the training loader's evaluation path (``build_eval_loader``: packed rows, masks a
+pure function of the seed and row index), each row goes through ``row_outputs`` - the forward and
+configured loss training's own Composer evaluator runs - and the metrics are the training run's
+(``flexbert/train/composer_model.py``: means over every masked token, not of batch means).  So a
+run's own eval loss and this evaluation agree to the last digit on the same rows.
+
+With ``bounds`` the same pass also attributes every masked token to the document (packed segment)
+it sits in and reports the loss per document-length range; summed over the ranges it is the
+overall loss.  Per-token losses come from the model's one per-token loss primitive
+(``flexbert/model/loss.py``).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
-from typing import Optional
+from typing import Any, Optional, Sequence
 
 import torch
+from streaming.base.util import clean_stale_shared_memory
+
+from flexbert.config import from_dict
+from flexbert.data.config import DataConfig
+from flexbert.data.length_buckets import bucket_names
+from flexbert.data.loader import build_eval_loader
+from flexbert.data.tokenizer import SpecialTokens
+from flexbert.train.composer_model import eval_metrics, row_outputs
+
+DEFAULT_LENGTH_BOUNDS = (128, 512, 2048)
 
 
+# --------------------------------------------------------------------------- the data
 def shard_max_seq_len(shards: str) -> Optional[int]:
     """The ``max_seq_len`` tokenize_to_mds.py wrote the shards with (stats.json), if recorded."""
     path = os.path.join(shards, "stats.json")
@@ -28,12 +48,9 @@ def shard_max_seq_len(shards: str) -> Optional[int]:
 
 def data_config(shards: str, split: str = "validation", mlm_probability: float = 0.15, seed: int = 1234,
                 max_seq_len: Optional[int] = None, rows_of: Optional[int] = None, tokenizer: Optional[str] = None,
-                run_data: Optional[dict] = None):
+                run_data: Optional[dict] = None) -> DataConfig:
     """The eval loader's DataConfig: the run's data section (same row shape and packing as its own
     evaluation) with the shards, split, rate and seed given here; else the shards' row length."""
-    from flexbert.config import from_dict
-    from flexbert.data.config import DataConfig
-
     d = {k: v for k, v in (run_data or {}).items() if k not in ("remote", "tokenizer")}
     d.update(local=shards, eval_split=split, eval_mlm_probability=mlm_probability, eval_seed=seed, num_workers=0)
     d["max_seq_len"] = int(max_seq_len or d.get("max_seq_len") or shard_max_seq_len(shards) or 1024)
@@ -45,40 +62,93 @@ def data_config(shards: str, split: str = "validation", mlm_probability: float =
     return from_dict(DataConfig, d, "data")
 
 
-def check_model_tokenizer(pre, data_cfg, name: str) -> None:
-    """The model (a flexbert.train.pretrained.Pretrained) must have been trained with the shards'
+def check_model_tokenizer(loaded, data_cfg: DataConfig, name: str) -> None:
+    """The model (a flexbert.weights.load.LoadedModel) must have been trained with the shards'
     tokenizer, when both are known, and its embeddings must cover the shards' ids (one line)."""
-    from flexbert.data.tokenizer import SpecialTokens
-
     fp = data_cfg.shards_fingerprint()
     try:
         size = SpecialTokens.from_dir(data_cfg.tokenizer_dir()).vocab_size
     except (FileNotFoundError, OSError):
         size = None
-    pre.check_tokenizer(fp, name, size)
+    loaded.check_tokenizer(fp, name, size)
 
 
-def evaluate_mlm(model: torch.nn.Module, data_cfg, max_batches: Optional[int] = None, device: str = "cpu") -> dict:
-    """{"loss", "accuracy", "perplexity", "masked_tokens", "rows"} over the split (or its first
-    ``max_batches`` batches): training's own evaluation loop (``flexbert/train/mlm_eval.py``) on
-    the eval loader of ``data_cfg``."""
-    from streaming.base.util import clean_stale_shared_memory
-
-    from flexbert.data.loader import build_eval_loader
-    from flexbert.train.mlm_eval import evaluate_mlm as evaluate
-
+def mlm_loader(data_cfg: DataConfig):
+    """The evaluation loader of ``data_cfg`` (stale shared memory of earlier loaders cleared)."""
     clean_stale_shared_memory()
-    return evaluate(model, build_eval_loader(data_cfg), max_batches, device)
+    return build_eval_loader(data_cfg)
 
 
-def evaluate_by_length(model: torch.nn.Module, data_cfg, bounds, max_batches: Optional[int] = None,
-                       device: str = "cpu") -> list[dict]:
-    """Per document-length range loss, on the same eval rows as ``evaluate_mlm``
-    (flexbert/train/mlm_eval.py ``evaluate_mlm_by_length``)."""
-    from streaming.base.util import clean_stale_shared_memory
+# --------------------------------------------------------------------------- the loop
+def _to(row: dict[str, Any], device) -> dict[str, Any]:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in row.items()}
 
-    from flexbert.data.loader import build_eval_loader
-    from flexbert.train.mlm_eval import evaluate_mlm_by_length
 
-    clean_stale_shared_memory()
-    return evaluate_mlm_by_length(model, build_eval_loader(data_cfg), bounds, max_batches, device)
+class _ByLength:
+    """Per document-length range sums of one evaluation: documents, masked tokens, loss, hits."""
+
+    def __init__(self, bounds: Sequence[int], device):
+        self.names = bucket_names(bounds)
+        self.edges = torch.tensor(list(bounds), device=device)
+        self.loss, self.hits, self.masked, self.docs = (
+            torch.zeros(len(self.names), dtype=torch.float64, device=device) for _ in range(4))
+
+    def add(self, model, row: dict[str, Any]) -> None:
+        cu = row["cu_seqlens"].long()
+        bucket = torch.bucketize(cu[1:] - cu[:-1], self.edges, right=True)
+        real = cu[:-1] < int(row.get("num_tokens", cu[-1]))  # documents, not the padding tail's segments
+        self.docs.index_add_(0, bucket[real], torch.ones(int(real.sum()), dtype=torch.float64, device=cu.device))
+        loss, hit, pos = model.token_losses(row["input_ids"], row["labels"], cu_seqlens=row["cu_seqlens"],
+                                            max_seqlen=int(row["max_seqlen"]))
+        seg = bucket[torch.searchsorted(cu[1:], pos, right=True)]
+        self.loss.index_add_(0, seg, loss.double())
+        self.hits.index_add_(0, seg, hit.double())
+        self.masked.index_add_(0, seg, torch.ones_like(loss, dtype=torch.float64))
+
+    def rows(self) -> list[dict]:
+        return [{"range": n, "documents": int(d), "masked_tokens": int(m), "loss": float(s / m) if m else None,
+                 "accuracy": float(a / m) if m else None}
+                for n, d, m, s, a in zip(self.names, self.docs, self.masked, self.loss, self.hits)]
+
+
+@torch.no_grad()
+def evaluate_mlm(model: torch.nn.Module, loader, max_batches: Optional[int] = None, device="cpu", shapes=None,
+                 bounds: Optional[Sequence[int]] = None) -> dict:
+    """``{"loss", "accuracy", "perplexity", "masked_tokens", "rows"}`` of ``model`` (a
+    FlexBertForMaskedLM) over an eval loader's batches (all, or the first ``max_batches``, as
+    Composer's ``eval_subset_num_batches``); with ``bounds`` (where length ranges end, in tokens)
+    also ``"by_length"``: per range documents, masked tokens, loss and accuracy."""
+    metrics = eval_metrics()
+    model = model.to(device).eval()
+    groups = _ByLength(bounds, device) if bounds else None
+    rows = 0
+    for i, batch in enumerate(loader):
+        if max_batches is not None and max_batches >= 0 and i >= max_batches:
+            break
+        for row in batch["rows"]:
+            row = _to(row, device)
+            stats = row_outputs(model, row, shapes).stats
+            for m in metrics.values():
+                m.update(stats)
+            if groups is not None:
+                groups.add(model, row)
+            rows += 1
+    if not rows or int(metrics["MLMLoss"].count) == 0:
+        raise ValueError("no masked tokens to evaluate (empty eval split?)")
+    loss = float(metrics["MLMLoss"].compute())
+    out = {"loss": loss, "accuracy": float(metrics["MLMAccuracy"].compute()), "perplexity": math.exp(loss),
+           "masked_tokens": int(metrics["MLMLoss"].count), "rows": rows}
+    if groups is not None:
+        out["by_length"] = groups.rows()
+    return out
+
+
+def format_by_length(rows: list[dict]) -> str:
+    """The per-length table as text (one line per range)."""
+    lines = [f"  {'document length':<18} {'documents':>10} {'masked tokens':>14} {'loss':>8} {'accuracy':>9}"]
+    for r in rows:
+        loss = f"{r['loss']:.4f}" if r["loss"] is not None else "-"
+        acc = f"{r['accuracy']:.4f}" if r["accuracy"] is not None else "-"
+        lines.append(f"  {r['range']:<18} {r['documents']:>10,} {r['masked_tokens']:>14,} {loss:>8} {acc:>9}")
+    return "\n".join(lines)
+

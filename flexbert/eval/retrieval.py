@@ -1,14 +1,7 @@
 """Retrieval evaluation on a BEIR-layout folder: a dense encoder (any SentenceTransformer folder, a
 FlexBERT export included) or a BM25 baseline, scored with nDCG@10, MRR@10 and Recall@100.
 
-BEIR layout (the format of the BEIR benchmark's data sets)::
-
-    FOLDER/corpus.jsonl      {"_id": "d1", "title": "...", "text": "..."} per line
-    FOLDER/queries.jsonl     {"_id": "q1", "text": "..."} per line
-    FOLDER/qrels/test.tsv    query-id <TAB> corpus-id <TAB> score, with a header row
-
-Files are read through the reader registry (flexbert/data/readers.py: errors name file and line).
-The dense ranking is sentence-transformers' ``util.semantic_search`` (cosine, top k), BM25 is the
+The folder is read by flexbert/data/beir.py (the BEIR layout's owner).  The dense ranking is sentence-transformers' ``util.semantic_search`` (cosine, top k), BM25 is the
 ``bm25s`` package (maintained, sparse-matrix BM25; English stopwords, lower-case); both rankings are
 scored by one function, ``ranking_metrics``: nDCG with graded gains (rel / log2(rank + 1)), the
 reciprocal rank of the first relevant document within 10, the share of relevant documents within
@@ -21,64 +14,14 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from dataclasses import dataclass
 from typing import Optional
 
-from flexbert.data.readers import InputError, read_records
+from flexbert.errors import FlexBertError
+from flexbert.data.beir import Beir
 
 
-class RetrievalError(ValueError):
+class RetrievalError(FlexBertError, ValueError):
     """A BEIR folder or model that cannot be evaluated (one line)."""
-
-
-@dataclass
-class Beir:
-    corpus: dict[str, str]  # doc id -> "title text"
-    queries: dict[str, str]  # query id -> text (only queries with judgements)
-    qrels: dict[str, dict[str, int]]  # query id -> {doc id: relevance > 0}
-
-
-def _need(folder: str, name: str) -> str:
-    path = os.path.join(folder, name)
-    if not os.path.isfile(path):
-        raise RetrievalError(f"{folder}: no {name} (BEIR layout: corpus.jsonl, queries.jsonl, qrels/<split>.tsv)")
-    return path
-
-
-def load_beir(folder: str, split: str = "test") -> Beir:
-    try:
-        corpus = {str(r.value["_id"]): " ".join(x for x in (r.value.get("title"), r.value.get("text")) if x)
-                  for r in read_records(_need(folder, "corpus.jsonl"))}
-        queries = {str(r.value["_id"]): str(r.value["text"]) for r in read_records(_need(folder, "queries.jsonl"))}
-        qrels: dict[str, dict[str, int]] = {}
-        for r in read_records(_need(folder, os.path.join("qrels", f"{split}.tsv"))):
-            qid, did, score = str(r.value["query-id"]), str(r.value["corpus-id"]), int(r.value["score"])
-            if score > 0:
-                qrels.setdefault(qid, {})[did] = score
-    except KeyError as e:
-        raise RetrievalError(f"{folder}: a record without the field {e} (BEIR: _id, text; query-id, corpus-id, score)") from None
-    except InputError as e:
-        raise RetrievalError(str(e)) from None
-    missing = sorted(q for q in qrels if q not in queries)
-    if missing:
-        raise RetrievalError(f"{folder}: qrels name query {missing[0]!r}, which queries.jsonl does not have")
-    return Beir(corpus, {q: queries[q] for q in qrels}, qrels)
-
-
-def write_beir(folder: str, corpus: dict[str, str], queries: dict[str, str],
-               qrels: dict[str, dict[str, dict[str, int]]]) -> None:
-    """Write the BEIR layout ``load_beir`` reads: ``qrels`` maps a split name to its judgements."""
-    import json
-
-    os.makedirs(os.path.join(folder, "qrels"), exist_ok=True)
-    with open(os.path.join(folder, "corpus.jsonl"), "w", encoding="utf-8") as f:
-        f.writelines(json.dumps({"_id": d, "title": "", "text": t}, ensure_ascii=False) + "\n" for d, t in corpus.items())
-    with open(os.path.join(folder, "queries.jsonl"), "w", encoding="utf-8") as f:
-        f.writelines(json.dumps({"_id": q, "text": t}, ensure_ascii=False) + "\n" for q, t in queries.items())
-    for split, judged in qrels.items():
-        with open(os.path.join(folder, "qrels", f"{split}.tsv"), "w", encoding="utf-8") as f:
-            f.write("query-id\tcorpus-id\tscore\n")
-            f.writelines(f"{q}\t{d}\t{s}\n" for q, rel in judged.items() for d, s in rel.items())
 
 
 def ranking_metrics(ranked: dict[str, list[str]], qrels: dict[str, dict[str, int]]) -> dict[str, float]:
@@ -126,7 +69,7 @@ def rank_dense(model, data: Beir, k: int = 100, batch_size: int = 32) -> dict[st
 def load_encoder(path: str, max_seq_len: Optional[int] = None, device: Optional[str] = None):
     """A SentenceTransformer from a Hugging Face / sentence-transformers folder (a FlexBERT export
     carries its pooling files), or from a run folder or checkpoint, exported first (mean pooling)
-    to a scratch folder by flexbert/train/export.py, the one export path."""
+    to a scratch folder by flexbert/weights/export.py, the one export path."""
     if not os.path.exists(path):
         raise RetrievalError(f"--model {path}: does not exist")
     from sentence_transformers import SentenceTransformer
@@ -134,7 +77,7 @@ def load_encoder(path: str, max_seq_len: Optional[int] = None, device: Optional[
     if os.path.isdir(path) and os.path.exists(os.path.join(path, "config.json")):
         model = SentenceTransformer(path, device=device)
     else:
-        from flexbert.train.export import export_to_hf
+        from flexbert.weights.export import export_to_hf
 
         with tempfile.TemporaryDirectory() as scratch:
             folder = os.path.join(scratch, "hf")

@@ -68,7 +68,8 @@ def _loss(model, mini_batch_size: Optional[int]):
 def _evaluate(model, eval_dir: Optional[str], split: str) -> Optional[dict]:
     if eval_dir is None:
         return None
-    from flexbert.eval.retrieval import load_beir, rank_dense, ranking_metrics
+    from flexbert.data.beir import load_beir
+    from flexbert.eval.retrieval import rank_dense, ranking_metrics
 
     data = load_beir(eval_dir, split)
     return ranking_metrics(rank_dense(model, data), data.qrels)
@@ -107,7 +108,8 @@ def finetune_retrieval(model_path: str, pairs_path: str, out: str, *, eval_dir: 
     from transformers import set_seed
 
     from flexbert.data.outputs import check_output_dir, prepare_output_dir
-    from flexbert.eval.retrieval import load_beir, load_encoder
+    from flexbert.data.beir import load_beir
+    from flexbert.eval.retrieval import load_encoder
 
     check_output_dir(out, [model_path, pairs_path, eval_dir])
     table = read_pairs(pairs_path, *columns)

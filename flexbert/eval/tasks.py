@@ -12,13 +12,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
+from flexbert.errors import FlexBertError
 from flexbert.data.readers import InputError, ReadOptions, read_records, split_suffix
 
 TASKS = ("classification", "regression")
 FORMATS = (".tsv", ".csv", ".jsonl", ".json", ".parquet")  # the table formats of flexbert/data/readers.py
 
 
-class TaskFileError(ValueError):
+class TaskFileError(FlexBertError, ValueError):
     """One line naming the file and the column / line that cannot be used."""
 
 

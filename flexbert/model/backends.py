@@ -25,12 +25,13 @@ from typing import Any, Optional
 
 import torch
 
+from flexbert.errors import FlexBertError
 from flexbert.model import sdpa_layout
 from flexbert.model.registries import ATTENTION_BACKENDS
 from flexbert.model.sdpa_layout import Window, first_fit_rows  # noqa: F401 (re-exported)
 
 
-class BackendUnavailable(RuntimeError):
+class BackendUnavailable(FlexBertError, RuntimeError):
     """The chosen attention backend cannot run on this device / dtype / install."""
 
 

@@ -114,6 +114,31 @@ def _count(labels: torch.Tensor) -> torch.Tensor:
     return (labels != IGNORE_INDEX).sum()
 
 
+def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of given logits over positions whose label is not IGNORE_INDEX (0 if there
+    are none): the HF-style path that returns logits."""
+    logits = logits.reshape(-1, logits.shape[-1]).float()
+    labels = labels.reshape(-1)
+    total = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
+
+
+def token_losses(h, weight, bias, labels, chunk: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token (cross-entropy, argmax hit) of ``F.linear(h, weight, bias)`` against ``labels``,
+    chunked like ``chunked`` (no full-vocabulary fp32 logits); positions labelled IGNORE_INDEX
+    get loss 0 and no hit."""
+    chunk = chunk or chunk_rows(weight.shape[0])
+    losses, hits = [], []
+    for s in range(0, h.shape[0], chunk):
+        logits = F.linear(h[s : s + chunk], weight, bias).float()
+        lab = labels[s : s + chunk]
+        losses.append(F.cross_entropy(logits, lab, ignore_index=IGNORE_INDEX, reduction="none"))
+        hits.append((logits.argmax(-1) == lab) & (lab != IGNORE_INDEX))
+    if not losses:
+        return h.new_zeros(0, dtype=torch.float32), torch.zeros(0, dtype=torch.bool, device=h.device)
+    return torch.cat(losses), torch.cat(hits)
+
+
 @MLM_LOSSES.register("chunked")
 def chunked_loss(h, weight, bias, labels, chunk: Optional[int] = None) -> LossStats:
     dtype = compute_dtype(h)

@@ -25,7 +25,7 @@ from flexbert.model.blocks import build_block
 from flexbert.model.embeddings import build_embeddings
 from flexbert.model.heads import PredictionHead, pool
 from flexbert.model.init import init_weights
-from flexbert.model.loss import LossStats, mlm_loss, require_liger
+from flexbert.model.loss import LossStats, masked_lm_loss, mlm_loss, require_liger, token_losses
 from flexbert.model.norms import build_norm
 from flexbert.model.static import gather_predicted
 
@@ -98,14 +98,6 @@ class MaskedLMOutput:
 class SequenceClassifierOutput:
     loss: Optional[torch.Tensor]
     logits: torch.Tensor  # (num_segments, num_labels); B for padded input
-
-
-def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over positions whose label is not -100 (0 if there are none)."""
-    logits = logits.reshape(-1, logits.shape[-1]).float()
-    labels = labels.reshape(-1)
-    total = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
-    return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
 
 
 def checkpointed_layers(spec: str, n_layers: int) -> list[int]:
@@ -259,6 +251,14 @@ class FlexBertForMaskedLM(nn.Module):
         loss = masked_lm_loss(logits, flat_labels) if labels is not None else None
         return MaskedLMOutput(loss, layout.repad(logits), labels)
 
+
+    def token_losses(self, input_ids, labels, cu_seqlens, max_seqlen: int):
+        """(per-token loss, argmax hit, position) of every labelled token of a packed row, through
+        the one per-token loss primitive (flexbert/model/loss.py ``token_losses``)."""
+        h = self.model(input_ids, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
+        pos = (labels != IGNORE_INDEX).nonzero().flatten()
+        loss, hit = token_losses(self.head(h[pos]), self.decoder.weight, self.decoder.bias, labels[pos])
+        return loss, hit, pos
 
 # ------------------------------------------------------------------------------ classification
 class FlexBertForSequenceClassification(nn.Module):

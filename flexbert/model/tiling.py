@@ -31,11 +31,13 @@ from typing import Callable
 
 import torch
 
+from flexbert.errors import FlexBertError
+
 MODES = ("center_wraparound", "center", "edge")
 _LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 
 
-class TilingError(ValueError):
+class TilingError(FlexBertError, ValueError):
     """A source/target pair that cannot be tiled; the message is one line."""
 
 

@@ -21,15 +21,14 @@ from flexbert.data import loader as data_loader
 from flexbert.train import metric_keys as K
 from flexbert.train import run_lock
 from flexbert.train.callback_table import build_callbacks
-from flexbert.train.composer_model import flexbert_data_spec
 from flexbert.train.config import RunConfig, as_plain_dict, tokenizer_mismatch
 from flexbert.train.loading import LoadPlan, SetupError, init_from_fingerprint, load_initial_weights, plan_load  # noqa: F401 (re-exported)
 from flexbert.train.loggers import ConsoleLogger, JSONLLogger
 from flexbert.train.microbatch import resolve_microbatch
-from flexbert.train.mlm_eval import EVAL_METRICS
+from flexbert.train.composer_model import EVAL_METRICS, flexbert_data_spec
 from flexbert.train.optim import build_optimizer
 from flexbert.train.parallelism import check_parallelism, composer_parallelism
-from flexbert.train.quiet import quiet_known_warnings
+from flexbert.env import quiet_known_warnings
 from flexbert.train.recipe import build_model, resolve_device, resolve_precision, trainer_settings
 from flexbert.train.run_folder import METRICS, RunFolder
 from flexbert.train.run_identity import check_rerun, record_start

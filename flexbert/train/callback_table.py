@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from flexbert.train import callbacks as cb
 from flexbert.train.checkpointing import AtomicCheckpointSaver
-from flexbert.train.flops import body_flops_per_token, head_flops_per_prediction
+from flexbert.model.flops import body_flops_per_token, head_flops_per_prediction
 from flexbert.train.preemption import GracefulStop
 from flexbert.train.schedulers import to_composer_time
 

@@ -175,7 +175,7 @@ class RunMetrics(Callback):
 
     def fit_start(self, state: State, logger: Logger) -> None:
         if self.peak_flops is None and torch.cuda.is_available() and state.device.name == "gpu":
-            from flexbert.train.flops import peak_flops_for
+            from flexbert.model.flops import peak_flops_for
 
             self.peak_flops = peak_flops_for(torch.cuda.get_device_name())
 

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import warnings
-import zipfile
 from typing import Optional
 
 from composer.core import Callback, Event, State
@@ -26,58 +24,10 @@ from composer.utils import dist
 from composer.utils.misc import create_interval_scheduler
 
 from flexbert.train import metric_keys as K
+from flexbert.train.run_folder import (LATEST, CheckpointWarning, checkpoint_problem, find_resume_checkpoint,  # noqa: F401
+                                       list_checkpoints)
 
 log = logging.getLogger(__name__)
-
-CKPT_RE = re.compile(r"^ba(\d+)\.pt$")
-LATEST = "latest.pt"
-
-
-class CheckpointWarning(UserWarning):
-    pass
-
-
-def list_checkpoints(folder: str) -> list[tuple[int, str]]:
-    """(batch, path) of every ``ba{N}.pt`` in ``folder``, newest first."""
-    if not folder or not os.path.isdir(folder):
-        return []
-    found = []
-    for name in os.listdir(folder):
-        m = CKPT_RE.match(name)
-        if m:
-            found.append((int(m.group(1)), os.path.join(folder, name)))
-    return sorted(found, reverse=True)
-
-
-def checkpoint_problem(path: str, full_check: bool = True) -> Optional[str]:
-    """None if ``path`` looks like an intact torch.save archive, else why not."""
-    try:
-        with zipfile.ZipFile(path) as zf:
-            names = zf.namelist()
-            if not any(n.endswith("data.pkl") for n in names):
-                return "no data.pkl inside"
-            if full_check:
-                bad = zf.testzip()
-                if bad is not None:
-                    return f"corrupt member {bad}"
-    except FileNotFoundError:
-        return "missing"
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-        return f"not a complete checkpoint ({type(e).__name__}: {e})"
-    return None
-
-
-def find_resume_checkpoint(folder: Optional[str]) -> Optional[str]:
-    """The newest intact checkpoint in ``folder``; truncated or corrupt ones are skipped with a warning."""
-    for batch, path in list_checkpoints(folder or ""):
-        problem = checkpoint_problem(path)
-        if problem is None:
-            return path
-        msg = f"skipping checkpoint {path}: {problem}; trying the previous one"
-        warnings.warn(msg, CheckpointWarning, stacklevel=2)
-        log.warning(msg)
-    return None
-
 
 def _fsync_dir(folder: str) -> None:
     try:

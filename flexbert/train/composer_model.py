@@ -18,8 +18,69 @@ from torchmetrics import Metric
 
 from flexbert.model.config import FlexBertConfig
 from flexbert.data.batch import num_masked, num_real_tokens, rows_of
+from flexbert.model.loss import LossStats
 from flexbert.model.static import StaticShapes
-from flexbert.train.mlm_eval import MLMAccuracy, eval_metrics, row_outputs
+
+
+# --------------------------------------------------------------------------- metrics
+EVAL_METRICS = ("MLMLoss", "MLMAccuracy", "MLMPerplexity")
+
+
+# Every metric updates from the counts the loss computed in the same pass (``MaskedLMOutput.stats``:
+# loss sum, correct argmax predictions, predicted tokens), so no logits outlive the loss.
+class MLMAccuracy(Metric):
+    """Share of masked tokens whose argmax prediction is the original token."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("correct", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, stats: LossStats) -> None:
+        self.correct += stats.correct.detach().long()
+        self.count += stats.count.detach().long()
+
+    def compute(self) -> torch.Tensor:
+        return self.correct.double().div(self.count.clamp(min=1)).float()
+
+
+class MLMLoss(Metric):
+    """Mean cross-entropy over all masked tokens seen (not a mean of batch means)."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("loss_sum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, stats: LossStats) -> None:
+        self.loss_sum += stats.loss_sum.detach().double()
+        self.count += stats.count.detach().long()
+
+    def compute(self) -> torch.Tensor:
+        return (self.loss_sum / self.count.clamp(min=1)).float()
+
+
+class MLMPerplexity(MLMLoss):
+    def compute(self) -> torch.Tensor:
+        return torch.exp(super().compute())
+
+
+def eval_metrics() -> dict[str, Metric]:
+    return {"MLMLoss": MLMLoss(), "MLMAccuracy": MLMAccuracy(), "MLMPerplexity": MLMPerplexity()}
+
+
+def row_outputs(model: torch.nn.Module, row: dict[str, Any], shapes=None):
+    """``FlexBertForMaskedLM`` on one packed row: loss and counts, no logits.  ``shapes``
+    (flexbert/model/static.py) pads the row to the fixed shapes a compiled model was traced with."""
+    if shapes is not None:
+        shape_args = shapes.row_inputs(row)
+    else:
+        shape_args = dict(cu_seqlens=row["cu_seqlens"], max_seqlen=int(row["max_seqlen"]))
+    return model(input_ids=row["input_ids"], labels=row["labels"], return_logits=False, **shape_args)
 
 
 # --------------------------------------------------------------------------- model

@@ -19,12 +19,23 @@ from flexbert.data.config import DataConfig
 from flexbert.registry import ConfigError, unknown_choice
 from flexbert.train.optim import OptimizerConfig
 from flexbert.train.parallelism import PARALLELISMS, FsdpConfig
-from flexbert.train.profiling import ProfilerConfig
 from flexbert.train.schedulers import build_scheduler, parse_time
 
 PRECISIONS = ("auto", "fp32", "amp_bf16", "amp_fp16")
 DEVICES = ("auto", "cpu", "gpu")
 COMPILE = ("none", "model", "blocks")
+
+
+@dataclass
+class ProfilerConfig:
+    start_batch: int = 0  # 0: off
+    batches: int = 3
+    out: Optional[str] = None  # default: {run_dir}/profile
+
+    def validate(self, prefix: str = "profiler") -> None:
+        if self.start_batch < 0 or self.batches < 1:
+            raise ConfigError(f"{prefix}: start_batch must be >= 0 (0: off) and batches >= 1, got "
+                              f"{self.start_batch}, {self.batches}")
 
 
 @dataclass

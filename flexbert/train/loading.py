@@ -19,12 +19,13 @@ from typing import Optional
 
 import torch
 
+from flexbert.errors import FlexBertError
 from flexbert.train.checkpointing import checkpoint_problem, find_resume_checkpoint
 from flexbert.train.config import RunConfig
 from flexbert.train.run_folder import RunFolderError, identity, load_weights, model_state
 
 
-class SetupError(RuntimeError):
+class SetupError(FlexBertError, RuntimeError):
     """The run cannot start (missing data, unreadable checkpoint...); the message is one line."""
 
 

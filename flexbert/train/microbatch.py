@@ -21,11 +21,21 @@ keeps its row size (and its data loader's exact position) for its whole life.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
+import math
 import os
 from typing import Callable, Optional, Sequence
 
-from flexbert.config import ConfigError
+import torch
+from composer.devices import DeviceGPU
+from composer.utils import dist
+
+from flexbert.config import IGNORE_INDEX, ConfigError
+from flexbert.env import dist_env
+from flexbert.train.memory import largest_fitting
+from flexbert.train.optim import build_optimizer
+from flexbert.train.recipe import build_model, resolve_device, resolve_precision
 from flexbert.train.run_folder import MICROBATCH, RunFolder, with_microbatch
 
 log = logging.getLogger(__name__)
@@ -84,7 +94,7 @@ def resolve_microbatch(cfg, device: Optional[str] = None, world_size: Optional[i
     data = cfg.data
     if data.microbatch_size != "auto":
         return cfg
-    world_size = world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = world_size or dist_env().world_size
     per_rank = per_rank_batch(data.global_batch_size, world_size)
     run_dir = cfg.resolved_run_dir
     run = RunFolder(run_dir)
@@ -97,16 +107,12 @@ def resolve_microbatch(cfg, device: Optional[str] = None, world_size: Optional[i
         log.info("data.microbatch_size: auto -> %d (kept from %s)", mb, os.path.join(run_dir, RECORD))
         return with_microbatch(cfg, mb)
     if device is None:
-        from flexbert.train.recipe import resolve_device
-
         device = resolve_device(cfg.device)
     if fits is None and device == "cpu":
         mb, how, tried = cpu_choice(per_rank, data.max_seq_len), f"cpu rule: largest divisor with a row <= {CPU_ROW_TOKENS} tokens", []
     else:
         start, real = None, fits is None
         if real:
-            from flexbert.train.gpu_probe import cuda_fits, estimate_start
-
             fits, start = cuda_fits(cfg, SAFETY), estimate_start(cfg, divisors(per_rank))
         mb, tried = search(divisors(per_rank), fits, start)
         if mb is None:
@@ -116,7 +122,7 @@ def resolve_microbatch(cfg, device: Optional[str] = None, world_size: Optional[i
         how = "probed " + ", ".join(f"{m}:{'fits' if ok else 'no'}" for m, ok in tried)
     log.warning("data.microbatch_size: auto -> %d (%d x %d = %d tokens per row; %s)", mb, mb, data.max_seq_len,
                 mb * data.max_seq_len, how)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if dist_env().is_main:
         run.write_microbatch_record({"microbatch_size": mb, "max_seq_len": data.max_seq_len, "per_rank_batch": per_rank,
                                      "world_size": world_size, "device": device, "how": how, "probes": tried})
     return with_microbatch(cfg, mb)
@@ -126,11 +132,70 @@ def _agree(mb: int, world_size: int) -> int:
     """The smallest choice over the ranks (each probed its own GPU)."""
     if world_size <= 1:
         return mb
-    import torch
-    from composer.devices import DeviceGPU
-    from composer.utils import dist
-
     dist.initialize_dist(DeviceGPU())  # the Trainer reuses this process group
     t = torch.tensor([mb], device="cuda")
     dist.all_reduce(t, reduce_operation="MIN")
     return int(t.item())
+
+
+# --------------------------------------------------------------------------- the CUDA probe
+def synthetic_row(data_cfg, model_cfg, microbatch_size: int, device) -> dict:
+    """A full row in the loader's format: documents of ``max_seq_len`` tokens, the masked share
+    1% above the configured rate (the loader's masks are random; its rows rarely mask more)."""
+    seq, tokens = data_cfg.max_seq_len, microbatch_size * data_cfg.max_seq_len
+    ids = torch.randint(0, model_cfg.vocab_size, (tokens,), device=device)
+    n_masked = min(tokens, math.ceil(tokens * data_cfg.max_mlm_probability * 1.01))
+    labels = torch.full((tokens,), IGNORE_INDEX, dtype=torch.long, device=device)
+    where = torch.randperm(tokens, device=device)[:n_masked]
+    labels[where] = ids[where]
+    cu = torch.arange(0, tokens + 1, seq, dtype=torch.int32, device=device)
+    return {"input_ids": ids, "labels": labels, "cu_seqlens": cu, "max_seqlen": seq,
+            "num_tokens": tokens, "num_masked": n_masked}
+
+
+def estimate_start(cfg, candidates) -> int | None:
+    """Where the search starts: the largest candidate the estimate fits into this GPU."""
+    data = cfg.data
+    total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    return largest_fitting(cfg.model, data.max_seq_len, candidates, "none", data.max_mlm_probability, gpu_bytes=total)
+
+
+def cuda_fits(cfg, safety: float):
+    """A ``fits(mb) -> bool`` probe: two training steps (eager, the run's precision) over
+    synthetic rows of ``mb`` sequences; fits when peak reserved memory <= (1 - safety) x GPU."""
+    torch.cuda.set_device(dist_env().local_rank)
+    device = torch.device("cuda", torch.cuda.current_device())
+    total = torch.cuda.get_device_properties(device).total_memory
+    precision = resolve_precision(cfg.precision, "gpu")
+    dtype = {"amp_bf16": torch.bfloat16, "amp_fp16": torch.float16}.get(precision)
+    eager = dataclasses.replace(cfg, compile="none")
+
+    def fits(mb: int) -> bool:
+        trial = with_microbatch(eager, mb)
+        data = trial.data
+        model = opt = outputs = loss = None
+        try:
+            gc.collect()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+            model = build_model(trial).to(device).train()
+            opt = build_optimizer(model, trial.optimizer, on_cuda=True)
+            for _ in range(2):
+                row = synthetic_row(data, trial.model, mb, device)
+                with torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
+                    outputs = model(row)  # the previous outputs stay alive until here, as in Composer
+                    loss = model.loss(outputs, row)
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            torch.cuda.synchronize(device)
+            return torch.cuda.max_memory_reserved(device) <= (1.0 - safety) * total
+        except torch.OutOfMemoryError:
+            return False
+        finally:
+            del model, opt, outputs, loss
+            gc.collect()
+            torch.cuda.empty_cache()
+
+    return fits
+

@@ -9,27 +9,12 @@ and prints the operators that took the most time.  Only those batches pay the pr
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 from composer.core import Callback, State
 from composer.loggers import Logger
 from composer.utils import dist
-
-
-@dataclass
-class ProfilerConfig:
-    start_batch: int = 0  # 0: off
-    batches: int = 3
-    out: Optional[str] = None  # default: {run_dir}/profile
-
-    def validate(self, prefix: str = "profiler") -> None:
-        from flexbert.config import ConfigError
-
-        if self.start_batch < 0 or self.batches < 1:
-            raise ConfigError(f"{prefix}: start_batch must be >= 0 (0: off) and batches >= 1, got "
-                              f"{self.start_batch}, {self.batches}")
 
 
 class StepProfiler(Callback):

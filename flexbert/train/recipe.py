@@ -3,7 +3,7 @@ GPU probe): where it runs, in what precision, the model with ``compile`` applied
 settings every run shares.
 
 ``flexbert/train/builders.py`` assembles pretraining from these pieces and
-``flexbert/train/classifier.py`` fine-tuning; neither decides device or precision itself.
+``flexbert/eval/classifier.py`` fine-tuning; neither decides device or precision itself.
 """
 
 from __future__ import annotations

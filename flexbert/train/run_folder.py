@@ -10,23 +10,27 @@ A run folder (``run_dir``, default ``runs/{run_name}``) holds:
 ``checkpoints/``         ``ba{N}.pt`` + ``latest.pt`` (or the configured ``save_folder``)
 ``.lock``                the process training in it (one writer per run folder)
 
-Every consumer (export, averaging, merging, the model card, model loading for evaluation and
-fine-tuning, the phase chain, the sweep report, the GPU report, the demo) reads through here.  A
-checkpoint also carries its run's identity (config, run folder, tokenizer fingerprint: the saver
-writes it), so a checkpoint file found anywhere - a custom ``save_folder``, a copy - still knows
-its model.
+Every consumer (weight tools, model loading, experiments, reports) reads through here, with no
+Composer import.  A checkpoint carries its run's identity (config, run folder, tokenizer
+fingerprint), so a checkpoint found anywhere still knows its model.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
+import re
+import warnings
+import zipfile
 from typing import Any, Iterator, Optional
 
 import torch
+import yaml
 
-from flexbert.train.checkpointing import checkpoint_problem, find_resume_checkpoint, list_checkpoints
+from flexbert.data.outputs import write_json
+from flexbert.errors import FlexBertError
 from flexbert.train.config import RunConfig, as_plain_dict, config_from_dict, load_run_config
 
 CONFIG = "config.yaml"
@@ -36,9 +40,12 @@ MICROBATCH = "microbatch.json"
 DATA_IDENTITY = "data_identity.json"  # the run's tokenizer and shards (flexbert/data/fingerprint.py)
 LOCK = ".lock"
 IDENTITY = "AtomicCheckpointSaver"  # where a checkpoint keeps its run's identity (the saver's state)
+CKPT_RE = re.compile(r"^ba(\d+)\.pt$")
+LATEST = "latest.pt"
+log = logging.getLogger(__name__)
 
 
-class RunFolderError(ValueError):
+class RunFolderError(FlexBertError, ValueError):
     """A run folder or checkpoint cannot be used; the message is one line naming the path."""
 
 
@@ -64,16 +71,49 @@ def read_records(path: str) -> list[dict]:
     return [rec for _, rec in iter_records(path)]
 
 
-def write_json(path: str, obj: Any) -> None:
-    """Write ``obj`` as JSON atomically (a temporary file renamed over ``path``)."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 # --------------------------------------------------------------------------- checkpoints
+class CheckpointWarning(UserWarning):
+    """A checkpoint file was skipped or renamed as corrupt."""
+
+
+def list_checkpoints(folder: str) -> list[tuple[int, str]]:
+    """(batch, path) of every ``ba{N}.pt`` in ``folder``, newest first."""
+    if not folder or not os.path.isdir(folder):
+        return []
+    found = [(int(m.group(1)), os.path.join(folder, n)) for n in os.listdir(folder) if (m := CKPT_RE.match(n))]
+    return sorted(found, reverse=True)
+
+
+def checkpoint_problem(path: str, full_check: bool = True) -> Optional[str]:
+    """None if ``path`` looks like an intact torch.save archive, else why not."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+            if not any(n.endswith("data.pkl") for n in names):
+                return "no data.pkl inside"
+            if full_check:
+                bad = zf.testzip()
+                if bad is not None:
+                    return f"corrupt member {bad}"
+    except FileNotFoundError:
+        return "missing"
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        return f"not a complete checkpoint ({type(e).__name__}: {e})"
+    return None
+
+
+def find_resume_checkpoint(folder: Optional[str]) -> Optional[str]:
+    """The newest intact checkpoint in ``folder``; truncated or corrupt ones are skipped with a warning."""
+    for batch, path in list_checkpoints(folder or ""):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        msg = f"skipping checkpoint {path}: {problem}; trying the previous one"
+        warnings.warn(msg, CheckpointWarning, stacklevel=2)
+        log.warning(msg)
+    return None
+
+
 def load_checkpoint(path: str) -> dict:
     """A Composer checkpoint as a dict, after the integrity check autoresume applies (every member's
     CRC): a truncated or overwritten file is refused, never half-read."""
@@ -183,21 +223,21 @@ class RunFolder:
 
     def write_config(self, cfg: RunConfig) -> None:
         """``config.yaml`` := ``cfg`` (atomic; rank 0 decides when: flexbert/train/run_identity.py)."""
-        import yaml
-
         os.makedirs(self.path, exist_ok=True)
         tmp = self.file(f".{CONFIG}.tmp{os.getpid()}")
         with open(tmp, "w") as f:
             yaml.safe_dump(as_plain_dict(cfg), f, sort_keys=False)
         os.replace(tmp, self.config_path)
 
+    def _json(self, name: str, default=None):
+        if not os.path.exists(self.file(name)):
+            return default
+        with open(self.file(name)) as f:
+            return json.load(f)
+
     # -- microbatch choice
     def microbatch_record(self) -> Optional[dict]:
-        path = self.file(MICROBATCH)
-        if not os.path.exists(path):
-            return None
-        with open(path) as f:
-            return json.load(f)
+        return self._json(MICROBATCH)
 
     def write_microbatch_record(self, record: dict) -> None:
         os.makedirs(self.path, exist_ok=True)
@@ -206,11 +246,7 @@ class RunFolder:
     def data_identity(self) -> dict:
         """What the run trained on: ``{"tokenizer": fingerprint, "shards": digest}`` ({} for runs
         older than the record; a value is None where it was unknown)."""
-        path = self.file(DATA_IDENTITY)
-        if not os.path.exists(path):
-            return {}
-        with open(path) as f:
-            return json.load(f)
+        return self._json(DATA_IDENTITY, {})
 
     def write_data_identity(self, ident: dict) -> None:
         os.makedirs(self.path, exist_ok=True)
@@ -237,7 +273,6 @@ class RunFolder:
             raise RunFolderError(f"{self.path}: no intact checkpoint in {folder or '(saving was off: save_folder is empty)'}")
         return found
 
-    # -- metrics
     def metrics(self) -> list[dict]:
         """``metrics.jsonl`` records in order (a line cut by a crash is skipped)."""
         return read_records(self.metrics_path)

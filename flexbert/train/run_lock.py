@@ -15,10 +15,12 @@ import sys
 import time
 from typing import Optional
 
+from flexbert.errors import FlexBertError
+
 LOCK = ".lock"
 
 
-class RunLocked(RuntimeError):
+class RunLocked(FlexBertError, RuntimeError):
     """Another live process writes to this run folder; the message is one line."""
 
 

@@ -23,7 +23,7 @@ from torchmetrics import Metric
 from flexbert.train.callbacks import ScheduleStepper
 from flexbert.train.loggers import ConsoleLogger, JSONLLogger
 from flexbert.train.optim import OptimizerConfig, build_optimizer
-from flexbert.train.quiet import quiet_known_warnings
+from flexbert.env import quiet_known_warnings
 from flexbert.train.recipe import resolve_device, resolve_precision, trainer_settings
 from flexbert.train.schedulers import build_scheduler
 

@@ -15,17 +15,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 from flexbert.config import ConfigError
-from flexbert.train.mlm_eval import format_by_length
-from flexbert.train.run_folder import RunFolder, RunFolderError, write_json
+from flexbert.data.loader import has_eval
+from flexbert.data.outputs import write_json
+from flexbert.eval.mlm import DEFAULT_LENGTH_BOUNDS, evaluate_mlm, format_by_length, mlm_loader
+from flexbert.experiments.launcher import flexbert_command, run_command
+from flexbert.train.config import load_run_config
+from flexbert.train.loading import load_initial_weights
+from flexbert.train.recipe import build_model
+from flexbert.train.run_folder import RunFolder, RunFolderError
 
 DONE = "phase_done.json"
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @dataclass
@@ -53,8 +56,6 @@ def split_overrides(overrides: list[str], n_phases: int) -> list[list[str]]:
 
 def plan_phases(configs: list[str], overrides: list[str], runs_root: Optional[str] = None) -> list[Phase]:
     """Validated RunConfigs of every phase (load_path of phase 2+ is filled in when it runs)."""
-    from flexbert.train.config import load_run_config
-
     phases = []
     for path, ov in zip(configs, split_overrides(overrides, len(configs))):
         cfg = load_run_config(path, ov)
@@ -89,14 +90,12 @@ def _done(cfg) -> Optional[str]:
 
 
 def train_subprocess(config: str, overrides: list[str]) -> int:
-    return subprocess.call([sys.executable, os.path.join(ROOT, "train.py"), config, *overrides])
+    return run_command(flexbert_command("train", config, *overrides))
 
 
 def run_chain(configs: list[str], overrides: list[str], runs_root: Optional[str] = None,
               train: Callable[[str, list[str]], int] = train_subprocess, log=print) -> list[str]:
     """Run the phases; returns each phase's final checkpoint."""
-    from flexbert.train.config import load_run_config
-
     phases = plan_phases(configs, overrides, runs_root)
     finals: list[str] = []
     for i, ph in enumerate(phases):
@@ -127,34 +126,24 @@ def run_chain(configs: list[str], overrides: list[str], runs_root: Optional[str]
 
 def length_losses(cfg, checkpoint: str, length_cfgs: list) -> dict[str, float]:
     """``{"loss@LEN": value}``: ``checkpoint``'s weights (model of ``cfg``) on each config's eval data."""
-    from flexbert.data.loader import build_eval_loader
-    from flexbert.train.loading import load_initial_weights
-    from flexbert.train.mlm_eval import evaluate_mlm
-    from flexbert.train.recipe import build_model
-
     cfg = RunFolder.of(cfg).resolved(cfg)  # data.microbatch_size: auto -> the run's recorded choice
     model = build_model(cfg)
     load_initial_weights(model, checkpoint)
     out = {}
     for other in length_cfgs:
         data_cfg = dataclasses.replace(RunFolder.of(other).resolved(other).data, num_workers=0)
-        loader = build_eval_loader(data_cfg)
-        out[f"loss@{data_cfg.max_seq_len}"] = evaluate_mlm(model.model, loader, max(1, cfg.eval_subset_num_batches),
+        out[f"loss@{data_cfg.max_seq_len}"] = evaluate_mlm(model.model, mlm_loader(data_cfg), max(1, cfg.eval_subset_num_batches),
                                                             shapes=model.shapes)["loss"]
     return out
 
 
 def phase_by_length(cfg, checkpoint: str) -> Optional[list]:
     """The phase's held-out MLM loss per document-length range (None without an eval split)."""
-    from flexbert.data.loader import build_eval_loader, has_eval
-    from flexbert.train.loading import load_initial_weights
-    from flexbert.train.mlm_eval import evaluate_mlm_by_length
-    from flexbert.train.recipe import build_model
-
     cfg = RunFolder.of(cfg).resolved(cfg)
     data_cfg = dataclasses.replace(cfg.data, num_workers=0)
     if not has_eval(data_cfg):
         return None
     model = build_model(dataclasses.replace(cfg, compile="none"))
     load_initial_weights(model, checkpoint)
-    return evaluate_mlm_by_length(model.model, build_eval_loader(data_cfg), max_batches=max(1, cfg.eval_subset_num_batches))
+    return evaluate_mlm(model.model, mlm_loader(data_cfg), max_batches=max(1, cfg.eval_subset_num_batches),
+                        bounds=DEFAULT_LENGTH_BOUNDS)["by_length"]

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from flexbert.eval.results import RunResult, group_stats, lower_is_better
+from flexbert.experiments.results import RunResult, group_stats, lower_is_better
 
 
 def _pyplot():

@@ -21,13 +21,14 @@ from typing import Optional
 
 import torch
 
+from flexbert.errors import FlexBertError
 from flexbert.config import ConfigError
 from flexbert.model.config import FlexBertConfig
 from flexbert.train.run_folder import (RunFolder, RunFolderError, checkpoint_config, identity, load_checkpoint,
                                        load_weights, model_state)
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(FlexBertError, ValueError):
     """``--model`` cannot be used; one line naming the path and why."""
 
 

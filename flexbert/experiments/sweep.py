@@ -13,20 +13,28 @@ import itertools
 import json
 import os
 import shlex
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import yaml
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from flexbert.config import ConfigError
+from flexbert.errors import FlexBertError
+from flexbert.experiments.launcher import Job, flexbert_command, run_jobs
+from flexbert.experiments.report import write_report
+from flexbert.experiments.results import results_of
+from flexbert.registry import RegistryError
+from flexbert.train.config import load_run_config
+from flexbert.train.run_folder import RunFolder
+from flexbert.train.run_identity import ConfigChanged, check_rerun
+
 KINDS = ("train", "finetune")
 TOP_KEYS = ("name", "kind", "base", "out", "fixed", "list", "grid", "seed_key", "metric")
 DONE = "sweep_done.json"
 
 
-class SweepError(ValueError):
+class SweepError(FlexBertError, ValueError):
     """A sweep file cannot be used; the message is one line naming the file and key."""
 
 
@@ -157,24 +165,35 @@ def run_dir(sweep: Sweep, run: Run) -> str:
     return os.path.join(sweep.out, run.name)
 
 
-def command(sweep: Sweep, run: Run, python: Optional[str] = None, launcher: bool = False) -> list[str]:
-    """The command line of one run; ``launcher`` gives the ``composer train.py ...`` form."""
-    py = python or sys.executable
+def train_overrides(sweep: Sweep, run: Run) -> list[str]:
+    """A train run's ``key=value`` arguments after its base config."""
+    args = [f"{k}={format_value(v)}" for k, v in {**sweep.fixed, **run.overrides}.items()]
+    return [*args, f"run_name={run.name}", f"run_dir={run_dir(sweep, run)}"]
+
+
+def command_args(sweep: Sweep, run: Run, launcher: bool = False) -> list[str]:
+    """The arguments of one run's command (``flexbert train`` or ``flexbert finetune``)."""
     if sweep.kind == "train":
-        head = ["composer", "train.py"] if launcher else [py, os.path.join(ROOT, "train.py")]
-        args = [f"{k}={format_value(v)}" for k, v in {**sweep.fixed, **run.overrides}.items()]
         base = sweep.base
         if launcher and not os.path.relpath(base).startswith(".."):
             base = os.path.relpath(base)  # printed commands read better relative to where they run
-        return [*head, base, *args, f"run_name={run.name}", f"run_dir={run_dir(sweep, run)}"]
-    head = ["python", "scripts/finetune.py"] if launcher else [py, os.path.join(ROOT, "scripts", "finetune.py")]
+        return [base, *train_overrides(sweep, run)]
     args: list[str] = []
     if sweep.base:
         args += ["--config", sweep.base]
     for k, v in {**sweep.fixed, **run.overrides}.items():
         flag = "--" + k.replace("_", "-")
         args += [flag, *map(format_value, v)] if isinstance(v, list) else [flag, format_value(v)]
-    return [*head, *args, "--out", run_dir(sweep, run), "--overwrite"]  # the sweep owns its variants' folders
+    return [*args, "--out", run_dir(sweep, run), "--overwrite"]  # the sweep owns its variants' folders
+
+
+def command(sweep: Sweep, run: Run, launcher: bool = False) -> list[str]:
+    """The command line of one run; ``launcher`` gives the form printed for a cluster scheduler
+    (``composer train.py ...`` / ``flexbert finetune ...``)."""
+    args = command_args(sweep, run, launcher)
+    if launcher:
+        return (["composer", "train.py"] if sweep.kind == "train" else ["flexbert", "finetune"]) + args
+    return flexbert_command("train" if sweep.kind == "train" else "finetune", *args)
 
 
 def emit(sweep: Sweep) -> list[str]:
@@ -189,7 +208,7 @@ def status(sweep: Sweep, run: Run) -> str:
     if os.path.exists(marker):
         try:
             with open(marker) as f:
-                if json.load(f).get("command") == command(sweep, run)[1:]:
+                if json.load(f).get("command") == command_args(sweep, run):
                     return "done"
         except (OSError, json.JSONDecodeError):
             pass
@@ -200,14 +219,9 @@ def validate(sweep: Sweep) -> None:
     """Load every train run's config now, so a bad key fails before hours of runs, naming the run."""
     if sweep.kind != "train":
         return
-    from flexbert.config import ConfigError
-    from flexbert.registry import RegistryError
-    from flexbert.train.config import load_run_config
-
     for run in sweep.runs:
-        args = command(sweep, run)[3:]
         try:
-            load_run_config(sweep.base, args)
+            load_run_config(sweep.base, train_overrides(sweep, run))
         except (ConfigError, RegistryError) as e:
             raise SweepError(f"{sweep.path}: run {run.name}: {e}") from None
 
@@ -219,15 +233,11 @@ def log_path(sweep: Sweep, run: Run) -> str:
 def stale(sweep: Sweep, run: Run) -> Optional[str]:
     """Why a train run's folder holds another model or data than its resolved settings now (the
     base config or the sweep file was edited), or None."""
-    from flexbert.train.config import load_run_config
-    from flexbert.train.run_folder import RunFolder
-    from flexbert.train.run_identity import ConfigChanged, check_rerun
-
     folder = RunFolder(run_dir(sweep, run))
     if sweep.kind != "train" or not folder.has_config():
         return None
     try:
-        check_rerun(folder, load_run_config(sweep.base, command(sweep, run)[3:]))
+        check_rerun(folder, load_run_config(sweep.base, train_overrides(sweep, run)))
     except ConfigChanged as e:
         return str(e).split(": ", 1)[-1].split("; ")[0]
     return None
@@ -253,7 +263,7 @@ def _prepare(sweep: Sweep, run: Run) -> bool:
 def _finished(sweep: Sweep, run: Run, rc: int, seconds: float) -> bool:
     if rc == 0:
         with open(os.path.join(run_dir(sweep, run), DONE), "w") as f:
-            json.dump({"command": command(sweep, run)[1:], "seconds": round(seconds, 1)}, f)
+            json.dump({"command": command_args(sweep, run), "seconds": round(seconds, 1)}, f)
             f.write("\n")
         print(f"[sweep] {run.name}: done in {seconds:.0f}s", flush=True)
         return True
@@ -263,8 +273,6 @@ def _finished(sweep: Sweep, run: Run, rc: int, seconds: float) -> bool:
 
 def run_all(sweep: Sweep, parallel: int = 1, only: Optional[list[str]] = None) -> list[str]:
     """Run every run not done yet, ``parallel`` at a time; returns the names that failed."""
-    from flexbert.train.jobs import Job, run_jobs
-
     by_name = {r.name: r for r in sweep.runs}
     todo = [by_name[n] for n in only] if only else list(sweep.runs)  # --only: in the order given
     jobs = [Job(r.name, command(sweep, r), log_path(sweep, r), os.path.join(sweep.out, "logs", r.name))
@@ -275,13 +283,9 @@ def run_all(sweep: Sweep, parallel: int = 1, only: Optional[list[str]] = None) -
 
 def collect(sweep: Sweep) -> list:
     """A RunResult for every run (runs not started have no numbers)."""
-    from flexbert.eval.results import results_of
-
     return results_of([(r.name, r.group, r.overrides, status(sweep, r), run_dir(sweep, r)) for r in sweep.runs])
 
 
 def report(sweep: Sweep, metric: Optional[str] = None, done_only: bool = False) -> dict[str, str]:
     """results.csv, results.md and the plots in the sweep's folder (``done_only``: finished runs only)."""
-    from flexbert.eval.report import write_report
-
     return write_report(collect(sweep), sweep.out, sweep.name, metric or sweep.metric, done_only)

@@ -13,12 +13,13 @@ from typing import Optional
 
 import yaml
 
+from flexbert.errors import FlexBertError
 from flexbert.train.config import RunConfig, as_plain_dict, load_run_config
 from flexbert.train.run_folder import (RunFolder, RunFolderError, checkpoint_config, identity, load_checkpoint,
                                        load_weights, model_state, progress, run_of_checkpoint)
 
 
-class ExportError(RuntimeError):
+class ExportError(FlexBertError, RuntimeError):
     """One-line reason an export cannot be done."""
 
 

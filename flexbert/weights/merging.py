@@ -1,6 +1,6 @@
 """Model merging beyond averaging: linear, task arithmetic and TIES over FlexBERT weights.
 
-Inputs are anything ``--model`` takes (flexbert/train/pretrained.py: run folders, checkpoints,
+Inputs are anything ``--model`` takes (flexbert/weights/load.py: run folders, checkpoints,
 Hugging Face folders); every model must have the base's config and tensor shapes, and, where they
 say, the same tokenizer.  The result is written as a Hugging Face folder (transformers loads it,
 ``init_from`` starts a new phase from it).
@@ -28,10 +28,12 @@ from typing import Optional, Sequence
 
 import torch
 
+from flexbert.errors import FlexBertError
+
 METHODS = ("linear", "task_arithmetic", "ties")
 
 
-class MergeError(ValueError):
+class MergeError(FlexBertError, ValueError):
     """Models that cannot be merged as asked (one line)."""
 
 
@@ -132,7 +134,7 @@ def merge_models(method: str, models: Sequence[str], out_dir: str, base: Optiona
     from flexbert.convert.hf import to_hf
     from flexbert.data.outputs import prepare_output_dir
     from flexbert.model.model import FlexBertForMaskedLM
-    from flexbert.train.pretrained import load_pretrained, mlm_model
+    from flexbert.weights.load import load_pretrained, mlm_model
 
     paths = ([base] if base else []) + list(models)
     pres = [load_pretrained(p) for p in paths]
@@ -150,7 +152,7 @@ def merge_models(method: str, models: Sequence[str], out_dir: str, base: Optiona
         tok = AutoTokenizer.from_pretrained(tok_dir)
     prepare_output_dir(out_dir, overwrite=overwrite, inputs=[p.path for p in pres] + [tok_dir], keep=paths)
     to_hf(model.eval(), out_dir, tokenizer=tok)
-    from flexbert.train.run_folder import write_json
+    from flexbert.data.outputs import write_json
 
     info = {"method": method, "base": base, "models": list(models), "weights": list(weights) if weights else None,
             "density": density if method == "ties" else None, "scale": scale if method != "linear" else None,

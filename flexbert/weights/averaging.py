@@ -20,7 +20,7 @@ import os
 import torch
 
 from flexbert.train import metric_keys as K
-from flexbert.train.export import ExportError
+from flexbert.weights.export import ExportError
 from flexbert.train.run_folder import (RunFolder, RunFolderError, checkpoint_config, identity, load_checkpoint,
                                        progress, run_of_checkpoint, write_json)
 

@@ -11,7 +11,7 @@ architecture from a random init once per seed, on each task:
 
 It writes ``budget.json``, ``budget.md`` and ``budget.png``: per task the score per budget (mean and
 sd over seeds), the random-init band, and where the curves cross (interpolated in log tokens).
-Fine-tunes are jobs of ``flexbert/train/jobs.py``; one whose result is newer than its model is
+Fine-tunes are jobs of ``flexbert/experiments/launcher.py``; one whose result is newer than its model is
 skipped, so a rerun with more budgets or seeds does only what is new.
 """
 
@@ -21,11 +21,14 @@ import json
 import math
 import os
 import statistics
-import sys
 from dataclasses import dataclass
 from typing import Optional
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from flexbert.experiments.launcher import Job, flexbert_command, run_jobs
+from flexbert.experiments.plots import _pyplot
+from flexbert.train import metric_keys as K
+from flexbert.train.run_folder import RunFolder
+
 RANDOM = "random-init_seed{}"
 
 
@@ -40,7 +43,7 @@ class Pretrained:
 @dataclass
 class Task:
     name: str  # classification | retrieval: the folder under OUT holding its fine-tunes
-    script: str  # under scripts/ (it takes --model, --seed, --out, --overwrite and --random-init)
+    command: str  # a flexbert command taking --model, --seed, --out, --overwrite and --random-init
     args: list[str]  # data and recipe options of the script
     result: str  # the JSON file a finished fine-tune writes in its folder
     metric: str  # what is plotted, e.g. test_accuracy
@@ -58,9 +61,6 @@ class Task:
 
 def tokens_seen(run_dir: str) -> int:
     """Tokens a finished pretraining run trained on (its last metrics record)."""
-    from flexbert.train import metric_keys as K
-    from flexbert.train.run_folder import RunFolder
-
     seen = [r[K.TOKENS] for r in RunFolder(run_dir).metrics() if K.TOKENS in r]
     if not seen:
         raise ValueError(f"{run_dir}: no metrics records with a token count; did the run finish?")
@@ -70,16 +70,12 @@ def tokens_seen(run_dir: str) -> int:
 def _fresh(done: str, model: str) -> bool:
     if not os.path.exists(done):
         return False
-    from flexbert.train.run_folder import RunFolder
-
     newest = RunFolder(model).newest_checkpoint() if os.path.isdir(model) else model
     return os.path.getmtime(done) > os.path.getmtime(newest)
 
 
 def finetune_all(runs: list[Pretrained], tasks: list[Task], out: str, seeds: list[int], parallel: int = 1) -> list[str]:
     """Fine-tune every pretrained run (its own seed) and a random init per seed on every task; the failed names."""
-    from flexbert.train.jobs import Job, run_jobs
-
     jobs = []
     for task in tasks:
         specs = [(r.name, r.run_dir, r.seed, []) for r in runs]
@@ -89,8 +85,8 @@ def finetune_all(runs: list[Pretrained], tasks: list[Task], out: str, seeds: lis
             if _fresh(os.path.join(folder, task.result), model):
                 print(f"[budget] {task.name} {name}: fine-tune already done", flush=True)
                 continue
-            cmd = [sys.executable, os.path.join(ROOT, "scripts", task.script), "--model", model, *task.args,
-                   "--seed", str(seed), "--out", folder, "--overwrite", *extra]
+            cmd = flexbert_command(task.command, "--model", model, *task.args, "--seed", str(seed), "--out", folder,
+                                   "--overwrite", *extra)
             jobs.append(Job(f"{task.name}-{name}", cmd, os.path.join(out, "logs", f"{task.name}-{name}.log"),
                             os.path.join(out, "logs", f"{task.name}-{name}")))
     return run_jobs(jobs, parallel, echo=lambda m: print(m, flush=True))
@@ -150,8 +146,6 @@ def table(task: str, r: dict) -> list[str]:
 
 def write_report(result: dict, out: str) -> dict[str, str]:
     """budget.json, budget.md (a table and the crossing per task) and budget.png (a panel per task) in ``out``."""
-    from flexbert.eval.plots import _pyplot
-
     paths = {n: os.path.join(out, n) for n in ("budget.json", "budget.md", "budget.png")}
     with open(paths["budget.json"], "w") as f:
         json.dump(result, f, indent=2)

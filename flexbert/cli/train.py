@@ -1,4 +1,4 @@
-"""``train.py``'s command line: ``train.py CONFIG.yaml [key=value ...] [--debug]``.
+"""``flexbert train`` (and ``train.py``): ``train CONFIG.yaml [key=value ...] [--debug]``.
 
 Works as ``python train.py ...`` and under the Composer launcher (``composer [-n N] train.py
 ...``).  A bad invocation (unknown key, wrong type, unknown module name, missing data, unreadable
@@ -10,30 +10,22 @@ anything else.
 
 from __future__ import annotations
 
-import os
 import sys
 
-from flexbert.train.quiet import quiet_known_warnings
+import yaml
+
+from flexbert.cli.common import debug_wanted, fail, refused
+from flexbert.env import dist_env, quiet_third_party
+from flexbert.train.builders import build_trainer
+from flexbert.train.callbacks import TrainingDiverged
+from flexbert.train.config import as_plain_dict, load_run_config
+from flexbert.train.preemption import EXIT_CODE, Preempted
 
 USAGE = "usage: train.py CONFIG.yaml [key=value ...] [--debug] [--print-config]"
 
 
-def _quiet_third_party() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("WANDB_MODE", "offline")
-    quiet_known_warnings()
-
-
-def _rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    debug = os.environ.get("FLEXBERT_DEBUG", "") not in ("", "0")
-    if "--debug" in argv:
-        debug = True
-        argv = [a for a in argv if a != "--debug"]
+    debug, argv = debug_wanted(list(sys.argv[1:] if argv is None else argv))
     print_config = "--print-config" in argv
     argv = [a for a in argv if a != "--print-config"]
     if argv and argv[0] in ("-h", "--help"):
@@ -47,14 +39,10 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"no config file given; {USAGE}", 2, debug)
     config_path, overrides = argv[0], argv[1:]
 
-    _quiet_third_party()
+    quiet_third_party()
     try:
-        from flexbert.train.config import as_plain_dict, load_run_config
-
         cfg = load_run_config(config_path, overrides)
         if print_config:
-            import yaml
-
             print(yaml.safe_dump(as_plain_dict(cfg), sort_keys=False))
             return 0
     except Exception as e:  # noqa: BLE001 - classified below
@@ -63,21 +51,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(cfg, debug: bool = False) -> int:
-    from flexbert.train.builders import build_trainer
-    from flexbert.train.callbacks import TrainingDiverged
-    from flexbert.train.preemption import EXIT_CODE, Preempted
-
     run_obj = None
     try:
         run_obj = build_trainer(cfg)
-        if not run_obj.fit() and _rank() == 0:
+        if not run_obj.fit() and dist_env().is_main:
             print(f"[flexbert] {cfg.run_name} is already complete ({run_obj.plan.path}); nothing to do", flush=True)
     except TrainingDiverged as e:
         _close(run_obj)
         return _fail(str(e), 3, debug, e)
     except Preempted as e:
         _close(run_obj)
-        if _rank() == 0:
+        if dist_env().is_main:
             print(f"[flexbert] {cfg.run_name}: {e}", file=sys.stderr, flush=True)
         return 130 if e.signame == "SIGINT" else EXIT_CODE
     except KeyboardInterrupt:
@@ -99,29 +83,14 @@ def _close(run_obj) -> None:
 
 
 def _handle(e: BaseException, debug: bool) -> int:
-    from flexbert.config import ConfigError
-    from flexbert.data.fingerprint import TokenizerMismatchError
-    from flexbert.data.outputs import OutputError
-    from flexbert.registry import RegistryError
-    from flexbert.train.loading import SetupError
-    from flexbert.train.run_folder import RunFolderError
-    from flexbert.train.run_lock import RunLocked
-
-    if isinstance(e, (ConfigError, RegistryError, SetupError, RunFolderError, RunLocked, TokenizerMismatchError,
-                      OutputError)):
-        return _fail(str(e), 2, debug, e)
-    if isinstance(e, FileNotFoundError):
-        return _fail(f"file not found: {e.filename or e}", 2, debug, e)
+    """A refused input: one line, exit 2; anything else: one line with its type, exit 1."""
+    code = refused(e, debug)
+    if code is not None:
+        return code
     msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
     hint = "" if debug else " (rerun with --debug or FLEXBERT_DEBUG=1 for the traceback)"
     return _fail(f"{type(e).__name__}: {msg}{hint}", 1, debug, e)
 
 
 def _fail(message: str, code: int, debug: bool, exc: BaseException | None = None) -> int:
-    if debug and exc is not None:
-        import traceback
-
-        traceback.print_exception(exc, file=sys.stderr)
-    prefix = f"[rank {_rank()}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
-    print(f"{prefix}error: {message}", file=sys.stderr, flush=True)
-    return code
+    return fail(message, code, exc, debug)

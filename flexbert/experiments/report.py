@@ -1,5 +1,5 @@
 """Report on a set of runs: ``results.csv``, a Markdown table and PNG plots, from the runs'
-summaries (flexbert/eval/results.py).  The sweep (flexbert/sweep.py) collects its runs and calls
+summaries (flexbert/experiments/results.py).  The sweep (flexbert/experiments/sweep.py) collects its runs and calls
 ``write_report``."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import os
 import statistics
 from typing import Any, Optional
 
-from flexbert.eval import plots
-from flexbert.eval.results import RunResult, default_metric, group_stats, lower_is_better
+from flexbert.experiments import plots
+from flexbert.experiments.results import RunResult, default_metric, group_stats, lower_is_better
 
 def _fmt(v: Any) -> str:
     if isinstance(v, float):

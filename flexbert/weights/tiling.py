@@ -1,7 +1,7 @@
 """Write a tiled model: the file side of weight tiling (``scripts/tile_weights.py``).
 
 The tensor work is ``flexbert/model/tiling.py`` (plain PyTorch); the source is read through
-``flexbert/train/pretrained.py`` (run folder, checkpoint or Hugging Face folder), the target's size
+``flexbert/weights/load.py`` (run folder, checkpoint or Hugging Face folder), the target's size
 from a run config, and the output is written by the converter.
 """
 
@@ -12,7 +12,7 @@ import os
 import torch
 
 from flexbert.model.tiling import TilingError, gopher_layer_map, tile_model
-from flexbert.train.export import ExportError, check_export_tokenizer
+from flexbert.weights.export import ExportError, check_export_tokenizer
 
 
 def write_tiled(src: str, target_config: str, out_dir: str, mode: str = "center_wraparound",
@@ -29,7 +29,7 @@ def write_tiled(src: str, target_config: str, out_dir: str, mode: str = "center_
     from flexbert.convert.hf import ConversionError, to_hf
     from flexbert.model.model import FlexBertForMaskedLM
     from flexbert.train.config import load_run_config
-    from flexbert.train.pretrained import ModelLoadError, load_pretrained, mlm_model
+    from flexbert.weights.load import ModelLoadError, load_pretrained, mlm_model
 
     try:
         source = load_pretrained(src)

