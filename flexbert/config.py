@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass
 from typing import Any, Mapping
 
 from flexbert.registry import ConfigError, unknown_choice

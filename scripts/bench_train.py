@@ -53,9 +53,10 @@ def baseline_run(config: str, shards: str, tokens: int, extra: list[str], sparse
     from transformers import AutoTokenizer, DataCollatorForLanguageModeling, ModernBertForMaskedLM
 
     from flexbert.convert.hf import config_to_hf
-    from flexbert.train.config import load_run_config
+    from flexbert.data.source import tokenizer_dir
+    from flexbert.train.config import load_run_config, with_known_data
 
-    cfg = load_run_config(config, [f"data.local={shards}", *extra])
+    cfg = with_known_data(load_run_config(config, [f"data.local={shards}", *extra]))
     data = cfg.data
     hf_config = config_to_hf(cfg.model)
     hf_config._attn_implementation = "sdpa"
@@ -64,7 +65,7 @@ def baseline_run(config: str, shards: str, tokens: int, extra: list[str], sparse
     model = ModernBertForMaskedLM(hf_config).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optimizer.lr, betas=tuple(cfg.optimizer.betas),
                             eps=cfg.optimizer.eps, weight_decay=cfg.optimizer.weight_decay)
-    tok = AutoTokenizer.from_pretrained(data.tokenizer_dir())
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir(data))
     collator = DataCollatorForLanguageModeling(tok, mlm=True, mlm_probability=data.max_mlm_probability)
     clean_stale_shared_memory()
     ds = StreamingDataset(local=shards, split=data.split, shuffle=True, shuffle_seed=cfg.seed, batch_size=1)

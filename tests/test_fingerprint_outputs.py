@@ -81,6 +81,8 @@ def test_an_output_folder_is_replaced_only_when_asked_and_never_an_input(tmp_pat
 def test_streams_written_with_different_tokenizers_refuse_to_mix(tmp_path):
     from flexbert.data.config import DataConfig
     from flexbert.data.shards import ShardOptions, tokenize_to_mds
+    from flexbert.data.source import data_fingerprint
+    from flexbert.data.shards import ShardOptions, tokenize_to_mds
 
     corpus = tmp_path / "c.jsonl"
     corpus.write_text("".join(json.dumps({"text": s}) + "\n" for s in sentences(40)))
@@ -88,10 +90,10 @@ def test_streams_written_with_different_tokenizers_refuse_to_mix(tmp_path):
     for name, tok in (("web", toks["a"]), ("code", toks["a"]), ("sci", toks["b"])):
         tokenize_to_mds([str(corpus)], tok, str(tmp_path / name), ShardOptions(max_seq_len=64, val_fraction=0.0, progress=False))
     same = DataConfig.from_dict({"streams": {n: {"local": str(tmp_path / n), "proportion": 1} for n in ("web", "code")}})
-    assert same.shards_fingerprint() == tokenizer_fingerprint(toks["a"])
+    assert data_fingerprint(same) == tokenizer_fingerprint(toks["a"])
     mixed = DataConfig.from_dict({"streams": {n: {"local": str(tmp_path / n), "proportion": 1} for n in ("web", "sci")}})
     with pytest.raises(TokenizerMismatchError, match=f"shards {tmp_path / 'web'} uses tokenizer .*, shards {tmp_path / 'sci'} uses"):
-        mixed.shards_fingerprint()
+        data_fingerprint(mixed)
 
 
 def test_train_tokenizer_refuses_a_non_empty_out_before_training(tmp_path, capsys):

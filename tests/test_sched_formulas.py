@@ -12,7 +12,7 @@ from composer.core import State, Timestamp
 from composer.devices import DeviceCPU
 
 from flexbert.config import ConfigError
-from flexbert.train.schedulers import SCHEDULERS, build_scheduler, parse_time
+from flexbert.train.schedulers import SCHEDULERS, parse_scheduler, parse_time
 
 MAX_TOK = 1_000_000
 
@@ -41,7 +41,7 @@ def wsd_expected(t, warm, decay_len, shape, alpha_f, t_max=MAX_TOK):
 
 @pytest.mark.parametrize("shape", ["linear", "one_minus_sqrt", "cosine"])
 def test_warmup_stable_decay(shape):
-    sched = build_scheduler({"name": "warmup_stable_decay", "t_warmup": "100Ktok", "t_decay": "0.2dur",
+    sched = parse_scheduler({"name": "warmup_stable_decay", "t_warmup": "100Ktok", "t_decay": "0.2dur",
                              "decay_shape": shape, "alpha_f": 0.001})
     state = make_state()
     for t in SAMPLES:
@@ -55,14 +55,14 @@ def test_warmup_stable_decay(shape):
 
 
 def test_one_minus_sqrt():
-    sched = build_scheduler({"name": "one_minus_sqrt", "alpha_f": 0.001})
+    sched = parse_scheduler({"name": "one_minus_sqrt", "alpha_f": 0.001})
     state = make_state()
     for t in SAMPLES:
         assert sched(at(state, t)) == pytest.approx(0.001 + 0.999 * (1 - math.sqrt(t / MAX_TOK)), abs=1e-12)
 
 
 def test_constant_with_warmup_in_tokens_ignores_batches():
-    sched = build_scheduler({"name": "constant_with_warmup", "t_warmup": "250Ktok"})
+    sched = parse_scheduler({"name": "constant_with_warmup", "t_warmup": "250Ktok"})
     state = make_state()
     for t in SAMPLES:
         # the batch count is deliberately unrelated: only tokens may matter
@@ -70,7 +70,7 @@ def test_constant_with_warmup_in_tokens_ignores_batches():
 
 
 def test_cosine_with_warmup():
-    sched = build_scheduler({"name": "cosine_with_warmup", "t_warmup": "100000tok", "alpha_f": 0.1})
+    sched = parse_scheduler({"name": "cosine_with_warmup", "t_warmup": "100000tok", "alpha_f": 0.1})
     state = make_state()
     for t in SAMPLES:
         if t < 100_000:
@@ -82,7 +82,7 @@ def test_cosine_with_warmup():
 
 
 def test_batch_units_and_dur():
-    sched = build_scheduler({"name": "warmup_stable_decay", "t_warmup": "10ba", "t_decay": "20ba",
+    sched = parse_scheduler({"name": "warmup_stable_decay", "t_warmup": "10ba", "t_decay": "20ba",
                              "decay_shape": "linear", "t_max": "100ba"})
     state = make_state("100ba")
     assert sched(at(state, 0, batch=5)) == pytest.approx(0.5)
@@ -93,13 +93,13 @@ def test_batch_units_and_dur():
 def test_registry_and_bad_specs():
     assert set(SCHEDULERS.choices) >= {"warmup_stable_decay", "one_minus_sqrt", "constant_with_warmup", "cosine_with_warmup"}
     with pytest.raises(ConfigError, match="did you mean 'one_minus_sqrt'"):
-        build_scheduler({"name": "one_minus_sqr"})
+        parse_scheduler({"name": "one_minus_sqr"})
     with pytest.raises(ConfigError, match="unknown config key 'scheduler.t_warmpu'.*did you mean 't_warmup'"):
-        build_scheduler({"name": "constant_with_warmup", "t_warmpu": "10ba"})
+        parse_scheduler({"name": "constant_with_warmup", "t_warmpu": "10ba"})
     with pytest.raises(ConfigError, match="decay_shape"):
-        build_scheduler({"name": "warmup_stable_decay", "decay_shape": "exp"})
+        parse_scheduler({"name": "warmup_stable_decay", "decay_shape": "exp"})
     with pytest.raises(ConfigError, match="scheduler.t_warmup: expected str"):
-        build_scheduler({"name": "constant_with_warmup", "t_warmup": 100})
+        parse_scheduler({"name": "constant_with_warmup", "t_warmup": 100})
 
 
 def test_parse_time():

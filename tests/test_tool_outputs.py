@@ -157,6 +157,7 @@ def test_each_tool_names_overwrite_in_its_help(capsys):
 
 def test_a_rerun_on_other_shards_or_init_from_another_tokenizer_refuses(trained, tmp_path, data):
     from flexbert.data.fingerprint import TokenizerMismatchError, tokenizer_fingerprint
+    from flexbert.data.source import data_digest, resolve_source
     from flexbert.train.builders import tokenizer_identity
     from flexbert.train.config import load_run_config
     from flexbert.weights.export import export_to_hf
@@ -170,7 +171,7 @@ def test_a_rerun_on_other_shards_or_init_from_another_tokenizer_refuses(trained,
     moved = str(tmp_path / "moved")
     shutil.copytree(data, moved)  # the same shards elsewhere: a resume may read them there
     moved_cfg = load_run_config(config, [f"data.local={moved}"])
-    assert check_rerun(run, moved_cfg, {"tokenizer": recorded["tokenizer"], "shards": moved_cfg.data.shards_digest()}) is not None
+    assert check_rerun(run, moved_cfg, {"tokenizer": recorded["tokenizer"], "shards": data_digest(moved_cfg.data)}) is not None
     with pytest.raises(ConfigChanged, match="was trained on other data: its shards"):
         check_rerun(run, moved_cfg, {"tokenizer": recorded["tokenizer"], "shards": "0123456789abcdef"})
     other = _tokenizer_variant(os.path.join(data, "tokenizer"), str(tmp_path / "other"), swap=True)
@@ -180,10 +181,10 @@ def test_a_rerun_on_other_shards_or_init_from_another_tokenizer_refuses(trained,
     hf = str(tmp_path / "hf")
     export_to_hf(hf, run_dir=run.path)
     start = load_run_config(config, [f"init_from={hf}", f"run_dir={tmp_path / 'new'}"])
-    assert tokenizer_identity(start) == recorded["tokenizer"]  # an export of the same tokenizer starts fine
+    assert tokenizer_identity(start, resolve_source(start.data)) == recorded["tokenizer"]  # an export of the same tokenizer starts fine
     shutil.copy(os.path.join(other, "tokenizer.json"), os.path.join(hf, "tokenizer.json"))
     with pytest.raises(TokenizerMismatchError, match=f"init_from {hf} uses tokenizer"):
-        tokenizer_identity(start)
+        tokenizer_identity(start, resolve_source(start.data))
 
 
 @pytest.mark.parametrize("keep_moments", [True, False], ids=["optimizer-kept", "optimizer-reset"])

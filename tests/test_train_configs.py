@@ -6,7 +6,8 @@ import os
 import pytest
 
 from flexbert.config import ConfigError
-from flexbert.train.config import load_run_config
+from flexbert.data.source import resolve_source
+from flexbert.train.config import load_run_config, with_data_source
 from test_train_fixtures import ROOT
 
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml")))
@@ -61,7 +62,8 @@ def test_special_ids_come_from_the_tokenizer(data, tmp_path):
     from flexbert.data.tokenizer import SpecialTokens
 
     special = SpecialTokens.from_dir(os.path.join(data, "tokenizer"))
-    cfg = load_run_config(os.path.join(ROOT, "configs", "tiny.yaml"), [f"data.local={data}"])
+    parsed = load_run_config(os.path.join(ROOT, "configs", "tiny.yaml"), [f"data.local={data}"])  # plain data: no file read
+    cfg = with_data_source(parsed, resolve_source(parsed.data))
     m = cfg.model
     assert (m.pad_token_id, m.cls_token_id, m.sep_token_id, m.mask_token_id) == (
         special.pad_id, special.cls_id, special.sep_id, special.mask_id) == (0, 2, 3, 4)
@@ -69,13 +71,14 @@ def test_special_ids_come_from_the_tokenizer(data, tmp_path):
 
 def test_special_id_mismatch_is_one_clear_line(data, tmp_path):
     tiny = os.path.join(ROOT, "configs", "tiny.yaml")
+    resolved = lambda ov: with_data_source(load_run_config(tiny, ov), resolve_source(load_run_config(tiny, ov).data))  # noqa: E731
     with pytest.raises(ConfigError) as e:
-        load_run_config(tiny, [f"data.local={data}", "model.mask_token_id=7"])
+        resolved([f"data.local={data}", "model.mask_token_id=7"])
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith("model.mask_token_id: 7 disagrees with the tokenizer at ")
     assert msg.endswith("([MASK] = 4); set it to 4 or leave it out"), msg
     with pytest.raises(ConfigError, match=r"^model.vocab_size: 512 is smaller than the tokenizer's vocabulary \(1024 at "):
-        load_run_config(tiny, [f"data.local={data}", "model.vocab_size=512"])
+        resolved([f"data.local={data}", "model.vocab_size=512"])
 
 
 def test_train_py_reports_a_special_id_mismatch_in_one_line(data, tmp_path):

@@ -18,7 +18,7 @@ from flexbert.cli.common import debug_wanted, fail, refused
 from flexbert.env import dist_env, quiet_third_party
 from flexbert.train.builders import build_trainer
 from flexbert.train.callbacks import TrainingDiverged
-from flexbert.train.config import as_plain_dict, load_run_config
+from flexbert.train.config import as_plain_dict, load_run_config, with_known_data
 from flexbert.train.preemption import EXIT_CODE, Preempted
 
 USAGE = "usage: train.py CONFIG.yaml [key=value ...] [--debug] [--print-config]"
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_run_config(config_path, overrides)
         if print_config:
-            print(yaml.safe_dump(as_plain_dict(cfg), sort_keys=False))
+            print(yaml.safe_dump(as_plain_dict(with_known_data(cfg)), sort_keys=False))
             return 0
     except Exception as e:  # noqa: BLE001 - classified below
         return _handle(e, debug)

@@ -156,25 +156,6 @@ class DataConfig:
             return [(s.local, s.remote) for s in self.streams.values()]
         return [(self.local, self.remote)]
 
-    def tokenizer_dir(self) -> str:
-        """data.tokenizer, else the copy written next to the shards: <local>/tokenizer, fetched from
-        <remote>/tokenizer into the local cache when only the store has it."""
-        if self.tokenizer:
-            return self.tokenizer
-        for local, _ in self.sources():
-            guess = os.path.join(local, "tokenizer")
-            if local and os.path.isfile(os.path.join(guess, "tokenizer.json")):
-                return guess
-        for local, remote in self.sources():
-            if remote:
-                from flexbert.data.remote import fetch_tokenizer
-
-                return fetch_tokenizer(remote, local)
-        guess = os.path.join(self.sources()[0][0], "tokenizer")
-        raise FileNotFoundError(
-            f"no tokenizer: set data.tokenizer (none found at {guess}, where tokenize_to_mds.py puts a copy)"
-        )
-
     @property
     def mask_schedule(self):
         """``mlm_probability`` as a MaskSchedule (a constant rate is a schedule that stays put)."""
@@ -186,39 +167,6 @@ class DataConfig:
     def max_mlm_probability(self) -> float:
         """The highest training masking rate of the phase (what memory and static shapes must hold)."""
         return self.mask_schedule.highest
-
-    def shards_fingerprint(self) -> Optional[str]:
-        """The tokenizer fingerprint the shards were written with (flexbert/data/fingerprint.py):
-        common to every source, and ``data.tokenizer`` when set must be that tokenizer; None when
-        unknown.  Raises TokenizerMismatchError naming both sides."""
-        from flexbert.data.fingerprint import check_same, common_fingerprint, shards_fingerprint, tokenizer_fingerprint
-
-        fp = common_fingerprint({f"shards {local or remote}": shards_fingerprint(local, remote)
-                                 for local, remote in self.sources()})
-        if self.tokenizer and os.path.exists(self.tokenizer):
-            check_same(tokenizer_fingerprint(self.tokenizer), f"data.tokenizer {self.tokenizer}", fp, "the shards")
-        return fp
-
-    def shards_digest(self) -> Optional[str]:
-        """A digest of every source's shards (flexbert/data/fingerprint.py); None when one is unknown."""
-        import hashlib
-
-        from flexbert.data.fingerprint import shards_digest
-
-        digests = [shards_digest(local) for local, _ in self.sources()]
-        if not digests or None in digests:
-            return None
-        return digests[0] if len(digests) == 1 else hashlib.sha256("".join(digests).encode()).hexdigest()[:16]
-
-    def check_tokenizer(self, other, name: str) -> Optional[str]:
-        """Refuse ``other`` (a fingerprint or anything tokenizer_fingerprint reads) unless the shards
-        were written with it; returns the shards' fingerprint."""
-        from flexbert.data.fingerprint import check_same, tokenizer_fingerprint
-
-        fp = self.shards_fingerprint()
-        mine = other if other is None or (isinstance(other, str) and not os.path.exists(other)) else tokenizer_fingerprint(other)
-        check_same(mine, name, fp, "the shards " + ", ".join(str(l or r) for l, r in self.sources()))
-        return fp
 
     @classmethod
     def from_dict(cls, data, prefix: str = "data") -> "DataConfig":

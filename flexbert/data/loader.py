@@ -14,6 +14,7 @@ with nothing left meanwhile packs from its buffer and, at worst, yields a paddin
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Iterator, Optional
 
@@ -26,6 +27,7 @@ from flexbert.data.documents import RankDocuments, resolve_world
 from flexbert.data.masking import MLMMasker
 from flexbert.data.packing import BestFitPacker, make_row
 from flexbert.data.ragged import docs_from_state, empty_state
+from flexbert.data.source import DataSource, resolve_source
 from flexbert.data.streams import StreamIndex, build_dataset
 from flexbert.data.tokenizer import SpecialTokens
 from flexbert.data.warmup import BatchSizeWarmup, warmup_from_config
@@ -39,12 +41,12 @@ class PackedLoader:
     ``training=False``: one finite pass per ``iter()``, fixed eval masks, restarts each time."""
 
     def __init__(self, cfg: DataConfig, split: str, *, training: bool, rank: Optional[int] = None,
-                 world_size: Optional[int] = None, seed: Optional[int] = None):
+                 world_size: Optional[int] = None, seed: Optional[int] = None, special: Optional[SpecialTokens] = None):
         cfg.validate()
         self.cfg, self.split, self.training = cfg, split, training
         self.rank, self.world_size = resolve_world(rank, world_size)
         self.seed = cfg.seed if seed is None else seed
-        self.special = SpecialTokens.from_dir(cfg.tokenizer_dir())
+        self.special = special or resolve_source(cfg).special
         self.row_tokens = cfg.row_tokens
         self.max_seq_len = cfg.max_seq_len
         if training:
@@ -242,14 +244,18 @@ class PackedLoader:
 
 # --------------------------------------------------------------------------- builders
 def build_train_loader(cfg: DataConfig, seed: Optional[int] = None, rank: Optional[int] = None,
-                       world_size: Optional[int] = None) -> PackedLoader:
-    return PackedLoader(cfg, cfg.split, training=True, rank=rank, world_size=world_size, seed=seed)
+                       world_size: Optional[int] = None, source: Optional[DataSource] = None) -> PackedLoader:
+    """The training loader; ``source``: the data section resolved (flexbert/data/source.py), else resolved here."""
+    source = source or resolve_source(cfg)
+    return PackedLoader(cfg, cfg.split, training=True, rank=rank, world_size=world_size, seed=seed, special=source.special)
 
 
-def build_eval_loader(cfg: DataConfig, rank: Optional[int] = None, world_size: Optional[int] = None) -> PackedLoader:
+def build_eval_loader(cfg: DataConfig, rank: Optional[int] = None, world_size: Optional[int] = None,
+                      source: Optional[DataSource] = None) -> PackedLoader:
     if not cfg.eval_split:
         raise FileNotFoundError("data.eval_split is not set")
-    return PackedLoader(cfg, cfg.eval_split, training=False, rank=rank, world_size=world_size)
+    source = source or resolve_source(cfg)
+    return PackedLoader(cfg, cfg.eval_split, training=False, rank=rank, world_size=world_size, special=source.special)
 
 
 def has_eval(cfg: DataConfig) -> bool:
@@ -260,15 +266,13 @@ def has_eval(cfg: DataConfig) -> bool:
                for local, remote in cfg.sources())
 
 
-def per_source_eval_configs(cfg: DataConfig) -> dict[str, DataConfig]:
+def per_source_eval_configs(cfg: DataConfig, source: DataSource) -> dict[str, DataConfig]:
     """One single-source data config per data.streams source with ``eval: true`` whose eval split
-    exists: the per-source evaluations (metrics/eval_<name>/...)."""
-    import dataclasses
-
+    exists: the per-source evaluations (metrics/eval_<name>/...), read with the mixture's tokenizer."""
     out = {}
     for name, s in cfg.streams.items():
-        one = dataclasses.replace(cfg, streams={}, local=s.local, remote=s.remote, epoch_size=None,
-                                  tokenizer=cfg.tokenizer_dir())
+        one = dataclasses.replace(cfg, streams={}, streams_temperature=None, local=s.local, remote=s.remote,
+                                  epoch_size=None, tokenizer=source.tokenizer_dir)
         if s.eval and has_eval(one):
             out[name] = one
     return out

@@ -15,7 +15,6 @@ order, so the output is byte-identical for any number of workers.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import tempfile

@@ -25,7 +25,7 @@ from flexbert.train.loggers import ConsoleLogger, JSONLLogger
 from flexbert.train.optim import OptimizerConfig, build_optimizer
 from flexbert.env import quiet_known_warnings
 from flexbert.train.recipe import resolve_device, resolve_precision, trainer_settings
-from flexbert.train.schedulers import build_scheduler
+from flexbert.train.schedulers import parse_scheduler
 
 Score = Callable[[list, list], float]
 
@@ -128,7 +128,7 @@ def build_classifier_trainer(model: torch.nn.Module, scores: dict[str, Score], k
     device = resolve_device(device)
     composer_model = FlexBertClassifier(model, scores)
     optimizer = build_optimizer(composer_model, OptimizerConfig(lr=lr, weight_decay=weight_decay), on_cuda=device == "gpu")
-    scheduler = build_scheduler({"name": "warmup_stable_decay", "t_warmup": f"{warmup:g}dur",
+    scheduler = parse_scheduler({"name": "warmup_stable_decay", "t_warmup": f"{warmup:g}dur",
                                  "t_decay": f"{1 - warmup:g}dur", "decay_shape": "linear", "alpha_f": 0.0})
     return Trainer(
         model=composer_model,

@@ -29,6 +29,7 @@ from flexbert.config import from_dict
 from flexbert.data.config import DataConfig
 from flexbert.data.length_buckets import bucket_names
 from flexbert.data.loader import build_eval_loader
+from flexbert.data.source import data_fingerprint, tokenizer_dir
 from flexbert.data.tokenizer import SpecialTokens
 from flexbert.train.composer_model import eval_metrics, row_outputs
 
@@ -65,9 +66,9 @@ def data_config(shards: str, split: str = "validation", mlm_probability: float =
 def check_model_tokenizer(loaded, data_cfg: DataConfig, name: str) -> None:
     """The model (a flexbert.weights.load.LoadedModel) must have been trained with the shards'
     tokenizer, when both are known, and its embeddings must cover the shards' ids (one line)."""
-    fp = data_cfg.shards_fingerprint()
+    fp = data_fingerprint(data_cfg)
     try:
-        size = SpecialTokens.from_dir(data_cfg.tokenizer_dir()).vocab_size
+        size = SpecialTokens.from_dir(tokenizer_dir(data_cfg)).vocab_size
     except (FileNotFoundError, OSError):
         size = None
     loaded.check_tokenizer(fp, name, size)

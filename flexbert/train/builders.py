@@ -18,10 +18,12 @@ from composer.core import Evaluator
 from composer.utils import reproducibility
 
 from flexbert.data import loader as data_loader
+from flexbert.data.fingerprint import check_same
+from flexbert.data.source import DataSource, resolve_source
 from flexbert.train import metric_keys as K
 from flexbert.train import run_lock
 from flexbert.train.callback_table import build_callbacks
-from flexbert.train.config import RunConfig, as_plain_dict, tokenizer_mismatch
+from flexbert.train.config import RunConfig, as_plain_dict, with_data_source
 from flexbert.train.loading import LoadPlan, SetupError, init_from_fingerprint, load_initial_weights, plan_load  # noqa: F401 (re-exported)
 from flexbert.train.loggers import ConsoleLogger, JSONLLogger
 from flexbert.train.microbatch import resolve_microbatch
@@ -32,30 +34,36 @@ from flexbert.env import quiet_known_warnings
 from flexbert.train.recipe import build_model, resolve_device, resolve_precision, trainer_settings
 from flexbert.train.run_folder import METRICS, RunFolder
 from flexbert.train.run_identity import check_rerun, record_start
-from flexbert.train.schedulers import build_scheduler, to_composer_time
+from flexbert.train.schedulers import parse_scheduler, to_composer_time
 
 log = logging.getLogger(__name__)
 
 
-def build_loaders(cfg: RunConfig):
+def build_loaders(cfg: RunConfig, source: DataSource):
     """(train loader, {evaluator label: eval loader}) from the data section: "eval" over all the
     data, plus "eval_<name>" per data.streams source (one loss per source)."""
     data_cfg = cfg.data
     if cfg.callbacks.audit_doc_ids:
         data_cfg = dataclasses.replace(data_cfg, return_doc_ids=True)
-    if not data_cfg.streams and not data_cfg.remote and not os.path.isdir(data_cfg.local):
-        raise SetupError(f"data.local: folder {data_cfg.local} does not exist (write shards with data_prep/tokenize_to_mds.py)")
     try:
-        train = data_loader.build_train_loader(data_cfg, seed=cfg.seed)
-        evaluation = {K.EVAL_LABEL: data_loader.build_eval_loader(data_cfg)} if data_loader.has_eval(data_cfg) else {}
-        for name, one in data_loader.per_source_eval_configs(data_cfg).items():
-            evaluation[K.source_eval_label(name)] = data_loader.build_eval_loader(one)
+        train = data_loader.build_train_loader(data_cfg, seed=cfg.seed, source=source)
+        evaluation = {K.EVAL_LABEL: data_loader.build_eval_loader(data_cfg, source=source)} if data_loader.has_eval(data_cfg) else {}
+        for name, one in data_loader.per_source_eval_configs(data_cfg, source).items():
+            evaluation[K.source_eval_label(name)] = data_loader.build_eval_loader(one, source=source)
     except FileNotFoundError as e:
         raise SetupError(f"data: {e}") from None
-    problem = tokenizer_mismatch(cfg.model, train.special, data_cfg.tokenizer_dir())
-    if problem:
-        raise SetupError(problem)
     return train, evaluation
+
+
+def data_source(cfg: RunConfig) -> DataSource:
+    """The data section resolved once: tokenizer, special ids, fingerprint, digest (SetupError when missing)."""
+    data_cfg = cfg.data
+    if not data_cfg.streams and not data_cfg.remote and not os.path.isdir(data_cfg.local):
+        raise SetupError(f"data.local: folder {data_cfg.local} does not exist (write shards with `flexbert tokenize`)")
+    try:
+        return resolve_source(data_cfg)
+    except FileNotFoundError as e:
+        raise SetupError(f"data: {e}") from None
 
 
 @dataclass
@@ -123,12 +131,10 @@ def run_identity(cfg: RunConfig, tokenizer: Optional[str]) -> dict:
     return {"run_dir": os.path.abspath(cfg.resolved_run_dir), "config": as_plain_dict(cfg), "tokenizer": tokenizer}
 
 
-def tokenizer_identity(cfg: RunConfig) -> Optional[str]:
+def tokenizer_identity(cfg: RunConfig, source: DataSource) -> Optional[str]:
     """The run's tokenizer: the shards' (every stream's, and data.tokenizer's when set, must
     agree), which ``init_from`` must share when it records one.  Raises TokenizerMismatchError."""
-    from flexbert.data.fingerprint import check_same
-
-    fp = cfg.data.shards_fingerprint()
+    fp = source.fingerprint
     if cfg.init_from and os.path.exists(cfg.init_from):
         check_same(init_from_fingerprint(cfg.init_from), f"init_from {cfg.init_from}", fp,
                    f"the shards ({cfg.data.sources()[0][0] or cfg.data.sources()[0][1]})")
@@ -151,10 +157,12 @@ def build_trainer(cfg: RunConfig, extra_callbacks: Optional[list] = None) -> Tra
 def _build_trainer(cfg: RunConfig, extra_callbacks: Optional[list]) -> TrainRun:
     device = resolve_device(cfg.device)
     check_parallelism(cfg.parallelism, cfg.optimizer.name, device)
+    source = data_source(cfg)
+    cfg = with_data_source(cfg, source)  # the model's special ids from the tokenizer (ConfigError if they disagree)
     cfg = resolve_microbatch(cfg, device)  # data.microbatch_size: auto -> a number, kept across resumes
-    tokenizer = tokenizer_identity(cfg)
+    tokenizer = tokenizer_identity(cfg, source)
     # refuses another model, tokenizer or data here (moved data paths must hold the same tokenizer's shards)
-    data = {"tokenizer": tokenizer, "shards": cfg.data.shards_digest()}
+    data = {"tokenizer": tokenizer, "shards": source.digest}
     changes = check_rerun(RunFolder.of(cfg), cfg, data) if _rank() == 0 else {}
     precision = resolve_precision(cfg.precision, device)
     plan = plan_load(cfg)
@@ -165,8 +173,8 @@ def _build_trainer(cfg: RunConfig, extra_callbacks: Optional[list]) -> TrainRun:
     if cfg.init_from:
         load_initial_weights(model, cfg.init_from)
     optimizer = build_optimizer(model, cfg.optimizer, on_cuda=device == "gpu")
-    scheduler = build_scheduler(cfg.scheduler)
-    train_loader, eval_loaders = build_loaders(cfg)
+    scheduler = parse_scheduler(cfg.scheduler)
+    train_loader, eval_loaders = build_loaders(cfg, source)
     callbacks = build_callbacks(cfg, train_loader, run_identity(cfg, tokenizer))
     evaluators = [Evaluator(label=label, dataloader=flexbert_data_spec(loader), device_eval_microbatch_size=1,
                             metric_names=list(EVAL_METRICS))

@@ -16,10 +16,11 @@ from typing import Any, Optional
 from flexbert.config import from_dict, load_yaml
 from flexbert.model.config import FlexBertConfig
 from flexbert.data.config import DataConfig
+from flexbert.data.source import DataSource, resolve_source
 from flexbert.registry import ConfigError, unknown_choice
 from flexbert.train.optim import OptimizerConfig
 from flexbert.train.parallelism import PARALLELISMS, FsdpConfig
-from flexbert.train.schedulers import build_scheduler, parse_time
+from flexbert.train.schedulers import parse_scheduler, parse_time
 
 PRECISIONS = ("auto", "fp32", "amp_bf16", "amp_fp16")
 DEVICES = ("auto", "cpu", "gpu")
@@ -148,7 +149,7 @@ class RunConfig:
                     raise ConfigError(f"{key}: only applies with load_path (set load_path to the checkpoint to start from)")
         elif self.init_from:
             raise ConfigError("init_from and load_path both give initial weights: set only one")
-        build_scheduler(self.scheduler)  # validates the name and its arguments
+        parse_scheduler(self.scheduler)  # the name against the registry, the arguments against its dataclass
 
     # ----------------------------------------------------------------- derived values
     @property
@@ -195,21 +196,17 @@ def load_run_config(path: Optional[str], overrides: Optional[list[str]] = None) 
 
 
 def config_from_dict(raw: dict, where: str = "") -> RunConfig:
-    """A validated RunConfig from a plain mapping (a config.yaml's or a checkpoint's); the model's
-    special-token ids filled from, and checked against, the data's tokenizer when it exists."""
+    """A validated RunConfig from a plain mapping (a config.yaml's or a checkpoint's).  Plain data:
+    no file is read; the model's special ids come from the tokenizer when the data section is
+    resolved (``with_data_source``)."""
     try:
-        cfg = from_dict(RunConfig, raw, "")
+        return from_dict(RunConfig, raw, "")
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}" if where else str(e)) from None
-    try:
-        tokenizer_dir = cfg.data.tokenizer_dir()
-    except FileNotFoundError:
-        return cfg  # no tokenizer yet (shards not written): build_trainer checks the ids later
-    return with_tokenizer_ids(cfg, tokenizer_dir, given=set((raw.get("model") or {}).keys()))
 
 
-# The model's special-token ids come from the tokenizer (the one source of truth): a config that
-# leaves them out gets the tokenizer's; one that sets them must agree with it.
+# The model's special-token ids come from the tokenizer (the one source of truth): an id the config
+# leaves at FlexBertConfig's default is taken from the tokenizer; one set otherwise must agree with it.
 SPECIAL_ID_FIELDS = {"pad_token_id": ("pad_id", "[PAD]"), "cls_token_id": ("cls_id", "[CLS]"),
                      "sep_token_id": ("sep_id", "[SEP]"), "mask_token_id": ("mask_id", "[MASK]")}
 
@@ -226,18 +223,28 @@ def tokenizer_mismatch(model: FlexBertConfig, special, tokenizer_dir: str) -> Op
     return None
 
 
-def with_tokenizer_ids(cfg: RunConfig, tokenizer_dir: str, given: set[str]) -> RunConfig:
-    """``cfg`` with the model ids the config left out taken from the tokenizer; ConfigError when
-    a given id (or the vocabulary size) disagrees with it."""
-    from flexbert.data.tokenizer import SpecialTokens
-
-    special = SpecialTokens.from_dir(tokenizer_dir)
-    filled = {k: getattr(special, attr) for k, (attr, _) in SPECIAL_ID_FIELDS.items() if k not in given}
+def with_data_source(cfg: RunConfig, source: DataSource) -> RunConfig:
+    """``cfg`` with the model ids it leaves at their defaults taken from the data's tokenizer;
+    ConfigError when a set id (or the vocabulary size) disagrees with it."""
+    defaults = FlexBertConfig()
+    special = source.special
+    filled = {k: getattr(special, attr) for k, (attr, _) in SPECIAL_ID_FIELDS.items()
+              if getattr(cfg.model, k) == getattr(defaults, k)}
     model = dataclasses.replace(cfg.model, **filled)
-    problem = tokenizer_mismatch(model, special, tokenizer_dir)
+    problem = tokenizer_mismatch(model, special, source.tokenizer_dir)
     if problem:
         raise ConfigError(problem)
     return dataclasses.replace(cfg, model=model)
+
+
+def with_known_data(cfg: RunConfig) -> RunConfig:
+    """``with_data_source`` when the data section's tokenizer can be found, else ``cfg`` as it is
+    (a config read to size a model, print or tile, whose shards may not exist here)."""
+    try:
+        source = resolve_source(cfg.data)
+    except FileNotFoundError:
+        return cfg
+    return with_data_source(cfg, source)
 
 
 def as_plain_dict(cfg: RunConfig) -> dict:

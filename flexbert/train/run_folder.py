@@ -24,7 +24,7 @@ import os
 import re
 import warnings
 import zipfile
-from typing import Any, Iterator, Optional
+from typing import Iterator, Optional
 
 import torch
 import yaml

@@ -222,9 +222,10 @@ def _warmup_then_decay(state, ssr: float, t_warmup: str, t_max: str, shape: str,
     return decay_value(shape, frac, alpha_f)
 
 
-# --------------------------------------------------------------------------- building
-def build_scheduler(spec: Mapping[str, Any] | None, prefix: str = "scheduler"):
-    """``{"name": "warmup_stable_decay", "t_warmup": "3Btok", ...}`` -> a scheduler object."""
+# --------------------------------------------------------------------------- parsing
+def parse_scheduler(spec: Mapping[str, Any] | None, prefix: str = "scheduler"):
+    """``{"name": "warmup_stable_decay", "t_warmup": "3Btok", ...}`` -> the schedule: a plain dataclass
+    (the name checked against SCHEDULERS, the arguments against its fields), called with the trainer state."""
     spec = dict(spec or {})
     name = spec.pop("name", "constant_with_warmup")
     try:

@@ -13,8 +13,9 @@ from typing import Optional
 
 import yaml
 
+from flexbert.data.source import tokenizer_dir
 from flexbert.errors import FlexBertError
-from flexbert.train.config import RunConfig, as_plain_dict, load_run_config
+from flexbert.train.config import RunConfig, as_plain_dict, load_run_config, with_known_data
 from flexbert.train.run_folder import (RunFolder, RunFolderError, checkpoint_config, identity, load_checkpoint,
                                        load_weights, model_state, progress, run_of_checkpoint)
 
@@ -33,7 +34,7 @@ def _source(run_dir: Optional[str], checkpoint: Optional[str], config: Optional[
             cfg = run.load_config()
             checkpoint = run.newest_checkpoint(cfg)
         ckpt = load_checkpoint(checkpoint)
-        cfg = load_run_config(config) if config else checkpoint_config(checkpoint, ckpt)
+        cfg = with_known_data(load_run_config(config)) if config else checkpoint_config(checkpoint, ckpt)
     except RunFolderError as e:
         raise ExportError(str(e)) from None
     return checkpoint, ckpt, cfg
@@ -64,7 +65,7 @@ def _tokenizer(cfg: RunConfig, tokenizer: Optional[str]):
     tok_dir = tokenizer
     if tok_dir is None:
         try:
-            tok_dir = cfg.data.tokenizer_dir()
+            tok_dir = tokenizer_dir(cfg.data)
         except FileNotFoundError:  # a model without its tokenizer is still exportable
             return None, None
     from transformers import AutoTokenizer

@@ -23,6 +23,7 @@ import torch
 
 from flexbert.errors import FlexBertError
 from flexbert.config import ConfigError
+from flexbert.data.source import tokenizer_dir
 from flexbert.model.config import FlexBertConfig
 from flexbert.train.run_folder import (RunFolder, RunFolderError, checkpoint_config, identity, load_checkpoint,
                                        load_weights, model_state)
@@ -69,7 +70,7 @@ def _from_run(path: str, kind: str) -> Pretrained:
     except (RunFolderError, ConfigError) as e:
         raise ModelLoadError(f"--model {path}: {e}") from None
     try:
-        tok = cfg.data.tokenizer_dir()
+        tok = tokenizer_dir(cfg.data)
     except FileNotFoundError:  # the run's data may have moved; the caller can pass one
         tok = None
     return Pretrained(cfg.model, model_state(ckpt), tok, kind, checkpoint, data=dataclasses.asdict(cfg.data),

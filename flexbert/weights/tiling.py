@@ -28,7 +28,7 @@ def write_tiled(src: str, target_config: str, out_dir: str, mode: str = "center_
     from flexbert.data.outputs import prepare_output_dir
     from flexbert.convert.hf import ConversionError, to_hf
     from flexbert.model.model import FlexBertForMaskedLM
-    from flexbert.train.config import load_run_config
+    from flexbert.train.config import load_run_config, with_known_data
     from flexbert.weights.load import ModelLoadError, load_pretrained, mlm_model
 
     try:
@@ -36,7 +36,7 @@ def write_tiled(src: str, target_config: str, out_dir: str, mode: str = "center_
         src_model = mlm_model(source)
     except ModelLoadError as e:
         raise TilingError(str(e).replace("--model ", "--from ", 1)) from None
-    tgt_cfg = load_run_config(target_config, overrides).model
+    tgt_cfg = with_known_data(load_run_config(target_config, overrides)).model
     torch.manual_seed(seed)  # the fresh init `center` keeps around the source
     target = tile_model(src_model, FlexBertForMaskedLM(tgt_cfg), mode, rescale).eval()
     tok_dir = tokenizer or source.tokenizer_dir
