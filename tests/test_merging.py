@@ -91,7 +91,7 @@ def test_cli_merges_exports_into_a_folder_transformers_loads(tmp_path, capsys):
     source = AutoModelForMaskedLM.from_pretrained(paths[0]).eval()
     with torch.no_grad():
         torch.testing.assert_close(merged(input_ids=ids).logits, source(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
-    assert json.loads((out / "merge.json").read_text())["method"] == "ties"
+    assert json.loads((out / "flexbert_record.json").read_text())["settings"]["method"] == "ties"
     assert main(["--method", "linear", "--models", *paths, "--out", str(out)]) == 2  # not empty, no --overwrite
     assert "pass --overwrite" in capsys.readouterr().err
     assert main(["--method", "linear", "--models", *paths, "--out", str(out), "--overwrite"]) == 0

@@ -95,6 +95,45 @@ def test_no_tool_writes_over_the_run_it_reads(trained, tmp_path):
     assert {k: v for k, v in _snapshot(run, ckpts).items() if "/avg/" not in k} == before
 
 
+def test_every_model_folder_comes_from_the_one_writer(trained, tmp_path, monkeypatch):
+    """Export, averaging, merging, tiling and fine-tuning write through flexbert/weights/writer.py:
+    each output carries its record (one schema) and every tool that writes a tokenizer checks it
+    through the writer's one check."""
+    from flexbert.eval.evaluation import run_evaluation
+    from flexbert.eval.finetune import FinetuneConfig
+    from flexbert.weights import writer as W
+    from flexbert.weights.averaging import average_checkpoints, best_checkpoints
+    from flexbert.weights.export import export_to_hf
+    from flexbert.weights.merging import merge_models
+    from flexbert.weights.tiling import write_tiled
+
+    checked = []
+    real = W.check_tokenizer
+    monkeypatch.setattr(W, "check_tokenizer", lambda *a: (checked.append(a[3]), real(*a))[1])
+    cfg, config = trained
+    run = cfg["run_dir"]
+    hf = str(tmp_path / "hf")
+    export_to_hf(hf, run_dir=run)
+    average_checkpoints(best_checkpoints(run, 1), str(tmp_path / "avg"))
+    merge_models("linear", [hf, hf], str(tmp_path / "merged"))
+    write_tiled(run, config, str(tmp_path / "tiled"), overrides=["model.num_hidden_layers=3"])
+    train, validation = _task_files(tmp_path)
+    run_evaluation("classification", FinetuneConfig(model=hf, train=train, validation=validation, out=str(tmp_path / "ft"),
+                                                    epochs=1, batch_size=8, max_seq_len=32))
+    outputs = {"export": hf, "average": "avg", "merge": "merged", "tile": "tiled", "finetune": "ft/hf"}
+    fingerprint = W.read_record(hf)["tokenizer_fingerprint"]
+    assert fingerprint
+    for tool, out in outputs.items():
+        rec = W.read_record(str(tmp_path / out))
+        assert rec is not None, f"{tool}: no {W.RECORD}"
+        assert set(rec) == {"tool", "format", "sources", "tokenizer", "tokenizer_fingerprint", "settings", "written"}
+        assert rec["tool"] == tool and rec["format"] in W.FORMATS and rec["sources"], rec
+        assert rec["tokenizer_fingerprint"] == fingerprint, (tool, rec)  # the same tokenizer all along
+    assert W.read_record(str(tmp_path / "avg"))["format"] == "run-folder"
+    # every tool that writes a tokenizer with its model checked it through the writer (averaging writes none)
+    assert [c.split()[0] for c in checked] == ["checkpoint", "model", "--from", "model"], checked
+
+
 def test_a_tokenizer_other_than_the_models_is_refused_by_every_tool(trained, tmp_path, data):
     from flexbert.data.fingerprint import TokenizerMismatchError
     from flexbert.data.shards import ShardOptions, tokenize_to_mds
@@ -126,17 +165,17 @@ def test_a_tokenizer_other_than_the_models_is_refused_by_every_tool(trained, tmp
 def test_a_tokenizer_larger_than_the_model_is_one_line(trained, tmp_path, data):
     from transformers import AutoTokenizer
 
-    from flexbert.weights.export import ExportError, check_export_tokenizer
     from flexbert.weights.load import ModelLoadError, load_pretrained
+    from flexbert.weights.writer import WriteError, check_tokenizer
 
     cfg, _ = trained
     big = _tokenizer_variant(os.path.join(data, "tokenizer"), str(tmp_path / "big"), extra=8)
     tok = AutoTokenizer.from_pretrained(big)
     vocab = cfg["model"]["vocab_size"]
     assert len(tok) > vocab
-    with pytest.raises(ExportError, match=f"has {len(tok)} tokens, more than .*vocab_size={vocab}"):
-        check_export_tokenizer(tok, big, None, "checkpoint x", vocab)
-    check_export_tokenizer(tok, big, None, "checkpoint x", len(tok))  # the same tokenizer fits a big enough model
+    with pytest.raises(WriteError, match=f"has {len(tok)} tokens, more than .*vocab_size={vocab}"):
+        check_tokenizer(tok, big, None, "checkpoint x", vocab)
+    check_tokenizer(tok, big, None, "checkpoint x", len(tok))  # the same tokenizer fits a big enough model
     pre = load_pretrained(cfg["run_dir"])
     assert pre.tokenizer_fingerprint  # the run recorded what it was trained with
     with pytest.raises(ModelLoadError, match=f"has {len(tok)} tokens, more than model"):

@@ -18,15 +18,21 @@ False, the transformers default.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer
+from transformers import AutoConfig, ModernBertForMaskedLM, ModernBertForSequenceClassification, PreTrainedTokenizerFast
 
-from flexbert.model.config import FlexBertConfig
 from flexbert.convert.hf_config import ConversionError, config_from_hf, config_to_hf  # noqa: F401 (public here too)
+from flexbert.model import FlexBertForMaskedLM
+from flexbert.model.config import FlexBertConfig
 
 SAFETENSORS_NAME = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -38,8 +44,6 @@ DIGEST_KEY = "flexbert_sha256"  # in the safetensors header of every FlexBERT ex
 # ---------------------------------------------------------------------------- weights
 def _expected_hf_shapes(hf_config) -> dict[str, tuple[int, ...]]:
     """Key -> shape of a ModernBertForMaskedLM's state dict, built on the meta device (no memory)."""
-    from transformers import ModernBertForMaskedLM
-
     with torch.device("meta"):
         hf = ModernBertForMaskedLM(hf_config)
     return {k: tuple(v.shape) for k, v in hf.state_dict().items()}
@@ -75,8 +79,6 @@ def hf_state_dict(state_dict: Mapping[str, torch.Tensor], cfg: FlexBertConfig) -
 def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
     """sha256 over every tensor's name, dtype, shape and bytes (key order): what an export records in
     its safetensors header and every load checks."""
-    import hashlib
-
     h = hashlib.sha256()
     for k in sorted(tensors):
         t = tensors[k].detach().contiguous().cpu()
@@ -88,9 +90,6 @@ def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
 def load_safetensors(file: Path) -> dict[str, torch.Tensor]:
     """One safetensors file; a truncated one, or one whose tensors no longer match the checksum its
     FlexBERT export recorded, raises ConversionError naming the file."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     try:
         tensors = load_file(str(file))
         with safe_open(str(file), "pt") as f:
@@ -114,6 +113,14 @@ def _load_safetensors_dir(path: Path) -> dict[str, torch.Tensor]:
     raise ConversionError(f"{path}: no {SAFETENSORS_NAME} (FlexBERT reads safetensors only)")
 
 
+def check_weights(path: Union[str, os.PathLike]) -> None:
+    """Every safetensors file of a model folder is complete and matches the checksum recorded with
+    it (ConversionError naming the file otherwise); a folder without safetensors passes."""
+    path = Path(path)
+    if (path / SAFETENSORS_NAME).exists() or (path / SAFETENSORS_INDEX).exists():
+        _load_safetensors_dir(path)
+
+
 # ---------------------------------------------------------------------------- public API
 def from_hf(model_or_dir: Union[str, os.PathLike, Any]):
     """A FlexBertForMaskedLM with the weights of a transformers ModernBertForMaskedLM.
@@ -121,11 +128,7 @@ def from_hf(model_or_dir: Union[str, os.PathLike, Any]):
     ``model_or_dir`` is a loaded ``ModernBertForMaskedLM`` or a local folder with ``config.json``
     and ``model.safetensors`` (as ``save_pretrained`` or ``to_hf`` write it).
     """
-    from flexbert.model import FlexBertForMaskedLM
-
     if isinstance(model_or_dir, (str, os.PathLike)):
-        from transformers import AutoConfig
-
         path = Path(model_or_dir)
         hf_config = AutoConfig.from_pretrained(str(path))
         tensors = _load_safetensors_dir(path)
@@ -166,8 +169,6 @@ def to_hf(model, out_dir: Union[str, os.PathLike], tokenizer: Any = None, config
 
 def _write_folder(out_dir, tensors: dict, hf_config, tokenizer: Any, cfg: FlexBertConfig) -> Path:
     """config.json + model.safetensors (+ the tokenizer): the folder layout both exports share."""
-    from safetensors.torch import save_file
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out / SAFETENSORS_NAME), metadata={"format": "pt", DIGEST_KEY: tensors_digest(tensors)})
@@ -181,9 +182,6 @@ def _save_tokenizer(tokenizer: Any, out: Path, cfg: FlexBertConfig) -> None:
     if hasattr(tokenizer, "save_pretrained"):
         tokenizer.save_pretrained(str(out))
         return
-    from tokenizers import Tokenizer
-    from transformers import PreTrainedTokenizerFast
-
     if isinstance(tokenizer, (str, os.PathLike)):
         tokenizer = Tokenizer.from_file(str(tokenizer))
     name = tokenizer.id_to_token
@@ -205,8 +203,6 @@ CLASSIFIER_ARCH = "ModernBertForSequenceClassification"
 def read_hf_folder(path: Union[str, os.PathLike]) -> tuple[FlexBertConfig, dict[str, torch.Tensor], Optional[list[str]]]:
     """(config, tensors with FlexBERT names, label names or None) of a ModernBERT folder: a masked-LM
     folder (released or exported) or a ``ModernBertForSequenceClassification`` one."""
-    from transformers import AutoConfig
-
     path = Path(path)
     hf_config = AutoConfig.from_pretrained(str(path))
     if getattr(hf_config, "model_type", None) != "modernbert":
@@ -242,8 +238,6 @@ def to_hf_classifier(model, out_dir: Union[str, os.PathLike], label_names: Optio
                      tokenizer: Any = None) -> Path:
     """Write a FlexBertForSequenceClassification as a folder that
     ``AutoModelForSequenceClassification.from_pretrained`` loads (same names: checked, not renamed)."""
-    from transformers import ModernBertForSequenceClassification
-
     cfg = model.config
     hf_config = config_to_hf_classifier(cfg, label_names)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}

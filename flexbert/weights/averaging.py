@@ -5,9 +5,9 @@ ModernBERT-base's release averages the best annealing checkpoints with the final
 * ``average_checkpoints(paths, out_dir)``: the fp32 mean of every floating-point model tensor
   (other tensors come from the last checkpoint); everything else in the written checkpoint
   (optimizer, clock, ...) is the last checkpoint's, so it loads with ``load_path`` like any
-  checkpoint, with ``init_from`` as weights, and exports with ``scripts/export_hf.py``.
-  ``out_dir`` gets ``checkpoints/ba{N}.pt`` (N: the last checkpoint's batch), the run's
-  ``config.yaml`` and ``averaged.json`` (what was averaged).
+  checkpoint, with ``init_from`` as weights, and exports with ``flexbert export``.
+  ``out_dir`` (written by flexbert/weights/writer.py) gets ``checkpoints/ba{N}.pt`` (N: the last
+  checkpoint's batch), the run's ``config.yaml`` and ``flexbert_record.json`` (what was averaged).
 * ``best_checkpoints(run_dir, k, metric)``: the k checkpoints with the best eval metric in the
   run's ``metrics.jsonl``, plus the final one.
 """
@@ -19,10 +19,19 @@ import os
 
 import torch
 
+from flexbert.data.fingerprint import common_fingerprint
 from flexbert.train import metric_keys as K
+from flexbert.train.run_folder import (
+    RunFolder,
+    RunFolderError,
+    checkpoint_config,
+    identity,
+    load_checkpoint,
+    progress,
+    run_of_checkpoint,
+)
 from flexbert.weights.export import ExportError
-from flexbert.train.run_folder import (RunFolder, RunFolderError, checkpoint_config, identity, load_checkpoint,
-                                       progress, run_of_checkpoint, write_json)
+from flexbert.weights.writer import ModelWriter
 
 
 class AveragingError(ExportError):
@@ -61,34 +70,25 @@ def average_checkpoints(paths: list[str], out_dir: str, overwrite: bool = False)
     """Average ``paths`` (the last one is the template) into the run folder ``out_dir``; returns the
     checkpoint path.  ``out_dir`` must not hold an input (e.g. the run averaged: a resume there would
     continue from the average); a non-empty one is replaced whole only with ``overwrite``."""
-    from flexbert.data.outputs import check_output_dir, prepare_output_dir
-
     if not paths:
         raise AveragingError("no checkpoints to average")
-    check_output_dir(out_dir, paths)
+    writer = ModelWriter("average", out_dir, overwrite, inputs=paths)
     try:
         ckpts = [load_checkpoint(p) for p in paths]
         _check_same_model(paths, ckpts)
         cfg = checkpoint_config(paths[-1], ckpts[-1])
     except RunFolderError as e:
         raise AveragingError(str(e)) from None
-    runs = [r.path for r in (run_of_checkpoint(p, c) for p, c in zip(paths, ckpts)) if r is not None]
-    check_output_dir(out_dir, paths, keep=runs)
+    writer.keep = [r.path for r in (run_of_checkpoint(p, c) for p, c in zip(paths, ckpts)) if r is not None]
+    writer.tokenizer_fingerprint = common_fingerprint({f"checkpoint {p}": identity(c).get("tokenizer") for p, c in zip(paths, ckpts)})
+    writer.check()  # again, now that the checkpoints' run folders are known
     template = ckpts[-1]
     template["state"]["model"] = average_states([c["state"]["model"] for c in ckpts])
     ident = identity(template)
     if ident:  # the average's own run folder is out_dir
         ident["run_dir"] = os.path.abspath(out_dir)
-    batch = progress(template)[1] or 0
-    prepare_output_dir(out_dir, overwrite=overwrite, inputs=paths, keep=runs)
-    run = RunFolder(out_dir)
-    folder = os.path.join(out_dir, "checkpoints")
-    os.makedirs(folder, exist_ok=True)
-    out = os.path.join(folder, f"ba{batch}.pt")
-    torch.save(template, out + ".tmp")
-    os.replace(out + ".tmp", out)
-    run.write_config(dataclasses.replace(cfg, run_dir=os.path.abspath(out_dir), save_folder=None))
-    write_json(run.file("averaged.json"), {"checkpoints": [os.path.abspath(p) for p in paths], "output": os.path.abspath(out)})
+    out = writer.write_checkpoint(template, cfg, progress(template)[1] or 0)
+    writer.record(paths, {"method": "mean", "checkpoint": os.path.abspath(out)})
     return out
 
 

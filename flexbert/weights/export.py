@@ -2,8 +2,9 @@
 sentence-transformers files, model card).
 
 The checkpoint, its config and its progress are read through the run folder
-(flexbert/train/run_folder.py); the conversion is ``flexbert.convert.hf.to_hf``, the
-sentence-transformers files ``flexbert.convert.sentence``, the card ``flexbert.convert.model_card``.
+(flexbert/train/run_folder.py); the folder is written by flexbert/weights/writer.py (output policy,
+tokenizer check, the record), the sentence-transformers files by ``flexbert.convert.sentence``, the
+card by ``flexbert.convert.model_card``.
 """
 
 from __future__ import annotations
@@ -13,11 +14,24 @@ from typing import Optional
 
 import yaml
 
+from flexbert.convert.model_card import write_model_card
+from flexbert.convert.sentence import write_sentence_transformers
 from flexbert.data.source import tokenizer_dir
 from flexbert.errors import FlexBertError
+from flexbert.model.model import FlexBertForMaskedLM
 from flexbert.train.config import RunConfig, as_plain_dict, load_run_config, with_known_data
-from flexbert.train.run_folder import (RunFolder, RunFolderError, checkpoint_config, identity, load_checkpoint,
-                                       load_weights, model_state, progress, run_of_checkpoint)
+from flexbert.train.run_folder import (
+    RunFolder,
+    RunFolderError,
+    checkpoint_config,
+    identity,
+    load_checkpoint,
+    load_weights,
+    model_state,
+    progress,
+    run_of_checkpoint,
+)
+from flexbert.weights.writer import ModelWriter
 
 
 class ExportError(FlexBertError, RuntimeError):
@@ -61,29 +75,13 @@ def phase_history(cfg: RunConfig, ckpt: dict, limit: int = 10) -> list[dict]:
     return phases[::-1]
 
 
-def _tokenizer(cfg: RunConfig, tokenizer: Optional[str]):
-    tok_dir = tokenizer
-    if tok_dir is None:
-        try:
-            tok_dir = tokenizer_dir(cfg.data)
-        except FileNotFoundError:  # a model without its tokenizer is still exportable
-            return None, None
-    from transformers import AutoTokenizer
-
-    return tok_dir, AutoTokenizer.from_pretrained(tok_dir)
-
-
-def check_export_tokenizer(tok, tok_dir: Optional[str], fingerprint: Optional[str], source: str, vocab_size: int) -> None:
-    """The tokenizer written with a model must be the one it was trained with (when the source
-    says which) and must fit its embedding matrix; one line naming both sides otherwise."""
-    if tok is None:
-        return
-    from flexbert.data.fingerprint import check_same, tokenizer_fingerprint
-
-    check_same(fingerprint, source, tokenizer_fingerprint(tok), f"tokenizer {tok_dir}")
-    if len(tok) > vocab_size:
-        raise ExportError(f"tokenizer {tok_dir} has {len(tok)} tokens, more than {source}'s vocabulary "
-                          f"(vocab_size={vocab_size}): ids past it have no embedding")
+def _tokenizer_dir(cfg: RunConfig, tokenizer: Optional[str]) -> Optional[str]:
+    if tokenizer:
+        return tokenizer
+    try:
+        return tokenizer_dir(cfg.data)
+    except FileNotFoundError:  # a model without its tokenizer is still exportable
+        return None
 
 
 def export_to_hf(out_dir: str, run_dir: Optional[str] = None, checkpoint: Optional[str] = None,
@@ -93,31 +91,25 @@ def export_to_hf(out_dir: str, run_dir: Optional[str] = None, checkpoint: Option
     ``pooling`` is ``none``) ``SentenceTransformer``, with a model card; returns a summary.
 
     Everything is checked before ``out_dir`` is touched; a non-empty ``out_dir`` is replaced whole
-    only with ``overwrite`` (flexbert/data/outputs.py), never when it holds an input."""
-    from flexbert.data.outputs import prepare_output_dir
-    from flexbert.convert.hf import to_hf
-    from flexbert.convert.model_card import write_model_card
-    from flexbert.convert.sentence import write_sentence_transformers
-    from flexbert.model.model import FlexBertForMaskedLM
-
+    only with ``overwrite`` (flexbert/weights/writer.py), never when it holds an input."""
     checkpoint, ckpt, cfg = _source(run_dir, checkpoint, config)
+    found = run_of_checkpoint(checkpoint, ckpt)
+    writer = ModelWriter("export", out_dir, overwrite, inputs=[checkpoint, config], keep=[run_dir, found.path if found else None])
     model = FlexBertForMaskedLM(cfg.model)
     try:
         load_weights(model, model_state(ckpt), f"checkpoint {checkpoint}")
     except RunFolderError as e:
         raise ExportError(str(e)) from None
     model.tie_weights()
-    tok_dir, tok = _tokenizer(cfg, tokenizer)
-    check_export_tokenizer(tok, tok_dir, identity(ckpt).get("tokenizer"), f"checkpoint {checkpoint}", cfg.model.vocab_size)
-    found = run_of_checkpoint(checkpoint, ckpt)
-    prepare_output_dir(out_dir, overwrite=overwrite, inputs=[checkpoint, config, tok_dir],
-                       keep=[run_dir, found.path if found else None])
-    to_hf(model.eval(), out_dir, tokenizer=tok)
+    fingerprint = identity(ckpt).get("tokenizer")
+    writer.tokenizer(_tokenizer_dir(cfg, tokenizer), fingerprint, f"checkpoint {checkpoint}", cfg.model.vocab_size)
+    writer.write_mlm(model, fallback=False)
     write_sentence_transformers(out_dir, cfg.model.hidden_size, cfg.data.max_seq_len, pooling)
     tokens, batches = progress(ckpt)
     n_params = sum(p.numel() for name, p in model.named_parameters() if name != "decoder.weight")
     run = {"run_name": cfg.run_name, "max_seq_len": cfg.data.max_seq_len, "tokens": tokens, "batches": batches,
            "config_yaml": yaml.safe_dump(as_plain_dict(cfg), sort_keys=False)}
     write_model_card(out_dir, cfg.model, run, phase_history(cfg, ckpt), n_params, pooling)
-    return {"checkpoint": checkpoint, "run_dir": found.path if found else None, "tokenizer": tok_dir, "out": out_dir,
-            "tokenizer_fingerprint": identity(ckpt).get("tokenizer")}
+    writer.record([checkpoint], {"pooling": pooling, "tokens": tokens, "batches": batches})
+    return {"checkpoint": checkpoint, "run_dir": found.path if found else None, "tokenizer": writer.tokenizer_dir,
+            "out": out_dir, "tokenizer_fingerprint": fingerprint}

@@ -1,32 +1,56 @@
-"""Find the weights, config and tokenizer behind ``--model M`` for evaluation and fine-tuning.
+"""What ``--model M`` means: the one loader of a model for evaluation, fine-tuning and weight tools.
 
 M is one of:
 
 * a train.py run folder (``config.yaml`` + ``checkpoints/``): its newest intact checkpoint;
 * a Composer checkpoint file (``RUN/checkpoints/baN.pt``, or anywhere: it carries its config);
-* a Hugging Face ModernBERT folder (``config.json`` + safetensors), as ``scripts/export_hf.py``
-  writes it or as ModernBERT is released; a ``ModernBertForSequenceClassification`` folder too.
+* a Hugging Face ModernBERT folder (``config.json`` + safetensors), as ``flexbert export`` writes it
+  or as ModernBERT is released; a ``ModernBertForSequenceClassification`` folder too; for the
+  ``encoder`` head any sentence-transformers folder.
+
+``load_model(M, head=...)`` returns a ``LoadedModel``: the config, the weights (FlexBERT names),
+the tokenizer folder and fingerprint it was trained with, and ``model``, built for ``head``:
+
+=============  ==========================================================================
+``none``       no module (the weights and their facts only: merging, tiling)
+``mlm``        ``FlexBertForMaskedLM`` in eval mode
+``classifier`` ``FlexBertForSequenceClassification`` (``num_labels``; config overrides)
+``encoder``    a ``SentenceTransformer`` (run folders and checkpoints are exported first, mean pooling)
+=============  ==========================================================================
 
 Run folders and checkpoints are read through the run folder (flexbert/train/run_folder.py: the
 config a checkpoint was trained with, its weights after the integrity check), Hugging Face folders
-through the converter.  Weight tiling, merging and retrieval evaluation read their sources here too.
+through the converter (every safetensors file checked against its recorded checksum, on every head).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import torch
 
-from flexbert.errors import FlexBertError
 from flexbert.config import ConfigError
+from flexbert.convert.hf import ConversionError, check_weights, read_hf_folder
+from flexbert.data.fingerprint import check_same, tokenizer_fingerprint
 from flexbert.data.source import tokenizer_dir
+from flexbert.errors import FlexBertError
 from flexbert.model.config import FlexBertConfig
-from flexbert.train.run_folder import (RunFolder, RunFolderError, checkpoint_config, identity, load_checkpoint,
-                                       load_weights, model_state)
+from flexbert.model.model import FlexBertForMaskedLM, FlexBertForSequenceClassification
+from flexbert.registry import Registry
+from flexbert.train.run_folder import (
+    RunFolder,
+    RunFolderError,
+    checkpoint_config,
+    identity,
+    load_checkpoint,
+    load_weights,
+    model_state,
+)
+from flexbert.weights.export import export_to_hf
 
 
 class ModelLoadError(FlexBertError, ValueError):
@@ -34,28 +58,35 @@ class ModelLoadError(FlexBertError, ValueError):
 
 
 @dataclass
-class Pretrained:
-    config: FlexBertConfig
+class LoadedModel:
+    config: Optional[FlexBertConfig]  # None for a sentence-transformers folder of another architecture
     state: dict[str, torch.Tensor]  # FlexBERT names: an MLM model's or a classifier's
     tokenizer_dir: Optional[str]
-    kind: str  # run | checkpoint | hf
+    kind: str  # run | checkpoint | hf | sentence-transformers
     path: str
     label_names: Optional[list[str]] = None  # a classification folder's id2label, in id order
     data: Optional[dict] = None  # a run's data section (shards, tokenizer)
     tokenizer_fingerprint: Optional[str] = None  # what it was trained with, where known (flexbert/data/fingerprint.py)
+    model: Any = None  # the module ``head`` asked for
+    given: str = ""  # what ``--model`` said (a run folder's ``path`` is its newest checkpoint)
 
     def check_tokenizer(self, fingerprint: Optional[str], other: str, size: Optional[int] = None) -> None:
         """Refuse (one line naming both) a tokenizer or shards written with another tokenizer than
         this model's, or one with more ids than its embeddings hold."""
-        from flexbert.data.fingerprint import check_same
-
         check_same(self.tokenizer_fingerprint, f"model {self.path}", fingerprint, other)
-        if size is not None and size > self.config.vocab_size:
+        if size is not None and self.config is not None and size > self.config.vocab_size:
             raise ModelLoadError(f"{other} has {size} tokens, more than model {self.path}'s vocabulary "
                                  f"(vocab_size={self.config.vocab_size})")
 
+    def ref(self, **extra) -> dict:
+        """What a result file records about the model it evaluated: the reference given, the file
+        read, its kind and tokenizer."""
+        return {"ref": self.given or self.path, "path": self.path, "kind": self.kind,
+                "tokenizer_fingerprint": self.tokenizer_fingerprint, **extra}
 
-def _from_run(path: str, kind: str) -> Pretrained:
+
+# --------------------------------------------------------------------------- reading the weights
+def _from_run(path: str, kind: str) -> LoadedModel:
     """A run folder (its newest intact checkpoint) or one checkpoint file, through the run folder."""
     try:
         if kind == "run":
@@ -73,26 +104,29 @@ def _from_run(path: str, kind: str) -> Pretrained:
         tok = tokenizer_dir(cfg.data)
     except FileNotFoundError:  # the run's data may have moved; the caller can pass one
         tok = None
-    return Pretrained(cfg.model, model_state(ckpt), tok, kind, checkpoint, data=dataclasses.asdict(cfg.data),
-                      tokenizer_fingerprint=identity(ckpt).get("tokenizer"))
+    return LoadedModel(cfg.model, model_state(ckpt), tok, kind, checkpoint, data=dataclasses.asdict(cfg.data),
+                       tokenizer_fingerprint=identity(ckpt).get("tokenizer"))
 
 
-def _from_hf(path: str) -> Pretrained:
-    from flexbert.convert.hf import ConversionError, read_hf_folder
-
+def _from_hf(path: str) -> LoadedModel:
     try:
         cfg, tensors, label_names = read_hf_folder(path)
     except (ConversionError, OSError) as e:
         raise ModelLoadError(f"--model {path}: {e}") from None
-    from flexbert.data.fingerprint import tokenizer_fingerprint
-
     tok = path if os.path.exists(os.path.join(path, "tokenizer.json")) else None
-    return Pretrained(cfg, tensors, tok, "hf", path, label_names, tokenizer_fingerprint=tokenizer_fingerprint(tok) if tok else None)
+    return LoadedModel(cfg, tensors, tok, "hf", path, label_names, tokenizer_fingerprint=tokenizer_fingerprint(tok) if tok else None)
 
 
-def load_pretrained(path: str) -> Pretrained:
+def load_pretrained(path: str) -> LoadedModel:
+    """The weights, config and tokenizer behind ``--model path`` (no module built)."""
+    loaded = _read(path)
+    loaded.given = path
+    return loaded
+
+
+def _read(path: str) -> LoadedModel:
     if not os.path.exists(path):
-        raise ModelLoadError(f"--model {path}: does not exist")
+        raise ModelLoadError(f"--model {path}: does not exist (give a run folder, a checkpoint or a Hugging Face folder)")
     if os.path.isdir(path):
         if os.path.exists(os.path.join(path, "config.json")):
             return _from_hf(path)
@@ -102,6 +136,7 @@ def load_pretrained(path: str) -> Pretrained:
     return _from_run(path, "checkpoint")
 
 
+# --------------------------------------------------------------------------- the heads
 def _load(model: torch.nn.Module, state: dict, what: str, allow_missing: tuple[str, ...] = ()) -> None:
     try:
         load_weights(model, state, what, allow_missing)
@@ -109,10 +144,8 @@ def _load(model: torch.nn.Module, state: dict, what: str, allow_missing: tuple[s
         raise ModelLoadError(str(e)) from None
 
 
-def mlm_model(pre: Pretrained):
+def mlm_model(pre: LoadedModel) -> FlexBertForMaskedLM:
     """A FlexBertForMaskedLM with the pretrained weights (eval mode)."""
-    from flexbert.model.model import FlexBertForMaskedLM
-
     if any(k.startswith("classifier.") for k in pre.state):
         raise ModelLoadError(f"--model {pre.path}: a classification model has no MLM head")
     model = FlexBertForMaskedLM(pre.config)
@@ -124,11 +157,9 @@ def mlm_model(pre: Pretrained):
     return model.eval()
 
 
-def classifier_model(pre: Pretrained, num_labels: int, **overrides):
+def classifier_model(pre: LoadedModel, num_labels: int, **overrides) -> FlexBertForSequenceClassification:
     """A FlexBertForSequenceClassification: encoder (and head, as transformers loads it) from the
     pretrained weights, a fresh classifier unless the source is a classifier with ``num_labels``."""
-    from flexbert.model.model import FlexBertForSequenceClassification
-
     cfg = dataclasses.replace(pre.config, num_labels=num_labels, **overrides)
     model = FlexBertForSequenceClassification(cfg)
     keep = {k: v for k, v in pre.state.items() if k.startswith(("model.", "head."))}
@@ -137,3 +168,59 @@ def classifier_model(pre: Pretrained, num_labels: int, **overrides):
         keep.update(src_cls)
     _load(model, keep, pre.path, ("classifier.",))
     return model
+
+
+def encoder_model(path: str, max_seq_len: Optional[int] = None, device: Optional[str] = None):
+    """A SentenceTransformer from a Hugging Face / sentence-transformers folder (a FlexBERT export
+    carries its pooling files; its safetensors are checked first), or from a run folder or
+    checkpoint, exported first (mean pooling) to a scratch folder by the one export path."""
+    from sentence_transformers import SentenceTransformer  # noqa: PLC0415 - optional: the 'retrieval' extra
+
+    if os.path.isdir(path) and os.path.exists(os.path.join(path, "config.json")):
+        try:
+            check_weights(path)
+        except ConversionError as e:
+            raise ModelLoadError(f"--model {path}: {e}") from None
+        model = SentenceTransformer(path, device=device)
+    else:
+        with tempfile.TemporaryDirectory() as scratch:
+            folder = os.path.join(scratch, "hf")
+            export_to_hf(folder, run_dir=path if os.path.isdir(path) else None, checkpoint=None if os.path.isdir(path) else path)
+            model = SentenceTransformer(folder, device=device)
+    if max_seq_len:
+        model.max_seq_length = max_seq_len
+    return model
+
+
+HEADS: Registry[Callable[..., Any]] = Registry("head")
+HEADS.register("none")(lambda pre, **_: None)
+HEADS.register("mlm")(lambda pre, **_: mlm_model(pre))
+HEADS.register("classifier")(lambda pre, num_labels, **overrides: classifier_model(pre, num_labels, **overrides))
+
+
+def load_model(ref: str, head: str = "mlm", **options) -> LoadedModel:
+    """The model behind ``ref`` (run folder, checkpoint or Hugging Face folder) with ``head`` built
+    as ``.model`` (see the module docstring); ``options`` go to the head (``num_labels``, config
+    overrides; ``max_seq_len``, ``device`` for ``encoder``)."""
+    if head == "encoder":
+        if not os.path.exists(ref):
+            raise ModelLoadError(f"--model {ref}: does not exist (give a run folder, a checkpoint or a model folder)")
+        facts = _encoder_facts(ref)
+        facts.model = encoder_model(ref, options.get("max_seq_len"), options.get("device"))
+        return facts
+    build = HEADS.get(head, "head")
+    loaded = load_pretrained(ref)
+    loaded.model = build(loaded, **options)
+    return loaded
+
+
+def _encoder_facts(ref: str) -> LoadedModel:
+    """The facts of an encoder's source: a FlexBERT/ModernBERT one's as ``load_pretrained`` reads
+    them; a sentence-transformers folder of another architecture has only its path."""
+    try:
+        return load_pretrained(ref)
+    except ModelLoadError:
+        if os.path.isdir(ref) and os.path.exists(os.path.join(ref, "modules.json")):
+            tok = ref if os.path.exists(os.path.join(ref, "tokenizer.json")) else None
+            return LoadedModel(None, {}, tok, "sentence-transformers", ref, given=ref)
+        raise

@@ -2,8 +2,8 @@
 
 Inputs are anything ``--model`` takes (flexbert/weights/load.py: run folders, checkpoints,
 Hugging Face folders); every model must have the base's config and tensor shapes, and, where they
-say, the same tokenizer.  The result is written as a Hugging Face folder (transformers loads it,
-``init_from`` starts a new phase from it).
+say, the same tokenizer.  The result is written by flexbert/weights/writer.py as a Hugging Face
+folder (transformers loads it, ``init_from`` starts a new phase from it) with its record.
 
 * ``linear``: ``sum_i w_i * theta_i`` with the weights normalised to sum to 1 (a weighted average;
   the base, when given, is not part of it).
@@ -28,7 +28,11 @@ from typing import Optional, Sequence
 
 import torch
 
+from flexbert.data.fingerprint import common_fingerprint
 from flexbert.errors import FlexBertError
+from flexbert.model.model import FlexBertForMaskedLM
+from flexbert.weights.load import load_pretrained, mlm_model
+from flexbert.weights.writer import ModelWriter
 
 METHODS = ("linear", "task_arithmetic", "ties")
 
@@ -113,8 +117,6 @@ def merge_states(method: str, base: Optional[dict], states: Sequence[dict], weig
 
 
 def _check_same(paths: Sequence[str], pres: Sequence) -> None:
-    from flexbert.data.fingerprint import common_fingerprint
-
     first = pres[0]
     for path, pre in zip(paths[1:], pres[1:]):
         if pre.config != first.config:
@@ -124,38 +126,27 @@ def _check_same(paths: Sequence[str], pres: Sequence) -> None:
                              "only models of one architecture and size merge")
         if set(pre.state) != set(first.state) or any(pre.state[k].shape != first.state[k].shape for k in first.state):
             raise MergeError(f"{path} has other weights (names or shapes) than {paths[0]}")
-    common_fingerprint({f"model {p}": pre.tokenizer_fingerprint for p, pre in zip(paths, pres)})
 
 
 def merge_models(method: str, models: Sequence[str], out_dir: str, base: Optional[str] = None,
                  weights: Optional[Sequence[float]] = None, density: float = 0.5, scale: float = 1.0,
                  overwrite: bool = False) -> dict:
     """Merge ``models`` (and ``base``) and write ``out_dir`` as a Hugging Face folder."""
-    from flexbert.convert.hf import to_hf
-    from flexbert.data.outputs import prepare_output_dir
-    from flexbert.model.model import FlexBertForMaskedLM
-    from flexbert.weights.load import load_pretrained, mlm_model
-
     paths = ([base] if base else []) + list(models)
+    writer = ModelWriter("merge", out_dir, overwrite, inputs=paths, keep=paths)
     pres = [load_pretrained(p) for p in paths]
     _check_same(paths, pres)
+    writer.inputs = [*writer.inputs, *(p.path for p in pres)]
     states = [mlm_model(p).state_dict() for p in pres]
     merged = merge_states(method, states[0] if base else None, states[1:] if base else states, weights, density, scale)
     model = FlexBertForMaskedLM(pres[0].config)
     model.load_state_dict(merged)
     model.tie_weights()
+    fingerprint = common_fingerprint({f"model {p}": pre.tokenizer_fingerprint for p, pre in zip(paths, pres)})
     tok_dir = next((p.tokenizer_dir for p in pres if p.tokenizer_dir), None)
-    tok = None
-    if tok_dir:
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(tok_dir)
-    prepare_output_dir(out_dir, overwrite=overwrite, inputs=[p.path for p in pres] + [tok_dir], keep=paths)
-    to_hf(model.eval(), out_dir, tokenizer=tok)
-    from flexbert.data.outputs import write_json
-
-    info = {"method": method, "base": base, "models": list(models), "weights": list(weights) if weights else None,
-            "density": density if method == "ties" else None, "scale": scale if method != "linear" else None,
-            "tokenizer": tok_dir, "out": out_dir}
-    write_json(f"{out_dir}/merge.json", info)
-    return info
+    writer.tokenizer(tok_dir, fingerprint, f"model {paths[0]}", pres[0].config.vocab_size)
+    writer.write_mlm(model, fallback=False)
+    settings = {"method": method, "base": base, "models": list(models), "weights": list(weights) if weights else None,
+                "density": density if method == "ties" else None, "scale": scale if method != "linear" else None}
+    writer.record(paths, settings)
+    return {**settings, "tokenizer": writer.tokenizer_dir, "out": out_dir}
