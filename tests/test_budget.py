@@ -49,19 +49,19 @@ def test_budget_series_end_to_end(tmp_path, data, capsys):
     assert main(args) == 0
     result = json.loads((out / "budget.json").read_text())
     assert set(result) == {"classification", "retrieval"}
-    for name, metric, file, read in (
-            ("classification", "test_accuracy", "metrics.json", lambda r: r["test"]["accuracy"]),
-            ("retrieval", "ndcg@10", "finetune_retrieval.json", lambda r: r["metrics_after"]["ndcg@10"])):
+    from flexbert.eval.evaluation import read_result
+
+    for name, metric in (("classification", "test_accuracy"), ("retrieval", "test_ndcg@10")):
         r = result[name]
         points = r["pretrained"]
         assert len(points) == 1 and points[0]["tokens"] == 1000 and points[0]["tokens_seen"] >= 1000
         assert len(points[0]["values"]) == 1
         assert r["metric"] == metric and 0 <= r["random_init"]["mean"] <= 1
         # the point is its fine-tune's own score, the baseline the random init's
-        scores = {n: read(json.loads((out / name / n / file).read_text())) for n in os.listdir(out / name)}
+        scores = {n: read_result(str(out / name / n)).metric(metric) for n in os.listdir(out / name)}
         assert len(scores) == 2 and r["random_init"]["values"] == [scores.pop("random-init_seed3")]
         assert list(scores.values()) == points[0]["values"]
-    assert json.loads((out / "retrieval" / "random-init_seed3" / "finetune_retrieval.json").read_text())["random_init"]
+    assert read_result(str(out / "retrieval" / "random-init_seed3")).model["random_init"]
     md = (out / "budget.md").read_text()
     assert md.count("| random init |") == 2 and ("reaches the random init" in md or "does not beat" in md)
     assert is_png(str(out / "budget.png"))
@@ -75,9 +75,10 @@ def test_budget_series_end_to_end(tmp_path, data, capsys):
 def test_the_seeds_of_one_budget_are_one_point(tmp_path):
     """Runs stop at the first batch past their budget, so two seeds see slightly different token
     counts: they are still one point of the series (the budget), with the tokens they saw beside."""
+    from flexbert.eval.evaluation import Result, write_result
     from flexbert.experiments.budget import Pretrained, Task, collect
 
-    task = Task("classification", "finetune.py", [], "metrics.json", "test_accuracy")
+    task = Task("classification", "finetune", [], "test_accuracy")
     out, runs = tmp_path / "out", []
     for seed, seen, acc in ((1, 1_003_049, 0.6), (2, 1_003_068, 0.7)):
         run = tmp_path / f"run{seed}"
@@ -85,8 +86,7 @@ def test_the_seeds_of_one_budget_are_one_point(tmp_path):
         (run / "metrics.jsonl").write_text(json.dumps({"kind": "train", "batch": 9, "tokens": seen}) + "\n")
         runs.append(Pretrained(f"run{seed}", str(run), seed, 1_000_000))
         for name, score in ((f"run{seed}", acc), (f"random-init_seed{seed}", 0.8)):
-            (out / "classification" / name).mkdir(parents=True)
-            (out / "classification" / name / "metrics.json").write_text(json.dumps({"test": {"accuracy": score}}))
+            write_result(str(out / "classification" / name), Result("classification", {}, {}, {"test": {"accuracy": score}}))
     r = collect(runs, [task], str(out), [1, 2])["classification"]
     assert [(p["tokens"], p["tokens_seen"], p["values"]) for p in r["pretrained"]] == [(1_000_000, 1_003_068, [0.6, 0.7])]
     assert r["random_init"]["values"] == [0.8, 0.8] and r["crossing_tokens"] is None

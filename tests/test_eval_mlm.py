@@ -1,4 +1,4 @@
-"""scripts/eval_mlm.py: a run folder, its checkpoint and its Hugging Face export give the same held-out
+"""flexbert eval-mlm (scripts/eval_mlm.py): a run folder, its checkpoint and its Hugging Face export give the same held-out
 MLM loss and accuracy, equal to the training run's own evaluation (same shards, rate and seed)."""
 
 import os
@@ -24,7 +24,7 @@ def trained(tmp_path_factory, data):
 
 def test_run_checkpoint_and_hf_folder_agree_with_training_eval(trained, data):
     from flexbert.weights.load import load_pretrained, mlm_model
-    from flexbert.eval.mlm import data_config, evaluate_mlm
+    from flexbert.eval.mlm import data_config, evaluate_mlm, mlm_loader
 
     run_dir, hf, last_eval = trained
     results = {}
@@ -32,7 +32,7 @@ def test_run_checkpoint_and_hf_folder_agree_with_training_eval(trained, data):
     for name, path in (("run", run_dir), ("checkpoint", os.path.join(run_dir, "checkpoints", "ba6.pt")), ("hf", hf)):
         pre = load_pretrained(path)
         assert pre.kind == name
-        results[name] = evaluate_mlm(mlm_model(pre), data_config(data, run_data=run_data), max_batches=3)
+        results[name] = evaluate_mlm(mlm_model(pre), mlm_loader(data_config(data, run_data=run_data)), max_batches=3)
     ref = results["run"]
     assert ref["masked_tokens"] > 50 and ref["rows"] == 3
     for name in ("checkpoint", "hf"):
@@ -45,7 +45,7 @@ def test_run_checkpoint_and_hf_folder_agree_with_training_eval(trained, data):
     assert ref["loss"] == pytest.approx(last_eval["metrics/eval/MLMLoss"], abs=1e-5)
     assert ref["accuracy"] == pytest.approx(last_eval["metrics/eval/MLMAccuracy"], abs=1e-7)
     # another masking rate masks other tokens: a different number of them
-    other = evaluate_mlm(mlm_model(load_pretrained(run_dir)), data_config(data, mlm_probability=0.3, run_data=run_data),
+    other = evaluate_mlm(mlm_model(load_pretrained(run_dir)), mlm_loader(data_config(data, mlm_probability=0.3, run_data=run_data)),
                          max_batches=3)
     assert other["masked_tokens"] > 1.5 * ref["masked_tokens"]
 
@@ -68,13 +68,15 @@ def test_cli(trained, data):
     assert whole == pytest.approx(out["loss"], rel=1e-4) and sum(b["documents"] > 0 for b in buckets) >= 2
     bad = subprocess.run([PY, "scripts/eval_mlm.py", "--model", os.path.join(run_dir, "nope"), "--data", data],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 2 and bad.stderr.strip() == f"error: --model {os.path.join(run_dir, 'nope')}: does not exist"
+    assert bad.returncode == 2 and bad.stderr.strip() == (f"error: --model {os.path.join(run_dir, 'nope')}: does not exist "
+                                                          "(give a run folder, a checkpoint or a Hugging Face folder)")
 
 
 def test_training_eval_mlm_and_phase_chain_agree_to_the_last_digit(trained, data):
-    """One evaluation loop (flexbert/train/mlm_eval.py): Composer's evaluator in training, eval_mlm's
-    evaluate_mlm and the phase chain's length evaluation give the same float on the same rows."""
-    from flexbert.eval.mlm import data_config, evaluate_mlm
+    """One evaluation loop (flexbert/eval/mlm.py over training's row_outputs): Composer's evaluator in
+    training, eval-mlm's evaluate_mlm and the phase chain's length evaluation give the same float on
+    the same rows."""
+    from flexbert.eval.mlm import data_config, evaluate_mlm, mlm_loader
     from flexbert.experiments.phases import length_losses
     from flexbert.weights.load import load_pretrained, mlm_model
     from flexbert.train.run_folder import RunFolder
@@ -85,5 +87,5 @@ def test_training_eval_mlm_and_phase_chain_agree_to_the_last_digit(trained, data
     ckpt = run.newest_checkpoint()
     chain = length_losses(cfg, ckpt, [cfg])["loss@128"]
     pre = load_pretrained(run_dir)
-    script = evaluate_mlm(mlm_model(pre), data_config(data, run_data=pre.data), max_batches=3)["loss"]
+    script = evaluate_mlm(mlm_model(pre), mlm_loader(data_config(data, run_data=pre.data)), max_batches=3)["loss"]
     assert chain == script == last_eval["metrics/eval/MLMLoss"], (chain, script, last_eval["metrics/eval/MLMLoss"])

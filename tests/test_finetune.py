@@ -50,24 +50,29 @@ def tiny_hf(tmp_path_factory, data):
 
 @pytest.fixture(scope="module")
 def finetuned(tmp_path_factory, tiny_hf):
-    from flexbert.eval.finetune import FinetuneConfig, run_finetune
+    from flexbert.eval.evaluation import run_evaluation
+    from flexbert.eval.finetune import FinetuneConfig
 
     tmp = tmp_path_factory.mktemp("ft")
     task = write_task(str(tmp / "task"))
     cfg = FinetuneConfig(model=tiny_hf, train=f"{task}/train.jsonl", validation=f"{task}/validation.jsonl",
                          test=f"{task}/test.jsonl", text_columns=["text"], out=str(tmp / "out"),
                          lr=2e-3, epochs=4, batch_size=16, seed=3, patience=0)
-    return cfg, run_finetune(cfg)
+    return cfg, run_evaluation("classification", cfg)
 
 
 def test_separable_task_reaches_95_percent(finetuned):
+    from flexbert.eval.evaluation import read_result
+
     cfg, result = finetuned
-    assert result["validation"]["accuracy"] >= 0.95 and result["test"]["accuracy"] >= 0.95
-    assert set(result["validation"]) == {"accuracy", "f1", "matthews_correlation"}
-    with open(os.path.join(cfg.out, "metrics.json")) as f:
-        assert json.load(f)["validation"] == result["validation"]
-    assert result["label_names"] == ["neg", "pos"] and len(result["history"]) == 4
-    assert result["history"][result["best_epoch"] - 1]["accuracy"] == result["validation"]["accuracy"]
+    metrics, details = result.metrics, result.details
+    assert metrics["validation"]["accuracy"] >= 0.95 and metrics["test"]["accuracy"] >= 0.95
+    assert set(metrics["validation"]) == {"accuracy", "f1", "matthews_correlation"}
+    written = read_result(cfg.out)
+    assert written.task == "classification" and written.metrics == metrics and written.metric("test_f1") == metrics["test"]["f1"]
+    assert written.settings["lr"] == cfg.lr and written.model["kind"] == "hf"
+    assert details["label_names"] == ["neg", "pos"] and len(details["history"]) == 4
+    assert details["history"][details["best_epoch"] - 1]["accuracy"] == metrics["validation"]["accuracy"]
     steps = [json.loads(line) for line in open(os.path.join(cfg.out, "metrics.jsonl"))]
     losses = [r["loss/train/total"] for r in steps if "loss/train/total" in r]
     assert len(losses) == 4 * 320 // 16 and sum(losses[-10:]) < sum(losses[:10])
@@ -98,7 +103,7 @@ def test_export_to_transformers_keeps_labels_and_logits(finetuned):
     assert (packed - hf_logits).abs().max() <= 1e-4
     labels = [1 if json.loads(line)["label"] == "pos" else 0 for line in open(cfg.validation)]
     hf_acc = (hf_logits.argmax(-1) == torch.tensor(labels)).float().mean().item()
-    assert hf_acc == pytest.approx(result["validation"]["accuracy"])
+    assert hf_acc == pytest.approx(result.metrics["validation"]["accuracy"])
 
 
 @pytest.mark.parametrize("num_labels,pooling", [(3, "mean"), (1, "cls")])
@@ -126,7 +131,8 @@ def test_classifier_export_parity(tmp_path, num_labels, pooling):
 
 
 def test_regression_task_runs(tmp_path, tiny_hf):
-    from flexbert.eval.finetune import FinetuneConfig, run_finetune
+    from flexbert.eval.evaluation import run_evaluation
+    from flexbert.eval.finetune import FinetuneConfig
 
     rng = random.Random(1)
     for split in ("train", "validation"):
@@ -138,15 +144,15 @@ def test_regression_task_runs(tmp_path, tiny_hf):
     cfg = FinetuneConfig(model=tiny_hf, train=str(tmp_path / "train.csv"), validation=str(tmp_path / "validation.csv"),
                          text_columns=["a", "b"], label_column="score", task="regression", out=str(tmp_path / "out"),
                          lr=1e-3, epochs=1, batch_size=8)
-    result = run_finetune(cfg)
-    assert set(result["validation"]) == {"pearson", "spearman"} and result["metric"] == "pearson"
-    assert result["validation"]["pearson"] > 0.8, result["validation"]  # it learned the count
+    result = run_evaluation("regression", cfg)
+    assert set(result.metrics["validation"]) == {"pearson", "spearman"} and result.details["metric"] == "pearson"
+    assert result.metrics["validation"]["pearson"] > 0.8, result.metrics  # it learned the count
     from transformers import AutoConfig
 
     assert AutoConfig.from_pretrained(tmp_path / "out" / "hf").num_labels == 1
     # guard: the same run at an LR that learns nothing does not pass the bound
-    idle = run_finetune(dataclasses.replace(cfg, lr=1e-12, out=str(tmp_path / "idle")))
-    assert idle["validation"]["pearson"] < 0.5, idle["validation"]
+    idle = run_evaluation("regression", dataclasses.replace(cfg, lr=1e-12, out=str(tmp_path / "idle")))
+    assert idle.metrics["validation"]["pearson"] < 0.5, idle.metrics
 
 
 def test_cli_bad_column_is_one_line(tmp_path, tiny_hf):
@@ -173,8 +179,10 @@ def test_finetune_sweep_with_a_base_runs(tmp_path, tiny_hf):
                                     "grid": {"lr": [1e-3]}}))
     sw = S.load_sweep(str(path))
     assert S.run_all(sw) == []
-    result = json.load(open(os.path.join(S.run_dir(sw, sw.runs[0]), "metrics.json")))
-    assert set(result["validation"]) == {"accuracy", "f1", "matthews_correlation"}
+    from flexbert.eval.evaluation import read_result
+
+    result = read_result(S.run_dir(sw, sw.runs[0]))
+    assert set(result.metrics["validation"]) == {"accuracy", "f1", "matthews_correlation"}
 
 
 @pytest.mark.parametrize("flag, value, message", [

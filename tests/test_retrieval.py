@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from flexbert.eval.evaluation import read_result
+
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
 
 DOCS = {"d1": "apple banana", "d2": "apple kiwi", "d3": "cherry cherry", "d4": "cherry lemon", "d5": "elderberry fig",
@@ -45,8 +47,9 @@ def test_bm25_on_a_known_ranking_gives_the_metrics_computed_by_hand(tmp_path, ca
     got = json.loads(capsys.readouterr().out)
     assert got["ndcg@10"] == pytest.approx(ndcg) and got["mrr@10"] == pytest.approx(mrr) and got["recall@100"] == 1.0
     assert got["queries"] == 3 and got["documents"] == 6
-    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert saved == got and saved["split"] == "test" and saved["scoring"] == "bm25"
+    saved = read_result(str(tmp_path / "out"))
+    assert saved.task == "retrieval" and saved.model["ref"] == "bm25" and saved.settings["split"] == "test"
+    assert saved.metrics == {"test": {k: got[k] for k in ("ndcg@10", "mrr@10", "recall@100")}}
     # recall@100 counts relevant documents past rank 10: q1 has 12 relevant ones, 11 of them found
     many = {f"x{i}": f"apple banana filler{i}" for i in range(11)}
     folder2 = write_beir(tmp_path / "beir2", docs=dict(DOCS, **many), qrels=[("q1", d, 1) for d in list(many) + ["d9"]])
@@ -72,10 +75,10 @@ def test_run_folder_is_exported_and_scored_beside_bm25(tmp_path, trained, capsys
     direct = json.loads(capsys.readouterr().out)
     assert main(["--model", cfg["run_dir"], "--bm25", "--data", folder, "--out", str(tmp_path / "out")]) == 0
     printed = capsys.readouterr().out.splitlines()
-    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    saved = read_result(str(tmp_path / "out"))
     for k in ("ndcg@10", "mrr@10", "recall@100"):
-        assert saved[k] == pytest.approx(direct[k], abs=1e-6)
-    assert saved["model"] == cfg["run_dir"] and saved["scoring"] == "cosine" and saved["bm25"]["recall@100"] == 1.0
+        assert saved.metric(f"test_{k}") == pytest.approx(direct[k], abs=1e-6)
+    assert saved.model["ref"] == cfg["run_dir"] and saved.model["kind"] == "run" and saved.details["bm25"]["recall@100"] == 1.0
     assert len(printed) == 2 and printed[1].startswith("bm25 on ")
 
 
@@ -88,8 +91,9 @@ def test_metrics_agree_with_sentence_transformers_evaluator(tmp_path, data):
     from flexbert.convert.hf import to_hf
     from flexbert.convert.sentence import write_sentence_transformers
     from flexbert.data.beir import Beir
-    from flexbert.eval.retrieval import load_encoder, rank_dense, ranking_metrics
+    from flexbert.eval.retrieval import rank_dense, ranking_metrics
     from flexbert.model import FlexBertForMaskedLM
+    from flexbert.weights.load import load_model
     from flexbert.model.config import FlexBertConfig
     from test_train_fixtures import model_overrides
 
@@ -98,7 +102,7 @@ def test_metrics_agree_with_sentence_transformers_evaluator(tmp_path, data):
     to_hf(FlexBertForMaskedLM(FlexBertConfig.from_dict(model_overrides())).eval(), out,
           tokenizer=os.path.join(data, "tokenizer", "tokenizer.json"))
     write_sentence_transformers(str(out), 64, 128, "mean")
-    model = load_encoder(str(out))
+    model = load_model(str(out), "encoder").model
     docs = {f"d{i}": f"document number {i} about {w}" for i, w in enumerate(["rivers", "cities", "music", "rain"] * 5)}
     queries = {f"q{i}": f"a question about {w}" for i, w in enumerate(["rivers", "music", "rain"])}
     qrels = {"q0": {"d0": 1, "d4": 1}, "q1": {"d2": 1}, "q2": {"d3": 1, "d7": 1, "d11": 1}}
@@ -162,11 +166,11 @@ def test_retrieval_finetune_lowers_the_loss_and_writes_a_sentence_transformer(tm
     out = tmp_path / "retriever"
     assert main(["--model", str(enc), "--train", str(pairs), "--out", str(out), "--epochs", "4", "--batch-size", "8",
                  "--lr", "1e-3", "--warmup", "0", "--eval", beir, "--no-progress"]) == 0
-    info = json.loads((out / "finetune_retrieval.json").read_text())
-    losses = info["losses"]
-    assert info["steps"] == len(losses) == 16 and info["kind"] == "pairs"
+    info = read_result(str(out))
+    losses = info.details["losses"]
+    assert info.task == "retrieval-finetune" and info.details["steps"] == len(losses) == 16 and info.details["kind"] == "pairs"
     assert sum(losses[-4:]) / 4 < 0.7 * sum(losses[:4]) / 4, losses  # it learned to match queries to passages
-    assert info["metrics_after"]["mrr@10"] > info["metrics_before"]["mrr@10"], info
+    assert info.metric("test_mrr@10") > info.details["metrics_before"]["test"]["mrr@10"], info
     assert "ndcg@10 " in capsys.readouterr().out
     emb = SentenceTransformer(str(out)).encode(["what about the river 1"])
     assert emb.shape == (1, 64)
@@ -187,9 +191,9 @@ def test_retrieval_finetune_triplets_with_the_cached_loss(tmp_path, data, capsys
     args = ["--model", str(enc), "--train", str(tsv), "--out", str(out), "--batch-size", "8", "--mini-batch-size", "3",
             "--query-column", "q", "--positive-column", "pos", "--negative-column", "neg", "--no-progress"]
     assert main(args) == 0
-    info = json.loads((out / "finetune_retrieval.json").read_text())
-    assert info["kind"] == "triplets" and info["mini_batch_size"] == 3 and info["steps"] == 1
-    assert info["losses"][0] > 0 and SentenceTransformer(str(out)).encode(["x"]).shape == (1, 64)
+    info = read_result(str(out))
+    assert info.details["kind"] == "triplets" and info.settings["mini_batch_size"] == 3 and info.details["steps"] == 1
+    assert info.details["losses"][0] > 0 and SentenceTransformer(str(out)).encode(["x"]).shape == (1, 64)
     tsv.write_text("q\tpos\tneg\n" + "".join("\t".join(r) + "\n" for r in rows[:3]) + "a\tb\t\n")
     assert main(args + ["--overwrite"]) == 2
     err = capsys.readouterr().err
@@ -201,8 +205,11 @@ def test_random_init_gives_fresh_weights_of_the_same_shape_by_seed(tmp_path, dat
     import torch
     from transformers import set_seed
 
-    from flexbert.eval.retrieval import load_encoder
     from flexbert.eval.retrieval_finetune import reinitialize
+    from flexbert.weights.load import load_model
+
+    def load_encoder(path):
+        return load_model(path, "encoder").model
 
     enc = str(_tiny_encoder(tmp_path, data))
     trained = load_encoder(enc)[0].auto_model.state_dict()

@@ -37,7 +37,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", nargs="+", type=int, default=[17, 18], help="one pretraining + fine-tune per seed")
     p.add_argument("--task-dir", required=True, help="folder with train.jsonl, validation.jsonl, test.jsonl")
     p.add_argument("--finetune-args", default=FINETUNE, help=f"flexbert finetune options (default: {FINETUNE!r})")
-    p.add_argument("--metric", default="test_accuracy", help="SPLIT_NAME from the fine-tunes' metrics.json")
+    p.add_argument("--metric", default="test_accuracy", help="SPLIT_NAME of the fine-tunes' result.json")
     p.add_argument("--retrieval", help="BEIR folder with train_pairs.jsonl: also fine-tune for retrieval (nDCG@10)")
     p.add_argument("--retrieval-args", default=RETRIEVAL, help=f"flexbert finetune-retrieval options (default: {RETRIEVAL!r})")
     p.add_argument("--out", required=True)
@@ -61,11 +61,11 @@ def pretrain(a) -> list:
 
 def tasks(a) -> list:
     split_files = [x for s in ("train", "validation", "test") for x in (f"--{s}", os.path.join(a.task_dir, f"{s}.jsonl"))]
-    found = [Task("classification", "finetune", split_files + shlex.split(a.finetune_args), "metrics.json", a.metric)]
+    found = [Task("classification", "finetune", split_files + shlex.split(a.finetune_args), a.metric)]
     if a.retrieval:
         found.append(Task("retrieval", "finetune-retrieval",
                           ["--train", os.path.join(a.retrieval, "train_pairs.jsonl"), "--eval", a.retrieval, "--split", "test",
-                           *shlex.split(a.retrieval_args)], "finetune_retrieval.json", "ndcg@10", ("metrics_after", "ndcg@10")))
+                           *shlex.split(a.retrieval_args)], "test_ndcg@10"))
     return found
 
 

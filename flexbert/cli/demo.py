@@ -21,9 +21,13 @@ import sys
 import time
 import warnings
 
+from transformers import pipeline
+from transformers.utils import logging as hf_logging
+
 from flexbert.cli.common import command, make_parser
-from flexbert.eval.recipes import RT_CLASSIFICATION, RT_RETRIEVAL, as_flags
 from flexbert.data.beir import load_beir
+from flexbert.eval.evaluation import RESULT, read_result
+from flexbert.eval.recipes import RT_CLASSIFICATION, RT_RETRIEVAL, as_flags
 from flexbert.eval.retrieval import rank_bm25, ranking_metrics
 from flexbert.experiments.launcher import flexbert_command, run_command
 from flexbert.train import metric_keys as K
@@ -65,19 +69,18 @@ def last_records(run_dir: str) -> tuple[dict, dict]:
     return (train or [{}])[-1], (evaluation or [{}])[-1]
 
 
-def both_inits(prefix: str, result: str, ckpt: str, cmd: list[str]) -> dict:
-    """``cmd`` (a fine-tuning script's command line, less --out) from the pretrained weights and from
-    a random init, each skipped when its ``result`` file is newer than the checkpoint; both results."""
+def both_inits(prefix: str, ckpt: str, cmd: list[str]) -> dict:
+    """``cmd`` (a fine-tuning command line, less --out) from the pretrained weights and from a
+    random init, each skipped when its result.json is newer than the checkpoint; both Results."""
     results = {}
     for name, extra in (("pretrained", []), ("random-init", ["--random-init"])):
         ft = f"{prefix}-{name}"
-        done = os.path.join(ft, result)
+        done = os.path.join(ft, RESULT)
         if os.path.exists(done) and os.path.getmtime(done) > os.path.getmtime(ckpt):
             print(f"already there: {ft}")
         else:
             run([*cmd, "--out", ft, "--overwrite", *extra])
-        with open(done) as f:
-            results[name] = json.load(f)
+        results[name] = read_result(ft)
     return results
 
 
@@ -88,7 +91,7 @@ def finetune_rt(out: str, run_dir: str, ckpt: str, epochs: int) -> None:
     movies' text, so validation/test reviews were never seen (tests/test_demo_corpus_leak.py)."""
     step("7/8 fine-tune on Rotten Tomatoes (fresh vs rotten): pretrained vs the same architecture from random init")
     rt = os.path.join(out, "corpus", "rotten_tomatoes")
-    results = both_inits(os.path.join(out, "finetune-rt"), "metrics.json", ckpt,
+    results = both_inits(os.path.join(out, "finetune-rt"), ckpt,
                          flexbert_command("finetune", "--model", run_dir, "--train", os.path.join(rt, "train.jsonl"),
                                           "--validation", os.path.join(rt, "validation.jsonl"),
                                           "--test", os.path.join(rt, "test.jsonl"),
@@ -99,16 +102,16 @@ def finetune_rt(out: str, run_dir: str, ckpt: str, epochs: int) -> None:
     print(f"\nRotten Tomatoes, {epochs} epochs (accuracy; majority class on test: {majority:.3f})")
     print(f"{'':14s} {'validation':>10s} {'test':>8s} {'test F1':>8s}")
     for name, r in results.items():
-        print(f"{name:14s} {r['validation']['accuracy']:10.3f} {r['test']['accuracy']:8.3f} {r['test']['f1']:8.3f}")
+        print(f"{name:14s} {r.metric('validation_accuracy'):10.3f} {r.metric('test_accuracy'):8.3f} {r.metric('test_f1'):8.3f}")
 
 
 def finetune_retrieval(out: str, hf: str, ckpt: str) -> None:
     """Step 8: contrastive fine-tuning on (review, plot) pairs of the train movies, scored on the
-    held-out movies (flexbert/data/rt_retrieval.py: nothing there was pretraining text)."""
+    held-out movies (flexbert/data/demo_corpus.py: nothing there was pretraining text)."""
     step("8/8 retrieval, review -> plot of held-out movies: pretrained vs random init, fine-tuned; BM25 beside")
     data = os.path.join(out, "corpus", "rt_retrieval")
-    results = {name: r["metrics_after"] for name, r in both_inits(
-        os.path.join(out, "retrieval"), "finetune_retrieval.json", ckpt,
+    results = {name: r.metrics["test"] for name, r in both_inits(
+        os.path.join(out, "retrieval"), ckpt,
         flexbert_command("finetune-retrieval", "--model", hf, "--train", os.path.join(data, "train_pairs.jsonl"),
                          "--eval", data, "--split", "test", *as_flags(RT_RETRIEVAL))).items()}
     beir = load_beir(data, "test")
@@ -174,9 +177,6 @@ def export_and_fill(run_dir: str, ckpt: str, hf: str) -> None:
 
     step("6/8 fill-mask through transformers' pipeline")
     warnings.filterwarnings("ignore")
-    from transformers import pipeline  # noqa: PLC0415 - transformers' pipeline machinery, loaded for this step only
-    from transformers.utils import logging as hf_logging
-
     hf_logging.set_verbosity_error()
     fill = pipeline("fill-mask", model=hf, tokenizer=hf, device="cpu")
     for prompt in PROMPTS:

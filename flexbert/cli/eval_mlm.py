@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
 from flexbert.cli.common import command, make_parser
 from flexbert.config import at_least
-from flexbert.eval.mlm import (DEFAULT_LENGTH_BOUNDS, check_model_tokenizer, data_config, evaluate_mlm,
-                               format_by_length, mlm_loader)
-from flexbert.weights.load import ModelLoadError, load_pretrained, mlm_model
+from flexbert.eval.evaluation import run_evaluation
+from flexbert.eval.mlm import format_by_length
 
 
 def parser() -> argparse.ArgumentParser:
@@ -34,29 +32,27 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", help="default: the copy inside the shard folder")
     p.add_argument("--max-batches", type=at_least(1), help="evaluate only the first N batches")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.add_argument("--by-length", nargs="*", type=at_least(1), metavar="BOUND",
                    help="also the loss per document-length range, split at these token counts (default 128 512 2048)")
+    p.add_argument("--out", help="write OUT/result.json (flexbert/eval/evaluation.py's schema)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out whole")
     return p
 
 
 def run(a: argparse.Namespace) -> int:
-    if not os.path.isdir(os.path.join(a.data, a.split)):
-        raise ModelLoadError(f"--data {a.data}: no '{a.split}' split folder (MDS shards from tokenize_to_mds.py)")
-    pre = load_pretrained(a.model)
-    cfg = data_config(a.data, a.split, a.mlm_probability, a.seed, a.max_seq_len, a.rows_of, a.tokenizer, pre.data)
-    check_model_tokenizer(pre, cfg, f"shards {a.data}")
-    bounds = (sorted(set(a.by_length)) or list(DEFAULT_LENGTH_BOUNDS)) if a.by_length is not None else None
-    result = evaluate_mlm(mlm_model(pre), mlm_loader(cfg), a.max_batches, a.device, bounds=bounds)
-    result.update(model=a.model, data=a.data, split=a.split, mlm_probability=a.mlm_probability, seed=a.seed)
+    options = {k: v for k, v in vars(a).items() if k != "json" and v is not None}
+    result = run_evaluation("mlm", options)
+    m = result.metrics[a.split]
     if a.json:
-        print(json.dumps(result))
+        print(json.dumps({**m, **result.details, "model": a.model, "data": a.data, "split": a.split,
+                          "mlm_probability": a.mlm_probability, "seed": a.seed}))
         return 0
     print(f"{a.model} on {a.data}/{a.split} ({a.mlm_probability:.0%} masking, seed {a.seed}): MLM loss "
-          f"{result['loss']:.4f}, accuracy {result['accuracy']:.4f}, perplexity {result['perplexity']:.1f} "
-          f"over {result['masked_tokens']:,} masked tokens")
-    if "by_length" in result:
-        print(format_by_length(result["by_length"]))
+          f"{m['loss']:.4f}, accuracy {m['accuracy']:.4f}, perplexity {m['perplexity']:.1f} "
+          f"over {result.details['masked_tokens']:,} masked tokens")
+    if "by_length" in result.details:
+        print(format_by_length(result.details["by_length"]))
     return 0
 
 

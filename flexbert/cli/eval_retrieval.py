@@ -6,7 +6,7 @@
 
 --model is a run folder or checkpoint (exported first, mean pooling) or a SentenceTransformer folder:
 a FlexBERT export (flexbert export writes the pooling files), a retrieval fine-tune
-(flexbert finetune-retrieval) or any sentence-transformers model.  --out writes OUT/metrics.json
+(flexbert finetune-retrieval) or any sentence-transformers model.  --out writes OUT/result.json
 (the metrics and the settings used).  The layout and the metrics: flexbert/eval/retrieval.py and
 docs/evaluation.md.
 """
@@ -18,9 +18,7 @@ import json
 
 from flexbert.cli.common import command, make_parser
 from flexbert.config import at_least
-from flexbert.data.outputs import check_output_dir, prepare_output_dir
-from flexbert.data.beir import load_beir
-from flexbert.eval.retrieval import load_encoder, rank_bm25, rank_dense, ranking_metrics
+from flexbert.eval.evaluation import run_evaluation
 
 KEYS = ("ndcg@10", "mrr@10", "recall@100")
 
@@ -31,7 +29,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--bm25", action="store_true", help="the BM25 baseline (bm25s), beside --model or alone")
     p.add_argument("--data", required=True, help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv")
     p.add_argument("--split", default="test")
-    p.add_argument("--out", help="write OUT/metrics.json")
+    p.add_argument("--out", help="write OUT/result.json (flexbert/eval/evaluation.py's schema)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out whole")
     p.add_argument("--max-seq-len", type=at_least(8), help="truncate inputs (default: the model's)")
     p.add_argument("--batch-size", type=at_least(1), default=32)
@@ -40,38 +38,15 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def evaluate(a) -> dict:
-    """The metrics.json record: the first of --model / --bm25 at the top level, BM25 under "bm25"
-    when both ran, and the settings."""
-    data = load_beir(a.data, a.split)
-    scores = {}
-    if a.model:
-        scores[a.model] = ranking_metrics(rank_dense(load_encoder(a.model, a.max_seq_len, a.device), data,
-                                                     batch_size=a.batch_size), data.qrels)
-    if a.bm25:
-        scores["bm25"] = ranking_metrics(rank_bm25(data), data.qrels)
-    first = next(iter(scores))
-    result = dict(scores[first], model=first, data=a.data, split=a.split, queries=len(data.qrels),
-                  documents=len(data.corpus), max_seq_len=a.max_seq_len, scoring="bm25" if first == "bm25" else "cosine")
-    if a.model and a.bm25:
-        result["bm25"] = scores["bm25"]
-    return result
-
-
 def run(a: argparse.Namespace) -> int:
-    if not a.model and not a.bm25:
-        parser().error("give --model, --bm25, or both")
-    if a.out:
-        check_output_dir(a.out, [a.model, a.data])
-    result = evaluate(a)
-    if a.out:
-        out = prepare_output_dir(a.out, overwrite=a.overwrite, inputs=[a.model, a.data])
-        (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
-    if a.json:
-        print(json.dumps(result))
+    options = {k: v for k, v in vars(a).items() if k != "json" and v is not None}
+    result = run_evaluation("retrieval", options)
+    metrics, d = result.metrics[a.split], result.details
+    if a.json:  # the metrics at the top level, BM25's under "bm25" when both ran, and the settings
+        print(json.dumps({**metrics, "model": result.model["ref"], "data": a.data, "split": a.split, **d}))
         return 0
-    head = f"on {a.data} ({a.split}: {result['queries']} queries, {result['documents']} documents)"
-    rows = [(result["model"], result)] + ([("bm25", result["bm25"])] if "bm25" in result else [])
+    head = f"on {a.data} ({a.split}: {d['queries']} queries, {d['documents']} documents)"
+    rows = [(result.model["ref"], metrics)] + ([("bm25", d["bm25"])] if "bm25" in d else [])
     for name, m in rows:
         print(f"{name} {head}: " + ", ".join(f"{k} {m[k]:.4f}" for k in KEYS))
     return 0

@@ -7,8 +7,8 @@
         --text-columns "#1 String" "#2 String" --label-column Quality --lr 8e-5 --epochs 2 --out runs/mrpc
 
 --model: a train.py run folder, a checkpoint file, or a Hugging Face ModernBERT folder.  Files: .tsv
-(GLUE layout, header row), .csv or .jsonl (optionally .gz).  Writes OUT/metrics.json (validation and
-test metrics by name), OUT/metrics.jsonl (per step), OUT/hf (transformers'
+(GLUE layout, header row), .csv or .jsonl (optionally .gz).  Writes OUT/result.json (validation and
+test metrics by name: flexbert/eval/evaluation.py), OUT/metrics.jsonl (per step), OUT/hf (transformers'
 ModernBertForSequenceClassification, label names kept).
 """
 
@@ -19,7 +19,8 @@ import dataclasses
 import os
 
 from flexbert.cli.common import command, make_parser
-from flexbert.eval.finetune import FinetuneConfig, load_finetune_config, run_finetune
+from flexbert.eval.evaluation import RESULT, run_evaluation
+from flexbert.eval.finetune import FinetuneConfig, load_finetune_config
 
 
 def parser() -> argparse.ArgumentParser:
@@ -67,12 +68,12 @@ def _show_defaults(p: argparse.ArgumentParser) -> None:
 def run(a: argparse.Namespace) -> int:
     given = {k: v for k, v in vars(a).items() if k != "config"}
     cfg = load_finetune_config(a.config, given)
-    result = run_finetune(cfg)
-    for split in ("validation", "test"):
-        if split in result:
-            print(f"{split}: " + ", ".join(f"{k} {v:.4f}" for k, v in result[split].items()))
-    print(f"best epoch {result['best_epoch']} of {result['epochs_run']}; {result['seconds']:.0f}s; "
-          f"metrics: {os.path.join(cfg.out, 'metrics.json')}; model: {result['export']}")
+    result = run_evaluation(cfg.task, cfg)
+    for split, values in result.metrics.items():
+        print(f"{split}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
+    d = result.details
+    print(f"best epoch {d['best_epoch']} of {d['epochs_run']}; {d['seconds']:.0f}s; "
+          f"result: {os.path.join(cfg.out, RESULT)}; model: {d['export']}")
     return 0
 
 

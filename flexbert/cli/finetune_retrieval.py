@@ -7,7 +7,7 @@
 --model: a run folder, a checkpoint, a FlexBERT export or any SentenceTransformer folder.  --train:
 any table format of the reader registry (.jsonl, .csv, .tsv, .parquet, compressed too) with a query
 and a positive column, and a negative column for triplets (--query-column, --positive-column,
---negative-column).  The output is a SentenceTransformer folder with finetune_retrieval.json (the
+--negative-column).  The output is a SentenceTransformer folder with result.json (the
 loss of every step; with --eval, nDCG@10 / MRR@10 / Recall@100 before and after).
 flexbert/eval/retrieval_finetune.py says what it does and why.
 """
@@ -18,7 +18,7 @@ import argparse
 
 from flexbert.cli.common import command, make_parser
 from flexbert.config import at_least
-from flexbert.eval.retrieval_finetune import finetune_retrieval
+from flexbert.eval.evaluation import run_evaluation
 
 
 def parser() -> argparse.ArgumentParser:
@@ -48,18 +48,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run(a: argparse.Namespace) -> int:
-    if not a.lr > 0:
-        parser().error(f"--lr must be > 0, got {a.lr}")
-    if not 0 <= a.warmup < 1:
-        parser().error(f"--warmup must be in [0, 1), got {a.warmup}")
-    info = finetune_retrieval(a.model, a.train, a.out, eval_dir=a.eval, split=a.split, epochs=a.epochs,
-                              batch_size=a.batch_size, lr=a.lr, warmup=a.warmup, mini_batch_size=a.mini_batch_size,
-                              max_seq_len=a.max_seq_len, seed=a.seed, random_init=a.random_init, max_steps=a.max_steps, overwrite=a.overwrite,
-                              columns=(a.query_column, a.positive_column, a.negative_column),
-                              progress=not a.no_progress)
-    print(f"{info['steps']} steps; loss {info['losses'][0]:.4f} -> {info['losses'][-1]:.4f}; model: {a.out}")
-    if info["metrics_after"] is not None:
-        b, f = info["metrics_before"], info["metrics_after"]
+    options = {k: v for k, v in vars(a).items() if v is not None and k != "no_progress"}
+    result = run_evaluation("retrieval-finetune", {**options, "progress": not a.no_progress})
+    d = result.details
+    print(f"{d['steps']} steps; loss {d['losses'][0]:.4f} -> {d['losses'][-1]:.4f}; model: {a.out}")
+    if result.metrics:
+        b, f = d["metrics_before"][a.split], result.metrics[a.split]
         print(f"{a.eval} ({a.split}): " + ", ".join(f"{k} {b[k]:.4f} -> {f[k]:.4f}" for k in ("ndcg@10", "mrr@10", "recall@100")))
     return 0
 

@@ -16,10 +16,7 @@ import yaml
 
 from flexbert.cli.common import debug_wanted, fail, refused
 from flexbert.env import dist_env, quiet_third_party
-from flexbert.train.builders import build_trainer
-from flexbert.train.callbacks import TrainingDiverged
 from flexbert.train.config import as_plain_dict, load_run_config, with_known_data
-from flexbert.train.preemption import EXIT_CODE, Preempted
 
 USAGE = "usage: train.py CONFIG.yaml [key=value ...] [--debug] [--print-config]"
 
@@ -51,19 +48,23 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(cfg, debug: bool = False) -> int:
+    # deferred (one of the allowed function-local imports: tests/test_code_shape.py): Composer takes
+    # seconds to import, and a refused config or --help answers before it
+    from flexbert.train import builders, callbacks, preemption
+
     run_obj = None
     try:
-        run_obj = build_trainer(cfg)
+        run_obj = builders.build_trainer(cfg)
         if not run_obj.fit() and dist_env().is_main:
             print(f"[flexbert] {cfg.run_name} is already complete ({run_obj.plan.path}); nothing to do", flush=True)
-    except TrainingDiverged as e:
+    except callbacks.TrainingDiverged as e:
         _close(run_obj)
         return _fail(str(e), 3, debug, e)
-    except Preempted as e:
+    except preemption.Preempted as e:
         _close(run_obj)
         if dist_env().is_main:
             print(f"[flexbert] {cfg.run_name}: {e}", file=sys.stderr, flush=True)
-        return 130 if e.signame == "SIGINT" else EXIT_CODE
+        return 130 if e.signame == "SIGINT" else preemption.EXIT_CODE
     except KeyboardInterrupt:
         _close(run_obj)
         return _fail("interrupted", 130, debug)

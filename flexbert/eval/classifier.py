@@ -18,12 +18,13 @@ from composer import Trainer
 from composer.core import Callback, DataSpec, Evaluator, State
 from composer.loggers import Logger
 from composer.models import ComposerModel
+from composer.utils import reproducibility
 from torchmetrics import Metric
 
+from flexbert.env import quiet_known_warnings
 from flexbert.train.callbacks import ScheduleStepper
 from flexbert.train.loggers import ConsoleLogger, JSONLLogger
 from flexbert.train.optim import OptimizerConfig, build_optimizer
-from flexbert.env import quiet_known_warnings
 from flexbert.train.recipe import resolve_device, resolve_precision, trainer_settings
 from flexbert.train.schedulers import parse_scheduler
 
@@ -151,6 +152,4 @@ def build_classifier_trainer(model: torch.nn.Module, scores: dict[str, Score], k
 
 def seed_everything(seed: int) -> None:
     """Python, numpy and torch RNGs (Composer's own seeding), before a model is built."""
-    from composer.utils import reproducibility
-
     reproducibility.seed_all(seed)

@@ -11,12 +11,12 @@ from typing import Optional, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from flexbert.data.tokenizer import load_tokenizer
+
 
 def encode_texts(tokenizer_dir: str, texts: Sequence[tuple[str, ...]], max_seq_len: int) -> list[list[int]]:
     """Token ids with the tokenizer's own template (``[CLS] a [SEP] (b [SEP])``), truncated to
     ``max_seq_len`` (the longer text of a pair loses tokens first)."""
-    from flexbert.data.tokenizer import load_tokenizer
-
     tok = load_tokenizer(tokenizer_dir)
     tok.no_padding()
     tok.enable_truncation(max_length=max_seq_len, strategy="longest_first")

@@ -1,17 +1,18 @@
-"""Fine-tune a pretrained FlexBERT / ModernBERT on a classification or regression task.
+"""Fine-tune a pretrained FlexBERT / ModernBERT on a classification or regression task: the
+``classification`` and ``regression`` evaluations (``flexbert finetune``).
 
 The training stack is pretraining's: a Composer Trainer, StableAdamW with its parameter groups,
-the token-exact LR schedule stepper and the JSONL/console loggers, around
-``FlexBertForSequenceClassification`` fed packed, unpadded batches (``flexbert/eval/data.py``).
+the token-exact LR schedule stepper and the JSONL/console loggers (flexbert/eval/classifier.py),
+around ``FlexBertForSequenceClassification`` fed packed, unpadded batches (``flexbert/eval/data.py``).
 The schedule is linear warmup over ``warmup`` of the run then linear decay to 0; the model is
 evaluated on the validation file after every epoch, the best epoch's weights are kept, and training
-stops after ``patience`` epochs without improvement.  ``DIR/metrics.json`` gets the final metrics.
+stops after ``patience`` epochs without improvement.  ``OUT/result.json`` gets the final metrics
+(flexbert/eval/evaluation.py's schema), ``OUT/metrics.jsonl`` every step, ``OUT/hf`` the model
+(written by flexbert/weights/writer.py).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -19,11 +20,16 @@ from typing import Optional
 
 import torch
 
+from flexbert.config import ConfigError, from_dict, load_yaml
+from flexbert.data.outputs import prepare_output_dir
 from flexbert.eval import metrics as M
 from flexbert.eval.classifier import KeepBest, build_classifier_trainer, predictions, seed_everything
-
-
-TASKS = ("classification", "regression")
+from flexbert.eval.data import EncodedTask, encode_texts, loader
+from flexbert.eval.evaluation import Result, evaluation, settings_of
+from flexbert.eval.tasks import TASK_KINDS, load_task, task_kind
+from flexbert.model.model import FlexBertForSequenceClassification
+from flexbert.weights.load import ModelLoadError, classifier_model, load_pretrained
+from flexbert.weights.writer import ModelWriter
 
 
 @dataclass
@@ -35,7 +41,7 @@ class FinetuneConfig:
     test: Optional[str] = None
     text_columns: list = field(default_factory=lambda: ["sentence"])
     label_column: str = "label"
-    task: str = "classification"  # classification | regression
+    task: str = "classification"  # a TASK_KINDS name: classification | regression
     lr: float = 5e-5
     epochs: int = 3
     batch_size: int = 32
@@ -44,7 +50,7 @@ class FinetuneConfig:
     max_seq_len: int = 512
     seed: int = 17
     patience: int = 2  # epochs without improvement before stopping; 0: never stop early
-    metric: Optional[str] = None  # early-stopping metric; default accuracy / pearson
+    metric: Optional[str] = None  # early-stopping metric; default: the task kind's first
     pooling: Optional[str] = None  # cls | mean; default: the model's
     dropout: Optional[float] = None  # classifier dropout; default: the model's
     tokenizer: Optional[str] = None  # default: the model's
@@ -55,10 +61,9 @@ class FinetuneConfig:
     overwrite: bool = False  # replace a non-empty out whole (flexbert/data/outputs.py)
 
     def validate(self, prefix: str = "") -> None:
-        from flexbert.registry import ConfigError, unknown_choice
-
-        if self.task not in TASKS:
-            raise ConfigError(unknown_choice("task", "task", self.task, TASKS))
+        kind = TASK_KINDS.get(self.task)
+        if kind is None:
+            task_kind(self.task)  # the one-line unknown-choice error
         for key in ("epochs", "batch_size", "max_seq_len"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}: must be >= 1, got {getattr(self, key)}")
@@ -75,10 +80,12 @@ class FinetuneConfig:
         for key in ("model", "train", "validation", "out"):
             if not getattr(self, key):
                 raise ConfigError(f"{key}: required (--{key} or in --config)")
+        if self.metric is not None and self.metric not in kind.metrics:
+            raise ConfigError(f"metric: '{self.metric}' is not a {self.task} metric; valid: {', '.join(kind.metrics)}")
 
     @property
     def metric_names(self) -> tuple[str, ...]:
-        return M.REGRESSION if self.task == "regression" else M.CLASSIFICATION
+        return task_kind(self.task).metrics
 
     @property
     def main_metric(self) -> str:
@@ -88,8 +95,6 @@ class FinetuneConfig:
 def load_finetune_config(path: Optional[str], given: dict) -> FinetuneConfig:
     """Options from a YAML file of FinetuneConfig keys (a fine-tuning sweep's ``base``), then the
     ``given`` ones (command line) over them; unknown keys, wrong types and bad values fail in one line."""
-    from flexbert.config import from_dict, load_yaml
-
     raw = load_yaml(path) if path else {}
     raw.update({k: v for k, v in given.items() if v is not None})
     if path:
@@ -101,8 +106,6 @@ def load_finetune_config(path: Optional[str], given: dict) -> FinetuneConfig:
 @torch.no_grad()
 def predict(model: torch.nn.Module, data, batch_size: int = 64) -> torch.Tensor:
     """Logits (N, num_labels) over a dataset, in order."""
-    from flexbert.eval.data import loader
-
     device = next(model.parameters()).device
     model.eval()
     out = []
@@ -118,22 +121,15 @@ def evaluate(model, data, cfg: FinetuneConfig, num_labels: int) -> dict[str, flo
 
 
 def _datasets(cfg: FinetuneConfig, tokenizer_dir: str):
-    from flexbert.eval.data import EncodedTask, encode_texts
-    from flexbert.eval.tasks import load_task
-
     train, labels = load_task(cfg.train, cfg.text_columns, cfg.label_column, None, cfg.task)
     val, _ = load_task(cfg.validation, cfg.text_columns, cfg.label_column, labels, cfg.task)
     test = load_task(cfg.test, cfg.text_columns, cfg.label_column, labels, cfg.task, require_labels=False)[0] if cfg.test else None
-    reg = cfg.task == "regression"
-    enc = {name: EncodedTask(encode_texts(tokenizer_dir, d.texts, cfg.max_seq_len), d.labels, reg)
+    enc = {name: EncodedTask(encode_texts(tokenizer_dir, d.texts, cfg.max_seq_len), d.labels, labels.regression)
            for name, d in (("train", train), ("validation", val), ("test", test)) if d is not None}
     return enc, labels
 
 
 def build_classifier(cfg: FinetuneConfig, pre, num_labels: int):
-    from flexbert.weights.load import classifier_model
-    from flexbert.model.model import FlexBertForSequenceClassification
-
     overrides = {}
     if cfg.pooling is not None:
         overrides["classifier_pooling"] = cfg.pooling
@@ -158,8 +154,6 @@ def score(name: str, target: list, preds: list, num_labels: int) -> float:
 
 
 def _trainer(cfg: FinetuneConfig, model, enc, keep: KeepBest, num_labels: int):
-    from flexbert.eval.data import loader
-
     return build_classifier_trainer(
         model, scores(cfg, num_labels), keep,
         train_dl=loader(enc["train"], cfg.batch_size, shuffle=True, seed=cfg.seed),
@@ -168,34 +162,26 @@ def _trainer(cfg: FinetuneConfig, model, enc, keep: KeepBest, num_labels: int):
         device=cfg.device, seed=cfg.seed, log_interval=cfg.log_interval)
 
 
-def _check_tokenizer(pre, tok_dir: str) -> None:
-    """The tokenizer must be the model's (when known) and fit its embeddings (one line otherwise)."""
-    from transformers import AutoTokenizer
-
-    from flexbert.data.fingerprint import tokenizer_fingerprint
-
-    pre.check_tokenizer(tokenizer_fingerprint(tok_dir), f"tokenizer {tok_dir}", len(AutoTokenizer.from_pretrained(tok_dir)))
-
-
-def run_finetune(cfg: FinetuneConfig) -> dict:
-    """Train, keep the best validation epoch, score validation (and test), write ``DIR/``."""
-    from flexbert.weights.load import ModelLoadError, load_pretrained
-
-    t0 = time.time()
+def _prepare(cfg: FinetuneConfig):
+    """The model, its tokenizer (checked: the model's own, fitting its embeddings), the encoded
+    files, the writer of ``OUT/hf``; the output folder created.  Everything that can be refused is
+    refused here, before training."""
     pre = load_pretrained(cfg.model)
     tok = cfg.tokenizer or pre.tokenizer_dir
     if not tok:
         raise ModelLoadError(f"--model {cfg.model}: no tokenizer found with it; pass --tokenizer DIR")
-    _check_tokenizer(pre, tok)
+    inputs = [pre.path, cfg.train, cfg.validation, cfg.test, tok]
+    writer = ModelWriter("finetune", os.path.join(cfg.out, "hf"), inputs=inputs, keep=[cfg.model])
+    writer.tokenizer(tok, pre.tokenizer_fingerprint, f"model {pre.path}", pre.config.vocab_size)
     enc, labels = _datasets(cfg, tok)
-    if cfg.main_metric not in cfg.metric_names:
-        from flexbert.config import ConfigError
+    prepare_output_dir(cfg.out, overwrite=cfg.overwrite, inputs=inputs, keep=[cfg.model])
+    return pre, tok, enc, labels, writer
 
-        raise ConfigError(f"--metric: '{cfg.main_metric}' is not a {cfg.task} metric; valid: {', '.join(cfg.metric_names)}")
-    from flexbert.data.outputs import prepare_output_dir
 
-    prepare_output_dir(cfg.out, overwrite=cfg.overwrite, inputs=[pre.path, cfg.train, cfg.validation, cfg.test, tok],
-                       keep=[cfg.model])
+def run_finetune(cfg: FinetuneConfig) -> Result:
+    """Train, keep the best validation epoch, score validation (and test), write ``OUT/``."""
+    t0 = time.time()
+    pre, tok, enc, labels, writer = _prepare(cfg)
     seed_everything(cfg.seed)
     model = build_classifier(cfg, pre, labels.num_labels)
     keep = KeepBest(cfg.main_metric, cfg.main_metric not in ("loss",), cfg.patience, cfg.metric_names)
@@ -208,42 +194,34 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     if keep.best_state is not None:
         model.load_state_dict(keep.best_state)
     model = model.cpu().eval()
-    result = {"task": cfg.task, "model": cfg.model, "random_init": cfg.random_init, "label_names": labels.names,
-              "best_epoch": keep.best_epoch, "epochs_run": epochs_run, "metric": cfg.main_metric,
-              "validation": evaluate(model, enc["validation"], cfg, labels.num_labels), "history": keep.history}
+    metrics = {"validation": evaluate(model, enc["validation"], cfg, labels.num_labels)}
     if "test" in enc and enc["test"].labels is not None:
-        result["test"] = evaluate(model, enc["test"], cfg, labels.num_labels)
-    result["export"] = _save(cfg, model, labels, tok, enc.get("test"))
-    result["seconds"] = round(time.time() - t0, 1)
-    with open(os.path.join(cfg.out, "metrics.json"), "w") as f:
-        json.dump(result, f, indent=2)
-        f.write("\n")
-    with open(os.path.join(cfg.out, "finetune.json"), "w") as f:
-        json.dump(dataclasses.asdict(cfg), f, indent=2)
-    return result
+        metrics["test"] = evaluate(model, enc["test"], cfg, labels.num_labels)
+    details = {"label_names": labels.names, "best_epoch": keep.best_epoch, "epochs_run": epochs_run,
+               "metric": cfg.main_metric, "history": keep.history,
+               "export": _save(cfg, model, labels, writer, enc.get("test")), "seconds": round(time.time() - t0, 1)}
+    return Result(cfg.task, pre.ref(random_init=cfg.random_init), settings_of(cfg), metrics, details)
 
 
-def _save(cfg: FinetuneConfig, model, labels, tokenizer_dir: str, test) -> str:
-    """DIR/hf: a ModernBertForSequenceClassification folder (when the architecture exports);
-    DIR/test_predictions.tsv for an unlabelled test file."""
-    from flexbert.convert.hf import ConversionError, to_hf_classifier
-
+def _save(cfg: FinetuneConfig, model, labels, writer: ModelWriter, test) -> str:
+    """OUT/hf: a ModernBertForSequenceClassification folder (FlexBERT safetensors when transformers
+    cannot express the model); OUT/test_predictions.tsv for an unlabelled test file."""
     if test is not None and test.labels is None:
         preds = predictions(predict(model, test)).tolist()
         with open(os.path.join(cfg.out, "test_predictions.tsv"), "w") as f:
             f.write("index\tprediction\n")
             for i, p in enumerate(preds):
-                f.write(f"{i}\t{p if cfg.task == 'regression' else labels.names[int(p)]}\n")
-    tok = os.path.join(tokenizer_dir, "tokenizer.json")
-    if os.path.exists(os.path.join(tokenizer_dir, "tokenizer_config.json")):
-        from transformers import AutoTokenizer
+                f.write(f"{i}\t{p if labels.regression else labels.names[int(p)]}\n")
+    path = writer.write_classifier(model, None if labels.regression else labels.names)
+    writer.record([cfg.model], {"task": cfg.task, "train": cfg.train, "random_init": cfg.random_init})
+    return path
 
-        tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    try:
-        to_hf_classifier(model, os.path.join(cfg.out, "hf"), labels.names if cfg.task != "regression" else None, tokenizer=tok)
-        return os.path.join(cfg.out, "hf")
-    except ConversionError as e:
-        from safetensors.torch import save_file
 
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, os.path.join(cfg.out, "model.safetensors"))
-        return f"not exportable to transformers ({e}); FlexBERT weights in model.safetensors"
+@evaluation("classification", FinetuneConfig)
+def finetune_classification(cfg: FinetuneConfig) -> Result:
+    return run_finetune(cfg)
+
+
+@evaluation("regression", FinetuneConfig)
+def finetune_regression(cfg: FinetuneConfig) -> Result:
+    return run_finetune(cfg)

@@ -1,8 +1,9 @@
 """Held-out MLM evaluation: loss, accuracy and perplexity over every masked token, optionally by
 document length.
 
-One loop for every caller: ``flexbert eval-mlm`` (a model on shards, at a fixed masking rate and
-seed), the phase chain (each phase's weights at each phase's length) and the budget study.  The
+One loop for every caller: the ``mlm`` evaluation (``flexbert eval-mlm``: a model on shards, at a
+fixed masking rate and seed; ``MlmEvalConfig``, a ``Result`` in result.json), the phase chain (each
+phase's weights at each phase's length) and the pretraining benchmark.  The
 batches are the training loader's evaluation path (``build_eval_loader``: packed rows, masks a
 pure function of the seed and row index), each row goes through ``row_outputs`` - the forward and
 configured loss training's own Composer evaluator runs - and the metrics are the training run's
@@ -20,18 +21,22 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import torch
 from streaming.base.util import clean_stale_shared_memory
 
-from flexbert.config import from_dict
+from flexbert.config import ConfigError, from_dict
 from flexbert.data.config import DataConfig
 from flexbert.data.length_buckets import bucket_names
 from flexbert.data.loader import build_eval_loader
+from flexbert.data.outputs import check_output_dir, prepare_output_dir
 from flexbert.data.source import data_fingerprint, tokenizer_dir
 from flexbert.data.tokenizer import SpecialTokens
+from flexbert.eval.evaluation import Result, evaluation, settings_of
 from flexbert.train.composer_model import eval_metrics, row_outputs
+from flexbert.weights.load import ModelLoadError, load_model
 
 DEFAULT_LENGTH_BOUNDS = (128, 512, 2048)
 
@@ -153,3 +158,50 @@ def format_by_length(rows: list[dict]) -> str:
         lines.append(f"  {r['range']:<18} {r['documents']:>10,} {r['masked_tokens']:>14,} {loss:>8} {acc:>9}")
     return "\n".join(lines)
 
+
+# --------------------------------------------------------------------------- the evaluation
+@dataclass
+class MlmEvalConfig:
+    model: str = ""  # run folder, checkpoint or Hugging Face folder
+    data: str = ""  # MDS shard folder
+    split: str = "validation"
+    mlm_probability: float = 0.15  # a training run's own evaluation masks 15%
+    seed: int = 1234  # ... with this mask seed
+    max_seq_len: Optional[int] = None  # default: the run's, else the shards' (stats.json)
+    rows_of: Optional[int] = None  # sequences per packed row (default: the run's, else 8)
+    tokenizer: Optional[str] = None  # default: the copy inside the shard folder
+    max_batches: Optional[int] = None  # only the first N batches
+    device: str = "cpu"
+    by_length: Optional[list[int]] = None  # [] = DEFAULT_LENGTH_BOUNDS; where document-length ranges end
+    out: Optional[str] = None  # write OUT/result.json
+    overwrite: bool = False
+
+    def validate(self, prefix: str = "") -> None:
+        for key in ("model", "data"):
+            if not getattr(self, key):
+                raise ConfigError(f"{key}: required")
+        if not 0 < self.mlm_probability < 1:
+            raise ConfigError(f"mlm_probability: must be in (0, 1), got {self.mlm_probability}")
+        for key in ("max_seq_len", "rows_of", "max_batches"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ConfigError(f"{key}: must be >= 1, got {getattr(self, key)}")
+
+
+@evaluation("mlm", MlmEvalConfig)
+def evaluate_shards(cfg: MlmEvalConfig) -> Result:
+    """Held-out MLM loss, accuracy and perplexity of ``cfg.model`` on ``cfg.data``'s split."""
+    if cfg.out:
+        check_output_dir(cfg.out, [cfg.model, cfg.data])
+    if not os.path.isdir(os.path.join(cfg.data, cfg.split)):
+        raise ModelLoadError(f"--data {cfg.data}: no '{cfg.split}' split folder (MDS shards from `flexbert tokenize`)")
+    loaded = load_model(cfg.model, "mlm")
+    data_cfg = data_config(cfg.data, cfg.split, cfg.mlm_probability, cfg.seed, cfg.max_seq_len, cfg.rows_of,
+                           cfg.tokenizer, loaded.data)
+    check_model_tokenizer(loaded, data_cfg, f"shards {cfg.data}")
+    bounds = (sorted(set(cfg.by_length)) or list(DEFAULT_LENGTH_BOUNDS)) if cfg.by_length is not None else None
+    out = evaluate_mlm(loaded.model, mlm_loader(data_cfg), cfg.max_batches, cfg.device, bounds=bounds)
+    if cfg.out:
+        prepare_output_dir(cfg.out, overwrite=cfg.overwrite, inputs=[cfg.model, cfg.data])
+    metrics = {k: out[k] for k in ("loss", "accuracy", "perplexity")}
+    details = {k: out[k] for k in ("masked_tokens", "rows", "by_length") if k in out}
+    return Result("mlm", loaded.ref(), settings_of(cfg), {cfg.split: metrics}, details)

@@ -1,8 +1,9 @@
 """Retrieval evaluation on a BEIR-layout folder: a dense encoder (any SentenceTransformer folder, a
 FlexBERT export included) or a BM25 baseline, scored with nDCG@10, MRR@10 and Recall@100.
 
-The folder is read by flexbert/data/beir.py (the BEIR layout's owner).  The dense ranking is sentence-transformers' ``util.semantic_search`` (cosine, top k), BM25 is the
-``bm25s`` package (maintained, sparse-matrix BM25; English stopwords, lower-case); both rankings are
+The folder is read by flexbert/data/beir.py (the BEIR layout's owner), the model by
+flexbert/weights/load.py (``encoder`` head).  The dense ranking is sentence-transformers'
+``util.semantic_search`` (cosine, top k), BM25 is the ``bm25s`` package (maintained, sparse-matrix BM25; English stopwords, lower-case); both rankings are
 scored by one function, ``ranking_metrics``: nDCG with graded gains (rel / log2(rank + 1)), the
 reciprocal rank of the first relevant document within 10, the share of relevant documents within
 100.  ``tests/test_retrieval.py`` checks it against the formulas on a hand-made ranking and
@@ -12,12 +13,15 @@ against sentence-transformers' own InformationRetrievalEvaluator.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
+from dataclasses import dataclass
 from typing import Optional
 
+from flexbert.config import ConfigError
+from flexbert.data.beir import Beir, load_beir
+from flexbert.data.outputs import check_output_dir, prepare_output_dir
 from flexbert.errors import FlexBertError
-from flexbert.data.beir import Beir
+from flexbert.eval.evaluation import Result, evaluation, settings_of
+from flexbert.weights.load import load_model
 
 
 class RetrievalError(FlexBertError, ValueError):
@@ -66,27 +70,47 @@ def rank_dense(model, data: Beir, k: int = 100, batch_size: int = 32) -> dict[st
     return {q: [ids[h["corpus_id"]] for h in row] for q, row in zip(qids, hits)}
 
 
-def load_encoder(path: str, max_seq_len: Optional[int] = None, device: Optional[str] = None):
-    """A SentenceTransformer from a Hugging Face / sentence-transformers folder (a FlexBERT export
-    carries its pooling files), or from a run folder or checkpoint, exported first (mean pooling)
-    to a scratch folder by flexbert/weights/export.py, the one export path."""
-    if not os.path.exists(path):
-        raise RetrievalError(f"--model {path}: does not exist")
-    from sentence_transformers import SentenceTransformer
+# --------------------------------------------------------------------------- the evaluation
+@dataclass
+class RetrievalConfig:
+    data: str = ""  # a BEIR folder (flexbert/data/beir.py)
+    model: Optional[str] = None  # run folder, checkpoint, or SentenceTransformer folder
+    bm25: bool = False  # the BM25 baseline, beside the model or alone
+    split: str = "test"
+    max_seq_len: Optional[int] = None  # truncate inputs (default: the model's)
+    batch_size: int = 32
+    device: Optional[str] = None
+    out: Optional[str] = None  # write OUT/result.json
+    overwrite: bool = False
 
-    if os.path.isdir(path) and os.path.exists(os.path.join(path, "config.json")):
-        model = SentenceTransformer(path, device=device)
-    else:
-        from flexbert.weights.export import export_to_hf
+    def validate(self, prefix: str = "") -> None:
+        if not self.data:
+            raise ConfigError("data: required (a BEIR folder)")
+        if not self.model and not self.bm25:
+            raise ConfigError("give --model, --bm25, or both")
+        if self.batch_size < 1 or (self.max_seq_len is not None and self.max_seq_len < 8):
+            raise ConfigError("batch_size must be >= 1 and max_seq_len >= 8")
 
-        with tempfile.TemporaryDirectory() as scratch:
-            folder = os.path.join(scratch, "hf")
-            try:
-                export_to_hf(folder, run_dir=path if os.path.isdir(path) else None,
-                             checkpoint=None if os.path.isdir(path) else path)
-            except (RuntimeError, ValueError, OSError) as e:
-                raise RetrievalError(f"--model {path}: {str(e).splitlines()[0]}") from None
-            model = SentenceTransformer(folder, device=device)
-    if max_seq_len:
-        model.max_seq_length = max_seq_len
-    return model
+
+@evaluation("retrieval", RetrievalConfig)
+def evaluate_retrieval(cfg: RetrievalConfig) -> Result:
+    """nDCG@10, MRR@10, Recall@100 of ``cfg.model`` (cosine over its embeddings) and/or BM25 on
+    ``cfg.data``'s split; the model's metrics lead, BM25's go to ``details["bm25"]`` beside them."""
+    if cfg.out:
+        check_output_dir(cfg.out, [cfg.model, cfg.data])
+    data = load_beir(cfg.data, cfg.split)
+    details: dict = {"queries": len(data.qrels), "documents": len(data.corpus)}
+    model_ref = {"ref": "bm25", "kind": "bm25"}
+    if cfg.model:
+        loaded = load_model(cfg.model, "encoder", max_seq_len=cfg.max_seq_len, device=cfg.device)
+        metrics = ranking_metrics(rank_dense(loaded.model, data, batch_size=cfg.batch_size), data.qrels)
+        model_ref = loaded.ref()
+    if cfg.bm25:
+        bm25 = ranking_metrics(rank_bm25(data), data.qrels)
+        if cfg.model:
+            details["bm25"] = bm25
+        else:
+            metrics = bm25
+    if cfg.out:
+        prepare_output_dir(cfg.out, overwrite=cfg.overwrite, inputs=[cfg.model, cfg.data])
+    return Result("retrieval", model_ref, settings_of(cfg), {cfg.split: metrics}, details)

@@ -12,15 +12,38 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
-from flexbert.errors import FlexBertError
 from flexbert.data.readers import InputError, ReadOptions, read_records, split_suffix
-
-TASKS = ("classification", "regression")
-FORMATS = (".tsv", ".csv", ".jsonl", ".json", ".parquet")  # the table formats of flexbert/data/readers.py
+from flexbert.errors import FlexBertError
+from flexbert.eval import metrics as M
+from flexbert.registry import unknown_choice
 
 
 class TaskFileError(FlexBertError, ValueError):
     """One line naming the file and the column / line that cannot be used."""
+
+
+@dataclass(frozen=True)
+class TaskKind:
+    """What a fine-tuning task is: its metrics (the first one the default to keep the best epoch by)
+    and whether its labels are values (one regression output) or classes."""
+
+    name: str
+    metrics: tuple[str, ...]
+    regression: bool
+
+
+# the one table of task kinds (fine-tuning's evaluations are registered per kind: flexbert/eval/finetune.py)
+TASK_KINDS = {"classification": TaskKind("classification", M.CLASSIFICATION, False),
+              "regression": TaskKind("regression", M.REGRESSION, True)}
+
+
+def task_kind(name: str, key: str = "task") -> TaskKind:
+    if name not in TASK_KINDS:
+        raise TaskFileError(unknown_choice(key, "task", name, TASK_KINDS))
+    return TASK_KINDS[name]
+
+
+FORMATS = (".tsv", ".csv", ".jsonl", ".json", ".parquet")  # the table formats of flexbert/data/readers.py
 
 
 def read_rows(path: str) -> list[tuple[int, dict[str, Any]]]:
@@ -61,9 +84,13 @@ class LabelSpace:
     task: str
     names: list[str] = field(default_factory=list)
 
+    @property
+    def regression(self) -> bool:
+        return task_kind(self.task).regression
+
     @classmethod
     def from_labels(cls, task: str, raw: Sequence[Any], path: str, column: str) -> "LabelSpace":
-        if task == "regression":
+        if task_kind(task).regression:
             return cls(task)
         names = {_class_name(v) for v in raw}
         names.discard(None)
@@ -77,7 +104,7 @@ class LabelSpace:
 
     @property
     def num_labels(self) -> int:
-        return 1 if self.task == "regression" else len(self.names)
+        return 1 if self.regression else len(self.names)
 
     def id2label(self) -> dict[int, str]:
         return dict(enumerate(self.names))
@@ -85,7 +112,7 @@ class LabelSpace:
     def encode(self, value: Any, path: str, column: str, line: int) -> float | int:
         """The label's id (classification) or value (regression); ``line``: where it is in the file."""
         where = f"{path}:{line}: column '{column}'"
-        if self.task == "regression":
+        if self.regression:
             try:
                 if isinstance(value, bool) or value is None or isinstance(value, (list, dict)):
                     raise ValueError
@@ -114,8 +141,7 @@ class TaskData:
 def load_task(path: str, text_columns: Sequence[str], label_column: str, labels: Optional[LabelSpace] = None,
               task: str = "classification", require_labels: bool = True) -> tuple[TaskData, LabelSpace]:
     """Read one task file; ``labels`` from the training file (built here when None)."""
-    if task not in TASKS:
-        raise TaskFileError(f"--task: unknown task '{task}'; valid: {', '.join(TASKS)}")
+    task_kind(task, "--task")
     if not 1 <= len(text_columns) <= 2:
         raise TaskFileError(f"--text-columns: give one or two columns, got {len(text_columns)}")
     rows = read_rows(path)

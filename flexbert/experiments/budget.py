@@ -1,13 +1,16 @@
 """When pretraining pays: downstream scores against pretraining tokens, pretrained vs random init.
 
-``scripts/pretraining_budget.py`` pretrains one run per (token budget, seed) through the sweep
-runner (resumable, locked, logged), then this module fine-tunes every finished run, and the same
+``flexbert budget`` pretrains one run per (token budget, seed) through the sweep runner
+(resumable, locked, logged), then this module fine-tunes every finished run, and the same
 architecture from a random init once per seed, on each task:
 
-* ``classification``: ``scripts/finetune.py`` on a task folder's train/validation/test files (the
-  recipe of ``make demo``'s step 7), scored by a ``metrics.json`` value such as ``test_accuracy``;
-* ``retrieval`` (optional): ``scripts/finetune_retrieval.py`` on a BEIR folder's
+* ``classification``: ``flexbert finetune`` on a task folder's train/validation/test files (the
+  recipe of ``make demo``'s step 7), scored by a metric of its result such as ``test_accuracy``;
+* ``retrieval`` (optional): ``flexbert finetune-retrieval`` on a BEIR folder's
   ``train_pairs.jsonl``, scored by nDCG@10 on its test split after fine-tuning (step 8's recipe).
+
+Every fine-tune's score is read through its ``result.json`` (flexbert/eval/evaluation.py), the
+same way for every task.
 
 It writes ``budget.json``, ``budget.md`` and ``budget.png``: per task the score per budget (mean and
 sd over seeds), the random-init band, and where the curves cross (interpolated in log tokens).
@@ -24,6 +27,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Optional
 
+from flexbert.eval.evaluation import RESULT, read_result
 from flexbert.experiments.launcher import Job, flexbert_command, run_jobs
 from flexbert.experiments.plots import _pyplot
 from flexbert.train import metric_keys as K
@@ -44,19 +48,12 @@ class Pretrained:
 class Task:
     name: str  # classification | retrieval: the folder under OUT holding its fine-tunes
     command: str  # a flexbert command taking --model, --seed, --out, --overwrite and --random-init
-    args: list[str]  # data and recipe options of the script
-    result: str  # the JSON file a finished fine-tune writes in its folder
-    metric: str  # what is plotted, e.g. test_accuracy
-    keys: tuple[str, ...] = ()  # where the metric sits in the result file; default: SPLIT_NAME -> [SPLIT][NAME]
+    args: list[str]  # data and recipe options of the command
+    metric: str  # what is plotted, SPLIT_NAME of the fine-tune's result, e.g. test_accuracy, test_ndcg@10
 
     def score(self, folder: str) -> float:
-        with open(os.path.join(folder, self.result)) as f:
-            value = json.load(f)
-        for key in self.keys or self.metric.split("_", 1):
-            if not isinstance(value, dict) or key not in value:
-                raise ValueError(f"{folder}/{self.result}: no {self.metric} (looked for {' / '.join(self.keys or self.metric.split('_', 1))})")
-            value = value[key]
-        return float(value)
+        """The metric of the finished fine-tune in ``folder`` (its result.json)."""
+        return read_result(folder).metric(self.metric)
 
 
 def tokens_seen(run_dir: str) -> int:
@@ -82,7 +79,7 @@ def finetune_all(runs: list[Pretrained], tasks: list[Task], out: str, seeds: lis
         specs += [(RANDOM.format(s), runs[0].run_dir, s, ["--random-init"]) for s in seeds]
         for name, model, seed, extra in specs:
             folder = os.path.join(out, task.name, name)
-            if _fresh(os.path.join(folder, task.result), model):
+            if _fresh(os.path.join(folder, RESULT), model):
                 print(f"[budget] {task.name} {name}: fine-tune already done", flush=True)
                 continue
             cmd = flexbert_command(task.command, "--model", model, *task.args, "--seed", str(seed), "--out", folder,

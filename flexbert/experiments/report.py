@@ -13,6 +13,7 @@ from typing import Any, Optional
 from flexbert.experiments import plots
 from flexbert.experiments.results import RunResult, default_metric, group_stats, lower_is_better
 
+
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return "" if math.isnan(v) else f"{v:.4f}" if abs(v) < 100 else f"{v:.0f}"

@@ -1,15 +1,16 @@
 """What a finished (or running) run folder says, summed up for comparison: the final and tail
 metrics of a pretraining run (its ``metrics.jsonl``, read through the run folder) or a fine-tuning
-run (its ``metrics.json``), per run and per group of seeds.  The sweep report and the plots read these."""
+run (its ``result.json``: flexbert/eval/evaluation.py), per run and per group of seeds.  The sweep
+report and the plots read these."""
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
+from flexbert.eval.evaluation import RESULT, read_result
 from flexbert.train import metric_keys as K
 from flexbert.train.run_folder import RunFolder
 
@@ -41,14 +42,9 @@ def summarize(run_dir: str) -> tuple[dict[str, float], list, list]:
         summary["eval_loss"] = float(evals[-1][K.EVAL_LOSS])
         if K.EVAL_ACCURACY in evals[-1]:
             summary["eval_accuracy"] = float(evals[-1][K.EVAL_ACCURACY])
-    final = os.path.join(run_dir, "metrics.json")
-    if os.path.exists(final):  # fine-tuning: {"validation": {...}, "test": {...}, ...}
-        with open(final) as f:
-            data = json.load(f)
-        for split in ("validation", "test"):
-            for k, v in (data.get(split) or {}).items():
-                if isinstance(v, (int, float)):
-                    summary[f"{split}_{k}"] = float(v)
+    if os.path.exists(os.path.join(run_dir, RESULT)):  # an evaluation (fine-tuning): SPLIT_NAME per metric
+        for split, values in read_result(run_dir).metrics.items():
+            summary.update({f"{split}_{k}": float(v) for k, v in values.items() if isinstance(v, (int, float))})
     curve = [(float(r.get(K.TOKENS, r.get(K.BATCH, 0))), float(r[K.TRAIN_LOSS])) for r in train]
     eval_curve = [(float(r.get(K.TOKENS, r.get(K.BATCH, 0))), float(r[K.EVAL_LOSS])) for r in evals]
     return summary, curve, eval_curve
