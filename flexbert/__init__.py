@@ -4,6 +4,8 @@
 Composer never (only ``flexbert.train`` imports it).
 """
 
+import importlib
+
 from flexbert.model.config import FlexBertConfig
 
 __version__ = "0.1.0"
@@ -19,7 +21,5 @@ __all__ = ["FlexBertConfig", *_LAZY]
 
 def __getattr__(name):
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'flexbert' has no attribute {name!r}")

@@ -10,10 +10,14 @@ single line that names the offending key.  The code is the only source of defaul
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import types
 import typing
 from typing import Any, Mapping
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from flexbert.registry import ConfigError, unknown_choice
 
@@ -113,9 +117,6 @@ def to_dict(obj: Any) -> dict:
 
 def load_yaml(path: str | None, overrides: list[str] | None = None) -> dict:
     """Load a YAML file (optional) and merge ``key=value`` overrides; returns a plain dict."""
-    from omegaconf import OmegaConf  # local: keeps ``import flexbert`` light
-    from omegaconf.errors import OmegaConfBaseException
-
     try:
         base = OmegaConf.load(path) if path else OmegaConf.create({})
     except FileNotFoundError:
@@ -138,8 +139,6 @@ def load_yaml(path: str | None, overrides: list[str] | None = None) -> dict:
 
 def at_least(minimum: int):
     """An argparse ``type=``: an int >= ``minimum``, else argparse's one-line usage error."""
-    import argparse
-
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -167,8 +166,6 @@ def parse_count(text: str) -> int:
 
 def count(text: str) -> int:
     """An argparse ``type=``: a count such as 2M, 500K or 2000000 (> 0), else argparse's one-line error."""
-    import argparse
-
     try:
         return parse_count(text)
     except (ValueError, OverflowError):

@@ -40,24 +40,25 @@ class DistEnv:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    local_world_size: int = 1
+    local_world_size: Optional[int] = None  # ranks on this node; None: LOCAL_WORLD_SIZE unset
     node_rank: int = 0
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
-    @property
-    def nodes(self) -> int:
-        return max(1, self.world_size // max(1, self.local_world_size))
+    def ranks_per_node(self, world_size: Optional[int] = None) -> int:
+        """LOCAL_WORLD_SIZE, else all of ``world_size`` (default: this world's) on one node."""
+        return self.local_world_size or world_size or self.world_size
 
 
 def dist_env(environ: Optional[Mapping[str, str]] = None) -> DistEnv:
     """The ranks of this process (``environ`` defaults to ``os.environ``)."""
     env = os.environ if environ is None else environ
-    world = int(env.get("WORLD_SIZE") or 1)
-    return DistEnv(rank=int(env.get("RANK") or 0), world_size=world, local_rank=int(env.get("LOCAL_RANK") or 0),
-                   local_world_size=int(env.get("LOCAL_WORLD_SIZE") or world), node_rank=int(env.get("NODE_RANK") or 0))
+    local = env.get("LOCAL_WORLD_SIZE")
+    return DistEnv(rank=int(env.get("RANK") or 0), world_size=int(env.get("WORLD_SIZE") or 1),
+                   local_rank=int(env.get("LOCAL_RANK") or 0), local_world_size=int(local) if local else None,
+                   node_rank=int(env.get("NODE_RANK") or 0))
 
 
 def quiet_known_warnings() -> None:

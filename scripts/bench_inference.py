@@ -27,7 +27,6 @@ import sys
 import time
 
 import torch
-
 from bench_model import CONFIGS  # noqa: E402 (same folder)
 
 SETS = {"fixed-512": (512, None), "variable-512": (512, (256, 64)),

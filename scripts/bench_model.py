@@ -22,9 +22,9 @@ import time
 
 import torch
 
-from flexbert.model.config import FlexBertConfig
 from flexbert.convert.hf import config_to_hf
 from flexbert.model import FlexBertForMaskedLM
+from flexbert.model.config import FlexBertConfig
 
 CONFIGS = {
     # CPU-sized: ModernBERT's shape scaled down, with the real 50k vocabulary (the decoder matters)

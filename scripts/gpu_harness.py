@@ -24,8 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-from gpu_results import (BEGIN, END, GLOBAL_BATCH, NOT_RUN, classify, inference_rows, render,  # noqa: E402,F401
-                         summarize, write_report)
+from gpu_results import BEGIN, END, GLOBAL_BATCH, NOT_RUN, classify, inference_rows, render, summarize, write_report  # noqa: E402,F401
 
 INFERENCE_SETS = ("fixed-512", "variable-512", "fixed-8192", "variable-8192")  # scripts/bench_inference.py's SETS
 

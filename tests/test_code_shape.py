@@ -5,7 +5,10 @@
   model/ and data/ never import each other (the table is docs/internals.md's);
 * no import circle between flexbert modules, lazy imports included;
 * modules under 300 lines; functions at most 60 lines, in flexbert/, scripts/ and data_prep/;
-* one owner of the label-ignore value.
+* one owner of the label-ignore value;
+* imports at the top of the file: a function-local import is allowed only for a named optional
+  dependency (``OPTIONAL_DEPENDENCIES``) or, at most ``MAX_LOCAL_OWN_IMPORTS`` times, for one of
+  flexbert's own modules with a comment saying why.
 
 The checkers take a root folder, so the guard tests below run them on small packages they write.
 """
@@ -195,6 +198,58 @@ def test_composer_only_in_train():
     assert users and all(u.startswith(COMPOSER_USERS) for u in users), sorted(users)
 
 
+# Third-party packages a function may import: optional extras, or only present on some machines.
+OPTIONAL_DEPENDENCIES = {
+    "wandb": "the wandb logger, when asked for", "liger_kernel": "'flexbert[liger]', CUDA only",
+    "flash_attn": "'flexbert[flash]', CUDA only", "torch.nn.attention.flex_attention": "FlexAttention (newer torch)",
+    "torch.nn.attention.varlen": "torch's varlen attention (torch >= 2.10)", "bm25s": "'flexbert[retrieval]'",
+    "sentence_transformers": "'flexbert[retrieval]' / 'flexbert[sentence]'", "datasets": "'flexbert[retrieval]'",
+    "mteb": "MTEB evaluation, optional", "matplotlib": "plots (Agg), only when a report is drawn",
+    "pyarrow": "'flexbert[parquet]'", "zstandard": ".zst inputs", "boto3": "object stores", "botocore": "object stores",
+}
+MAX_LOCAL_OWN_IMPORTS = 10
+
+
+def local_imports(paths) -> list[tuple[str, int, str, bool]]:
+    """(file, line, module, explained) of every import inside a function; ``explained``: a comment
+    on the line or in the lines just above it."""
+    out = []
+    for path in paths:
+        text = path.read_text()
+        lines = text.splitlines()
+        for fn in ast.walk(ast.parse(text)):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(fn):
+                if isinstance(node, (ast.Import, ast.ImportFrom)):
+                    module = node.module or "" if isinstance(node, ast.ImportFrom) else node.names[0].name
+                    above = [ln.strip() for ln in lines[max(0, node.lineno - 4): node.lineno - 1]]
+                    explained = "#" in lines[node.lineno - 1] or any(ln.startswith("#") for ln in above[-3:])
+                    rel = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+                    out.append((rel, node.lineno, module, explained))
+    return out
+
+
+def import_rule_violations(paths) -> list[str]:
+    bad, own = [], []
+    for rel, line, module, explained in local_imports(paths):
+        if module == "flexbert" or module.startswith("flexbert."):
+            own.append(f"{rel}:{line} {module}")
+            if not explained:
+                bad.append(f"{rel}:{line}: a function-local import of {module} says not why (a comment on or above it)")
+        elif not any(module == d or module.startswith(d + ".") for d in OPTIONAL_DEPENDENCIES):
+            bad.append(f"{rel}:{line}: {module} is imported inside a function; import it at the top of the file "
+                       "(only OPTIONAL_DEPENDENCIES may be imported on use)")
+    if len(own) > MAX_LOCAL_OWN_IMPORTS:
+        bad.append(f"{len(own)} function-local imports of flexbert's own modules (at most {MAX_LOCAL_OWN_IMPORTS}): {own}")
+    return bad
+
+
+def test_imports_are_at_the_top():
+    bad = import_rule_violations((ROOT / "flexbert").rglob("*.py"))
+    assert not bad, "\n".join(bad)
+
+
 @pytest.mark.parametrize("name", ["IGNORE_INDEX = "])
 def test_one_owner(name):
     owners = [str(p.relative_to(ROOT)) for p in modules(ROOT).values() if name in p.read_text()]
@@ -247,6 +302,16 @@ def test_guard_a_long_script_function_fails(tmp_path):
     script.parent.mkdir()
     script.write_text("def main():\n" + "    x = 1\n" * 61)
     assert list(too_long([script]).values()) == [{"main() at line 1": 62}]
+
+
+def test_guard_a_planted_local_import_fails(tmp_path):
+    root = _package(tmp_path, {
+        "flexbert/train/a.py": "def f():\n    from flexbert.train.b import g\n    return g\n",
+        "flexbert/train/b.py": "def g():\n    # deferred: heavy\n    from flexbert.train.a import f\n    import json\n    import bm25s\n    return f\n",
+    })
+    bad = import_rule_violations(sorted((root / "flexbert").rglob("*.py")))
+    assert [b.split(": ", 1)[0] for b in bad] == [f"{root}/flexbert/train/a.py:2", f"{root}/flexbert/train/b.py:4"], bad
+    assert "says not why" in bad[0] and "json is imported inside a function" in bad[1]
 
 
 def test_find_cycle_detects_a_circle_and_accepts_a_tree():

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from transformers import ModernBertConfig
+
 from flexbert.errors import FlexBertError
 from flexbert.model.config import FlexBertConfig
 
@@ -121,8 +123,6 @@ def config_from_hf(hf_config) -> FlexBertConfig:
 def config_to_hf(cfg: FlexBertConfig):
     """transformers ``ModernBertConfig`` for ``cfg``; raises ConversionError naming any option it
     cannot express."""
-    from transformers import ModernBertConfig
-
     for key, value, why in _FIXED_IN_HF:
         if getattr(cfg, key) != value:
             raise ConversionError(

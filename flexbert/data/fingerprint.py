@@ -19,6 +19,7 @@ import json
 import os
 from typing import Any, Mapping, Optional
 
+from flexbert.data.remote import fetch_tokenizer
 from flexbert.errors import FlexBertError
 
 FINGERPRINT_KEY = "tokenizer_fingerprint"  # in a shard folder's stats.json and a run's identity
@@ -80,8 +81,6 @@ def shards_fingerprint(folder: Optional[str], remote: Optional[str] = None) -> O
     if folder and os.path.isfile(os.path.join(folder, "tokenizer", "tokenizer.json")):
         return tokenizer_fingerprint(os.path.join(folder, "tokenizer"))
     if remote:
-        from flexbert.data.remote import fetch_tokenizer
-
         try:
             return tokenizer_fingerprint(fetch_tokenizer(remote, folder or ""))
         except (FileNotFoundError, OSError, ValueError):

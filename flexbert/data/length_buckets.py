@@ -14,12 +14,19 @@ tokenizer chunked it), so a range is a range of chunk lengths: with 8,192-token 
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Optional, Sequence
 
 import numpy as np
+from streaming import StreamingDataset
+from streaming.base.util import clean_stale_shared_memory
 
+from flexbert.data.fingerprint import STATS
+from flexbert.data.outputs import prepare_output_dir
 from flexbert.data.shard_stats import SPLITS
+from flexbert.data.shard_writer import ShardWriter
+from flexbert.data.tokenizer import load_tokenizer
 
 
 def bucket_names(bounds: Sequence[int]) -> list[str]:
@@ -38,9 +45,6 @@ def _read_split(src: str, split: str):
     """(input_ids, length) of every sample of one split, in order (None when the split is absent)."""
     if not os.path.isfile(os.path.join(src, split, "index.json")):
         return None
-    from streaming import StreamingDataset
-    from streaming.base.util import clean_stale_shared_memory
-
     clean_stale_shared_memory()
     ds = StreamingDataset(local=src, split=split, shuffle=False, batch_size=1)
     for i in range(ds.num_samples):
@@ -50,10 +54,6 @@ def _read_split(src: str, split: str):
 
 def split_by_length(src: str, out: str, bounds: Sequence[int], overwrite: bool = False) -> dict[str, dict]:
     """Write one shard folder per length range under ``out``; returns each folder's stats."""
-    from flexbert.data.outputs import prepare_output_dir
-    from flexbert.data.shard_writer import ShardWriter
-    from flexbert.data.tokenizer import load_tokenizer
-
     bounds = check_bounds(bounds)
     tok_dir = os.path.join(src, "tokenizer")
     if not os.path.isfile(os.path.join(tok_dir, "tokenizer.json")):
@@ -81,10 +81,6 @@ def split_by_length(src: str, out: str, bounds: Sequence[int], overwrite: bool =
 
 
 def _source_max_seq_len(src: str) -> Optional[int]:
-    import json
-
-    from flexbert.data.fingerprint import STATS
-
     path = os.path.join(src, STATS)
     if not os.path.isfile(path):
         return None

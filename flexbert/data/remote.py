@@ -9,8 +9,13 @@ Streaming does.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import tempfile
 import urllib.parse
+
+from streaming.base.storage.download import CloudDownloader
+from streaming.base.storage.upload import CloudUploader
 
 from flexbert.errors import FlexBertError
 
@@ -69,8 +74,6 @@ def check_writable(url: str, overwrite: bool) -> None:
 
 def uploader(url: str, local: str):
     """Streaming's uploader from ``local`` to ``url`` (kept local files: ``keep_local=True``)."""
-    from streaming.base.storage.upload import CloudUploader
-
     try:
         return CloudUploader.get(out=(local, url), keep_local=True, exist_ok=True)
     except Exception as e:  # noqa: BLE001
@@ -91,8 +94,6 @@ def upload_tree(local: str, url: str, only: list[str] | None = None) -> list[str
 
 def download(url: str, local: str, timeout: float = 60.0) -> None:
     """Fetch one object to ``local`` (parent folders created); raises StoreError naming the URL."""
-    from streaming.base.storage.download import CloudDownloader
-
     os.makedirs(os.path.dirname(local) or ".", exist_ok=True)
     tmp = f"{local}.part{os.getpid()}"  # ranks may fetch the same file at once: rename into place
     try:
@@ -108,9 +109,6 @@ def download(url: str, local: str, timeout: float = 60.0) -> None:
 def fetch_tokenizer(remote: str, local: str = "") -> str:
     """The tokenizer written next to remote shards (``<remote>/tokenizer``), downloaded once into
     ``<local>/tokenizer`` (or a temp cache named after the URL); returns the folder."""
-    import hashlib
-    import tempfile
-
     if not local:
         local = os.path.join(tempfile.gettempdir(), "flexbert-cache", hashlib.sha1(remote.encode()).hexdigest()[:16])
     out = os.path.join(local, "tokenizer")

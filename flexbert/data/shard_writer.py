@@ -22,9 +22,12 @@ import shutil
 from typing import Any, Optional, Sequence
 
 import numpy as np
+from streaming import MDSWriter
 
+from flexbert.data.fingerprint import FINGERPRINT_KEY, STATS, tokenizer_fingerprint
 from flexbert.data.remote import join
 from flexbert.data.shard_stats import check_stats
+from flexbert.data.tokenizer import SpecialTokens
 
 
 def id_dtype(vocab_size: int) -> str:
@@ -45,8 +48,6 @@ class ShardWriter:
 
     def __init__(self, out: str, tokenizer_dir: str, tok: Any, *, size_limit: str = "64mb",
                  compression: Optional[str] = None, remote: Optional[str] = None):
-        from flexbert.data.tokenizer import SpecialTokens
-
         self.out, self.tokenizer_dir, self.tok, self.remote = out, tokenizer_dir, tok, remote
         self.size_limit, self.compression = size_limit, compression
         self.special = SpecialTokens.from_tokenizer(tok)
@@ -63,8 +64,6 @@ class ShardWriter:
     def _writer(self, split: str):
         w = self._writers.get(split)
         if w is None:
-            from streaming import MDSWriter  # heavy (imports torch): only once there is output
-
             dest: Any = os.path.join(self.out, split)
             if self.remote is not None:
                 dest = (dest, join(self.remote, split))  # each shard is uploaded as it is finished
@@ -88,8 +87,6 @@ class ShardWriter:
     def finish(self, stats: dict) -> dict:
         """Close the splits, copy the tokenizer, write stats.json (with the schema's dtype, the
         vocabulary, the special ids and the tokenizer fingerprint added); returns the stats."""
-        from flexbert.data.fingerprint import FINGERPRINT_KEY, STATS, tokenizer_fingerprint
-
         for w in self._writers.values():
             w.finish()
         copy_tokenizer(self.tokenizer_dir, os.path.join(self.out, "tokenizer"))

@@ -15,6 +15,7 @@ order, so the output is byte-identical for any number of workers.
 from __future__ import annotations
 
 import hashlib
+import multiprocessing as mp
 import os
 import shutil
 import tempfile
@@ -24,14 +25,15 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import numpy as np
+from tqdm import tqdm
 
-from flexbert.data.ragged import wrapped_chunks
 from flexbert.data.outputs import OutputError, prepare_output_dir  # noqa: F401 - OutputError: re-exported
-from flexbert.data.remote import is_remote, join
+from flexbert.data.ragged import wrapped_chunks
+from flexbert.data.remote import check_writable, is_remote, join, upload_tree
 from flexbert.data.shard_stats import SPLITS, ShardStats
 from flexbert.data.shard_writer import ShardWriter, id_dtype
 from flexbert.data.sources import InputError, expand_inputs, iter_documents
-
+from flexbert.data.tokenizer import load_tokenizer, special_tokens_template
 
 
 @dataclass
@@ -63,8 +65,6 @@ _W: dict = {}  # per-process tokenizer state, set by _init_worker
 
 
 def _init_worker(tokenizer_dir: str, max_seq_len: int, truncate: bool, val_fraction: float, tok=None) -> None:
-    from flexbert.data.tokenizer import load_tokenizer, special_tokens_template
-
     tok = tok or load_tokenizer(tokenizer_dir)  # a 50k BPE takes ~0.3 s to parse: reuse when in-process
     pre, post = special_tokens_template(tok)
     cap = max_seq_len - len(pre) - len(post)
@@ -155,8 +155,6 @@ def _results(tasks: Iterable, tokenizer_dir: str, opts: ShardOptions, tok=None) 
         for t in tasks:
             yield _encode_task(t)
         return
-    import multiprocessing as mp
-
     methods = mp.get_all_start_methods()
     ctx = mp.get_context("fork" if "fork" in methods else "spawn")
     # each worker is one core: keep the Rust tokenizer from spawning its own thread pool
@@ -175,8 +173,6 @@ def _write(results: Iterable, writer: ShardWriter, opts: ShardOptions, stats: Sh
     """Encoded documents -> the shard writer, one split per document as decided by the workers."""
     bar = None
     if opts.progress:
-        from tqdm import tqdm
-
         bar = tqdm(unit=" docs", desc="tokenize", dynamic_ncols=True, mininterval=0.5)
     try:
         for flat, meta in results:
@@ -206,12 +202,8 @@ def tokenize_to_mds(
     ``out`` may be a URL (``s3://bucket/prefix``): shards are uploaded by Streaming's writer as each
     one is finished (local disk holds a shard or two, not the data set), then the tokenizer and,
     last, stats.json (its presence marks a complete upload)."""
-    from flexbert.data.tokenizer import load_tokenizer
-
     opts.validate()
     if is_remote(out):
-        from flexbert.data.remote import check_writable, upload_tree
-
         check_writable(out, opts.overwrite)  # unreachable store / existing data: fail before tokenizing
         staging = tempfile.mkdtemp(prefix="flexbert-mds-")
         try:

@@ -7,11 +7,14 @@ without importing back: the two used to import each other.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 from flexbert.config import ConfigError, from_dict
+from flexbert.data.fingerprint import STATS
 
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # names become metric keys (metrics/eval/<name>/...)
 
@@ -65,11 +68,6 @@ def load_streams(streams: Mapping[str, Any], prefix: str = "data") -> dict[str, 
 def stream_tokens(s: StreamConfig, split: str = "train") -> Optional[int]:
     """Tokens in a stream's split, from its shards' stats.json (flexbert/data/shard_writer.py); None
     when the folder has none (shards written elsewhere, or only in an object store)."""
-    import json
-    import os
-
-    from flexbert.data.fingerprint import STATS
-
     path = os.path.join(s.local, STATS) if s.local else ""
     if not path or not os.path.isfile(path):
         return None

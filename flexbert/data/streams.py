@@ -27,7 +27,7 @@ import time
 from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 import numpy as np
-from streaming import StreamingDataset
+from streaming import Stream, StreamingDataset
 
 from flexbert.data.documents import _streaming_world, local_nodes
 from flexbert.data.stream_config import StreamConfig, temperature_proportions
@@ -39,8 +39,6 @@ def build_streams(streams: Mapping[str, StreamConfig], split: str, download_time
                   weighted: bool = True, temperature: Optional[float] = None) -> list:
     """Streaming ``Stream`` objects in config order.  ``weighted=False`` (evaluation): each
     document once, whatever the training weights; ``temperature``: proportions by size**tau."""
-    from streaming import Stream
-
     shares = temperature_proportions(streams, temperature, split) if weighted and temperature is not None else {}
     out = []
     for name, s in streams.items():

@@ -22,6 +22,9 @@ from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
 import numpy as np
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+from flexbert.data.sources import iter_documents
 
 CLS, SEP, MASK, PAD, UNK = "[CLS]", "[SEP]", "[MASK]", "[PAD]", "[UNK]"
 BERT_SPECIALS = (PAD, UNK, CLS, SEP, MASK)  # id order of the small trained tokenizers
@@ -82,8 +85,6 @@ class SpecialTokens:
 
 def load_tokenizer(path: str):
     """A ``tokenizers.Tokenizer`` from a directory holding tokenizer.json (or the file itself)."""
-    from tokenizers import Tokenizer
-
     f = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
     if not os.path.isfile(f):
         raise FileNotFoundError(f"no tokenizer.json at {path}")
@@ -109,8 +110,6 @@ def special_tokens_template(tok) -> tuple[list[int], list[int]]:
 
 # --------------------------------------------------------------------------- shared finishing
 def _bert_template(tok, cls_id: int, sep_id: int):
-    from tokenizers import processors
-
     tok.post_processor = processors.TemplateProcessing(
         single=f"{CLS}:0 $A:0 {SEP}:0",
         pair=f"{CLS}:0 $A:0 {SEP}:0 $B:1 {SEP}:1",
@@ -119,8 +118,6 @@ def _bert_template(tok, cls_id: int, sep_id: int):
 
 
 def _special(content: str, **kw):
-    from tokenizers import AddedToken
-
     return AddedToken(content, special=True, normalized=False, **kw)
 
 
@@ -146,8 +143,6 @@ def train_bpe(
 
     ``vocab_size`` counts everything (specials + merges); it is rounded up to ``multiple``.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
     tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False))
     # Byte-level: every string is representable, so [UNK] is never produced (it exists for BERT
     # compatibility); no normaliser, so decoding gives back the exact text.
@@ -237,8 +232,6 @@ def bpe_from_tiktoken(ranks: dict[bytes, int]) -> tuple[dict[str, int], list[tup
 
 def build_modernbert_tokenizer(tiktoken_path: str):
     """GPT-2 BPE (ids preserved) + ModernBERT's special-token layout, 50,368 ids in total."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
     ranks = read_tiktoken_ranks(tiktoken_path)
     if sorted(ranks.values()) != list(range(len(ranks))):
         raise ValueError(f"{tiktoken_path}: ranks are not 0..{len(ranks) - 1}")
@@ -285,8 +278,6 @@ def save_tokenizer(tok, out_dir: str, model_max_length: int = 8192) -> None:
 
 def iter_texts_from_files(paths: Iterable[str], field: str = "text") -> Iterator[str]:
     """Texts for tokenizer training: .jsonl (``field``) or .txt (one per line), optionally compressed."""
-    from flexbert.data.sources import iter_documents
-
     for path in paths:
         for doc in iter_documents(path, field=field):
             yield doc.text

@@ -1,3 +1,5 @@
+import importlib
+
 """FlexBERT model package: plain PyTorch, no Composer.
 
 ``from flexbert.model import FlexBertForMaskedLM`` works; the heavy modules load on first use so
@@ -17,7 +19,5 @@ __all__ = list(_EXPORTS)
 
 def __getattr__(name):
     if name in _EXPORTS:
-        import importlib
-
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'flexbert.model' has no attribute {name!r}")

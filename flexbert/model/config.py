@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from flexbert.config import ConfigError, from_dict
+from flexbert.model import registries as R
 from flexbert.registry import unknown_choice
 
 
@@ -109,8 +110,6 @@ class FlexBertConfig:
         if self.embedding == "sans_pos" and not self.rotary:
             raise bad("rotary", "sans_pos embeddings carry no position: enable rotary or use absolute_pos")
         # registry names: imported lazily so that config stays importable on its own
-        from flexbert.model import registries as R  # the model's own registries
-
         R.check_names(self, p)
 
     def layer_is_global(self, i: int) -> bool:

@@ -30,7 +30,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from flexbert.config import IGNORE_INDEX
+from flexbert.config import IGNORE_INDEX, ConfigError
 from flexbert.model.registries import MLM_LOSSES
 
 # fp32 elements of one chunk's logits (32 Mi = 128 MiB); the chunk is at least 64 tokens.
@@ -166,8 +166,6 @@ def liger_available() -> bool:
 def require_liger() -> None:
     """One line when ``mlm_loss: liger`` was asked for and liger-kernel is absent."""
     if not liger_available():
-        from flexbert.config import ConfigError
-
         raise ConfigError("model.mlm_loss: liger needs liger-kernel, which is not installed (pip install 'flexbert[liger]')")
 
 

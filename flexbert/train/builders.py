@@ -15,26 +15,27 @@ from typing import Any, Optional
 
 from composer import Trainer
 from composer.core import Evaluator
+from composer.loggers import WandBLogger
 from composer.utils import reproducibility
 
 from flexbert.data import loader as data_loader
 from flexbert.data.fingerprint import check_same
 from flexbert.data.source import DataSource, resolve_source
+from flexbert.env import dist_env, quiet_known_warnings
 from flexbert.train import metric_keys as K
 from flexbert.train import run_lock
 from flexbert.train.callback_table import build_callbacks
+from flexbert.train.composer_model import EVAL_METRICS, flexbert_data_spec, to_composer_time
 from flexbert.train.config import RunConfig, as_plain_dict, with_data_source
 from flexbert.train.loading import LoadPlan, SetupError, init_from_fingerprint, load_initial_weights, plan_load  # noqa: F401 (re-exported)
 from flexbert.train.loggers import ConsoleLogger, JSONLLogger
 from flexbert.train.microbatch import resolve_microbatch
-from flexbert.train.composer_model import EVAL_METRICS, flexbert_data_spec
 from flexbert.train.optim import build_optimizer
-from flexbert.train.parallelism import check_parallelism, composer_parallelism
-from flexbert.env import quiet_known_warnings
+from flexbert.train.parallelism import check_parallelism
 from flexbert.train.recipe import build_model, resolve_device, resolve_precision, trainer_settings
 from flexbert.train.run_folder import METRICS, RunFolder
 from flexbert.train.run_identity import check_rerun, record_start
-from flexbert.train.schedulers import parse_scheduler, to_composer_time
+from flexbert.train.schedulers import parse_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ class TrainRun:
         if state.max_duration is not None and state.timestamp.get(state.max_duration.unit) >= state.max_duration:
             log.info("run already complete at batch %d; nothing to do", int(state.timestamp.batch))
             return False
-        if _rank() == 0:
+        if dist_env().is_main:
             record_start(RunFolder.of(self.cfg), self.cfg, self.changes, int(state.timestamp.batch), self.data)
         self.trainer.fit()
         return True
@@ -97,7 +98,7 @@ class TrainRun:
         try:
             self.trainer.close()
         finally:
-            if _rank() == 0:
+            if dist_env().is_main:
                 run_lock.release(self.cfg.resolved_run_dir)
 
 
@@ -108,8 +109,6 @@ def build_loggers(cfg: RunConfig, run_dir: str) -> list:
     if cfg.loggers.jsonl:
         loggers.append(JSONLLogger(os.path.join(run_dir, METRICS)))
     if cfg.loggers.wandb:
-        from composer.loggers import WandBLogger  # only when asked for: imports wandb
-
         loggers.append(
             WandBLogger(
                 project=cfg.loggers.wandb_project,
@@ -119,10 +118,6 @@ def build_loggers(cfg: RunConfig, run_dir: str) -> list:
             )
         )
     return loggers
-
-
-def _rank() -> int:
-    return int(os.environ.get("RANK", "0"))
 
 
 def run_identity(cfg: RunConfig, tokenizer: Optional[str]) -> dict:
@@ -144,12 +139,12 @@ def tokenizer_identity(cfg: RunConfig, source: DataSource) -> Optional[str]:
 def build_trainer(cfg: RunConfig, extra_callbacks: Optional[list] = None) -> TrainRun:
     """The run, under the run folder's lock (global rank 0 holds it until ``TrainRun.close``)."""
     quiet_known_warnings()
-    if _rank() == 0:
+    if dist_env().is_main:
         run_lock.acquire(cfg.resolved_run_dir, f"train.py {cfg.run_name}")
     try:
         return _build_trainer(cfg, extra_callbacks)
     except BaseException:
-        if _rank() == 0:
+        if dist_env().is_main:
             run_lock.release(cfg.resolved_run_dir)
         raise
 
@@ -163,13 +158,13 @@ def _build_trainer(cfg: RunConfig, extra_callbacks: Optional[list]) -> TrainRun:
     tokenizer = tokenizer_identity(cfg, source)
     # refuses another model, tokenizer or data here (moved data paths must hold the same tokenizer's shards)
     data = {"tokenizer": tokenizer, "shards": source.digest}
-    changes = check_rerun(RunFolder.of(cfg), cfg, data) if _rank() == 0 else {}
+    changes = check_rerun(RunFolder.of(cfg), cfg, data) if dist_env().is_main else {}
     precision = resolve_precision(cfg.precision, device)
     plan = plan_load(cfg)
 
     # Seed before building the model so initial weights follow the run's seed.
     reproducibility.seed_all(cfg.seed)
-    model = build_model(cfg)
+    model = build_model(cfg, shard=True)  # checkpointing, compile, FSDP (flexbert/train/recipe.py)
     if cfg.init_from:
         load_initial_weights(model, cfg.init_from)
     optimizer = build_optimizer(model, cfg.optimizer, on_cuda=device == "gpu")
@@ -199,7 +194,7 @@ def _build_trainer(cfg: RunConfig, extra_callbacks: Optional[list]) -> TrainRun:
         load_ignore_keys=plan.ignore_keys,
         load_progress_bar=False,
         dist_timeout=cfg.dist_timeout,
-        parallelism_config=composer_parallelism(cfg.parallelism, cfg.fsdp, device),
+        parallelism_config=model.techniques.parallelism_config,
         **trainer_settings(device=device, precision=precision, seed=cfg.seed),
     )
     return TrainRun(cfg, trainer, model, optimizer, train_loader, eval_loaders.get(K.EVAL_LABEL), callbacks.get("saver"), plan,

@@ -12,11 +12,13 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from flexbert.model.flops import body_flops_per_token, head_flops_per_prediction
 from flexbert.train import callbacks as cb
 from flexbert.train.checkpointing import AtomicCheckpointSaver
-from flexbert.model.flops import body_flops_per_token, head_flops_per_prediction
+from flexbert.train.composer_model import to_composer_time
+from flexbert.train.doctor import TimeLedger, settings_of
 from flexbert.train.preemption import GracefulStop
-from flexbert.train.schedulers import to_composer_time
+from flexbert.train.profiling import StepProfiler
 
 
 @dataclass(frozen=True)
@@ -45,14 +47,10 @@ def _saver(cfg, loader, ident):
 
 
 def _doctor(cfg, loader, ident):
-    from flexbert.train.doctor import TimeLedger, settings_of
-
     return TimeLedger(settings_of(cfg))
 
 
 def _profiler(cfg, loader, ident):
-    from flexbert.train.profiling import StepProfiler
-
     p = cfg.profiler
     return StepProfiler(p.start_batch, p.batches, p.out or os.path.join(cfg.resolved_run_dir, "profile"))
 

@@ -28,8 +28,10 @@ from composer.loggers import Logger
 from composer.utils import dist, reproducibility
 
 from flexbert.data.batch import batch_stats
+from flexbert.model.flops import peak_flops_for
 from flexbert.train import metric_keys as K
 from flexbert.train.checkpointing import find_saver
+from flexbert.train.optim import override_hyperparameters
 
 
 class TrainingDiverged(RuntimeError):
@@ -113,8 +115,6 @@ class PhaseOverride(Callback):
         self.optimizer_config = optimizer_config
 
     def after_load(self, state: State, logger: Logger) -> None:
-        from flexbert.train.optim import override_hyperparameters
-
         for opt in state.optimizers:
             override_hyperparameters(opt, self.optimizer_config, state.schedulers)
 
@@ -175,8 +175,6 @@ class RunMetrics(Callback):
 
     def fit_start(self, state: State, logger: Logger) -> None:
         if self.peak_flops is None and torch.cuda.is_available() and state.device.name == "gpu":
-            from flexbert.model.flops import peak_flops_for
-
             self.peak_flops = peak_flops_for(torch.cuda.get_device_name())
 
     def before_dataloader(self, state: State, logger: Logger) -> None:

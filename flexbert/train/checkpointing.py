@@ -24,8 +24,7 @@ from composer.utils import dist
 from composer.utils.misc import create_interval_scheduler
 
 from flexbert.train import metric_keys as K
-from flexbert.train.run_folder import (LATEST, CheckpointWarning, checkpoint_problem, find_resume_checkpoint,  # noqa: F401
-                                       list_checkpoints)
+from flexbert.train.run_folder import LATEST, CheckpointWarning, checkpoint_problem, find_resume_checkpoint, list_checkpoints  # noqa: F401
 
 log = logging.getLogger(__name__)
 

@@ -12,15 +12,16 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
-from composer.core import DataSpec
+from composer.core import DataSpec, Time, TimeUnit
 from composer.models import ComposerModel
 from torchmetrics import Metric
 
-from flexbert.model.config import FlexBertConfig
 from flexbert.data.batch import num_masked, num_real_tokens, rows_of
+from flexbert.model.config import FlexBertConfig
 from flexbert.model.loss import LossStats
+from flexbert.model.model import FlexBertForMaskedLM
 from flexbert.model.static import StaticShapes
-
+from flexbert.train.schedulers import parse_time
 
 # --------------------------------------------------------------------------- metrics
 EVAL_METRICS = ("MLMLoss", "MLMAccuracy", "MLMPerplexity")
@@ -94,8 +95,6 @@ class FlexBertMLM(ComposerModel):
                  shapes: StaticShapes | None = None):  # fmt: skip
         super().__init__()
         if model is None:
-            from flexbert.model.model import FlexBertForMaskedLM
-
             model = FlexBertForMaskedLM(config)
         self.config = config
         self.model = model
@@ -103,6 +102,11 @@ class FlexBertMLM(ComposerModel):
         # train: accuracy only (the train loss is already logged as loss/train/total)
         self._train_metrics = {"MLMAccuracy": MLMAccuracy()} if train_metrics else {}
         self._eval_metrics = eval_metrics()
+
+    @property
+    def encoder(self) -> torch.nn.Module:
+        """The FlexBertModel inside (where activation checkpointing and compile apply)."""
+        return self.model.model
 
     def forward(self, batch: dict[str, Any]):
         if "rows" in batch:
@@ -144,3 +148,11 @@ def flexbert_data_spec(dataloader) -> DataSpec:
     )
 
 
+# --------------------------------------------------------------------------- time
+def to_composer_time(value: Any, key: str = "time"):
+    """A time string (flexbert/train/schedulers.py ``parse_time``) as a ``composer.core.Time``."""
+    number, unit = parse_time(value, key)
+    units = {"tok": TimeUnit.TOKEN, "ba": TimeUnit.BATCH, "sp": TimeUnit.SAMPLE, "ep": TimeUnit.EPOCH}
+    if unit == "dur":
+        return Time(float(number), TimeUnit.DURATION)
+    return Time(int(number), units[unit])

@@ -13,18 +13,38 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from flexbert.config import from_dict, load_yaml
-from flexbert.model.config import FlexBertConfig
+from omegaconf import OmegaConf
+
+from flexbert.config import from_dict, load_yaml, to_dict
 from flexbert.data.config import DataConfig
 from flexbert.data.source import DataSource, resolve_source
+from flexbert.model.compile import TORCH_COMPILE_MODES
+from flexbert.model.config import FlexBertConfig
+from flexbert.model.model import checkpointed_layers
 from flexbert.registry import ConfigError, unknown_choice
 from flexbert.train.optim import OptimizerConfig
-from flexbert.train.parallelism import PARALLELISMS, FsdpConfig
 from flexbert.train.schedulers import parse_scheduler, parse_time
 
 PRECISIONS = ("auto", "fp32", "amp_bf16", "amp_fp16")
 DEVICES = ("auto", "cpu", "gpu")
 COMPILE = ("none", "model", "blocks")
+
+
+PARALLELISMS = ("ddp", "fsdp")  # flexbert/train/parallelism.py
+SHARDINGS = ("full", "hybrid")
+FSDP_PRECISIONS = ("DEFAULT", "PURE", "FULL")
+
+
+@dataclass
+class FsdpConfig:
+    sharding: str = "full"  # full | hybrid (shard within a node, replicate across nodes)
+    mixed_precision: str = "DEFAULT"  # DEFAULT | PURE | FULL (Composer's FSDP mixed-precision modes)
+    reshard_after_forward: bool = True  # free gathered block weights after forward
+
+    def validate(self, prefix: str = "fsdp") -> None:
+        for key, choices in (("sharding", SHARDINGS), ("mixed_precision", FSDP_PRECISIONS)):
+            if getattr(self, key) not in choices:
+                raise ConfigError(unknown_choice(f"{prefix}.{key}", "value", getattr(self, key), choices))
 
 
 @dataclass
@@ -120,15 +140,11 @@ class RunConfig:
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
 
     def validate(self, prefix: str = "") -> None:
-        from flexbert.model.compile import TORCH_COMPILE_MODES
-
         for key, choices in (("precision", PRECISIONS), ("device", DEVICES), ("compile", COMPILE),
                              ("compile_mode", TORCH_COMPILE_MODES), ("parallelism", PARALLELISMS)):
             value = getattr(self, key)
             if value not in choices:
                 raise ConfigError(unknown_choice(key, "value", value, choices))
-        from flexbert.model.model import checkpointed_layers
-
         try:
             checkpointed_layers(self.activation_checkpointing, self.model.num_hidden_layers)
         except ValueError as e:
@@ -166,8 +182,6 @@ class RunConfig:
 def _load_with_inherit(path: str, seen: tuple[str, ...] = ()) -> dict:
     """A YAML file as a dict; ``inherit: other.yaml`` (relative to the file) is loaded first and
     this file's keys are merged over it (mappings merge, everything else replaces)."""
-    from omegaconf import OmegaConf
-
     real = os.path.realpath(path)
     if real in seen:
         raise ConfigError(f"inherit: {path} inherits from itself")
@@ -186,8 +200,6 @@ def _load_with_inherit(path: str, seen: tuple[str, ...] = ()) -> dict:
 
 def load_run_config(path: Optional[str], overrides: Optional[list[str]] = None) -> RunConfig:
     """YAML (with optional ``inherit:``) + ``key=value`` overrides -> a validated RunConfig."""
-    from omegaconf import OmegaConf
-
     raw: dict[str, Any] = _load_with_inherit(path) if path else {}
     if overrides:
         with_cli = load_yaml(None, overrides)
@@ -248,6 +260,4 @@ def with_known_data(cfg: RunConfig) -> RunConfig:
 
 
 def as_plain_dict(cfg: RunConfig) -> dict:
-    from flexbert.config import to_dict
-
     return to_dict(cfg)

@@ -19,6 +19,8 @@ from typing import Optional
 
 import torch
 
+from flexbert.convert.hf import from_hf, load_safetensors
+from flexbert.data.fingerprint import tokenizer_fingerprint
 from flexbert.errors import FlexBertError
 from flexbert.train.checkpointing import checkpoint_problem, find_resume_checkpoint
 from flexbert.train.config import RunConfig
@@ -32,8 +34,6 @@ class SetupError(FlexBertError, RuntimeError):
 def init_from_fingerprint(path: str) -> Optional[str]:
     """The tokenizer fingerprint ``init_from`` was trained with, where it says: an export's
     tokenizer files, a checkpoint's run identity; None when unknown (a bare state dict)."""
-    from flexbert.data.fingerprint import tokenizer_fingerprint
-
     if os.path.isdir(path):
         return tokenizer_fingerprint(path) if os.path.isfile(os.path.join(path, "tokenizer.json")) else None
     if path.endswith(".safetensors") or not os.path.isfile(path) or checkpoint_problem(path) is not None:
@@ -50,12 +50,8 @@ def load_initial_weights(model, path: str) -> None:
         raise SetupError(f"init_from: {path} does not exist")
     try:
         if os.path.isdir(path):
-            from flexbert.convert.hf import from_hf
-
             state = from_hf(path).state_dict()
         elif path.endswith(".safetensors"):
-            from flexbert.convert.hf import load_safetensors
-
             state = load_safetensors(Path(path))
         else:
             state = _pt_state(path)

@@ -34,8 +34,10 @@ it: the context-extension run (9 x 8192, blocks, 55.2 GiB) and the out-of-memory
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
+
+from flexbert.env import dist_env
+from flexbert.model.model import checkpointed_layers
 
 GIB = 2**30
 H100_80GB_BYTES = 81559 * 2**20  # what nvidia-smi reports for an H100 80GB HBM3 (79.65 GiB)
@@ -134,8 +136,6 @@ def estimate_run(cfg, microbatch_size: int | None = None) -> MemoryEstimate:
     mb = microbatch_size if microbatch_size is not None else data.microbatch_size
     if not isinstance(mb, int):
         raise ValueError(f"data.microbatch_size: '{mb}' is not a number; resolve it first (flexbert/train/microbatch.py)")
-    from flexbert.model.model import checkpointed_layers
-
     n_ckpt = len(checkpointed_layers(cfg.activation_checkpointing, cfg.model.num_hidden_layers))
     return estimate_peak(cfg.model, mb * data.max_seq_len, cfg.compile, data.max_mlm_probability, checkpointed=n_ckpt,
                          shards=fsdp_shards(cfg))
@@ -146,8 +146,8 @@ def fsdp_shards(cfg) -> int:
     (``hybrid``) with ``parallelism: fsdp``, else 1."""
     if getattr(cfg, "parallelism", "ddp") != "fsdp":
         return 1
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return int(os.environ.get("LOCAL_WORLD_SIZE", world)) if cfg.fsdp.sharding == "hybrid" else world
+    env = dist_env()
+    return env.ranks_per_node() if cfg.fsdp.sharding == "hybrid" else env.world_size
 
 
 def largest_fitting(model_cfg, max_seq_len: int, candidates, compile: str = "none", mask_rate: float = 0.30,

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+import optimi
 import torch
 
 from flexbert.registry import ConfigError, unknown_choice
@@ -81,8 +82,6 @@ def param_groups(model: torch.nn.Module, weight_decay: float, no_decay_bias_norm
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimizerConfig, on_cuda: bool = False) -> torch.optim.Optimizer:
     """Build the configured optimizer for ``model``; ``on_cuda``: where the parameters will train."""
-    import optimi
-
     cls = {"stable_adamw": optimi.StableAdamW, "adamw": optimi.AdamW}[cfg.name]
     groups = param_groups(model, cfg.weight_decay, cfg.no_decay_bias_norm)
     return cls(

@@ -23,34 +23,22 @@ sharded tensor, an AVG all-reduce that gloo lacks (``check_parallelism`` says so
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import warnings
 from typing import Optional
 
-PARALLELISMS = ("ddp", "fsdp")
-SHARDINGS = ("full", "hybrid")
-FSDP_PRECISIONS = ("DEFAULT", "PURE", "FULL")
+from composer.devices import DeviceCPU, DeviceGPU
+from composer.utils import dist
+from composer.utils.parallelism import FSDP2Config
+from torch.distributed.device_mesh import init_device_mesh
 
-
-@dataclass
-class FsdpConfig:
-    sharding: str = "full"  # full | hybrid (shard within a node, replicate across nodes)
-    mixed_precision: str = "DEFAULT"  # DEFAULT | PURE | FULL (Composer's FSDP mixed-precision modes)
-    reshard_after_forward: bool = True  # free gathered block weights after forward
-
-    def validate(self, prefix: str = "fsdp") -> None:
-        from flexbert.registry import ConfigError, unknown_choice
-
-        for key, choices in (("sharding", SHARDINGS), ("mixed_precision", FSDP_PRECISIONS)):
-            if getattr(self, key) not in choices:
-                raise ConfigError(unknown_choice(f"{prefix}.{key}", "value", getattr(self, key), choices))
+from flexbert.registry import ConfigError
+from flexbert.train.config import FsdpConfig
 
 
 def check_parallelism(parallelism: str, optimizer: str, device: str) -> None:
     """StableAdamW's per-tensor RMS is a mean over a sharded tensor: an AVG all-reduce, which NCCL
     has and gloo (CPU) does not.  Say so before any rank starts instead of failing in step 1."""
     if parallelism == "fsdp" and optimizer == "stable_adamw" and device != "gpu":
-        from flexbert.registry import ConfigError
-
         raise ConfigError("parallelism: fsdp with optimizer.name=stable_adamw needs GPUs (NCCL): its per-tensor "
                           "RMS is a mean over sharded tensors, an AVG all-reduce that gloo lacks; on CPU use "
                           "optimizer.name=adamw or parallelism=ddp")
@@ -60,10 +48,6 @@ def composer_parallelism(parallelism: str, fsdp: FsdpConfig, device: str) -> Opt
     """The Trainer's ``parallelism_config`` (None for DDP, Composer's default)."""
     if parallelism == "ddp":
         return None
-    import warnings
-
-    from composer.utils.parallelism import FSDP2Config
-
     mesh = hybrid_mesh(device) if fsdp.sharding == "hybrid" else None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="FSDP2 Config/APIs are experimental")
@@ -74,10 +58,6 @@ def composer_parallelism(parallelism: str, fsdp: FsdpConfig, device: str) -> Opt
 
 def hybrid_mesh(device: str):
     """(nodes, ranks per node) mesh: replicate over the first dimension, shard over the second."""
-    from composer.devices import DeviceCPU, DeviceGPU
-    from composer.utils import dist
-    from torch.distributed.device_mesh import init_device_mesh
-
     dist.initialize_dist(DeviceGPU() if device == "gpu" else DeviceCPU())  # the Trainer reuses it
     world, local = dist.get_world_size(), dist.get_local_world_size()
     if world % local:

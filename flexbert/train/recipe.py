@@ -1,6 +1,6 @@
 """The Trainer recipe shared by every Composer run FlexBERT builds (pretraining, fine-tuning, the
-GPU probe): where it runs, in what precision, the model with ``compile`` applied, and the Trainer
-settings every run shares.
+GPU probe): where it runs, in what precision, the model with the training techniques applied
+(``apply_techniques``: the one place, in a fixed order), and the Trainer settings every run shares.
 
 ``flexbert/train/builders.py`` assembles pretraining from these pieces and
 ``flexbert/eval/classifier.py`` fine-tuning; neither decides device or precision itself.
@@ -8,7 +8,8 @@ settings every run shares.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import torch
 
@@ -16,6 +17,7 @@ from flexbert.model.compile import compile_model
 from flexbert.model.static import StaticShapes
 from flexbert.train.composer_model import FlexBertMLM
 from flexbert.train.loading import SetupError
+from flexbert.train.parallelism import composer_parallelism
 
 
 def resolve_device(device: str) -> str:
@@ -39,21 +41,42 @@ def resolve_precision(precision: str, device: str) -> str:
 COMPUTE_DTYPES = {"fp32": torch.float32, "amp_bf16": torch.bfloat16, "amp_fp16": torch.float16}
 
 
-def build_model(cfg) -> FlexBertMLM:
-    """The Composer model of a RunConfig with ``compile`` applied; a compiled model gets fixed row
-    shapes from the data section (an eager one keeps the cheaper per-batch shapes: no padding
-    documents)."""
+@dataclass
+class Techniques:
+    """What ``apply_techniques`` did to a model."""
+
+    checkpointed: list[int]  # blocks recomputed in backward
+    compiled: str  # none | model | blocks
+    parallelism_config: Optional[dict]  # the Trainer's (FSDP); None: DDP, or not asked for
+
+
+def apply_techniques(model: FlexBertMLM, cfg, shard: bool = False) -> Techniques:
+    """The training techniques of a RunConfig, in the order that composes (as torchtitan's
+    ``parallelize`` does): activation checkpointing (the blocks compile then traces with their
+    recomputation), ``torch.compile``, and - with ``shard`` - sharding (``parallelism: fsdp``: the
+    Trainer's ``parallelism_config``; Composer wraps the compiled blocks when it builds the run)."""
+    encoder = model.encoder
+    encoder.checkpoint_layers(cfg.activation_checkpointing)
+    device = resolve_device(cfg.device)
+    if cfg.compile != "none":
+        dtype = COMPUTE_DTYPES[resolve_precision(cfg.precision, device)]
+        compile_model(model.model, cfg.compile, compile_mode=cfg.compile_mode, device="cuda" if device == "gpu" else "cpu",
+                      dtype=dtype)
+    parallelism = composer_parallelism(cfg.parallelism, cfg.fsdp, device) if shard else None
+    return Techniques(sorted(encoder.checkpointed), cfg.compile, parallelism)
+
+
+def build_model(cfg, shard: bool = False) -> FlexBertMLM:
+    """The Composer model of a RunConfig with its techniques applied (``model.techniques``); a
+    compiled model gets fixed row shapes from the data section (an eager one keeps the cheaper
+    per-batch shapes: no padding documents)."""
     shapes = None
     if cfg.compile != "none":
         data = cfg.data
         masking = max(data.max_mlm_probability, data.eval_mlm_probability)
         shapes = StaticShapes.for_rows(data.row_tokens, data.max_seq_len, masking, cfg.model.sparse_prediction)
     model = FlexBertMLM(cfg.model, shapes=shapes)
-    model.model.model.checkpoint_layers(cfg.activation_checkpointing)  # before compiling: traced with it
-    if cfg.compile != "none":
-        device = "cuda" if resolve_device(cfg.device) == "gpu" else "cpu"
-        dtype = COMPUTE_DTYPES[resolve_precision(cfg.precision, resolve_device(cfg.device))]
-        compile_model(model.model, cfg.compile, compile_mode=cfg.compile_mode, device=device, dtype=dtype)
+    model.techniques = apply_techniques(model, cfg, shard)
     return model
 
 

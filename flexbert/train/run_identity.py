@@ -17,8 +17,11 @@ new config.  The run's current config is the last history entry's, else ``config
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any, Optional
+
+import yaml
 
 from flexbert.train.config import RunConfig, as_plain_dict
 from flexbert.train.run_folder import HISTORY, RunFolder, RunFolderError, iter_records
@@ -70,8 +73,6 @@ def current_config(run: RunFolder) -> Optional[dict]:
         return last
     if not run.has_config():
         return None
-    import yaml
-
     with open(run.config_path) as f:
         return yaml.safe_load(f) or {}
 
@@ -124,8 +125,6 @@ def record_start(run: RunFolder, cfg: RunConfig, changes: Optional[dict], batch:
         return
     if not changes:
         return
-    import json
-
     entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "resumed_at_batch": batch,
              "changes": {k: list(v) for k, v in changes.items()}, "config": as_plain_dict(cfg)}
     with open(run.file(HISTORY), "a") as f:

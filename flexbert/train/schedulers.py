@@ -54,17 +54,6 @@ def parse_time(value: Any, key: str = "time") -> tuple[float, str]:
     return number, unit
 
 
-def to_composer_time(value: Any, key: str = "time"):
-    """A time string as a ``composer.core.Time`` (imported lazily)."""
-    from composer.core import Time, TimeUnit
-
-    number, unit = parse_time(value, key)
-    units = {"tok": TimeUnit.TOKEN, "ba": TimeUnit.BATCH, "sp": TimeUnit.SAMPLE, "ep": TimeUnit.EPOCH}
-    if unit == "dur":
-        return Time(float(number), TimeUnit.DURATION)
-    return Time(int(number), units[unit])
-
-
 # --------------------------------------------------------------------------- time arithmetic
 def _elapsed_and_point(value: str, state, ssr: float, key: str) -> tuple[float, float, str]:
     """(elapsed in the point's unit, the point in that unit, unit) for time string ``value``."""

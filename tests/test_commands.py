@@ -1,0 +1,89 @@
+"""The `flexbert` command package: one command with every subcommand, the shims in scripts/ and
+data_prep/ without sys.path edits, no library module locating the checkout, and a run folder or a
+saved config read without Composer."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flexbert.cli.main import COMMANDS
+from test_train_fixtures import ROOT
+
+CLI = Path(ROOT) / "flexbert" / "cli"
+NOT_COMMANDS = {"__init__", "main", "common"}
+
+
+def run(*args, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, **kw)
+
+
+def test_flexbert_help_lists_every_command_module():
+    modules = {p.stem for p in CLI.glob("*.py")} - NOT_COMMANDS
+    assert {m for m, _ in COMMANDS.values()} == modules  # one module per command, each in the table
+    out = run("-m", "flexbert", "--help")
+    assert out.returncode == 0, out.stderr
+    listed = [line.split()[0] for line in out.stdout.splitlines() if line.startswith("  ")]
+    assert listed == list(COMMANDS)
+
+
+def test_the_console_script_is_installed_and_dispatches():
+    """`pip install -e .` (make install) puts a `flexbert` command beside the interpreter."""
+    exe = Path(sys.executable).parent / "flexbert"
+    if not exe.exists():
+        pytest.skip(f"{exe} not installed (pip install -e . installs it)")
+    out = subprocess.run([str(exe), "eval-mlm", "--help"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "flexbert eval-mlm" in out.stdout, out.stderr
+    bad = subprocess.run([str(exe), "evla-mlm"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: unknown command 'evla-mlm' (did you mean 'eval-mlm'?)")
+
+
+def test_scripts_are_shims_without_path_edits():
+    for folder in ("scripts", "data_prep"):
+        for path in (Path(ROOT) / folder).glob("*.py"):
+            assert "sys.path.insert" not in path.read_text(), path
+    for path in (Path(ROOT) / "flexbert").rglob("*.py"):
+        text = path.read_text()
+        assert "__file__" not in text and "sys.path" not in text, f"{path}: a library module locates the checkout"
+
+
+def test_a_refused_input_is_one_line_and_exit_2_in_every_command(tmp_path):
+    """The error root (flexbert/errors.py) through the common runner: a missing model is one line."""
+    missing = str(tmp_path / "nope")
+    for cmd in (["export", "--run-dir", missing, "--out", str(tmp_path / "o")],
+                ["eval-mlm", "--model", missing, "--data", missing],
+                ["diagnose", missing]):
+        out = run("-m", "flexbert", *cmd)
+        assert out.returncode == 2 and out.stderr.count("\n") == 1 and out.stderr.startswith("error: "), (cmd, out.stderr)
+        assert "Traceback" not in out.stderr
+
+
+def test_reading_a_run_folder_or_a_saved_config_imports_no_composer(tmp_path, data):
+    from flexbert.train.config import load_run_config
+    from flexbert.train.run_folder import RunFolder
+
+    folder = RunFolder(str(tmp_path / "run"))
+    folder.write_config(load_run_config(os.path.join(ROOT, "configs", "tiny.yaml"), [f"data.local={data}"]))
+    code = ("import sys; from flexbert.train.run_folder import RunFolder; "
+            f"cfg = RunFolder({folder.path!r}).load_config(); "
+            "print(sorted({m.split('.')[0] for m in sys.modules if m.split('.')[0] in ('composer', 'torchmetrics')}))")
+    out = run("-c", code, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_parsing_a_config_reads_no_file_of_its_data(tmp_path):
+    """Configs are data: a data section naming folders and a store that do not exist parses; the
+    tokenizer and shards are looked at only when the data source is resolved."""
+    from flexbert.data.source import resolve_source
+    from flexbert.train.config import load_run_config
+
+    cfg = load_run_config(os.path.join(ROOT, "configs", "tiny.yaml"),
+                          [f"data.local={tmp_path / 'absent'}", "data.remote=s3://no-such-bucket/shards"])
+    assert cfg.data.remote == "s3://no-such-bucket/shards" and not (tmp_path / "absent").exists()
+    with pytest.raises(FileNotFoundError, match="no tokenizer"):
+        resolve_source(dataclasses.replace(cfg.data, remote=None))
