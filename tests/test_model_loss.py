@@ -8,10 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
+import flexbert.config
 from flexbert.config import ConfigError
 from flexbert.model.config import FlexBertConfig
 from flexbert.model import FlexBertForMaskedLM
-from flexbert.model.loss import chunked_loss, liger_available, mlm_loss, plain_loss
+from flexbert.model.loss import chunked_loss, liger_available, logits_loss, mlm_loss, plain_loss, token_losses
 
 IGNORE = -100
 
@@ -69,6 +70,65 @@ def test_accuracy_counts_match_argmax():
     stats = mlm_loss("chunked", h, w, b, labels)
     expect = int(((h @ w.T + b).argmax(-1) == labels).sum())
     assert int(stats.correct) == expect >= 67 and int(stats.count) == 200
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+def test_per_token_losses_sum_to_the_chunked_loss(bias):
+    """The per-token primitive (the by-length evaluation's): each labelled row's cross-entropy and
+    argmax hit, 0 / False on ignored rows; sums equal chunked's, chunk size does not matter."""
+    h, w, b, labels = head_inputs(130, 16, 301, bias, seed=7)
+    ref = chunked_loss(h, w, b, labels, chunk=64)
+    keep = labels != IGNORE
+    logits = (h @ w.T + (0 if b is None else b)).detach()
+    for chunk in (8, 64, 1000):
+        loss, hit = token_losses(h.detach(), w.detach(), None if b is None else b.detach(), labels, chunk=chunk)
+        torch.testing.assert_close(loss[keep], F.cross_entropy(logits[keep], labels[keep], reduction="none"))
+        assert not loss[~keep].any() and not hit[~keep].any()
+        assert torch.equal(hit[keep], logits[keep].argmax(-1) == labels[keep])
+        torch.testing.assert_close(loss.sum(), ref.loss_sum.detach(), atol=1e-4, rtol=1e-5)
+        assert int(hit.sum()) == int(ref.correct)
+    empty = token_losses(h[:0], w, b, labels[:0])
+    assert empty[0].shape == (0,) and empty[1].shape == (0,)
+
+
+def test_every_loss_path_follows_the_one_ignore_index(monkeypatch):
+    """issue 25: one ignore index.  Planted in flexbert.config (-1 instead of -100), the plain,
+    chunked, per-token and logits paths and the model's padded (HF) and sparse paths all skip
+    exactly the positions labelled -1, against cross-entropy written out on the kept ones."""
+    monkeypatch.setattr(flexbert.config, "IGNORE_INDEX", -1)
+    h, w, b, labels = head_inputs(50, 8, 30, True, seed=3)
+    labels[labels == IGNORE] = -1
+    keep = labels != -1
+    logits = h @ w.T + b
+    expect = F.cross_entropy(logits[keep], labels[keep])
+    for name, stats in {"plain": plain_loss(h, w, b, labels), "chunked": chunked_loss(h, w, b, labels, chunk=8),
+                        "logits": logits_loss(logits, labels)}.items():  # fmt: skip
+        torch.testing.assert_close(stats.loss, expect, msg=name)
+        assert int(stats.count) == int(keep.sum()), name
+    per_token = token_losses(h.detach(), w.detach(), b.detach(), labels)[0]
+    torch.testing.assert_close(per_token.sum() / keep.sum(), expect.detach())
+    _model_paths_follow_the_planted_ignore_index()
+
+
+def _model_paths_follow_the_planted_ignore_index():
+    ids, cu, max_len, labels = packed([30, 9, 21], seed=6)
+    labels[labels == IGNORE] = -1
+    keep = labels != -1
+    torch.manual_seed(0)
+    model = FlexBertForMaskedLM(small_config(sparse_prediction=True)).train()
+    full = model(ids, cu_seqlens=cu, max_seqlen=max_len).logits
+    expect = F.cross_entropy(full[keep], labels[keep])
+    rows, mask = torch.zeros(3, max_len, dtype=torch.long), torch.zeros(3, max_len, dtype=torch.long)
+    row_labels = torch.full((3, max_len), -1)
+    for i, (s, e) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):  # one document per row, HF style
+        rows[i, : e - s], mask[i, : e - s], row_labels[i, : e - s] = ids[s:e], 1, labels[s:e]
+    padded = model.eval()(rows, attention_mask=mask, labels=row_labels).loss  # eval: the full-logits path
+    model.train()
+    sparse = model(ids, cu_seqlens=cu, max_seqlen=max_len, labels=labels)  # gathers the labelled rows
+    lean = model(ids, cu_seqlens=cu, max_seqlen=max_len, labels=labels, return_logits=False, max_predictions=40)
+    for name, loss in {"padded": padded, "sparse": sparse.loss, "lean": lean.loss}.items():
+        torch.testing.assert_close(loss, expect, atol=1e-6, rtol=1e-6, msg=name)
+    assert sparse.labels.shape == (int(keep.sum()),)
 
 
 def _peak_bytes(fn) -> int:

@@ -1,4 +1,4 @@
-"""The MLM loss: decoder (tied weight + bias) and cross-entropy, without full fp32 logits.
+"""The MLM / CLM loss: decoder (tied weight + bias) and cross-entropy, without full fp32 logits.
 
 At the recipe's size a row predicts ~30K tokens over a 50,368-token vocabulary: their fp32 logits
 alone are 5.5 GiB, and the plain path keeps several tensors of that size alive (logits, their fp32
@@ -15,6 +15,13 @@ outlive the loss and the training / eval metrics are counts (docs/model.md):
   elsewhere ``plain`` (host memory is not the limit of a CPU-sized run, and ``chunked`` pays one
   more decoder matmul: 12% slower in ``scripts/bench_model.py``'s small config on CPU).
 
+Every path here reads the label no loss counts from one place, ``ignore_index()`` (which reads
+``flexbert.config.IGNORE_INDEX`` at call time); the model's gather of labelled positions asks it
+too.  ``logits_loss`` is the definition on full logits (what HF-style callers get) and
+``token_losses`` the per-token loss and hit of ``chunked`` (the by-length evaluation's primitive).
+The labels say what is predicted -- MLM's masked tokens or CLM's next tokens -- so the same paths
+serve both objectives.
+
 ``plain`` and ``chunked`` trace into a compiled model's graph (``compile: model`` is one graph from
 the embeddings to the loss sums); ``liger`` is a Triton kernel that syncs with the host and stays
 a separate call (one graph break, no recompilation).
@@ -30,16 +37,22 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from flexbert.config import IGNORE_INDEX, ConfigError
+import flexbert.config as flexbert_config
+from flexbert.config import ConfigError
 from flexbert.model.registries import MLM_LOSSES
 
 # fp32 elements of one chunk's logits (32 Mi = 128 MiB); the chunk is at least 64 tokens.
 CHUNK_ELEMENTS = 1 << 25
 
 
+def ignore_index() -> int:
+    """The label of positions no loss counts (``flexbert.config.IGNORE_INDEX``, read now)."""
+    return flexbert_config.IGNORE_INDEX
+
+
 @dataclass
 class LossStats:
-    """Sums over the predicted positions (labels != -100) of one forward."""
+    """Sums over the predicted positions (labels != ignore_index()) of one forward."""
 
     loss_sum: torch.Tensor  # fp32 scalar, differentiable
     correct: torch.Tensor  # long scalar: argmax == label
@@ -62,26 +75,36 @@ def chunk_rows(vocab: int) -> int:
     return max(64, CHUNK_ELEMENTS // max(1, vocab) // 64 * 64)
 
 
+def _cast(weight, bias, dtype):
+    return weight.to(dtype), None if bias is None else bias.to(dtype)
+
+
+def _chunk_ce(h, w, b, labels, ignore: int):
+    """One chunk: per-row cross-entropy of fp32 ``h @ w.T + b`` (0 on ignored rows), argmax hit
+    (False on ignored rows), and the log-sum-exp backward needs."""
+    logits = F.linear(h.to(w.dtype), w, b).float()
+    valid = labels != ignore
+    lse = torch.logsumexp(logits, dim=-1)
+    target = logits.gather(1, torch.where(valid, labels, 0)[:, None])[:, 0]
+    return torch.where(valid, lse - target, 0.0), (logits.argmax(-1) == labels) & valid, lse
+
+
 class _ChunkedLinearCE(torch.autograd.Function):
     """sum CE(h @ W.T + b, labels) over labelled rows, with argmax hits; logits live per chunk."""
 
     @staticmethod
-    def forward(ctx, h, weight, bias, labels, dtype, chunk):
+    def forward(ctx, h, weight, bias, labels, dtype, chunk, ignore):
         loss_sum = torch.zeros((), device=h.device, dtype=torch.float32)
         correct = torch.zeros((), device=h.device, dtype=torch.long)
         lse = torch.empty(h.shape[0], device=h.device, dtype=torch.float32)
-        w, b = weight.to(dtype), None if bias is None else bias.to(dtype)
+        w, b = _cast(weight, bias, dtype)
         for s in range(0, h.shape[0], chunk):
-            logits = F.linear(h[s : s + chunk].to(dtype), w, b).float()
-            lab = labels[s : s + chunk]
-            valid = lab != IGNORE_INDEX
-            chunk_lse = torch.logsumexp(logits, dim=-1)
-            target = logits.gather(1, lab.clamp(min=0)[:, None])[:, 0]
-            loss_sum += torch.where(valid, chunk_lse - target, 0.0).sum()
-            correct += ((logits.argmax(-1) == lab) & valid).sum()
+            loss, hit, chunk_lse = _chunk_ce(h[s : s + chunk], w, b, labels[s : s + chunk], ignore)
             lse[s : s + chunk] = chunk_lse
+            loss_sum += loss.sum()
+            correct += hit.sum()
         ctx.save_for_backward(h, weight, bias, labels, lse)
-        ctx.dtype, ctx.chunk = dtype, chunk
+        ctx.dtype, ctx.chunk, ctx.ignore = dtype, chunk, ignore
         ctx.mark_non_differentiable(correct)
         return loss_sum, correct
 
@@ -89,17 +112,17 @@ class _ChunkedLinearCE(torch.autograd.Function):
     def backward(ctx, grad_loss, _grad_correct):
         h, weight, bias, labels, lse = ctx.saved_tensors
         dtype, chunk = ctx.dtype, ctx.chunk
-        w, b = weight.to(dtype), None if bias is None else bias.to(dtype)
+        w, b = _cast(weight, bias, dtype)
         grad_h = torch.empty_like(h)
         grad_w = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32)
         grad_b = None if bias is None else torch.zeros(bias.shape, device=bias.device, dtype=torch.float32)
         for s in range(0, h.shape[0], chunk):
             hc = h[s : s + chunk].to(dtype)
             lab = labels[s : s + chunk]
-            valid = lab != IGNORE_INDEX
+            valid = lab != ctx.ignore
             # d(lse - logit[label]) / d logits = softmax - onehot, zero on unlabelled rows
             g = torch.exp(F.linear(hc, w, b).float() - lse[s : s + chunk, None])
-            g[torch.arange(lab.numel(), device=g.device), lab.clamp(min=0)] -= 1.0
+            g[torch.arange(lab.numel(), device=g.device), torch.where(valid, lab, 0)] -= 1.0
             g = g.mul_(torch.where(valid, grad_loss, 0.0)[:, None])
             if grad_b is not None:
                 grad_b += g.sum(0)
@@ -107,53 +130,52 @@ class _ChunkedLinearCE(torch.autograd.Function):
             grad_h[s : s + chunk] = (g @ w).to(h.dtype)
             grad_w += (g.t() @ hc).float()
         grad_b = None if grad_b is None else grad_b.to(bias.dtype)
-        return grad_h, grad_w.to(weight.dtype), grad_b, None, None, None
+        return grad_h, grad_w.to(weight.dtype), grad_b, None, None, None, None
 
 
 def _count(labels: torch.Tensor) -> torch.Tensor:
-    return (labels != IGNORE_INDEX).sum()
-
-
-def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of given logits over positions whose label is not IGNORE_INDEX (0 if there
-    are none): the HF-style path that returns logits."""
-    logits = logits.reshape(-1, logits.shape[-1]).float()
-    labels = labels.reshape(-1)
-    total = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
-    return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
-
-
-def token_losses(h, weight, bias, labels, chunk: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token (cross-entropy, argmax hit) of ``F.linear(h, weight, bias)`` against ``labels``,
-    chunked like ``chunked`` (no full-vocabulary fp32 logits); positions labelled IGNORE_INDEX
-    get loss 0 and no hit."""
-    chunk = chunk or chunk_rows(weight.shape[0])
-    losses, hits = [], []
-    for s in range(0, h.shape[0], chunk):
-        logits = F.linear(h[s : s + chunk], weight, bias).float()
-        lab = labels[s : s + chunk]
-        losses.append(F.cross_entropy(logits, lab, ignore_index=IGNORE_INDEX, reduction="none"))
-        hits.append((logits.argmax(-1) == lab) & (lab != IGNORE_INDEX))
-    if not losses:
-        return h.new_zeros(0, dtype=torch.float32), torch.zeros(0, dtype=torch.bool, device=h.device)
-    return torch.cat(losses), torch.cat(hits)
+    return (labels != ignore_index()).sum()
 
 
 @MLM_LOSSES.register("chunked")
 def chunked_loss(h, weight, bias, labels, chunk: Optional[int] = None) -> LossStats:
-    dtype = compute_dtype(h)
+    dtype, chunk = compute_dtype(h), chunk or chunk_rows(weight.shape[0])
     with torch.autocast(h.device.type, enabled=False):
-        loss_sum, correct = _ChunkedLinearCE.apply(h, weight, bias, labels, dtype, chunk or chunk_rows(weight.shape[0]))
+        loss_sum, correct = _ChunkedLinearCE.apply(h, weight, bias, labels, dtype, chunk, ignore_index())
+    return LossStats(loss_sum, correct, _count(labels))
+
+
+def token_losses(h, weight, bias, labels, chunk: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of ``h``: fp32 cross-entropy of decoder(h) = ``h @ weight.T + bias`` against its
+    label and whether the argmax hits it (0 and False where the label is ``ignore_index()``),
+    computed in chunks as ``chunked`` does (no full logits).  Pass the labelled rows only to skip
+    the decoder work on the others; sums equal ``chunked``'s loss_sum and correct."""
+    dtype, chunk, ignore = compute_dtype(h), chunk or chunk_rows(weight.shape[0]), ignore_index()
+    losses, hits = [], []
+    with torch.autocast(h.device.type, enabled=False):
+        w, b = _cast(weight, bias, dtype)
+        for s in range(0, h.shape[0], chunk):
+            loss, hit, _ = _chunk_ce(h[s : s + chunk], w, b, labels[s : s + chunk], ignore)
+            losses.append(loss)
+            hits.append(hit)
+    if not losses:  # no rows
+        return h.new_zeros(0, dtype=torch.float32), torch.zeros(0, dtype=torch.bool, device=h.device)
+    return torch.cat(losses), torch.cat(hits)
+
+
+def logits_loss(logits: torch.Tensor, labels: torch.Tensor) -> LossStats:
+    """The definition, on full logits ``(..., vocab)``: fp32 cross-entropy sums over labelled positions."""
+    logits, labels = logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1)
+    ignore = ignore_index()
+    loss_sum = F.cross_entropy(logits, labels, ignore_index=ignore, reduction="sum")
+    correct = ((logits.argmax(-1) == labels) & (labels != ignore)).sum()
     return LossStats(loss_sum, correct, _count(labels))
 
 
 @MLM_LOSSES.register("plain")
 def plain_loss(h, weight, bias, labels) -> LossStats:
-    """The definition: full logits, fp32 cross-entropy (memory grows with tokens x vocabulary)."""
-    logits = F.linear(h, weight, bias).float()
-    loss_sum = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
-    correct = ((logits.argmax(-1) == labels) & (labels != IGNORE_INDEX)).sum()
-    return LossStats(loss_sum, correct, _count(labels))
+    """Full logits, then ``logits_loss`` (memory grows with tokens x vocabulary)."""
+    return logits_loss(F.linear(h, weight, bias), labels)
 
 
 _LIGER = importlib.util.find_spec("liger_kernel") is not None  # looked up once: a constant when traced
@@ -186,14 +208,14 @@ def liger_loss(h, weight, bias, labels) -> LossStats:
     with torch.autocast("cuda", enabled=False):
         hc, w = h.to(dtype).contiguous(), weight.to(dtype)
         b = None if bias is None else bias.to(dtype)
-        out = flce(hc, w, labels, b, ignore_index=IGNORE_INDEX, reduction="sum", **kwargs)
+        out = flce(hc, w, labels, b, ignore_index=ignore_index(), reduction="sum", **kwargs)
         loss_sum = (out.loss if with_acc else (out[0] if isinstance(out, tuple) else out)).float()
         count = _count(labels)
         if with_acc:  # liger's accuracy is a fraction of the labelled rows (NaN when there are none)
             correct = (torch.nan_to_num(out.token_accuracy.detach().double(), nan=0.0) * count).round().long()
         else:  # older liger: one no-grad chunked pass for the argmax hits
             with torch.no_grad():
-                correct = _ChunkedLinearCE.apply(hc, w, b, labels, dtype, chunk_rows(w.shape[0]))[1]
+                correct = _ChunkedLinearCE.apply(hc, w, b, labels, dtype, chunk_rows(w.shape[0]), ignore_index())[1]
     return LossStats(loss_sum, correct, count)
 
 

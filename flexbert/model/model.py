@@ -18,14 +18,13 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-from flexbert.config import IGNORE_INDEX
 from flexbert.model.attention import BatchInfo, batch_info, rope_tables
 from flexbert.model.backends import resolve_backend
 from flexbert.model.blocks import build_block
 from flexbert.model.embeddings import build_embeddings
 from flexbert.model.heads import PredictionHead, pool
 from flexbert.model.init import init_weights
-from flexbert.model.loss import LossStats, masked_lm_loss, mlm_loss, require_liger, token_losses
+from flexbert.model.loss import LossStats, ignore_index, logits_loss, mlm_loss, require_liger, token_losses
 from flexbert.model.norms import build_norm
 from flexbert.model.static import gather_predicted
 
@@ -239,26 +238,26 @@ class FlexBertForMaskedLM(nn.Module):
         flat_labels = layout.flatten(labels)
         if labels is not None and not return_logits:
             if self.config.sparse_prediction:
-                h, flat_labels = gather_predicted(h, flat_labels, max_predictions, IGNORE_INDEX)
+                h, flat_labels = gather_predicted(h, flat_labels, max_predictions, ignore_index())
             stats = mlm_loss(self.config.mlm_loss, self.head(h), self.decoder.weight, self.decoder.bias, flat_labels)
             return MaskedLMOutput(stats.loss, None, None, stats)
         if labels is not None and self.training and self.config.sparse_prediction:
             # Sparse prediction: the full-vocabulary decoder only on the ~30% masked positions.
-            h, flat_labels = gather_predicted(h, flat_labels, None, IGNORE_INDEX)
+            h, flat_labels = gather_predicted(h, flat_labels, None, ignore_index())
             logits = self.decoder(self.head(h))
-            return MaskedLMOutput(masked_lm_loss(logits, flat_labels), logits, flat_labels)
+            return MaskedLMOutput(logits_loss(logits, flat_labels).loss, logits, flat_labels)
         logits = self.decoder(self.head(h))
-        loss = masked_lm_loss(logits, flat_labels) if labels is not None else None
+        loss = logits_loss(logits, flat_labels).loss if labels is not None else None
         return MaskedLMOutput(loss, layout.repad(logits), labels)
-
 
     def token_losses(self, input_ids, labels, cu_seqlens, max_seqlen: int):
         """(per-token loss, argmax hit, position) of every labelled token of a packed row, through
         the one per-token loss primitive (flexbert/model/loss.py ``token_losses``)."""
         h = self.model(input_ids, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
-        pos = (labels != IGNORE_INDEX).nonzero().flatten()
+        pos = (labels != ignore_index()).nonzero().flatten()
         loss, hit = token_losses(self.head(h[pos]), self.decoder.weight, self.decoder.bias, labels[pos])
         return loss, hit, pos
+
 
 # ------------------------------------------------------------------------------ classification
 class FlexBertForSequenceClassification(nn.Module):
