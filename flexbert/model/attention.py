@@ -1,9 +1,10 @@
 """The one attention module, and the per-batch facts every layer shares.
 
 ``BatchInfo`` is built once per forward by the encoder: document ids and positions (restarting at
-0 for each document), RoPE cos/sin for each theta in use, the resolved backend and whatever that
-backend prepared (masks, indices).  Layers only read it, so nothing per-batch is recomputed per
-layer and no layer needs a host sync.
+0 for each document), whether attention is causal (a Python bool: the objective, never a tensor),
+RoPE cos/sin for each theta in use, the resolved backend and whatever that backend prepared
+(masks, indices).  Layers only read it, so nothing per-batch is recomputed per layer and no layer
+needs a host sync.
 """
 
 from __future__ import annotations
@@ -26,19 +27,21 @@ class BatchInfo:
     seq_ids: torch.Tensor  # (T,) long, document index of each token
     positions: torch.Tensor  # (T,) long, position inside its document
     static: bool = False  # fixed shapes (flexbert/model/static.py): layouts must not follow the documents
+    causal: bool = False  # keys j <= i only (CLM); windows keep their left side (flexbert/model/backends.py)
     backend: AttentionBackend | None = None
     attn: Any = None  # what backend.prepare built
     rope: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
-def batch_info(cu_seqlens: torch.Tensor, max_seqlen: int, total: int, static: bool = False) -> BatchInfo:
+def batch_info(cu_seqlens: torch.Tensor, max_seqlen: int, total: int, static: bool = False,
+               causal: bool = False) -> BatchInfo:
     """Document ids and per-document positions from ``cu_seqlens``, without a host sync."""
     cu = cu_seqlens.to(torch.int32)
     lens = (cu[1:] - cu[:-1]).long()
     n = lens.numel()
     seq_ids = torch.repeat_interleave(torch.arange(n, device=cu.device), lens, output_size=total)
     positions = torch.arange(total, device=cu.device) - cu.long()[seq_ids]
-    return BatchInfo(cu, int(max_seqlen), int(total), seq_ids, positions, static)
+    return BatchInfo(cu, int(max_seqlen), int(total), seq_ids, positions, static, causal)
 
 
 def layer_window(config, layer_id: int) -> Window:

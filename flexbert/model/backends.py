@@ -5,6 +5,13 @@ document boundaries in ``batch.cu_seqlens`` / ``batch.max_seqlen``, and a ``wind
 ``None`` (global attention) or ``(left, right)``: query ``i`` sees key ``j`` of the same document iff
 ``i - left <= j <= i + right`` (ModernBERT's local layers use ``(w // 2, w // 2)``).
 
+The causal contract (CLM, ``batch.causal``, a Python bool set once per forward by the caller's
+``causal=`` argument): every backend then lets query ``i`` see key ``j`` of the same document iff
+``j <= i`` (global layers) or ``i - left <= j <= i`` (local layers: the window's left side only).
+``sdpa_layout.reach(window, causal)`` is the one statement of that rule; each backend translates it
+(masks for ``sdpa`` and ``flex``, ``window_size=(left or -1, 0)`` for the FlashAttention kernels).
+Layers pass their own window unchanged, so nothing per layer depends on the objective.
+
 A backend has two steps, so that per-batch work is done once and shared by every layer:
 
 * ``prepare(batch, windows)`` -- once per forward, in the encoder: build whatever the kernel needs
@@ -28,7 +35,7 @@ import torch
 from flexbert.errors import FlexBertError
 from flexbert.model import sdpa_layout
 from flexbert.model.registries import ATTENTION_BACKENDS
-from flexbert.model.sdpa_layout import Window, first_fit_rows  # noqa: F401 (re-exported)
+from flexbert.model.sdpa_layout import Window, first_fit_rows, reach  # noqa: F401 (re-exported)
 
 
 class BackendUnavailable(FlexBertError, RuntimeError):
@@ -91,6 +98,26 @@ def _block_mask_kwargs() -> tuple:
     return (("_compile", True),) if "_compile" in inspect.signature(create_block_mask).parameters else ()
 
 
+def _flex_mask_mod(doc: torch.Tensor, left: Optional[int], right: Optional[int]):
+    """Same document, key within ``left`` / ``right`` of the query (None: no limit that side)."""
+
+    def mask_mod(b, h, qi, ki):
+        keep = doc[qi] == doc[ki]  # documents are contiguous: packed distance is in-document distance
+        if left is not None:
+            keep = keep & (ki - qi >= -left)
+        if right is not None:
+            keep = keep & (ki - qi <= right)
+        return keep
+
+    return mask_mod
+
+
+def _flash_window(window: Window, causal: bool) -> tuple[int, int]:
+    """The reach in FlashAttention's terms: -1 is no limit, ``(-1, 0)`` is causal."""
+    left, right = reach(window, causal)
+    return (-1 if left is None else left, -1 if right is None else right)
+
+
 @ATTENTION_BACKENDS.register("flex")
 class FlexBackend(AttentionBackend):
     """FlexAttention with a block-sparse (document x window) mask built once per batch."""
@@ -113,24 +140,12 @@ class FlexBackend(AttentionBackend):
     def prepare(self, batch, windows: list[Window]) -> dict:
         from torch.nn.attention.flex_attention import create_block_mask
 
-        doc = batch.seq_ids
         T = batch.total
         masks = {}
         for window in set(windows):
-            if window is None:
-
-                def mask_mod(b, h, qi, ki):
-                    return doc[qi] == doc[ki]
-
-            else:
-                left, right = window
-
-                def mask_mod(b, h, qi, ki, left=left, right=right):
-                    # documents are contiguous, so packed-index distance is in-document distance
-                    return (doc[qi] == doc[ki]) & (ki - qi >= -left) & (ki - qi <= right)
-
+            mask_mod = _flex_mask_mod(batch.seq_ids, *reach(window, batch.causal))
             # _compile builds the block mask without materialising a dense (T, T) mask first
-            masks[window] = create_block_mask(mask_mod, None, None, T, T, device=doc.device, **self.mask_kwargs)
+            masks[window] = create_block_mask(mask_mod, None, None, T, T, device=batch.seq_ids.device, **self.mask_kwargs)
         return masks
 
     def __call__(self, q, k, v, batch, window: Window, dropout_p: float, scale: float) -> torch.Tensor:
@@ -161,20 +176,21 @@ class _AtenFlashVarlen(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, cu, max_seqlen, dropout_p, scale, left, right):
+        causal = left < 0 and right == 0
         out, lse, rng_state, unused, _ = torch.ops.aten._flash_attention_forward(
-            q, k, v, cu, cu, max_seqlen, max_seqlen, dropout_p, False, False,
+            q, k, v, cu, cu, max_seqlen, max_seqlen, dropout_p, causal, False,
             scale=scale, window_size_left=left, window_size_right=right,
         )  # fmt: skip
         ctx.save_for_backward(q, k, v, out, lse, cu, rng_state, unused)
-        ctx.args = (max_seqlen, dropout_p, scale, left, right)
+        ctx.args = (max_seqlen, dropout_p, causal, scale, left, right)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, out, lse, cu, rng_state, unused = ctx.saved_tensors
-        max_seqlen, dropout_p, scale, left, right = ctx.args
+        max_seqlen, dropout_p, causal, scale, left, right = ctx.args
         dq, dk, dv = torch.ops.aten._flash_attention_backward(
-            grad_out.contiguous(), q, k, v, out, lse, cu, cu, max_seqlen, max_seqlen, dropout_p, False,
+            grad_out.contiguous(), q, k, v, out, lse, cu, cu, max_seqlen, max_seqlen, dropout_p, causal,
             rng_state, unused, scale=scale, window_size_left=left, window_size_right=right,
         )  # fmt: skip
         return dq, dk, dv, None, None, None, None, None, None
@@ -200,7 +216,7 @@ class VarlenBackend(AttentionBackend):
         return None
 
     def __call__(self, q, k, v, batch, window: Window, dropout_p: float, scale: float) -> torch.Tensor:
-        left, right = window if window is not None else (-1, -1)
+        left, right = _flash_window(window, batch.causal)
         cu, L = batch.cu_seqlens, batch.max_seqlen
         public = self.public
         if public is not None and dropout_p == 0.0:
@@ -233,8 +249,8 @@ class FlashAttnBackend(AttentionBackend):
     def __call__(self, q, k, v, batch, window: Window, dropout_p: float, scale: float) -> torch.Tensor:
         cu, L = batch.cu_seqlens, batch.max_seqlen
         return self.varlen_func(
-            q, k, v, cu, cu, L, L, dropout_p=dropout_p, softmax_scale=scale, causal=False,
-            window_size=window if window is not None else (-1, -1),
+            q, k, v, cu, cu, L, L, dropout_p=dropout_p, softmax_scale=scale, causal=batch.causal,
+            window_size=_flash_window(window, batch.causal),
         )  # fmt: skip
 
 

@@ -149,10 +149,11 @@ class FlexBertModel(nn.Module):
         is restored), trading one more forward of those blocks for their activation memory."""
         self.checkpointed = frozenset(checkpointed_layers(spec, len(self.layers)))
 
-    def prepare_batch(self, cu_seqlens: torch.Tensor, max_seqlen: int, total: int, static: bool = False) -> BatchInfo:
+    def prepare_batch(self, cu_seqlens: torch.Tensor, max_seqlen: int, total: int, static: bool = False,
+                      causal: bool = False) -> BatchInfo:
         """Everything per batch that layers share: positions, RoPE tables, backend + its masks."""
         cfg = self.config
-        batch = batch_info(cu_seqlens, max_seqlen, total, static)
+        batch = batch_info(cu_seqlens, max_seqlen, total, static, causal)
         device = cu_seqlens.device
         dropout = self.training and cfg.attention_dropout > 0
         dtype = self._compute_dtype(device)
@@ -164,10 +165,11 @@ class FlexBertModel(nn.Module):
         batch.rope = rope_tables(cfg, batch.positions, [w is None for w in self.windows])
         return batch
 
-    def encode(self, layout: Layout, static: bool = False) -> tuple[torch.Tensor, BatchInfo]:
-        """Unpadded hidden states (T, H) and the batch facts, for heads to use."""
+    def encode(self, layout: Layout, static: bool = False, causal: bool = False) -> tuple[torch.Tensor, BatchInfo]:
+        """Unpadded hidden states (T, H) and the batch facts, for heads to use; ``causal``: each
+        token sees only itself and the tokens before it in its document (flexbert/model/backends.py)."""
         ids = layout.input_ids
-        batch = self.prepare_batch(layout.cu_seqlens, layout.max_seqlen, ids.shape[0], static)
+        batch = self.prepare_batch(layout.cu_seqlens, layout.max_seqlen, ids.shape[0], static, causal)
         h = self.embeddings(ids, batch.positions)
         recompute = self.training and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
@@ -179,10 +181,10 @@ class FlexBertModel(nn.Module):
             h = self.final_norm(h)
         return h, batch
 
-    def forward(self, input_ids, attention_mask=None, cu_seqlens=None, max_seqlen=None) -> torch.Tensor:
+    def forward(self, input_ids, attention_mask=None, cu_seqlens=None, max_seqlen=None, causal=False) -> torch.Tensor:
         """Last hidden states: (T, H) for packed input, (B, S, H) for padded input."""
         layout = make_layout(input_ids, attention_mask, cu_seqlens, max_seqlen)
-        h, _ = self.encode(layout)
+        h, _ = self.encode(layout, causal=causal)
         return layout.repad(h)
 
 
@@ -229,12 +231,14 @@ class FlexBertForMaskedLM(nn.Module):
         return_logits: bool = True,
         static: bool = False,
         max_predictions: Optional[int] = None,
+        causal: bool = False,
     ) -> MaskedLMOutput:
         """``static``: the caller padded ``cu_seqlens`` to a fixed capacity and fixed ``max_seqlen``
         (flexbert/model/static.py); ``max_predictions``: with sparse prediction, the fixed number
-        of slots the labelled positions are gathered into (None: exactly the labelled ones)."""
+        of slots the labelled positions are gathered into (None: exactly the labelled ones);
+        ``causal``: causal attention (CLM; labels from flexbert.data.masking.clm_labels)."""
         layout = make_layout(input_ids, attention_mask, cu_seqlens, max_seqlen)
-        h, _ = self.model.encode(layout, static)
+        h, _ = self.model.encode(layout, static, causal)
         flat_labels = layout.flatten(labels)
         if labels is not None and not return_logits:
             if self.config.sparse_prediction:

@@ -11,7 +11,11 @@ Three layouts, built once per batch (``SDPABackend.prepare``) and shared by ever
   long) or a window can reach from it, with a same-document mask.  Shapes depend only on the row
   size, never on the documents, so zero-length padding documents cost nothing and nothing needs
   the host.  The cost is ``T x (B + left + right)`` scores: ~3x the densest grid for global
-  layers, ~1.1x for ModernBERT's 128-token local ones.
+  layers, ~1.1x for ModernBERT's 128-token local ones.  Causal batches (``batch.causal``) take
+  only the keys left of a block: ``T x (B + left)``.
+
+Each layout reads the layer's ``reach`` (its window cut to the left side when causal) once per
+batch; the masks are keyed by the layer's window, so layers find theirs whatever the objective.
 """
 
 from __future__ import annotations
@@ -38,10 +42,21 @@ def first_fit_rows(lens: list[int], L: int) -> tuple[list[int], int]:
     return starts, len(free)
 
 
-def _band(L: int, windows, device) -> dict:
-    j = torch.arange(L, device=device)
-    rel = j[None, :] - j[:, None]
-    return {w: (rel >= -w[0]) & (rel <= w[1]) for w in windows if w}
+def reach(window: Window, causal: bool) -> tuple[Optional[int], Optional[int]]:
+    """How far left and right of query ``i`` a key of its document may lie (None: no limit).
+    ``causal`` zeroes the right side: a global layer sees ``j <= i``, a local one
+    ``i - left <= j <= i``."""
+    left, right = (None, None) if window is None else window
+    return left, (0 if causal else right)
+
+
+def _band(rel: torch.Tensor, window: Window, causal: bool) -> Optional[torch.Tensor]:
+    """``rel`` (key - query) within the window's reach; None when nothing limits it."""
+    left, right = reach(window, causal)
+    band = None if left is None else rel >= -left
+    if right is not None:
+        band = rel <= right if band is None else band & (rel <= right)
+    return band
 
 
 def grid_layout(batch, windows: list[Window], pack_rows: bool) -> dict:
@@ -56,8 +71,8 @@ def grid_layout(batch, windows: list[Window], pack_rows: bool) -> dict:
     if starts is None:
         starts = torch.arange(n, device=device) * L
     slot = starts[batch.seq_ids] + batch.positions  # where each token sits in the (rows*L) grid
-    band = _band(L, windows, device)
     j = torch.arange(L, device=device)
+    band = {w: _band(j[None, :] - j[:, None], w, batch.causal) for w in set(windows)}
     masks: dict[Window, Optional[torch.Tensor]] = {}
     if rows == n:  # one document per row: key padding is "slot < length"
         lens = (cu[1:] - cu[:-1]).long()
@@ -65,7 +80,7 @@ def grid_layout(batch, windows: list[Window], pack_rows: bool) -> dict:
         key_ok[:, 0] = True  # never a fully masked row, even for an empty segment
         q_pad = ~key_ok[:, :, None]
         for w in set(windows):
-            if w is None:  # (n, 1, 1, L) broadcasts over heads and queries
+            if band[w] is None:  # (n, 1, 1, L) broadcasts over heads and queries
                 masks[w] = None if L * n == batch.total else key_ok[:, None, None, :]
             else:
                 # Padded query rows would be fully masked far from the real keys (NaN rows,
@@ -78,7 +93,7 @@ def grid_layout(batch, windows: list[Window], pack_rows: bool) -> dict:
         real = doc >= 0
         same = (doc[:, :, None] == doc[:, None, :]) & real[:, None, :]  # (rows, L, L)
         for w in set(windows):
-            m = same if w is None else same & band[w][None]
+            m = same if band[w] is None else same & band[w][None]
             masks[w] = (m | ~real[:, :, None])[:, None]
     return {"kind": "grid", "slot": slot, "rows": rows, "L": L, "masks": masks}
 
@@ -93,14 +108,14 @@ def block_layout(batch, windows: list[Window]) -> dict:
     q_pos = torch.arange(nb * B, device=device).view(nb, B)
     keys = {}
     for w in set(windows):
-        left, right = (L - 1, L - 1) if w is None else (min(w[0], L - 1), min(w[1], L - 1))
+        left, right = (L - 1 if s is None else min(s, L - 1) for s in reach(w, batch.causal))
         k_pos = (torch.arange(nb, device=device) * B - left)[:, None] + torch.arange(B + left + right, device=device)
         k_ok = (k_pos >= 0) & (k_pos < T)
         k_idx = k_pos.clamp(0, T - 1)
         same = (doc.view(nb, B)[:, :, None] == doc[k_idx][:, None, :]) & k_ok[:, None, :]
-        if w is not None:
-            rel = k_pos[:, None, :] - q_pos[:, :, None]
-            same = same & (rel >= -w[0]) & (rel <= w[1])
+        band = _band(k_pos[:, None, :] - q_pos[:, :, None], w, batch.causal)
+        if band is not None:
+            same = same & band
         same = same | (doc.view(nb, B) < 0)[:, :, None]  # padded queries see everything; discarded
         keys[w] = (k_idx.reshape(-1), same[:, None])
     return {"kind": "blocks", "B": B, "nb": nb, "keys": keys}
