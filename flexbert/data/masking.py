@@ -1,5 +1,7 @@
-"""MLM masking of packed rows: BERT's 80/10/10 at a configurable rate (ModernBERT: 30%), or a rate
-that follows a schedule (flexbert/data/mask_schedule.py), and a configurable [MASK]/random split.
+"""The labels of a packed row: MLM masking, or CLM next-token targets (``clm_labels``).
+
+MLM: BERT's 80/10/10 at a configurable rate (ModernBERT: 30%), or a rate that follows a schedule
+(flexbert/data/mask_schedule.py), and a configurable [MASK]/random split.
 
 * Every non-special token is selected independently with probability ``p``; special tokens
   ([CLS], [SEP], [PAD], [MASK], [UNK], [unusedN], ...) and the padding tail never are (the
@@ -19,6 +21,21 @@ import numpy as np
 
 from flexbert.config import IGNORE_INDEX
 from flexbert.data.tokenizer import SpecialTokens
+
+
+def clm_labels(input_ids: np.ndarray, cu_seqlens, num_tokens: int | None = None) -> np.ndarray:
+    """CLM targets of a packed row (the ids stay as they are): ``labels[t] = input_ids[t + 1]``
+    when ``t + 1`` is a real token of ``t``'s segment, else IGNORE_INDEX.  So the last token of
+    every segment (``cu_seqlens``) predicts nothing -- no target crosses a document boundary --
+    and neither does anything from ``num_tokens - 1`` on (the padding tail; None: no tail)."""
+    ids = np.asarray(input_ids)
+    labels = np.full(len(ids), IGNORE_INDEX, dtype=np.int64)
+    labels[:-1] = ids[1:]
+    ends = np.asarray(cu_seqlens, dtype=np.int64)[1:] - 1  # last token of each segment
+    labels[ends[ends >= 0]] = IGNORE_INDEX
+    real = len(ids) if num_tokens is None else num_tokens
+    labels[max(real - 1, 0):] = IGNORE_INDEX
+    return labels
 
 
 class MLMMasker:
