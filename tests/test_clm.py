@@ -239,17 +239,22 @@ def test_clm_loss_equals_cross_entropy_on_shifted_targets(path):
 
 
 def test_per_token_losses_on_clm_labels_equal_cross_entropy_per_token():
+    """The by-length evaluation's entry (``model.token_losses``, causal) and the primitive under it."""
     lens = [25, 14, 3]
     ids, cu, max_len = packed_row(lens, pad_tail=6, seed=5)
     labels = torch.from_numpy(clm_labels(ids.numpy(), cu, sum(lens)))
     model = make_model(decoder_bias=True)
     with torch.no_grad():
-        h = model.model(ids, cu_seqlens=cu, max_seqlen=max_len, causal=True)
-        pos = (labels != IGNORE_INDEX).nonzero().flatten()
-        loss, hit = token_losses(model.head(h[pos]), model.decoder.weight, model.decoder.bias, labels[pos], chunk=8)
-        _, pred, target = shifted_reference_loss(model.decoder(model.head(h)), ids, cu, len(lens))
-    torch.testing.assert_close(loss, F.cross_entropy(pred.float(), target, reduction="none"), atol=1e-5, rtol=1e-5)
-    assert torch.equal(hit, pred.argmax(-1) == target)
+        loss, hit, pos = model.token_losses(ids, labels, cu, max_len, causal=True)
+        logits = model(ids, cu_seqlens=cu, max_seqlen=max_len, causal=True).logits
+        _, pred, target = shifted_reference_loss(logits, ids, cu, len(lens))
+        h = model.head(model.model(ids, cu_seqlens=cu, max_seqlen=max_len, causal=True)[pos])
+        chunked = token_losses(h, model.decoder.weight, model.decoder.bias, labels[pos], chunk=8)
+    expect = F.cross_entropy(pred.float(), target, reduction="none")
+    assert torch.equal(labels[pos], target)
+    for got_loss, got_hit in ((loss, hit), chunked):
+        torch.testing.assert_close(got_loss, expect, atol=1e-5, rtol=1e-5)
+        assert torch.equal(got_hit, pred.argmax(-1) == target)
 
 
 def test_clm_training_forward_is_one_graph_and_equals_eager():

@@ -149,8 +149,7 @@ class FlexBertModel(nn.Module):
         is restored), trading one more forward of those blocks for their activation memory."""
         self.checkpointed = frozenset(checkpointed_layers(spec, len(self.layers)))
 
-    def prepare_batch(self, cu_seqlens: torch.Tensor, max_seqlen: int, total: int, static: bool = False,
-                      causal: bool = False) -> BatchInfo:
+    def prepare_batch(self, cu_seqlens, max_seqlen: int, total: int, static=False, causal=False) -> BatchInfo:
         """Everything per batch that layers share: positions, RoPE tables, backend + its masks."""
         cfg = self.config
         batch = batch_info(cu_seqlens, max_seqlen, total, static, causal)
@@ -166,8 +165,7 @@ class FlexBertModel(nn.Module):
         return batch
 
     def encode(self, layout: Layout, static: bool = False, causal: bool = False) -> tuple[torch.Tensor, BatchInfo]:
-        """Unpadded hidden states (T, H) and the batch facts, for heads to use; ``causal``: each
-        token sees only itself and the tokens before it in its document (flexbert/model/backends.py)."""
+        """Unpadded hidden states (T, H) and the batch facts, for heads to use (``causal``: CLM attention)."""
         ids = layout.input_ids
         batch = self.prepare_batch(layout.cu_seqlens, layout.max_seqlen, ids.shape[0], static, causal)
         h = self.embeddings(ids, batch.positions)
@@ -254,10 +252,10 @@ class FlexBertForMaskedLM(nn.Module):
         loss = logits_loss(logits, flat_labels).loss if labels is not None else None
         return MaskedLMOutput(loss, layout.repad(logits), labels)
 
-    def token_losses(self, input_ids, labels, cu_seqlens, max_seqlen: int):
-        """(per-token loss, argmax hit, position) of every labelled token of a packed row, through
-        the one per-token loss primitive (flexbert/model/loss.py ``token_losses``)."""
-        h = self.model(input_ids, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
+    def token_losses(self, input_ids, labels, cu_seqlens, max_seqlen: int, causal: bool = False):
+        """(per-token loss, argmax hit, position) of every labelled token of a packed row (``causal``:
+        a CLM row), through the one per-token loss primitive (flexbert/model/loss.py ``token_losses``)."""
+        h = self.model(input_ids, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, causal=causal)
         pos = (labels != ignore_index()).nonzero().flatten()
         loss, hit = token_losses(self.head(h[pos]), self.decoder.weight, self.decoder.bias, labels[pos])
         return loss, hit, pos
