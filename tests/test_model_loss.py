@@ -93,8 +93,8 @@ def test_per_token_losses_sum_to_the_chunked_loss(bias):
 
 def test_every_loss_path_follows_the_one_ignore_index(monkeypatch):
     """issue 25: one ignore index.  Planted in flexbert.config (-1 instead of -100), the plain,
-    chunked, per-token and logits paths and the model's padded (HF) and sparse paths all skip
-    exactly the positions labelled -1, against cross-entropy written out on the kept ones."""
+    chunked, per-token and logits paths and the model's padded (HF), sparse, lean and per-token
+    paths all skip exactly the positions labelled -1, against cross-entropy written out on the kept ones."""
     monkeypatch.setattr(flexbert.config, "IGNORE_INDEX", -1)
     h, w, b, labels = head_inputs(50, 8, 30, True, seed=3)
     labels[labels == IGNORE] = -1
@@ -123,6 +123,9 @@ def _model_paths_follow_the_planted_ignore_index():
     for i, (s, e) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):  # one document per row, HF style
         rows[i, : e - s], mask[i, : e - s], row_labels[i, : e - s] = ids[s:e], 1, labels[s:e]
     padded = model.eval()(rows, attention_mask=mask, labels=row_labels).loss  # eval: the full-logits path
+    per_token, _, pos = model.token_losses(ids, labels, cu, max_len)  # the by-length evaluation's entry
+    assert torch.equal(pos, keep.nonzero().flatten())
+    torch.testing.assert_close(per_token.mean(), expect, atol=1e-6, rtol=1e-6)
     model.train()
     sparse = model(ids, cu_seqlens=cu, max_seqlen=max_len, labels=labels)  # gathers the labelled rows
     lean = model(ids, cu_seqlens=cu, max_seqlen=max_len, labels=labels, return_logits=False, max_predictions=40)
