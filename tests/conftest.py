@@ -1,9 +1,18 @@
 """Shared fixtures: the small tokenizer + MDS shards the training tests run on (built once a session)."""
 
 import os
+import resource
 import sys
 
 import pytest
+
+# Every StreamingDataset built in this process keeps its shared-memory blocks (and their file
+# descriptors) until exit: streaming registers each block's cleanup with atexit, which holds it.
+# Hundreds of in-process loaders over a session pass a 1024 soft limit ("Too many open files" in
+# CI, wave four); the hard limit is the machine's real bound.
+_soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+if _hard == resource.RLIM_INFINITY or _soft < _hard:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (_hard if _hard != resource.RLIM_INFINITY else max(_soft, 65536), _hard))
 
 sys.path.insert(0, os.path.dirname(__file__))  # tests import helpers from test_train_fixtures
 

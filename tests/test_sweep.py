@@ -13,6 +13,7 @@ from flexbert.experiments import sweep as S
 from flexbert.experiments import report as R
 from flexbert.experiments import results as Res
 from flexbert.experiments.plots import is_png
+from flexbert.eval.evaluation import Result, write_result
 from test_train_fixtures import PY, ROOT, read_jsonl, run_config
 
 
@@ -70,7 +71,7 @@ def test_emit_and_finetune_commands(tmp_path):
     ft.write_text(yaml.safe_dump({"kind": "finetune", "out": "o", "fixed": {"model": "runs/demo/run", "text_columns": ["a", "b"]},
                                   "grid": {"lr": [5e-5], "seed": [1]}}))
     assert S.emit(S.load_sweep(str(ft))) == [
-        "python scripts/finetune.py --model runs/demo/run --text-columns a b --lr 5e-05 --seed 1 --out o/lr-5e-05_seed-1 --overwrite"]
+        "flexbert finetune --model runs/demo/run --text-columns a b --lr 5e-05 --seed 1 --out o/lr-5e-05_seed-1 --overwrite"]
 
 
 @pytest.mark.parametrize("body,message", [
@@ -133,9 +134,8 @@ def fake_run(folder, losses, evals, extra=None):
                 rec.update({"metrics/eval/MLMLoss": evals[i], "metrics/eval/MLMAccuracy": 0.5})
             f.write(json.dumps(rec) + "\n")
         f.write('{"kind": "train", "batch": 99, "loss/tr')  # a line cut by a crash is ignored
-    if extra:
-        with open(os.path.join(folder, "metrics.json"), "w") as f:
-            json.dump(extra, f)
+    if extra:  # an evaluation's result.json (the one shape every evaluation writes)
+        write_result(folder, Result(task="classification", model={}, settings={}, metrics=extra))
 
 
 def test_aggregation_table_csv_and_pngs(tmp_path):
@@ -145,7 +145,7 @@ def test_aggregation_table_csv_and_pngs(tmp_path):
     fake_run(f"{out}/base_seed-2", [9.0] * 10 + [5.0] * 10, {20: 3.5})
     fake_run(f"{out}/rms_seed-1", [9.0] * 20, {20: 2.0})
     with open(f"{out}/base_seed-1/{S.DONE}", "w") as f:
-        json.dump({"command": S.command(sw, sw.runs[0])[1:]}, f)
+        json.dump({"command": S.command_args(sw, sw.runs[0])}, f)
     results = S.collect(sw)
     assert [r.status for r in results] == ["done", "partial", "partial", "new"]
     assert results[0].summary == {"tokens": 20000.0, "steps": 20.0, "seconds": 20.0, "train_loss": 4.0,
