@@ -57,6 +57,56 @@ def test_bm25_on_a_known_ranking_gives_the_metrics_computed_by_hand(tmp_path, ca
     assert "pass --overwrite" in capsys.readouterr().err
 
 
+def test_graded_metrics_on_a_hand_made_ranking():
+    """ranking_metrics against numbers worked out by hand: graded gains, the ideal DCG from every
+    relevant document (retrieved or not), the reciprocal rank cut at exactly 10.
+
+    qa: relevance a1=3, a2=1, a3=2 (a3 never retrieved); ranking x, a2, a1, ...
+        DCG = 1/log2(3) + 3/log2(4) = 0.63093 + 1.5 = 2.13093
+        ideal (gains 3, 2, 1) = 3 + 2/log2(3) + 1/log2(4) = 3 + 1.26186 + 0.5 = 4.76186
+        nDCG = 0.44750   (ideal from the retrieved list, gains 3, 1: 3.63093 -> 0.58688;
+                          relevance read as binary: 1.13093 / 2.13093 = 0.53072)
+        RR = 1/2, recall = 2/3
+    qb: its one relevant document at rank 10: nDCG = 1/log2(11) = 0.28906, RR = 1/10, recall 1
+    qc: its one relevant document at rank 11: nDCG 0, RR 0 (a cut at 11 gives 1/11), recall 1
+    """
+    from flexbert.eval.retrieval import ranking_metrics
+
+    filler = [f"n{i}" for i in range(12)]
+    ranked = {"qa": ["x", "a2", "a1", *filler], "qb": filler[:9] + ["b1"] + filler[9:], "qc": filler[:10] + ["c1"]}
+    qrels = {"qa": {"a1": 3, "a2": 1, "a3": 2}, "qb": {"b1": 1}, "qc": {"c1": 1}}
+    ndcg_a = (1 / math.log2(3) + 3 / math.log2(4)) / (3 + 2 / math.log2(3) + 1 / math.log2(4))
+    assert ndcg_a == pytest.approx(0.44750, abs=1e-5)
+    got = ranking_metrics(ranked, qrels)
+    assert got["ndcg@10"] == pytest.approx((ndcg_a + 1 / math.log2(11) + 0) / 3, abs=1e-12)
+    assert got["mrr@10"] == pytest.approx((1 / 2 + 1 / 10 + 0) / 3, abs=1e-12)
+    assert got["recall@100"] == pytest.approx((2 / 3 + 1 + 1) / 3, abs=1e-12)
+    per_query = {q: ranking_metrics({q: ranked[q]}, {q: qrels[q]}) for q in qrels}
+    assert per_query["qa"]["ndcg@10"] == pytest.approx(0.44750, abs=1e-5)
+    assert per_query["qb"]["mrr@10"] == pytest.approx(0.1) and per_query["qc"]["mrr@10"] == 0.0
+
+
+def test_eval_retrieval_out_follows_the_output_policy(tmp_path, capsys):
+    """--out is refused inside --data and over a file, before anything is written; --overwrite
+    replaces the folder whole (a stale file from an earlier output does not survive)."""
+    from eval_retrieval import main
+
+    folder = write_beir(tmp_path / "beir")
+    inside = os.path.join(folder, "scores")
+    assert main(["--bm25", "--data", folder, "--out", inside]) == 2
+    assert "lies inside the input" in capsys.readouterr().err and not os.path.exists(inside)
+    (tmp_path / "a-file").write_text("x")
+    assert main(["--bm25", "--data", folder, "--out", str(tmp_path / "a-file")]) == 2
+    assert "exists and is not a folder" in capsys.readouterr().err and (tmp_path / "a-file").read_text() == "x"
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "stale.txt").write_text("from an earlier output")
+    assert main(["--bm25", "--data", folder, "--out", str(out)]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err and sorted(os.listdir(out)) == ["stale.txt"]
+    assert main(["--bm25", "--data", folder, "--out", str(out), "--overwrite"]) == 0
+    assert sorted(os.listdir(out)) == ["metrics.json"]
+
+
 def test_run_folder_is_exported_and_scored_beside_bm25(tmp_path, trained, capsys):
     """--model RUN exports the run first (the one export path) and scores it as the export itself
     would be scored; --bm25 beside it lands under "bm25"."""
