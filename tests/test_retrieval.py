@@ -221,23 +221,35 @@ def test_retrieval_finetune_lowers_the_loss_and_writes_a_sentence_transformer(tm
 
 
 def test_retrieval_finetune_triplets_with_the_cached_loss(tmp_path, data, capsys):
-    """A TSV of triplets and --mini-batch-size (CachedMultipleNegativesRankingLoss): the hard
-    negative is used, the model trains and loads; a half-triplet file is one line."""
+    """A TSV of triplets and --mini-batch-size (CachedMultipleNegativesRankingLoss): the first
+    step's loss is the one computed here from the untrained encoder with the hard negatives among
+    the candidates (cross-entropy of 20 x cosine against 8 positives + 8 negatives), not the one
+    without them; the model trains and loads; a half-triplet file is one line."""
+    import torch
     from sentence_transformers import SentenceTransformer
 
     from finetune_retrieval import main
+    from flexbert.eval.retrieval import load_encoder
 
     enc = _tiny_encoder(tmp_path, data)
-    rows = [(f"what about the {t}", f"a text on the {t}", f"a text on the {TOPICS[(k + 1) % 8]}") for k, t in enumerate(TOPICS)]
+    rows = [(f"what about the {t}", f"a text on the {t}", f"a note about {TOPICS[(k + 1) % 8]} boats") for k, t in enumerate(TOPICS)]
     tsv = tmp_path / "triplets.tsv"
     tsv.write_text("q\tpos\tneg\n" + "".join("\t".join(r) + "\n" for r in rows))
+    # the loss of step 1, by hand (no dropout in the encoder: training and encoding agree)
+    start = load_encoder(str(enc))
+    q, p, n = (start.encode([r[i] for r in rows], convert_to_tensor=True, normalize_embeddings=True) for i in range(3))
+    target = torch.arange(len(rows))
+    with_negatives = float(torch.nn.functional.cross_entropy(20 * q @ torch.cat([p, n]).T, target))
+    without = float(torch.nn.functional.cross_entropy(20 * q @ p.T, target))
+    assert abs(with_negatives - without) > 0.05, (with_negatives, without)  # the check can tell them apart
     out = tmp_path / "retriever"
     args = ["--model", str(enc), "--train", str(tsv), "--out", str(out), "--batch-size", "8", "--mini-batch-size", "3",
             "--query-column", "q", "--positive-column", "pos", "--negative-column", "neg", "--no-progress"]
     assert main(args) == 0
     info = json.loads((out / "finetune_retrieval.json").read_text())
     assert info["kind"] == "triplets" and info["mini_batch_size"] == 3 and info["steps"] == 1
-    assert info["losses"][0] > 0 and SentenceTransformer(str(out)).encode(["x"]).shape == (1, 64)
+    assert info["losses"][0] == pytest.approx(with_negatives, abs=2e-3), (info["losses"], with_negatives, without)
+    assert SentenceTransformer(str(out)).encode(["x"]).shape == (1, 64)
     tsv.write_text("q\tpos\tneg\n" + "".join("\t".join(r) + "\n" for r in rows[:3]) + "a\tb\t\n")
     assert main(args + ["--overwrite"]) == 2
     err = capsys.readouterr().err
