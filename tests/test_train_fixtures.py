@@ -181,7 +181,10 @@ class ProcessGroup:
         """Has the leader exited (without reaping it)?"""
         if self.proc.returncode is not None:
             return True
-        return os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        try:
+            return os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        except ChildProcessError:  # reaped already
+            return True
 
     def wait(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the leader to exit; True if it did."""
@@ -212,7 +215,10 @@ class ProcessGroup:
             for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 30.0)):
                 if self.exited() and not self.members():
                     break
-                os.killpg(self.pid, sig)  # the unreaped leader keeps the group id ours
+                try:
+                    os.killpg(self.pid, sig)  # the unreaped leader keeps the group id ours
+                except ProcessLookupError:
+                    break
                 end = time.monotonic() + wait
                 while time.monotonic() < end and not (self.exited() and not self.members()):
                     time.sleep(0.1)
