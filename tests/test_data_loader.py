@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from data_fixtures.helpers import clean_shm, original_ids, small_tokenizer_dir, synthetic_docs, write_doc_shards
-from test_train_fixtures import DIST_TIMEOUTS, ProcessGroup, free_port, gave_up, lost_rendezvous
+from test_train_fixtures import DIST_TIMEOUTS, ProcessGroup, free_port, gave_up, lost_rendezvous, retried
 from flexbert.config import ConfigError
 from flexbert.data.config import DataConfig
 from flexbert.data.batch import packing_efficiency
@@ -313,6 +313,7 @@ def test_two_ranks_disjoint_exactly_once_and_resume(shards, tok, tmp_path):
         if all(c == 0 for c in codes) or not lost_rendezvous(logs):
             break
         tried.append(f"port {port}, timeout {wait} s")
+        retried(tried[-1])
     else:
         raise AssertionError(gave_up(2, tried, logs))
     assert all(c == 0 for c in codes), logs[-3000:]

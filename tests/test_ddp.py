@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from test_train_fixtures import (COMPOSER, DIST_TIMEOUTS, ROOT, ProcessGroup, free_port, gave_up, lost_rendezvous,
-                                 read_jsonl, run_group, train_py)
+                                 read_jsonl, retried, run_group, train_py)
 
 TINY = os.path.join(ROOT, "configs", "tiny.yaml")
 
@@ -131,6 +131,7 @@ def test_sigterm_to_one_rank_stops_both_after_the_same_batch(tmp_path, data, ref
                 err = launcher.output()[1]
                 assert lost_rendezvous(err), err[-3000:]
                 tried.append(f"port {port}, dist_timeout {dist_timeout} s")
+                retried(tried[-1])
                 continue  # a rendezvous lost to a busy machine: a fresh port, a longer timeout
             rank1 = [p for p in psutil.Process(launcher.pid).children() if p.environ().get("RANK") == "1"]
             assert len(rank1) == 1

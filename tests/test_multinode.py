@@ -17,7 +17,7 @@ import pytest
 
 from test_elastic import N_DOCS, _args, _run, shards  # noqa: F401  (the module's shard fixture)
 from test_train_fixtures import (COMPOSER, DIST_TIMEOUTS, ROOT, ProcessGroup, free_port, gave_up, lost_rendezvous,
-                                 read_jsonl)
+                                 read_jsonl, retried)
 
 
 def _private_shm_works() -> bool:
@@ -69,6 +69,7 @@ def _two_nodes(args: list[str], tmp) -> None:
         if not lost_rendezvous(errors):
             pytest.fail("\n".join(f"node {1 - i}: rc {rc}\n{err[-3000:]}" for i, (rc, err) in enumerate(results)))
         tried.append(f"port {port}, dist_timeout {dist_timeout} s")
+        retried(tried[-1])
     pytest.fail(gave_up(4, tried, errors))
 
 

@@ -273,7 +273,15 @@ def launch_ranks(args: list[str], n: int = 2, env: dict | None = None, cwd: str 
         if proc.returncode == 0 or not lost_rendezvous(proc.stderr):
             return proc
         tried.append(f"port {port}, dist_timeout {dist_timeout} s")
+        retried(tried[-1])
     raise AssertionError(gave_up(n, tried, proc.stderr))
+
+
+def retried(what: str) -> None:
+    """A lost rendezvous, said in pytest's warnings summary (a passing test shows its retries too)."""
+    import warnings
+
+    warnings.warn(f"rendezvous lost ({what}): retrying with a fresh port and a longer timeout", stacklevel=2)
 
 
 def gave_up(n: int, tried: list[str], stderr: str) -> str:
