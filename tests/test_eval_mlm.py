@@ -89,3 +89,55 @@ def test_training_eval_mlm_and_phase_chain_agree_to_the_last_digit(trained, data
     pre = load_pretrained(run_dir)
     script = evaluate_mlm(mlm_model(pre), mlm_loader(data_config(data, run_data=pre.data)), max_batches=3)["loss"]
     assert chain == script == last_eval["metrics/eval/MLMLoss"], (chain, script, last_eval["metrics/eval/MLMLoss"])
+
+
+def test_loss_by_length_attributes_each_masked_token_to_its_document():
+    """evaluate_mlm's by-length breakdown on two hand-packed rows against a second implementation written out
+    here (a full forward's logits, a loop over documents): documents of 7, 8, 15, 16, 17 and 16, 9,
+    3 tokens with a padding tail, bounds (8, 16); the first and last token of every document are
+    masked, so a token at a packing boundary charged to its neighbour, or an edge moved by one,
+    changes the counts.  Expected documents per range: len-0-7 {7, 3} = 2, len-8-15 {8, 15, 9} = 3,
+    len-16-max {16, 17, 16} = 3 (the padding segments are no documents)."""
+    import torch
+
+    from flexbert.model import FlexBertForMaskedLM
+    from flexbert.model.config import FlexBertConfig
+    from flexbert.eval.mlm import evaluate_mlm
+    from test_train_fixtures import model_overrides
+
+    torch.manual_seed(0)
+    model = FlexBertForMaskedLM(FlexBertConfig.from_dict(model_overrides(vocab=100, hidden=32, layers=2))).eval()
+    g = torch.Generator().manual_seed(1)
+    rows, docs_of_row = [], []
+    for lengths, pad in (([7, 8, 15, 16, 17], 3), ([16, 9, 3], 4)):
+        real = sum(lengths)
+        cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist(), real + pad], dtype=torch.int32)
+        ids = torch.randint(5, 100, (real + pad,), generator=g)
+        ids[real:] = 0
+        labels = torch.full_like(ids, -100)
+        for a, b in zip(cu[:-2].tolist(), cu[1:-1].tolist()):
+            labels[[a, b - 1, (a + b) // 2]] = torch.randint(5, 100, (3,), generator=g)
+        rows.append(dict(input_ids=ids, labels=labels, cu_seqlens=cu, max_seqlen=max(lengths + [pad]), num_tokens=real))
+        docs_of_row.append(lengths)
+    by_length = evaluate_mlm(model, [{"rows": rows[:1]}, {"rows": rows[1:]}], bounds=(8, 16))["by_length"]
+    got = {r["range"]: r for r in by_length}
+
+    want = {name: {"documents": 0, "masked": 0, "loss": 0.0, "hits": 0} for name in ("len-0-7", "len-8-15", "len-16-max")}
+    with torch.no_grad():
+        for row, lengths in zip(rows, docs_of_row):
+            logits = model(input_ids=row["input_ids"], cu_seqlens=row["cu_seqlens"], max_seqlen=row["max_seqlen"]).logits
+            start = 0
+            for n in lengths:
+                name = "len-0-7" if n < 8 else ("len-8-15" if n < 16 else "len-16-max")
+                want[name]["documents"] += 1
+                for p in range(start, start + n):
+                    if row["labels"][p] != -100:
+                        want[name]["masked"] += 1
+                        want[name]["loss"] += float(torch.nn.functional.cross_entropy(logits[p], row["labels"][p]))
+                        want[name]["hits"] += int(logits[p].argmax() == row["labels"][p])
+                start += n
+    assert [got[n]["documents"] for n in want] == [2, 3, 3] == [w["documents"] for w in want.values()]
+    assert [got[n]["masked_tokens"] for n in want] == [6, 9, 9] == [w["masked"] for w in want.values()]
+    for name, w in want.items():
+        assert got[name]["loss"] == pytest.approx(w["loss"] / w["masked"], abs=1e-5), name
+        assert got[name]["accuracy"] == pytest.approx(w["hits"] / w["masked"]), name

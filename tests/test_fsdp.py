@@ -17,10 +17,7 @@ TINY = os.path.join(ROOT, "configs", "tiny.yaml")
 def _launch(data, run_dir, batches, *extra):
     args = [TINY, f"data.local={data}", f"run_dir={run_dir}", f"max_duration={batches}ba", "eval_interval=2ba",
             "eval_subset_num_batches=1", "save_interval=2ba", "optimizer.name=adamw", "loggers.console=false", *extra]
-    for _ in range(3):
-        proc = train_py(args, launcher=2, timeout=300)
-        if proc.returncode == 0 or not any(e in proc.stderr for e in ("DistNetworkError", "DistStoreError")):
-            break  # only a rendezvous lost to a busy machine is retried
+    proc = train_py(args, launcher=2, timeout=300)  # every rank ended on return; a lost rendezvous retried
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
 
 

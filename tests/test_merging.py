@@ -42,6 +42,19 @@ def test_ties_equals_the_reference_on_hand_made_tensors():
     assert trim(torch.tensor([3.0, -1.0, 0.5, -4.0]), 0.5).tolist() == [3.0, 0.0, 0.0, -4.0]
 
 
+def test_task_arithmetic_equals_tensors_computed_by_hand():
+    """theta_base + scale * sum_i w_i * (theta_i - theta_base), on numbers worked out here:
+    tau_1 = m1 - b = [1, -2, 0], tau_2 = m2 - b = [0, 3, 2]; with weights (2, -0.5) the weighted sum
+    is [2, -4, 0] + [0, -1.5, -1] = [2, -5.5, -1]; times scale 0.5 is [1, -2.75, -0.5]; plus b."""
+    b, m1, m2 = torch.tensor([1.0, 2.0, -1.0]), torch.tensor([2.0, 0.0, -1.0]), torch.tensor([1.0, 5.0, 1.0])
+    merged = merge_states("task_arithmetic", {"w": b}, [{"w": m1}, {"w": m2}], [2.0, -0.5], scale=0.5)
+    assert merged["w"].tolist() == [2.0, -0.75, -1.5]
+    # each neighbour of the formula gives other numbers: a flipped task vector (b - m) gives
+    # [0, 4.75, -0.5], weights ignored [1.5, 2.5, 0], scale ignored [3, -3.5, -2]
+    assert merge_states("task_arithmetic", {"w": b}, [{"w": m1}, {"w": m2}])["w"].tolist() == [2.0, 3.0, 1.0]
+    assert merge_states("task_arithmetic", {"w": b}, [{"w": m1}], scale=-1.0)["w"].tolist() == [0.0, 4.0, -1.0]
+
+
 def _state(seed):
     g = torch.Generator().manual_seed(seed)
     return {"w": torch.randn(6, 4, generator=g), "b": torch.randn(4, generator=g), "step": torch.tensor(seed)}
@@ -92,6 +105,18 @@ def test_cli_merges_exports_into_a_folder_transformers_loads(tmp_path, capsys):
     with torch.no_grad():
         torch.testing.assert_close(merged(input_ids=ids).logits, source(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
     assert json.loads((out / "flexbert_record.json").read_text())["settings"]["method"] == "ties"
+    # --weights and --scale reach the merge: task arithmetic of (m1, m1) over m0 with weights (2, -0.5)
+    # and scale 0.5 is m0 + 0.5 * 1.5 * (m1 - m0) in every tensor (weights ignored would give m1,
+    # scale ignored m0 + 1.5 (m1 - m0), a flipped sign m0 - 0.75 (m1 - m0))
+    ta = tmp_path / "ta"
+    assert main(["--method", "task_arithmetic", "--base", paths[0], "--models", paths[1], paths[1], "--weights", "2",
+                 "-0.5", "--scale", "0.5", "--out", str(ta)]) == 0
+    b, m = (AutoModelForMaskedLM.from_pretrained(p).state_dict() for p in paths)
+    got = AutoModelForMaskedLM.from_pretrained(ta).state_dict()
+    moved = [k for k in b if torch.is_floating_point(b[k]) and not torch.equal(b[k], m[k])]
+    assert "model.layers.1.attn.Wqkv.weight" in moved
+    for k in moved:
+        torch.testing.assert_close(got[k], b[k] + 0.75 * (m[k] - b[k]), atol=1e-6, rtol=0, msg=k)
     assert main(["--method", "linear", "--models", *paths, "--out", str(out)]) == 2  # not empty, no --overwrite
     assert "pass --overwrite" in capsys.readouterr().err
     assert main(["--method", "linear", "--models", *paths, "--out", str(out), "--overwrite"]) == 0

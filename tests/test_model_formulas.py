@@ -42,6 +42,14 @@ def test_norms(bias):
     torch.testing.assert_close(ln(x), want_ln, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(ln(x), x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps) * ln.weight + (ln.bias if bias else 0),
                               atol=1e-3)  # guard: LayerNorm is not the RMS formula (x is not centred)
+    # eps inside the root: on inputs whose mean square is about eps (here ~1e-5) the root of
+    # (mean square + eps) differs by ~40% from root(mean square) + eps, so a misplaced eps shows
+    small = x * 1e-3
+    assert 0.3 * eps < float((small * small).mean()) < 3 * eps
+    want_small = small / torch.sqrt((small * small).mean(-1, keepdim=True) + eps) * rms.weight + (rms.bias if bias else 0)
+    torch.testing.assert_close(rms(small), want_small, atol=1e-5, rtol=1e-5)
+    outside = small / (torch.sqrt((small * small).mean(-1, keepdim=True)) + eps) * rms.weight + (rms.bias if bias else 0)
+    assert (outside - want_small).abs().max() > 0.1  # guard: eps outside the root is another function here
 
 
 @pytest.mark.parametrize("activation", ["gelu", "silu"])

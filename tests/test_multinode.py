@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 from collections import Counter
 
 import pytest
 
 from test_elastic import N_DOCS, _args, _run, shards  # noqa: F401  (the module's shard fixture)
-from test_train_fixtures import PY, ROOT, read_jsonl
-
-COMPOSER = os.path.join(os.path.dirname(PY), "composer")
+from test_train_fixtures import (COMPOSER, DIST_TIMEOUTS, ROOT, ProcessGroup, free_port, gave_up, lost_rendezvous,
+                                 read_jsonl, retried)
 
 
 def _private_shm_works() -> bool:
@@ -33,14 +31,9 @@ pytestmark = pytest.mark.skipif(not _private_shm_works(),
                                 reason="needs `unshare -rm` (user + mount namespaces) for a private /dev/shm per node")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _node(rank: int, port: int, args: list[str], tmp) -> subprocess.Popen:
-    """One node: a composer launcher for global ranks 2*rank, 2*rank+1, in its own /dev/shm and TMPDIR."""
+def _node(rank: int, port: int, args: list[str], tmp) -> ProcessGroup:
+    """One node: a composer launcher for global ranks 2*rank, 2*rank+1, in its own /dev/shm and
+    TMPDIR, in a process group of its own (ended whole when the node is left)."""
     tmpdir = tmp / f"node{rank}-tmp"
     tmpdir.mkdir(exist_ok=True)
     env = dict(os.environ, PYTHONPATH=ROOT, WANDB_MODE="offline", TOKENIZERS_PARALLELISM="false", TMPDIR=str(tmpdir))
@@ -51,22 +44,33 @@ def _node(rank: int, port: int, args: list[str], tmp) -> subprocess.Popen:
         env.update(WORLD_SIZE="4", NODE_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     launcher = [COMPOSER, "-n", "2", *where, os.path.join(ROOT, "train.py"), *args]
     cmd = ["unshare", "-rm", "sh", "-c", 'mount -t tmpfs tmpfs /dev/shm && exec "$@"', "node", *launcher]
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return ProcessGroup(cmd, env=env, cwd=ROOT)
 
 
 def _two_nodes(args: list[str], tmp) -> None:
-    for _ in range(3):
-        port = _free_port()
-        nodes = [_node(r, port, args, tmp) for r in (1, 0)]  # the second node first: it waits for rank 0
-        outputs = [p.communicate(timeout=400) for p in nodes]
-        results = [(p.returncode, out, err) for p, (out, err) in zip(nodes, outputs)]
-        if all(rc == 0 for rc, _, _ in results):
+    """Both nodes to the end; every rank of both ended on return, failure or timeout; a lost
+    rendezvous retried with a fresh port and a longer dist_timeout, and said when given up."""
+    tried = []
+    for dist_timeout in DIST_TIMEOUTS:
+        port = free_port()
+        nodes = []
+        try:
+            for r in (1, 0):  # the second node first: it waits for rank 0
+                nodes.append(_node(r, port, [*args, f"dist_timeout={dist_timeout}"], tmp))
+            for node in nodes:
+                assert node.wait(400 + dist_timeout), f"a node ran past {400 + dist_timeout} s; every rank was ended"
+            results = [(node.end(), node.output()[1]) for node in nodes]
+        finally:
+            for node in nodes:
+                node.__exit__(None, None, None)
+        if all(rc == 0 for rc, _ in results):
             return
-        errors = "".join(err for _, _, err in results)
-        # a free port taken before rank 0 binds it, on a busy machine: that is the machine, try again
-        if not any(e in errors for e in ("DistNetworkError", "DistStoreError")):
-            break
-    pytest.fail("\n".join(f"node {1 - i}: rc {rc}\n{err[-3000:]}" for i, (rc, _, err) in enumerate(results)))
+        errors = "".join(err for _, err in results)
+        if not lost_rendezvous(errors):
+            pytest.fail("\n".join(f"node {1 - i}: rc {rc}\n{err[-3000:]}" for i, (rc, err) in enumerate(results)))
+        tried.append(f"port {port}, dist_timeout {dist_timeout} s")
+        retried(tried[-1])
+    pytest.fail(gave_up(4, tried, errors))
 
 
 @pytest.mark.slow

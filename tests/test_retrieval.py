@@ -61,6 +61,56 @@ def test_bm25_on_a_known_ranking_gives_the_metrics_computed_by_hand(tmp_path, ca
     assert "pass --overwrite" in capsys.readouterr().err
 
 
+def test_graded_metrics_on_a_hand_made_ranking():
+    """ranking_metrics against numbers worked out by hand: graded gains, the ideal DCG from every
+    relevant document (retrieved or not), the reciprocal rank cut at exactly 10.
+
+    qa: relevance a1=3, a2=1, a3=2 (a3 never retrieved); ranking x, a2, a1, ...
+        DCG = 1/log2(3) + 3/log2(4) = 0.63093 + 1.5 = 2.13093
+        ideal (gains 3, 2, 1) = 3 + 2/log2(3) + 1/log2(4) = 3 + 1.26186 + 0.5 = 4.76186
+        nDCG = 0.44750   (ideal from the retrieved list, gains 3, 1: 3.63093 -> 0.58688;
+                          relevance read as binary: 1.13093 / 2.13093 = 0.53072)
+        RR = 1/2, recall = 2/3
+    qb: its one relevant document at rank 10: nDCG = 1/log2(11) = 0.28906, RR = 1/10, recall 1
+    qc: its one relevant document at rank 11: nDCG 0, RR 0 (a cut at 11 gives 1/11), recall 1
+    """
+    from flexbert.eval.retrieval import ranking_metrics
+
+    filler = [f"n{i}" for i in range(12)]
+    ranked = {"qa": ["x", "a2", "a1", *filler], "qb": filler[:9] + ["b1"] + filler[9:], "qc": filler[:10] + ["c1"]}
+    qrels = {"qa": {"a1": 3, "a2": 1, "a3": 2}, "qb": {"b1": 1}, "qc": {"c1": 1}}
+    ndcg_a = (1 / math.log2(3) + 3 / math.log2(4)) / (3 + 2 / math.log2(3) + 1 / math.log2(4))
+    assert ndcg_a == pytest.approx(0.44750, abs=1e-5)
+    got = ranking_metrics(ranked, qrels)
+    assert got["ndcg@10"] == pytest.approx((ndcg_a + 1 / math.log2(11) + 0) / 3, abs=1e-12)
+    assert got["mrr@10"] == pytest.approx((1 / 2 + 1 / 10 + 0) / 3, abs=1e-12)
+    assert got["recall@100"] == pytest.approx((2 / 3 + 1 + 1) / 3, abs=1e-12)
+    per_query = {q: ranking_metrics({q: ranked[q]}, {q: qrels[q]}) for q in qrels}
+    assert per_query["qa"]["ndcg@10"] == pytest.approx(0.44750, abs=1e-5)
+    assert per_query["qb"]["mrr@10"] == pytest.approx(0.1) and per_query["qc"]["mrr@10"] == 0.0
+
+
+def test_eval_retrieval_out_follows_the_output_policy(tmp_path, capsys):
+    """--out is refused inside --data and over a file, before anything is written; --overwrite
+    replaces the folder whole (a stale file from an earlier output does not survive)."""
+    from eval_retrieval import main
+
+    folder = write_beir(tmp_path / "beir")
+    inside = os.path.join(folder, "scores")
+    assert main(["--bm25", "--data", folder, "--out", inside]) == 2
+    assert "lies inside the input" in capsys.readouterr().err and not os.path.exists(inside)
+    (tmp_path / "a-file").write_text("x")
+    assert main(["--bm25", "--data", folder, "--out", str(tmp_path / "a-file")]) == 2
+    assert "exists and is not a folder" in capsys.readouterr().err and (tmp_path / "a-file").read_text() == "x"
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "stale.txt").write_text("from an earlier output")
+    assert main(["--bm25", "--data", folder, "--out", str(out)]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err and sorted(os.listdir(out)) == ["stale.txt"]
+    assert main(["--bm25", "--data", folder, "--out", str(out), "--overwrite"]) == 0
+    assert sorted(os.listdir(out)) == ["result.json"]
+
+
 def test_run_folder_is_exported_and_scored_beside_bm25(tmp_path, trained, capsys):
     """--model RUN exports the run first (the one export path) and scores it as the export itself
     would be scored; --bm25 beside it lands under "bm25"."""
@@ -177,23 +227,35 @@ def test_retrieval_finetune_lowers_the_loss_and_writes_a_sentence_transformer(tm
 
 
 def test_retrieval_finetune_triplets_with_the_cached_loss(tmp_path, data, capsys):
-    """A TSV of triplets and --mini-batch-size (CachedMultipleNegativesRankingLoss): the hard
-    negative is used, the model trains and loads; a half-triplet file is one line."""
+    """A TSV of triplets and --mini-batch-size (CachedMultipleNegativesRankingLoss): the first
+    step's loss is the one computed here from the untrained encoder with the hard negatives among
+    the candidates (cross-entropy of 20 x cosine against 8 positives + 8 negatives), not the one
+    without them; the model trains and loads; a half-triplet file is one line."""
+    import torch
     from sentence_transformers import SentenceTransformer
 
     from finetune_retrieval import main
+    from flexbert.weights.load import load_model
 
     enc = _tiny_encoder(tmp_path, data)
-    rows = [(f"what about the {t}", f"a text on the {t}", f"a text on the {TOPICS[(k + 1) % 8]}") for k, t in enumerate(TOPICS)]
+    rows = [(f"what about the {t}", f"a text on the {t}", f"a note about {TOPICS[(k + 1) % 8]} boats") for k, t in enumerate(TOPICS)]
     tsv = tmp_path / "triplets.tsv"
     tsv.write_text("q\tpos\tneg\n" + "".join("\t".join(r) + "\n" for r in rows))
+    # the loss of step 1, by hand (no dropout in the encoder: training and encoding agree)
+    start = load_model(str(enc), "encoder").model
+    q, p, n = (start.encode([r[i] for r in rows], convert_to_tensor=True, normalize_embeddings=True) for i in range(3))
+    target = torch.arange(len(rows))
+    with_negatives = float(torch.nn.functional.cross_entropy(20 * q @ torch.cat([p, n]).T, target))
+    without = float(torch.nn.functional.cross_entropy(20 * q @ p.T, target))
+    assert abs(with_negatives - without) > 0.05, (with_negatives, without)  # the check can tell them apart
     out = tmp_path / "retriever"
     args = ["--model", str(enc), "--train", str(tsv), "--out", str(out), "--batch-size", "8", "--mini-batch-size", "3",
             "--query-column", "q", "--positive-column", "pos", "--negative-column", "neg", "--no-progress"]
     assert main(args) == 0
     info = read_result(str(out))
     assert info.details["kind"] == "triplets" and info.settings["mini_batch_size"] == 3 and info.details["steps"] == 1
-    assert info.details["losses"][0] > 0 and SentenceTransformer(str(out)).encode(["x"]).shape == (1, 64)
+    assert info.details["losses"][0] == pytest.approx(with_negatives, abs=2e-3), (info.details["losses"], with_negatives, without)
+    assert SentenceTransformer(str(out)).encode(["x"]).shape == (1, 64)
     tsv.write_text("q\tpos\tneg\n" + "".join("\t".join(r) + "\n" for r in rows[:3]) + "a\tb\t\n")
     assert main(args + ["--overwrite"]) == 2
     err = capsys.readouterr().err

@@ -84,6 +84,22 @@ def test_a_second_writer_refuses_and_a_dead_writers_lock_is_taken_over(trained, 
     assert os.path.exists(os.path.join(cfg["save_folder"], "ba6.pt")) and not os.path.exists(lock)
 
 
+def test_the_lock_is_given_back_when_building_the_trainer_fails(tmp_path, data):
+    """A failure after the lock was taken (here init_from names nothing) leaves no .lock behind: in
+    this process (a notebook, a sweep runner) the folder is free again, not held by a live pid."""
+    from flexbert.config import from_dict
+    from flexbert.train.builders import build_trainer
+    from flexbert.train.config import RunConfig
+    from flexbert.train.loading import SetupError
+    from flexbert.train.run_lock import read_lock
+
+    cfg = run_config(tmp_path, data, init_from=str(tmp_path / "missing"))
+    with pytest.raises(SetupError, match="does not exist"):
+        build_trainer(from_dict(RunConfig, cfg, ""))
+    assert os.path.isdir(cfg["run_dir"])  # the lock was taken (the folder made for it) ...
+    assert read_lock(cfg["run_dir"]) is None and os.listdir(cfg["run_dir"]) == []  # ... and given back
+
+
 @pytest.mark.parametrize("override, key", [("model.activation=silu", "model.activation"),
                                            ("model.hidden_size=96", "model.hidden_size")])
 def test_a_rerun_with_another_model_refuses_and_changes_nothing(trained, tmp_path, override, key):

