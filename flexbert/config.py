@@ -43,13 +43,17 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        section = None  # a mapping given for an optional section: that section's own error names the key
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _coerce(value, arg, key)
-            except ConfigError:
-                pass  # try the next member; the message below names them all
+            except ConfigError as e:  # try the next member; the message below names them all
+                if section is None and dataclasses.is_dataclass(arg) and isinstance(value, Mapping):
+                    section = e
+        if section is not None:
+            raise section
         raise ConfigError(
             f"{key}: expected {' or '.join(_type_name(a) for a in args)}, got {type(value).__name__} {value!r}"
         )
