@@ -27,13 +27,16 @@ def test_a_bad_objective_is_one_line_naming_the_key():
 
 
 def test_the_clm_recipes_split_the_budget_they_name():
-    """The share is a config value: the two phases' durations add up to the MLM recipe's budget."""
+    """The share is one config value (phase 1's max_duration); phase 2 is the MLM recipe continued
+    on one clock to its budget, and phase 1 follows the same LR schedule."""
     for first, second, whole in (("tiny-clm", "tiny-clm-mlm", "tiny"), ("base-clm", "base-clm-mlm", "base")):
         a, b, w = (load_run_config(os.path.join(ROOT, "configs", f"{n}.yaml")) for n in (first, second, whole))
         assert (a.objective, b.objective, w.objective) == ("clm", "mlm", "mlm")
-        tokens = [float(c.max_duration.replace("Ktok", "e3").replace("Mtok", "e6").replace("Btok", "e9")) for c in (a, b, w)]
-        assert tokens[0] + tokens[1] == tokens[2] and tokens[0] == pytest.approx(0.25 * tokens[2], rel=1e-3)
-        assert b.reset_time and b.data.batch_size_warmup_min == 0
+        tokens = [float(c.max_duration.replace("Ktok", "e3").replace("Mtok", "e6").replace("Btok", "e9")) for c in (a, w)]
+        assert tokens[0] == pytest.approx(0.25 * tokens[1], rel=1e-3) and b.max_duration == w.max_duration
+        assert b.load_path and not b.reset_time and (b.scheduler, b.data) == (w.scheduler, w.data)
+    assert load_run_config(os.path.join(ROOT, "configs", "tiny-clm.yaml")).scheduler == {
+        **load_run_config(os.path.join(ROOT, "configs", "tiny.yaml")).scheduler, "t_max": "2Mtok", "t_decay": "400Ktok"}
 
 
 def test_the_clm_loader_labels_next_tokens_and_masks_nothing(tmp_path, data):
@@ -64,19 +67,28 @@ def test_a_tiny_clm_run_learns(tmp_path, data):
 
 
 def _chain_args(data):
+    """The chain at test size: phase 1 (CLM) batches 1-4, phase 2 (MLM) 5-10 on the same clock."""
     return to_overrides(model_overrides(attn_out_dropout=0.1), "model.") + [
         f"data.local={data}", "data.num_workers=0", "data.global_batch_size=4", "data.microbatch_size=2",
         "data.doc_batch_size=32", "data.packer_buffer_size=64", "eval_subset_num_batches=2", "save_interval=2ba",
-        "loggers.console=false", "data.batch_size_warmup_tokens=2000", "data.batch_size_warmup_min=2",
-        "1:max_duration=4ba", "1:scheduler.t_warmup=2ba", "2:max_duration=10ba", "2:scheduler.t_decay=4ba",
-        "2:data.batch_size_warmup_min=0", "2:data.batch_size_warmup_tokens=0"]
+        "loggers.console=false", "data.batch_size_warmup_tokens=3000", "data.batch_size_warmup_min=2",
+        "scheduler.t_warmup=2ba", "scheduler.t_max=10ba", "scheduler.t_decay=4ba",
+        "1:max_duration=4ba", "2:max_duration=10ba"]
 
 
-def _wait_for(path, proc, timeout=600.0):
+def _wait_for_batch(run_dir, batch, proc, timeout=900.0):
+    """Until ``run_dir`` has the checkpoint and the metrics record of ``batch`` (the record follows
+    the checkpoint at the same event: a kill between the two would lose that batch's record)."""
+    def logged():
+        if not os.path.exists(run_dir / "metrics.jsonl"):
+            return False
+        lines = open(run_dir / "metrics.jsonl").read().split("\n")[:-1]  # whole lines only
+        return any(json.loads(line)["batch"] >= batch for line in lines if line)
+
     t0 = time.time()
-    while not os.path.exists(path):
+    while not (os.path.exists(run_dir / "checkpoints" / f"ba{batch}.pt") and logged()):
         assert proc.poll() is None, f"the chain exited early ({proc.returncode}): {proc.stderr.read()[-3000:]}"
-        assert time.time() - t0 < timeout, f"{path} never appeared"
+        assert time.time() - t0 < timeout, f"batch {batch} of {run_dir} never came"
         time.sleep(0.05)
 
 
@@ -96,7 +108,7 @@ def test_clm_then_mlm_chain_resumes_exactly_after_sigkill(tmp_path, data):
     env = dict(os.environ, PYTHONPATH=ROOT, WANDB_MODE="offline", TOKENIZERS_PARALLELISM="false")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
-    _wait_for(root / "tiny-clm-mlm" / "checkpoints" / "ba4.pt", proc)  # in phase 2, after its batch-4 checkpoint
+    _wait_for_batch(root / "tiny-clm-mlm", 6, proc)  # in phase 2, after its first checkpoint
     os.killpg(proc.pid, signal.SIGKILL)  # the chain and its training child
     proc.wait(timeout=60)
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
@@ -106,7 +118,7 @@ def test_clm_then_mlm_chain_resumes_exactly_after_sigkill(tmp_path, data):
     assert load_run_config(str(root / "tiny-clm" / "config.yaml")).objective == "clm"
     # the reference: phase 2 uninterrupted, from the same phase-1 checkpoint, in this process
     ref_dir = tmp_path / "ref"
-    ov = [o[2:] if o.startswith(("1:", "2:")) else o for o in args if not o.startswith("1:")]
+    ov = [o[2:] if o.startswith("2:") else o for o in args if not o.startswith("1:")]
     ref = build_trainer(load_run_config(CLM_MLM, ov + [f"run_dir={ref_dir}", f"load_path={first}"]))
     try:
         ref.fit()
@@ -119,7 +131,10 @@ def test_clm_then_mlm_chain_resumes_exactly_after_sigkill(tmp_path, data):
     def losses(d):
         return {r["batch"]: r["loss/train/total"] for r in read_jsonl(d / "metrics.jsonl") if r["kind"] == "train"}
 
-    assert losses(root / "tiny-clm-mlm") == losses(ref_dir) and sorted(losses(ref_dir)) == list(range(1, 11))
+    assert losses(root / "tiny-clm-mlm") == losses(ref_dir) and sorted(losses(ref_dir)) == list(range(5, 11))
+    phase1, phase2 = (read_jsonl(root / n / "metrics.jsonl") for n in ("tiny-clm", "tiny-clm-mlm"))
+    assert sorted(losses(root / "tiny-clm")) == [1, 2, 3, 4]  # one clock: phase 2 goes on from batch 5 and its tokens
+    assert min(r["tokens"] for r in phase2 if r["kind"] == "train") > max(r["tokens"] for r in phase1)
     for name in ("tiny-clm", "tiny-clm-mlm"):  # each phase evaluated with its own objective, by document length
         buckets = json.load(open(root / name / "length_buckets_eval.json"))
         assert sum(b["masked_tokens"] for b in buckets) > 0
