@@ -26,6 +26,18 @@ def test_a_bad_objective_is_one_line_naming_the_key():
     assert str(e.value) == "objective: unknown value 'foo'; valid choices: mlm, clm"
 
 
+def test_a_run_folder_from_before_the_objective_key_resumes():
+    """config.yaml of a run started before ``objective`` / ``teacher`` existed: the keys count at
+    their defaults, so resuming it changes nothing (not 'objective (None -> mlm)')."""
+    from flexbert.train.config import as_plain_dict
+    from flexbert.train.run_identity import differences
+
+    new = as_plain_dict(load_run_config(CLM_MLM))
+    old = {k: v for k, v in new.items() if k not in ("objective", "teacher")}
+    assert differences(old, new) == {}
+    assert differences(old, {**new, "objective": "clm"}) == {"objective": ("mlm", "clm")}
+
+
 def test_the_clm_recipes_split_the_budget_they_name():
     """The share is one config value (phase 1's max_duration); phase 2 is the MLM recipe continued
     on one clock to its budget, and phase 1 follows the same LR schedule."""
@@ -54,6 +66,28 @@ def test_the_clm_loader_labels_next_tokens_and_masks_nothing(tmp_path, data):
             assert row["num_masked"] == int((labels != -100).sum()) > 0.9 * row["num_tokens"]
 
 
+def test_every_call_of_a_clm_run_is_causal(tmp_path, data):
+    """The Composer model of an ``objective: clm`` config runs causally in training and evaluation,
+    and so does the held-out evaluation with its by-length breakdown."""
+    from flexbert.data.loader import build_eval_loader
+    from flexbert.eval.mlm import evaluate_mlm
+    from flexbert.train.recipe import build_model
+
+    cfg = from_dict(RunConfig, run_config(tmp_path, data, objective="clm", model={"attn_out_dropout": 0.0}), "")
+    model = build_model(cfg)
+    row = next(iter(build_eval_loader(cfg.data, objective="clm")))["rows"][0]
+    args = dict(input_ids=row["input_ids"], labels=row["labels"], cu_seqlens=row["cu_seqlens"],
+                max_seqlen=int(row["max_seqlen"]), return_logits=False)
+    with torch.no_grad():
+        causal, bidirectional = (model.model(**args, causal=c).stats.loss_sum for c in (True, False))
+        assert causal != bidirectional
+        assert model.train()(row).stats.loss_sum == causal and model.eval().eval_forward(row).stats.loss_sum == causal
+    out = evaluate_mlm(model.model, [{"rows": [row]}], bounds=[64], causal=True)
+    assert out["loss"] * out["masked_tokens"] == pytest.approx(float(causal), rel=1e-6)
+    by_length = sum(b["loss"] * b["masked_tokens"] for b in out["by_length"] if b["masked_tokens"])
+    assert by_length == pytest.approx(float(causal), rel=1e-5)
+
+
 def test_a_tiny_clm_run_learns(tmp_path, data):
     """Causal attention, next-token labels: the train loss falls, the eval loss is the next-token
     loss, and the head predicts nearly every token (the throughput doctor's predicted share)."""
@@ -63,6 +97,13 @@ def test_a_tiny_clm_run_learns(tmp_path, data):
     losses = [r["loss/train/total"] for r in recs]
     assert len(losses) == 14 and sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.2, losses  # 6.94 -> 6.64
     assert all(r["data/masked_fraction"] > 0.9 and r["data/mlm_probability"] == 0.0 for r in recs)
+    # the throughput doctor's FLOPs count the head on every predicted token: ~all of them
+    from flexbert.model.flops import flops_per_token
+
+    model, share = from_dict(RunConfig, cfg, "").model, recs[-1]["data/masked_fraction"]
+    per_token = recs[-1]["throughput/flops_per_sec_per_device"] / recs[-1]["throughput/tokens_per_sec_per_device"]
+    assert per_token == pytest.approx(flops_per_token(model, 128, share), rel=0.02)
+    assert per_token > 1.3 * flops_per_token(model, 128, 0.3)  # MLM with sparse prediction: 0.3
     assert recs[-1]["metrics/eval/MLMLoss"] < losses[0]
 
 
