@@ -34,6 +34,25 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+def _coerce_union(value: Any, args: tuple, key: str) -> Any:
+    """The first member of ``Union[args]`` that takes ``value``; a mapping given for an optional
+    section (``Optional[SomeConfig]``) fails with that section's own error, which names the key."""
+    if value is None and type(None) in args:
+        return None
+    section = None
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return _coerce(value, arg, key)
+        except ConfigError as e:  # try the next member; the message below names them all
+            if section is None and dataclasses.is_dataclass(arg) and isinstance(value, Mapping):
+                section = e
+    if section is not None:
+        raise section
+    raise ConfigError(f"{key}: expected {' or '.join(_type_name(a) for a in args)}, got {type(value).__name__} {value!r}")
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against annotation ``tp``; return the (possibly converted) value."""
     origin = typing.get_origin(tp)
@@ -41,18 +60,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is Any:
         return value
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError:
-                pass  # try the next member; the message below names them all
-        raise ConfigError(
-            f"{key}: expected {' or '.join(_type_name(a) for a in args)}, got {type(value).__name__} {value!r}"
-        )
+        return _coerce_union(value, args, key)
     if origin is typing.Literal:
         if value not in args:
             raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}")

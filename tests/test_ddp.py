@@ -13,10 +13,10 @@ from test_train_fixtures import (COMPOSER, DIST_TIMEOUTS, ROOT, ProcessGroup, fr
 TINY = os.path.join(ROOT, "configs", "tiny.yaml")
 
 
-def launch(data, run_dir, batches):
+def launch(data, run_dir, batches, extra=()):
     args = [TINY, f"data.local={data}", f"run_dir={run_dir}", f"max_duration={batches}ba", "eval_interval=2ba",
             "eval_subset_num_batches=2", "save_interval=2ba", "callbacks.audit_doc_ids=true",
-            "data.batch_size_warmup_tokens=3000", "loggers.console=false"]
+            "data.batch_size_warmup_tokens=3000", "loggers.console=false", *extra]
     proc = train_py(args, launcher=2, timeout=300)  # every rank ended on return; a lost rendezvous retried
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return proc
@@ -156,3 +156,16 @@ def test_sigterm_to_one_rank_stops_both_after_the_same_batch(tmp_path, data, ref
     b = torch.load(run_dir / "checkpoints" / "ba4.pt", map_location="cpu", weights_only=False)["state"]["model"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+def test_two_ranks_distil_from_a_teacher(tmp_path, data, reference):
+    """teacher: each rank holds the frozen teacher (no DDP wrapper, no checkpoint entry); the loss
+    terms are logged as the ranks' mean."""
+    run_dir = tmp_path / "distilled"
+    launch(data, run_dir, 2, [f"teacher.model={reference}", "teacher.temperature=2.0", "model.num_hidden_layers=2"])
+    recs = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["kind"] == "train"]
+    assert [r["batch"] for r in recs] == [1, 2] and all(r["loss/train/kl"] > 0 for r in recs)
+    for r in recs:  # total = (1 - 0.5) CE + 0.5 T^2 KL, rank means of each
+        assert r["loss/train/total"] == pytest.approx(0.5 * r["loss/train/ce"] + 2.0 * r["loss/train/kl"], rel=1e-4)
+    state = torch.load(run_dir / "checkpoints" / "ba2.pt", map_location="cpu", weights_only=False)["state"]["model"]
+    assert not any("teacher" in k for k in state)

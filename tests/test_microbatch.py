@@ -107,7 +107,7 @@ def test_probe_rows_train_the_real_model(tmp_path, data):
 
     cfg = from_dict(RunConfig, run_config(tmp_path, data), "")
     model = build_model(cfg).train()
-    row = synthetic_row(cfg.data, cfg.model, 2, torch.device("cpu"))
+    row = synthetic_row(cfg.data, cfg.model, 2, torch.device("cpu"), cfg.max_predicted_fraction())
     assert row["input_ids"].shape == (256,) and row["cu_seqlens"].tolist() == [0, 128, 256]
     assert row["num_masked"] == int((row["labels"] != -100).sum()) == 78  # ceil(256 x 0.30 x 1.01)
     loss = model.loss(model(row), row)

@@ -16,6 +16,7 @@ import json
 
 from flexbert.cli.common import command, make_parser
 from flexbert.config import at_least
+from flexbert.data.masking import OBJECTIVES
 from flexbert.eval.evaluation import run_evaluation
 from flexbert.eval.mlm import format_by_length
 
@@ -32,6 +33,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", help="default: the copy inside the shard folder")
     p.add_argument("--max-batches", type=at_least(1), help="evaluate only the first N batches")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--objective", choices=OBJECTIVES, default="mlm",
+                   help="clm: the next-token loss with causal attention (a CLM phase's own evaluation)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.add_argument("--by-length", nargs="*", type=at_least(1), metavar="BOUND",
                    help="also the loss per document-length range, split at these token counts (default 128 512 2048)")
@@ -48,7 +51,8 @@ def run(a: argparse.Namespace) -> int:
         print(json.dumps({**m, **result.details, "model": a.model, "data": a.data, "split": a.split,
                           "mlm_probability": a.mlm_probability, "seed": a.seed}))
         return 0
-    print(f"{a.model} on {a.data}/{a.split} ({a.mlm_probability:.0%} masking, seed {a.seed}): MLM loss "
+    what = "next-token (CLM)" if a.objective == "clm" else f"{a.mlm_probability:.0%} masking, seed {a.seed}"
+    print(f"{a.model} on {a.data}/{a.split} ({what}): {a.objective.upper()} loss "
           f"{m['loss']:.4f}, accuracy {m['accuracy']:.4f}, perplexity {m['perplexity']:.1f} "
           f"over {result.details['masked_tokens']:,} masked tokens")
     if "by_length" in result.details:

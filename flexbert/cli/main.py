@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "diagnose": ("diagnose", "why is a run slow: where its time went and the knob to turn"),
     "export": ("export", "a checkpoint -> a Hugging Face ModernBERT folder"),
     "tile": ("tile", "grow a model into a larger config by weight tiling"),
+    "prune": ("prune", "shrink a model: keep chosen layers, narrow the MLPs"),
     "average": ("average", "average checkpoints' weights"),
     "merge": ("merge", "merge models: linear, task arithmetic, TIES"),
     "eval-mlm": ("eval_mlm", "held-out MLM loss and accuracy (optionally by document length)"),

@@ -24,7 +24,8 @@ import torch
 from flexbert.data.batch import batch_stats
 from flexbert.data.config import DataConfig
 from flexbert.data.documents import RankDocuments, resolve_world
-from flexbert.data.masking import MLMMasker
+from flexbert.config import IGNORE_INDEX
+from flexbert.data.masking import OBJECTIVES, MLMMasker, clm_labels
 from flexbert.data.packing import BestFitPacker, make_row
 from flexbert.data.ragged import docs_from_state, empty_state
 from flexbert.data.source import DataSource, resolve_source
@@ -38,12 +39,16 @@ STATE_VERSION = 1
 # --------------------------------------------------------------------------- the loader
 class PackedLoader:
     """Iterable of device batches.  ``training=True``: batch-size warmup, train masking, state;
-    ``training=False``: one finite pass per ``iter()``, fixed eval masks, restarts each time."""
+    ``training=False``: one finite pass per ``iter()``, fixed eval masks, restarts each time.
+    ``objective="clm"``: no masking; the labels are each document's next tokens (``clm_labels``)."""
 
     def __init__(self, cfg: DataConfig, split: str, *, training: bool, rank: Optional[int] = None,
-                 world_size: Optional[int] = None, seed: Optional[int] = None, special: Optional[SpecialTokens] = None):
+                 world_size: Optional[int] = None, seed: Optional[int] = None, special: Optional[SpecialTokens] = None,
+                 objective: str = "mlm"):
         cfg.validate()
-        self.cfg, self.split, self.training = cfg, split, training
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+        self.cfg, self.split, self.training, self.objective = cfg, split, training, objective
         self.rank, self.world_size = resolve_world(rank, world_size)
         self.seed = cfg.seed if seed is None else seed
         self.special = special or resolve_source(cfg).special
@@ -94,7 +99,11 @@ class PackedLoader:
 
     def _row(self, docs: list, global_index: int, rate: Optional[float] = None) -> dict:
         r = make_row(docs, self.row_tokens, self.max_seq_len, self.special.pad_id)
-        ids, labels, n_masked = self.masker(r["input_ids"], global_index, rate)
+        if self.objective == "clm":
+            ids, labels = r["input_ids"], clm_labels(r["input_ids"], r["cu_seqlens"], r["num_tokens"])
+            n_masked = int((labels != IGNORE_INDEX).sum())
+        else:
+            ids, labels, n_masked = self.masker(r["input_ids"], global_index, rate)
         row = {
             "input_ids": torch.from_numpy(ids),
             "labels": torch.from_numpy(labels),
@@ -144,6 +153,7 @@ class PackedLoader:
         rows = []
         first = self.rows_global + self.rank * n_rows
         rate = self.schedule.rate(self.tokens_seen) if self.schedule is not None else self.masker.p
+        rate = 0.0 if self.objective == "clm" else rate  # nothing is masked (logged as data/mlm_probability)
         for j in range(n_rows):
             docs = self.packer.pop_row(refill=self._fill)
             if not docs and rows:
@@ -244,18 +254,22 @@ class PackedLoader:
 
 # --------------------------------------------------------------------------- builders
 def build_train_loader(cfg: DataConfig, seed: Optional[int] = None, rank: Optional[int] = None,
-                       world_size: Optional[int] = None, source: Optional[DataSource] = None) -> PackedLoader:
-    """The training loader; ``source``: the data section resolved (flexbert/data/source.py), else resolved here."""
+                       world_size: Optional[int] = None, source: Optional[DataSource] = None,
+                       objective: str = "mlm") -> PackedLoader:
+    """The training loader; ``source``: the data section resolved (flexbert/data/source.py), else
+    resolved here; ``objective``: the run's (``mlm`` masks, ``clm`` labels next tokens)."""
     source = source or resolve_source(cfg)
-    return PackedLoader(cfg, cfg.split, training=True, rank=rank, world_size=world_size, seed=seed, special=source.special)
+    return PackedLoader(cfg, cfg.split, training=True, rank=rank, world_size=world_size, seed=seed, special=source.special,
+                        objective=objective)
 
 
 def build_eval_loader(cfg: DataConfig, rank: Optional[int] = None, world_size: Optional[int] = None,
-                      source: Optional[DataSource] = None) -> PackedLoader:
+                      source: Optional[DataSource] = None, objective: str = "mlm") -> PackedLoader:
     if not cfg.eval_split:
         raise FileNotFoundError("data.eval_split is not set")
     source = source or resolve_source(cfg)
-    return PackedLoader(cfg, cfg.eval_split, training=False, rank=rank, world_size=world_size, special=source.special)
+    return PackedLoader(cfg, cfg.eval_split, training=False, rank=rank, world_size=world_size, special=source.special,
+                        objective=objective)
 
 
 def has_eval(cfg: DataConfig) -> bool:

@@ -22,6 +22,10 @@ import numpy as np
 from flexbert.config import IGNORE_INDEX
 from flexbert.data.tokenizer import SpecialTokens
 
+# What a row's labels predict: ``mlm`` masked tokens (MLMMasker), ``clm`` the next token of the same
+# document (``clm_labels``, the model run with causal attention).  The run config's ``objective``.
+OBJECTIVES = ("mlm", "clm")
+
 
 def clm_labels(input_ids: np.ndarray, cu_seqlens, num_tokens: int | None = None) -> np.ndarray:
     """CLM targets of a packed row (the ids stay as they are): ``labels[t] = input_ids[t + 1]``

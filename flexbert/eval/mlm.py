@@ -31,10 +31,12 @@ from flexbert.config import ConfigError, from_dict
 from flexbert.data.config import DataConfig
 from flexbert.data.length_buckets import bucket_names
 from flexbert.data.loader import build_eval_loader
+from flexbert.data.masking import OBJECTIVES
 from flexbert.data.outputs import check_output_dir, prepare_output_dir
 from flexbert.data.source import data_fingerprint, tokenizer_dir
 from flexbert.data.tokenizer import SpecialTokens
 from flexbert.eval.evaluation import Result, evaluation, settings_of
+from flexbert.registry import unknown_choice
 from flexbert.train.composer_model import eval_metrics, row_outputs
 from flexbert.weights.load import ModelLoadError, load_model
 
@@ -79,10 +81,11 @@ def check_model_tokenizer(loaded, data_cfg: DataConfig, name: str) -> None:
     loaded.check_tokenizer(fp, name, size)
 
 
-def mlm_loader(data_cfg: DataConfig):
-    """The evaluation loader of ``data_cfg`` (stale shared memory of earlier loaders cleared)."""
+def mlm_loader(data_cfg: DataConfig, objective: str = "mlm"):
+    """The evaluation loader of ``data_cfg`` (stale shared memory of earlier loaders cleared);
+    ``objective: clm`` labels each row's next tokens instead of masking."""
     clean_stale_shared_memory()
-    return build_eval_loader(data_cfg)
+    return build_eval_loader(data_cfg, objective=objective)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -99,13 +102,13 @@ class _ByLength:
         self.loss, self.hits, self.masked, self.docs = (
             torch.zeros(len(self.names), dtype=torch.float64, device=device) for _ in range(4))
 
-    def add(self, model, row: dict[str, Any]) -> None:
+    def add(self, model, row: dict[str, Any], causal: bool = False) -> None:
         cu = row["cu_seqlens"].long()
         bucket = torch.bucketize(cu[1:] - cu[:-1], self.edges, right=True)
         real = cu[:-1] < int(row.get("num_tokens", cu[-1]))  # documents, not the padding tail's segments
         self.docs.index_add_(0, bucket[real], torch.ones(int(real.sum()), dtype=torch.float64, device=cu.device))
         loss, hit, pos = model.token_losses(row["input_ids"], row["labels"], cu_seqlens=row["cu_seqlens"],
-                                            max_seqlen=int(row["max_seqlen"]))
+                                            max_seqlen=int(row["max_seqlen"]), causal=causal)
         seg = bucket[torch.searchsorted(cu[1:], pos, right=True)]
         self.loss.index_add_(0, seg, loss.double())
         self.hits.index_add_(0, seg, hit.double())
@@ -119,11 +122,12 @@ class _ByLength:
 
 @torch.no_grad()
 def evaluate_mlm(model: torch.nn.Module, loader, max_batches: Optional[int] = None, device="cpu", shapes=None,
-                 bounds: Optional[Sequence[int]] = None) -> dict:
+                 bounds: Optional[Sequence[int]] = None, causal: bool = False) -> dict:
     """``{"loss", "accuracy", "perplexity", "masked_tokens", "rows"}`` of ``model`` (a
     FlexBertForMaskedLM) over an eval loader's batches (all, or the first ``max_batches``, as
     Composer's ``eval_subset_num_batches``); with ``bounds`` (where length ranges end, in tokens)
-    also ``"by_length"``: per range documents, masked tokens, loss and accuracy."""
+    also ``"by_length"``: per range documents, masked tokens, loss and accuracy.  ``causal``: a CLM
+    model on a CLM loader's rows (``mlm_loader(..., "clm")``): the next-token loss, every call causal."""
     metrics = eval_metrics()
     model = model.to(device).eval()
     groups = _ByLength(bounds, device) if bounds else None
@@ -133,11 +137,11 @@ def evaluate_mlm(model: torch.nn.Module, loader, max_batches: Optional[int] = No
             break
         for row in batch["rows"]:
             row = _to(row, device)
-            stats = row_outputs(model, row, shapes).stats
+            stats = row_outputs(model, row, shapes, causal).stats
             for m in metrics.values():
                 m.update(stats)
             if groups is not None:
-                groups.add(model, row)
+                groups.add(model, row, causal)
             rows += 1
     if not rows or int(metrics["MLMLoss"].count) == 0:
         raise ValueError("no masked tokens to evaluate (empty eval split?)")
@@ -172,6 +176,7 @@ class MlmEvalConfig:
     tokenizer: Optional[str] = None  # default: the copy inside the shard folder
     max_batches: Optional[int] = None  # only the first N batches
     device: str = "cpu"
+    objective: str = "mlm"  # clm: the next-token loss with causal attention (a CLM phase's own evaluation)
     by_length: Optional[list[int]] = None  # [] = DEFAULT_LENGTH_BOUNDS; where document-length ranges end
     out: Optional[str] = None  # write OUT/result.json
     overwrite: bool = False
@@ -180,6 +185,8 @@ class MlmEvalConfig:
         for key in ("model", "data"):
             if not getattr(self, key):
                 raise ConfigError(f"{key}: required")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(unknown_choice("objective", "value", self.objective, OBJECTIVES))
         if not 0 < self.mlm_probability < 1:
             raise ConfigError(f"mlm_probability: must be in (0, 1), got {self.mlm_probability}")
         for key in ("max_seq_len", "rows_of", "max_batches"):
@@ -199,7 +206,8 @@ def evaluate_shards(cfg: MlmEvalConfig) -> Result:
                            cfg.tokenizer, loaded.data)
     check_model_tokenizer(loaded, data_cfg, f"shards {cfg.data}")
     bounds = (sorted(set(cfg.by_length)) or list(DEFAULT_LENGTH_BOUNDS)) if cfg.by_length is not None else None
-    out = evaluate_mlm(loaded.model, mlm_loader(data_cfg), cfg.max_batches, cfg.device, bounds=bounds)
+    out = evaluate_mlm(loaded.model, mlm_loader(data_cfg, cfg.objective), cfg.max_batches, cfg.device, bounds=bounds,
+                       causal=cfg.objective == "clm")
     if cfg.out:
         prepare_output_dir(cfg.out, overwrite=cfg.overwrite, inputs=[cfg.model, cfg.data])
     metrics = {k: out[k] for k in ("loss", "accuracy", "perplexity")}

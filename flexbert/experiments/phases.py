@@ -5,7 +5,9 @@ previous phase's final checkpoint (the phase configs themselves carry ``reset_ti
 new ``max_seq_len``, RoPE theta, LR and schedule).  A finished phase leaves
 ``{run_dir}/phase_done.json``; a rerun skips it, so running the chain again does no work.  After a
 phase that changes the sequence length, its final weights are evaluated at both lengths (the
-previous phase's eval data and its own) into ``{run_dir}/length_eval.json``.
+previous phase's eval data and its own) into ``{run_dir}/length_eval.json``.  Phases may differ in
+``objective`` (CLM then MLM: configs/tiny-clm.yaml -> configs/tiny-clm-mlm.yaml); each phase is
+evaluated with its own.
 
 Overrides: ``key=value`` applies to every phase, ``N:key=value`` only to phase N (1-based).
 """
@@ -132,18 +134,20 @@ def length_losses(cfg, checkpoint: str, length_cfgs: list) -> dict[str, float]:
     out = {}
     for other in length_cfgs:
         data_cfg = dataclasses.replace(RunFolder.of(other).resolved(other).data, num_workers=0)
-        out[f"loss@{data_cfg.max_seq_len}"] = evaluate_mlm(model.model, mlm_loader(data_cfg), max(1, cfg.eval_subset_num_batches),
-                                                            shapes=model.shapes)["loss"]
+        out[f"loss@{data_cfg.max_seq_len}"] = evaluate_mlm(model.model, mlm_loader(data_cfg, cfg.objective),
+                                                            max(1, cfg.eval_subset_num_batches), shapes=model.shapes,
+                                                            causal=cfg.causal)["loss"]
     return out
 
 
 def phase_by_length(cfg, checkpoint: str) -> Optional[list]:
-    """The phase's held-out MLM loss per document-length range (None without an eval split)."""
+    """The phase's held-out loss per document-length range (None without an eval split): MLM, or
+    the next-token loss of a CLM phase (``objective: clm``)."""
     cfg = RunFolder.of(cfg).resolved(cfg)
     data_cfg = dataclasses.replace(cfg.data, num_workers=0)
     if not has_eval(data_cfg):
         return None
     model = build_model(dataclasses.replace(cfg, compile="none"))
     load_initial_weights(model, checkpoint)
-    return evaluate_mlm(model.model, mlm_loader(data_cfg), max_batches=max(1, cfg.eval_subset_num_batches),
-                        bounds=DEFAULT_LENGTH_BOUNDS)["by_length"]
+    return evaluate_mlm(model.model, mlm_loader(data_cfg, cfg.objective), max_batches=max(1, cfg.eval_subset_num_batches),
+                        bounds=DEFAULT_LENGTH_BOUNDS, causal=cfg.causal)["by_length"]

@@ -7,7 +7,10 @@ Training FLOPs = 3 x forward (backward costs twice the forward).  Per token and 
   length for a global layer and ``min(window + 1, seq_len)`` for a local one (a token sees
   ``|q - k| <= window // 2``);
 * the MLM head (dense + tied decoder) runs on every token, or only on the masked ones with sparse
-  prediction, so it is counted per *predicted* token.
+  prediction, so it is counted per *predicted* token (under ``objective: clm`` every token but
+  each document's last is predicted: a predicted share of ~1.0, which the throughput callback
+  reads from each batch's label count).  Causal attention is counted like bidirectional attention
+  (the usual MFU convention; kernels that skip the masked half do less work than counted).
 
 With the ModernBERT-base config at sequence 1024 and a dense head this gives 0.986 GFLOP/token,
 the paper's figure (facts §3: 6 x 149M parameters + attention).
@@ -42,8 +45,8 @@ def head_flops_per_prediction(cfg: FlexBertConfig) -> float:
 
 def flops_per_token(cfg: FlexBertConfig, seq_len: int, predicted_fraction: float | None = None) -> float:
     """Average training FLOPs per token; ``predicted_fraction``: share of tokens through the head
-    (the masking rate with sparse prediction, 1.0 without; default from ``cfg.sparse_prediction``
-    at the paper's 30% rate)."""
+    (the masking rate with sparse prediction, 1.0 without or under CLM; default from
+    ``cfg.sparse_prediction`` at the paper's 30% rate)."""
     if predicted_fraction is None:
         predicted_fraction = 0.3 if cfg.sparse_prediction else 1.0
     return body_flops_per_token(cfg, seq_len) + predicted_fraction * head_flops_per_prediction(cfg)

@@ -36,6 +36,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 import flexbert.config as flexbert_config
 from flexbert.config import ConfigError
@@ -236,3 +237,30 @@ def mlm_loss(name: str, h, weight, bias, labels) -> LossStats:
     if name == "liger" and not torch.is_grad_enabled():
         name = "chunked"
     return MLM_LOSSES.get(name, "mlm_loss")(h, weight, bias, labels)
+
+
+def _kl_chunk(hs, ws, bs, ht, wt, bt, valid, temperature: float):
+    """sum over ``valid`` rows of KL(softmax(t / T) || softmax(s / T)), fp32 logits of this chunk only."""
+    student = F.log_softmax(F.linear(hs, ws, bs).float() / temperature, dim=-1)
+    with torch.no_grad():
+        teacher = F.log_softmax(F.linear(ht, wt, bt).float() / temperature, dim=-1)
+    kl = (teacher.exp() * (teacher - student)).sum(-1)
+    return torch.where(valid, kl, 0.0).sum()
+
+
+def distill_kl(h, weight, bias, teacher_h, teacher_weight, teacher_bias, labels, temperature: float = 1.0,
+               chunk: Optional[int] = None) -> torch.Tensor:
+    """Distillation: the sum over labelled rows of KL(teacher || student) between the decoders'
+    distributions at ``temperature`` (student: ``h @ weight.T + bias``, differentiable; teacher: its
+    own head output and decoder, no gradient).  Computed in chunks whose logits are recomputed in
+    backward (activation checkpointing), so no full-vocabulary logits outlive a chunk."""
+    chunk = chunk or chunk_rows(weight.shape[0])
+    valid = labels != ignore_index()
+    teacher_h = teacher_h.detach().to(h.dtype)
+    total = h.new_zeros((), dtype=torch.float32)
+    for s in range(0, h.shape[0], chunk):
+        part = slice(s, s + chunk)
+        total = total + torch.utils.checkpoint.checkpoint(
+            _kl_chunk, h[part], weight, bias, teacher_h[part], teacher_weight, teacher_bias, valid[part], temperature,
+            use_reentrant=False)
+    return total

@@ -5,7 +5,7 @@ the head.  Two input forms (see docs/internals.md):
 
 * packed: ``input_ids (T,)``, ``cu_seqlens (n+1,)``, ``max_seqlen`` (int) -- the data loader's rows;
 * padded: ``input_ids (B, S)``, ``attention_mask (B, S)`` -- HF style; unpadded once at the
-  entrance, outputs re-padded once at the exit.
+  entrance, outputs re-padded once at the exit (flexbert/model/layout.py).
 """
 
 from __future__ import annotations
@@ -24,64 +24,10 @@ from flexbert.model.blocks import build_block
 from flexbert.model.embeddings import build_embeddings
 from flexbert.model.heads import PredictionHead, pool
 from flexbert.model.init import init_weights
+from flexbert.model.layout import Layout, make_layout
 from flexbert.model.loss import LossStats, ignore_index, logits_loss, mlm_loss, require_liger, token_losses
 from flexbert.model.norms import build_norm
 from flexbert.model.static import gather_predicted
-
-
-# ------------------------------------------------------------------------------ input layouts
-@dataclass
-class Layout:
-    """How the caller's input maps onto the unpadded token stream."""
-
-    input_ids: torch.Tensor  # (T,)
-    cu_seqlens: torch.Tensor  # (n+1,) int32
-    max_seqlen: int
-    indices: Optional[torch.Tensor] = None  # padded input: flat (B*S) index of each token
-    shape: Optional[tuple[int, int]] = None  # padded input: (B, S)
-
-    def flatten(self, x: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-        """Bring a per-token tensor given in the caller's layout (e.g. labels) to (T, ...)."""
-        if x is None or self.indices is None:
-            return x
-        return x.reshape(-1, *x.shape[2:])[self.indices]
-
-    def repad(self, x: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
-        """(T, ...) -> the caller's layout: unchanged if packed, (B, S, ...) if padded."""
-        if self.indices is None:
-            return x
-        B, S = self.shape
-        out = x.new_full((B * S, *x.shape[1:]), fill)
-        out[self.indices] = x
-        return out.view(B, S, *x.shape[1:])
-
-
-def make_layout(
-    input_ids: torch.Tensor,
-    attention_mask: Optional[torch.Tensor] = None,
-    cu_seqlens: Optional[torch.Tensor] = None,
-    max_seqlen: Optional[int] = None,
-) -> Layout:
-    if input_ids.dim() == 1:  # packed
-        T = input_ids.shape[0]
-        if cu_seqlens is None:  # a single document
-            cu_seqlens = torch.tensor([0, T], dtype=torch.int32, device=input_ids.device)
-            max_seqlen = T
-        if max_seqlen is None:
-            max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())  # host sync; pass it instead
-        return Layout(input_ids, cu_seqlens.to(torch.int32), int(max_seqlen))
-    if input_ids.dim() != 2:
-        raise ValueError(f"input_ids must be (T,) packed or (B, S) padded, got shape {tuple(input_ids.shape)}")
-    if cu_seqlens is not None:
-        raise ValueError("cu_seqlens is for packed (1-D) input_ids; for (B, S) pass attention_mask")
-    B, S = input_ids.shape
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
-    mask = attention_mask.reshape(-1).bool()
-    lens = attention_mask.bool().sum(1, dtype=torch.int32)
-    indices = torch.nonzero(mask).flatten()  # the one host sync of the padded path
-    cu = F.pad(torch.cumsum(lens, 0, dtype=torch.int32), (1, 0))
-    return Layout(input_ids.reshape(-1)[indices], cu, int(lens.max()) if B else 0, indices, (B, S))
 
 
 # ------------------------------------------------------------------------------ outputs
@@ -91,6 +37,7 @@ class MaskedLMOutput:
     logits: Optional[torch.Tensor]  # None on the lean path (return_logits=False)
     labels: Optional[torch.Tensor]  # aligned with logits
     stats: Optional[LossStats] = None  # loss sum, correct predictions, predicted tokens (lean path)
+    states: Optional[torch.Tensor] = None  # lean path: the head's output at the predicted positions (labels: theirs)
 
 
 @dataclass
@@ -236,13 +183,12 @@ class FlexBertForMaskedLM(nn.Module):
         of slots the labelled positions are gathered into (None: exactly the labelled ones);
         ``causal``: causal attention (CLM; labels from flexbert.data.masking.clm_labels)."""
         layout = make_layout(input_ids, attention_mask, cu_seqlens, max_seqlen)
+        if labels is not None and not return_logits:
+            h, flat_labels = self._predicted(layout, labels, static, max_predictions, causal)
+            stats = mlm_loss(self.config.mlm_loss, h, self.decoder.weight, self.decoder.bias, flat_labels)
+            return MaskedLMOutput(stats.loss, None, flat_labels, stats, h)
         h, _ = self.model.encode(layout, static, causal)
         flat_labels = layout.flatten(labels)
-        if labels is not None and not return_logits:
-            if self.config.sparse_prediction:
-                h, flat_labels = gather_predicted(h, flat_labels, max_predictions, ignore_index())
-            stats = mlm_loss(self.config.mlm_loss, self.head(h), self.decoder.weight, self.decoder.bias, flat_labels)
-            return MaskedLMOutput(stats.loss, None, None, stats)
         if labels is not None and self.training and self.config.sparse_prediction:
             # Sparse prediction: the full-vocabulary decoder only on the ~30% masked positions.
             h, flat_labels = gather_predicted(h, flat_labels, None, ignore_index())
@@ -251,6 +197,21 @@ class FlexBertForMaskedLM(nn.Module):
         logits = self.decoder(self.head(h))
         loss = logits_loss(logits, flat_labels).loss if labels is not None else None
         return MaskedLMOutput(loss, layout.repad(logits), labels)
+
+    def _predicted(self, layout, labels, static, max_predictions, causal, sparse=None):
+        h, _ = self.model.encode(layout, static, causal)
+        flat_labels = layout.flatten(labels)
+        if self.config.sparse_prediction if sparse is None else sparse:
+            h, flat_labels = gather_predicted(h, flat_labels, max_predictions, ignore_index())
+        return self.head(h), flat_labels
+
+    def predicted_states(self, input_ids, labels, cu_seqlens=None, max_seqlen=None, static: bool = False,
+                         max_predictions: Optional[int] = None, causal: bool = False, sparse: Optional[bool] = None):
+        """(the head's output before the decoder, labels) at the positions the lean path predicts:
+        the labelled ones with sparse prediction (``sparse``, default the config's; gathered as
+        ``forward`` gathers them, so another model called alike lines up), else every token."""
+        return self._predicted(make_layout(input_ids, None, cu_seqlens, max_seqlen), labels, static, max_predictions,
+                               causal, sparse)
 
     def token_losses(self, input_ids, labels, cu_seqlens, max_seqlen: int, causal: bool = False):
         """(per-token loss, argmax hit, position) of every labelled token of a packed row (``causal``:

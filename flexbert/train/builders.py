@@ -27,6 +27,7 @@ from flexbert.train import run_lock
 from flexbert.train.callback_table import build_callbacks
 from flexbert.train.composer_model import EVAL_METRICS, flexbert_data_spec, to_composer_time
 from flexbert.train.config import RunConfig, as_plain_dict, with_data_source
+from flexbert.train.distill import load_teacher
 from flexbert.train.loading import LoadPlan, SetupError, init_from_fingerprint, load_initial_weights, plan_load  # noqa: F401 (re-exported)
 from flexbert.train.loggers import ConsoleLogger, JSONLLogger
 from flexbert.train.microbatch import resolve_microbatch
@@ -42,15 +43,18 @@ log = logging.getLogger(__name__)
 
 def build_loaders(cfg: RunConfig, source: DataSource):
     """(train loader, {evaluator label: eval loader}) from the data section: "eval" over all the
-    data, plus "eval_<name>" per data.streams source (one loss per source)."""
+    data, plus "eval_<name>" per data.streams source (one loss per source); both label rows for
+    the run's objective (MLM masks, CLM next tokens)."""
     data_cfg = cfg.data
     if cfg.callbacks.audit_doc_ids:
         data_cfg = dataclasses.replace(data_cfg, return_doc_ids=True)
     try:
-        train = data_loader.build_train_loader(data_cfg, seed=cfg.seed, source=source)
-        evaluation = {K.EVAL_LABEL: data_loader.build_eval_loader(data_cfg, source=source)} if data_loader.has_eval(data_cfg) else {}
+        train = data_loader.build_train_loader(data_cfg, seed=cfg.seed, source=source, objective=cfg.objective)
+        evaluation = {}
+        if data_loader.has_eval(data_cfg):
+            evaluation[K.EVAL_LABEL] = data_loader.build_eval_loader(data_cfg, source=source, objective=cfg.objective)
         for name, one in data_loader.per_source_eval_configs(data_cfg, source).items():
-            evaluation[K.source_eval_label(name)] = data_loader.build_eval_loader(one, source=source)
+            evaluation[K.source_eval_label(name)] = data_loader.build_eval_loader(one, source=source, objective=cfg.objective)
     except FileNotFoundError as e:
         raise SetupError(f"data: {e}") from None
     return train, evaluation
@@ -167,6 +171,7 @@ def _build_trainer(cfg: RunConfig, extra_callbacks: Optional[list]) -> TrainRun:
     model = build_model(cfg, shard=True)  # checkpointing, compile, FSDP (flexbert/train/recipe.py)
     if cfg.init_from:
         load_initial_weights(model, cfg.init_from)
+    model.teacher = load_teacher(cfg.teacher, tokenizer, cfg.model.vocab_size)  # None without distillation
     optimizer = build_optimizer(model, cfg.optimizer, on_cuda=device == "gpu")
     scheduler = parse_scheduler(cfg.scheduler)
     train_loader, eval_loaders = build_loaders(cfg, source)

@@ -74,14 +74,18 @@ def eval_metrics() -> dict[str, Metric]:
     return {"MLMLoss": MLMLoss(), "MLMAccuracy": MLMAccuracy(), "MLMPerplexity": MLMPerplexity()}
 
 
-def row_outputs(model: torch.nn.Module, row: dict[str, Any], shapes=None):
+def row_outputs(model: torch.nn.Module, row: dict[str, Any], shapes=None, causal: bool = False, teacher=None):
     """``FlexBertForMaskedLM`` on one packed row: loss and counts, no logits.  ``shapes``
-    (flexbert/model/static.py) pads the row to the fixed shapes a compiled model was traced with."""
+    (flexbert/model/static.py) pads the row to the fixed shapes a compiled model was traced with;
+    ``causal``: CLM attention (``objective: clm``, the row's labels its next tokens); ``teacher``
+    (flexbert/train/distill.py): the loss adds the distillation term."""
     if shapes is not None:
         shape_args = shapes.row_inputs(row)
     else:
         shape_args = dict(cu_seqlens=row["cu_seqlens"], max_seqlen=int(row["max_seqlen"]))
-    return model(input_ids=row["input_ids"], labels=row["labels"], return_logits=False, **shape_args)
+    if teacher is not None:
+        return teacher.outputs(model, row, shape_args, causal)
+    return model(input_ids=row["input_ids"], labels=row["labels"], return_logits=False, causal=causal, **shape_args)
 
 
 # --------------------------------------------------------------------------- model
@@ -89,16 +93,21 @@ class FlexBertMLM(ComposerModel):
     """``FlexBertForMaskedLM`` as a ComposerModel; ``forward`` takes one packed row.
 
     ``shapes`` (flexbert/model/static.py) pads each row to fixed shapes at this boundary, so a
-    compiled model traces once; without it rows go in as they come (eager use, tests)."""
+    compiled model traces once; without it rows go in as they come (eager use, tests).  ``causal``:
+    every call, training and evaluation, with causal attention (``objective: clm``).  ``teacher``
+    (set by the run's builder, flexbert/train/distill.py): training rows add the distillation loss;
+    evaluation measures the student alone."""
 
     def __init__(self, config: FlexBertConfig, model: torch.nn.Module | None = None, train_metrics: bool = True,
-                 shapes: StaticShapes | None = None):  # fmt: skip
+                 shapes: StaticShapes | None = None, causal: bool = False):  # fmt: skip
         super().__init__()
         if model is None:
             model = FlexBertForMaskedLM(config)
         self.config = config
         self.model = model
         self.shapes = shapes
+        self.causal = causal
+        self.teacher = None  # a plain attribute: the teacher is not a submodule (no checkpoint, optimizer, DDP)
         # train: accuracy only (the train loss is already logged as loss/train/total)
         self._train_metrics = {"MLMAccuracy": MLMAccuracy()} if train_metrics else {}
         self._eval_metrics = eval_metrics()
@@ -111,10 +120,12 @@ class FlexBertMLM(ComposerModel):
     def forward(self, batch: dict[str, Any]):
         if "rows" in batch:
             raise ValueError("FlexBertMLM.forward takes one row; split the batch with flexbert_data_spec")
-        return row_outputs(self.model, batch, self.shapes)
+        return row_outputs(self.model, batch, self.shapes, self.causal, self.teacher if self.training else None)
 
-    def loss(self, outputs, batch) -> torch.Tensor:
-        return outputs.loss
+    def loss(self, outputs, batch):
+        """The loss; with a teacher a dict (``total`` and its terms, logged as loss/train/<term>)."""
+        terms = getattr(outputs, "terms", None)
+        return {"total": outputs.loss, **terms} if terms else outputs.loss
 
     def eval_forward(self, batch, outputs=None):
         return outputs if outputs is not None else self.forward(batch)

@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 
 from flexbert.config import from_dict, load_yaml, to_dict
 from flexbert.data.config import DataConfig
+from flexbert.data.masking import OBJECTIVES
 from flexbert.data.source import DataSource, resolve_source
 from flexbert.model.compile import TORCH_COMPILE_MODES
 from flexbert.model.config import FlexBertConfig
@@ -101,6 +102,24 @@ class CallbacksConfig:
 
 
 @dataclass
+class TeacherConfig:
+    """Distillation (flexbert/train/distill.py): the loss is ``(1 - weight) * CE + weight * T^2 *
+    KL(teacher || student)`` at the predicted positions, both distributions at temperature T."""
+
+    model: str = ""  # a run folder, a checkpoint or a Hugging Face folder, of the run's tokenizer
+    temperature: float = 1.0
+    weight: float = 0.5  # of the KL term; 1 - weight of the hard-label cross-entropy
+
+    def validate(self, prefix: str = "teacher") -> None:
+        if not self.model:
+            raise ConfigError(f"{prefix}.model: required (a run folder, checkpoint or Hugging Face folder)")
+        if not self.temperature > 0:
+            raise ConfigError(f"{prefix}.temperature: must be > 0, got {self.temperature}")
+        if not 0 < self.weight <= 1:
+            raise ConfigError(f"{prefix}.weight: must be in (0, 1], got {self.weight}")
+
+
+@dataclass
 class RunConfig:
     run_name: str = "flexbert"
     run_dir: Optional[str] = None  # default: runs/{run_name}
@@ -110,6 +129,8 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: dict = field(default_factory=lambda: {"name": "constant_with_warmup"})
+    objective: str = "mlm"  # mlm | clm (causal attention, next-token labels; docs/training.md)
+    teacher: Optional[TeacherConfig] = None  # distillation from a trained model (docs/training.md)
 
     max_duration: str = "1000ba"  # tok | ba | ep, e.g. 1719Btok
     eval_interval: str = "500ba"  # also evaluated at the end of training
@@ -140,7 +161,7 @@ class RunConfig:
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
 
     def validate(self, prefix: str = "") -> None:
-        for key, choices in (("precision", PRECISIONS), ("device", DEVICES), ("compile", COMPILE),
+        for key, choices in (("objective", OBJECTIVES), ("precision", PRECISIONS), ("device", DEVICES), ("compile", COMPILE),
                              ("compile_mode", TORCH_COMPILE_MODES), ("parallelism", PARALLELISMS)):
             value = getattr(self, key)
             if value not in choices:
@@ -171,6 +192,18 @@ class RunConfig:
     @property
     def resolved_run_dir(self) -> str:
         return self.run_dir or os.path.join("runs", self.run_name)
+
+    @property
+    def causal(self) -> bool:
+        """The model runs with causal attention (``objective: clm``)."""
+        return self.objective == "clm"
+
+    def max_predicted_fraction(self, evaluation: bool = False) -> float:
+        """The highest share of a row's tokens the head predicts in training (and ``evaluation``):
+        every token under CLM, else the masking rate (what static shapes and memory must hold)."""
+        if self.causal:
+            return 1.0
+        return max(self.data.max_mlm_probability, self.data.eval_mlm_probability if evaluation else 0.0)
 
     @property
     def resolved_save_folder(self) -> Optional[str]:

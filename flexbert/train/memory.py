@@ -137,7 +137,7 @@ def estimate_run(cfg, microbatch_size: int | None = None) -> MemoryEstimate:
     if not isinstance(mb, int):
         raise ValueError(f"data.microbatch_size: '{mb}' is not a number; resolve it first (flexbert/train/microbatch.py)")
     n_ckpt = len(checkpointed_layers(cfg.activation_checkpointing, cfg.model.num_hidden_layers))
-    return estimate_peak(cfg.model, mb * data.max_seq_len, cfg.compile, data.max_mlm_probability, checkpointed=n_ckpt,
+    return estimate_peak(cfg.model, mb * data.max_seq_len, cfg.compile, cfg.max_predicted_fraction(), checkpointed=n_ckpt,
                          shards=fsdp_shards(cfg))
 
 

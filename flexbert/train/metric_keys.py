@@ -69,3 +69,9 @@ COMPOSER_TIME_PREFIX = "time/"  # Composer's own clock keys: not written to metr
 # Where the time went, cumulative seconds since the run (re)started, rank 0 (flexbert/train/doctor.py)
 TIMING_PREFIX = "timing/"
 TIMING = {part: f"{TIMING_PREFIX}{part}_s" for part in ("data", "step", "eval", "checkpoint")}
+
+# --- distillation (flexbert/train/distill.py): the terms of the loss dict; Composer logs each
+# entry of a loss dict as loss/train/<name> beside the total
+CE_TERM, KL_TERM = "ce", "kl"
+TRAIN_LOSS_CE = f"loss/train/{CE_TERM}"  # the hard-label cross-entropy (mean over predicted tokens)
+TRAIN_LOSS_KL = f"loss/train/{KL_TERM}"  # KL(teacher || student) at temperature T (mean over predicted tokens)

@@ -139,12 +139,13 @@ def _agree(mb: int, world_size: int) -> int:
 
 
 # --------------------------------------------------------------------------- the CUDA probe
-def synthetic_row(data_cfg, model_cfg, microbatch_size: int, device) -> dict:
+def synthetic_row(data_cfg, model_cfg, microbatch_size: int, device, predicted: float) -> dict:
     """A full row in the loader's format: documents of ``max_seq_len`` tokens, the masked share
-    1% above the configured rate (the loader's masks are random; its rows rarely mask more)."""
+    1% above ``predicted`` (the configured rate, 1.0 under CLM; the loader's masks are random,
+    its rows rarely mask more)."""
     seq, tokens = data_cfg.max_seq_len, microbatch_size * data_cfg.max_seq_len
     ids = torch.randint(0, model_cfg.vocab_size, (tokens,), device=device)
-    n_masked = min(tokens, math.ceil(tokens * data_cfg.max_mlm_probability * 1.01))
+    n_masked = min(tokens, math.ceil(tokens * predicted * 1.01))
     labels = torch.full((tokens,), IGNORE_INDEX, dtype=torch.long, device=device)
     where = torch.randperm(tokens, device=device)[:n_masked]
     labels[where] = ids[where]
@@ -157,7 +158,7 @@ def estimate_start(cfg, candidates) -> int | None:
     """Where the search starts: the largest candidate the estimate fits into this GPU."""
     data = cfg.data
     total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
-    return largest_fitting(cfg.model, data.max_seq_len, candidates, "none", data.max_mlm_probability, gpu_bytes=total)
+    return largest_fitting(cfg.model, data.max_seq_len, candidates, "none", cfg.max_predicted_fraction(), gpu_bytes=total)
 
 
 def cuda_fits(cfg, safety: float):
@@ -181,7 +182,7 @@ def cuda_fits(cfg, safety: float):
             model = build_model(trial).to(device).train()
             opt = build_optimizer(model, trial.optimizer, on_cuda=True)
             for _ in range(2):
-                row = synthetic_row(data, trial.model, mb, device)
+                row = synthetic_row(data, trial.model, mb, device, trial.max_predicted_fraction())
                 with torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
                     outputs = model(row)  # the previous outputs stay alive until here, as in Composer
                     loss = model.loss(outputs, row)

@@ -69,13 +69,13 @@ def apply_techniques(model: FlexBertMLM, cfg, shard: bool = False) -> Techniques
 def build_model(cfg, shard: bool = False) -> FlexBertMLM:
     """The Composer model of a RunConfig with its techniques applied (``model.techniques``); a
     compiled model gets fixed row shapes from the data section (an eager one keeps the cheaper
-    per-batch shapes: no padding documents)."""
+    per-batch shapes: no padding documents); ``objective: clm`` runs it with causal attention."""
     shapes = None
     if cfg.compile != "none":
         data = cfg.data
-        masking = max(data.max_mlm_probability, data.eval_mlm_probability)
-        shapes = StaticShapes.for_rows(data.row_tokens, data.max_seq_len, masking, cfg.model.sparse_prediction)
-    model = FlexBertMLM(cfg.model, shapes=shapes)
+        shapes = StaticShapes.for_rows(data.row_tokens, data.max_seq_len, cfg.max_predicted_fraction(evaluation=True),
+                                       cfg.model.sparse_prediction)
+    model = FlexBertMLM(cfg.model, shapes=shapes, causal=cfg.causal)
     model.techniques = apply_techniques(model, cfg, shard)
     return model
 

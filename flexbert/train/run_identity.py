@@ -52,7 +52,11 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def differences(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
+    """Keys whose values differ; a key the old config predates counts at its default (a run started
+    before ``objective`` existed trained with ``objective: mlm``)."""
     a, b = flatten(old), flatten(new)
+    for k, v in flatten(as_plain_dict(RunConfig())).items():
+        a.setdefault(k, v)
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
