@@ -32,6 +32,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("flexbert.train",),
     ("flexbert.eval",),
     ("flexbert.sweep",),
+    ("flexbert.experiments",),  # many runs: benchmarks (the lead moves sweeps, phases, the budget study here)
     ("flexbert",),  # flexbert/__init__.py: the public names (lazy, above everything it names)
     ("scripts", "data_prep"),
 ]
