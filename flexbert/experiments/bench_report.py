@@ -101,15 +101,17 @@ def markdown(r: dict) -> str:
              f"{r['tokens']:,} tokens per leg; seeds {', '.join(map(str, seeds))}; device {r['device']}, "
              f"{r['threads']} thread(s) per leg, {r['parallel']} leg(s) at a time.", "",
              "| stack | tokens/s | peak memory (MiB) | held-out loss at the budget (per seed) | training s (per seed) "
-             "| s to the other's final loss (per seed) | transformers' s / this stack's s to transformers' final loss |",
-             "|---|---:|---:|---|---|---|---:|"]
+             "| process CPU s (per seed) | s to the other's final loss (per seed) "
+             "| transformers' s / this stack's s to transformers' final loss |",
+             "|---|---:|---:|---|---|---|---|---:|"]
     for stack, s in r["stacks"].items():
         legs = [s["legs"][str(x)] for x in seeds]
         mem = _mean([leg.get("peak_memory_mb") or leg.get("peak_rss_mb") for leg in legs])
         to_other = ", ".join(_fmt(leg["to_other_final"] and leg["to_other_final"]["seconds"], ".0f") for leg in legs)
         lines.append(f"| {stack} | {s['tokens_per_s']:,.0f} | {_fmt(mem, ',.0f', '-')} | "
                      f"{_fmt(s['final_loss'])} ({', '.join(_fmt(leg['final_loss']) for leg in legs)}) | "
-                     f"{', '.join(_fmt(leg['train_seconds'], '.0f') for leg in legs)} | {to_other} | "
+                     f"{', '.join(_fmt(leg['train_seconds'], '.0f') for leg in legs)} | "
+                     f"{', '.join(_fmt(leg.get('cpu_seconds'), '.0f', '-') for leg in legs)} | {to_other} | "
                      f"**{_fmt(s['speedup'], '.2f')}x** ({', '.join(_fmt(leg['speedup'], '.2f') for leg in legs)}) |")
     lines += ["", f"Held-out loss at equal tokens (mean over seeds; {budget:,} = the budget):", "",
               "| tokens | " + " | ".join(r["stacks"]) + " |", "|---:|" + "---:|" * len(r["stacks"])]

@@ -202,7 +202,7 @@ def run_legs(legs: list[Leg], parallel: int, threads: int, echo=print) -> None:
             log.close()
             active.remove(item)
             leg.result = {"rc": proc.returncode, "process_seconds": round(time.perf_counter() - t0, 2),
-                          "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+                          "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
             echo(f"[bench] {leg.stack} seed {leg.seed}: exit {proc.returncode} after {leg.result['process_seconds']:.0f}s")
 
 
