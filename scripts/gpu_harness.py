@@ -4,8 +4,8 @@ The plan (``plan()``) is a list of shell steps, each run under ``timeout``: inst
 wheels from wheelhouse/, build the 50,368-token tokenizer, write synthetic shards at 1024 and
 8192 tokens, run the GPU tests, train through the real ``train.py`` (base at 1024 under each
 compile mode and several microbatches, the context-extension config at 8192, large at 1024), the
-inference benchmark (scripts/bench_inference.py) and scripts/bench_model.py against transformers.
-A failing step is recorded as such and the rest go on.  The time budget (``--budget``) gives
+inference benchmark (scripts/bench_inference.py), scripts/bench_model.py against transformers and
+scripts/bench_pretraining.py (time to the same held-out loss against transformers' Trainer).  A failing step is recorded as such and the rest go on.  The time budget (``--budget``) gives
 each step as limit the smaller of its own timeout and what is left; a step whose least useful
 time (``min_s``) no longer fits is recorded as not run, and later, shorter steps still get their
 turn.  Results (scripts/gpu_results.py) are rendered into the report between two markers after
@@ -130,7 +130,23 @@ def _bench_steps(o: Options) -> list[Step]:
                  "--config", "base", "--docs", "2048", "--long-docs", "128", "--json", out), 180, "bench", meta, min_s=45),
             Step("bench_model vs transformers",
                  _py(o, "scripts/bench_model.py", "--device", "cuda", "--dtype", "bf16", "--config", "base"), 180, "bench",
-                 min_s=45)]
+                 min_s=45),
+            _pretraining_step(o)]
+
+
+def _pretraining_step(o: Options) -> Step:
+    """Time to the same held-out loss against transformers' Trainer (scripts/bench_pretraining.py) on
+    real text: the demo's shards, carried along as runs/demo/shards (make demo's steps 1-3 write them;
+    the GPU machine cannot fetch the corpus).  The tiny model with one 4,096-token row per step, 4M
+    tokens, one seed; the Trainer's flash-attention (unpadded) path too when flash-attn imports."""
+    shards = os.path.join(o.repo, "runs", "demo", "shards")
+    unpadded = f"$({shlex.quote(o.python)} -c 'import flash_attn' 2>/dev/null && echo transformers-unpadded)"
+    bench = _py(o, "scripts/bench_pretraining.py", "--config", os.path.join(o.repo, "configs", "tiny.yaml"), "--data", shards,
+                "--tokens", "4M", "--seeds", "17", "--device", "cuda", "--points", "6", "--overwrite",
+                "--out", os.path.join(o.work, "bench-pretraining"))
+    cmd = (f"test -f {shlex.quote(os.path.join(shards, 'stats.json'))} || {{ echo 'no runs/demo/shards: carry the demo shards "
+           f"along'; exit 3; }}; {bench} --stacks flexbert transformers transformers-sparse {unpadded} -- data.microbatch_size=32")
+    return Step("bench_pretraining vs transformers' Trainer", cmd, 240, "bench", min_s=120)
 
 
 def plan(o: Options) -> list[Step]:

@@ -26,10 +26,14 @@ def test_full_plan_covers_the_issue_table(tmp_path):
     (tmp_path / "wh").mkdir()
     steps = G.plan(_opts(tmp_path, wheelhouse=str(tmp_path / "wh"), tiktoken="/x/gpt2.tiktoken"))
     names = [s.name for s in steps]
-    assert names[:11] == ["install wheels", "tokenizer (50,368 ids)", "synthetic shards at 1024", "GPU tests",
+    assert names[:12] == ["install wheels", "tokenizer (50,368 ids)", "synthetic shards at 1024", "GPU tests",
                           "train base-none-mb48", "train base-model-mb48", "train base-model-reduce-overhead-mb48",
-                          "bench_inference vs transformers", "bench_model vs transformers", "synthetic shards at 8192",
+                          "bench_inference vs transformers", "bench_model vs transformers",
+                          "bench_pretraining vs transformers' Trainer", "synthetic shards at 8192",
                           "train base-context-extension-blocks-mb9"]
+    bench = shlex.split(steps[9].cmd.split("}; ", 1)[1].split(" $(")[0])  # the command, before the flash-attn probe
+    assert bench[1].endswith("scripts/bench_pretraining.py") and {"--device", "cuda", "--tokens", "4M"} <= set(bench)
+    assert steps[9].cmd.endswith("-- data.microbatch_size=32") and "runs/demo/shards" in steps[9].cmd
     assert "--tiktoken /x/gpt2.tiktoken" in steps[1].cmd
     runs = [(s.meta["config"], s.meta["compile"], s.meta["microbatch"]) for s in steps if s.kind == "train"]
     assert {c for _, c, _ in runs} == {"none", "blocks", "model", "model (reduce-overhead)"}

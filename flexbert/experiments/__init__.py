@@ -1,0 +1,1 @@
+"""Many runs: launcher, phases, sweeps, budget study, benchmarks, reports."""
