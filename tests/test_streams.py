@@ -226,3 +226,25 @@ def test_a_lost_shared_memory_race_is_retried(sources, tmp_path_factory, monkeyp
     ds = build_dataset(cfg, "train", shuffle=False, seed=0, rank=0, world_size=1)
     assert len(lost) == 2 and len(list(ds)) == SIZES["sci"]
     clean_shm()
+
+
+def test_a_temperature_mixture_trains_through_flexbert_train_and_evaluates_per_source(tmp_path, data, two_sources, capsys):
+    """data.streams_temperature with per-stream evaluation on (the default): `flexbert train` trains
+    and logs one eval loss per source.  The per-source eval configs once kept the temperature
+    without the streams and every such run stopped at start-up."""
+    import yaml
+
+    from flexbert.cli import train
+    from test_train_fixtures import read_jsonl, run_config
+
+    cfg = run_config(tmp_path, data, max_duration="2ba", eval_interval="2ba", eval_subset_num_batches=1)
+    cfg["data"].update(local="", tokenizer=os.path.join(data, "tokenizer"), streams_temperature=0.5,
+                       streams={"a": {"local": two_sources["a"]}, "b": {"local": two_sources["b"]}})
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    clean_shm()
+    assert train.main([str(tmp_path / "run.yaml")]) == 0, capsys.readouterr().err
+    clean_shm()
+    last = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "metrics/eval_a/MLMLoss" in r][-1]
+    assert last["batch"] == 2 and last["data/tokens/a"] > 0 and last["data/tokens/b"] > 0
+    for label in ("eval", "eval_a", "eval_b"):
+        assert 0 < last[f"metrics/{label}/MLMLoss"] < 10, label
