@@ -18,6 +18,7 @@ from composer.core import Evaluator
 from composer.loggers import WandBLogger
 from composer.utils import reproducibility
 
+from flexbert.config import parse_time
 from flexbert.data import loader as data_loader
 from flexbert.data.fingerprint import check_same
 from flexbert.data.source import DataSource, resolve_source
@@ -47,7 +48,8 @@ def build_loaders(cfg: RunConfig, source: DataSource):
     if cfg.callbacks.audit_doc_ids:
         data_cfg = dataclasses.replace(data_cfg, return_doc_ids=True)
     try:
-        train = data_loader.build_train_loader(data_cfg, seed=cfg.seed, source=source)
+        train = data_loader.build_train_loader(data_cfg, seed=cfg.seed, source=source,
+                                               phase=parse_time(cfg.max_duration, "max_duration"))
         evaluation = {K.EVAL_LABEL: data_loader.build_eval_loader(data_cfg, source=source)} if data_loader.has_eval(data_cfg) else {}
         for name, one in data_loader.per_source_eval_configs(data_cfg, source).items():
             evaluation[K.source_eval_label(name)] = data_loader.build_eval_loader(one, source=source)

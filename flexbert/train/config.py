@@ -15,15 +15,16 @@ from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
-from flexbert.config import from_dict, load_yaml, to_dict
+from flexbert.config import from_dict, load_yaml, parse_time, to_dict
 from flexbert.data.config import DataConfig
+from flexbert.data.mask_schedule import MaskScheduleError
 from flexbert.data.source import DataSource, resolve_source
 from flexbert.model.compile import TORCH_COMPILE_MODES
 from flexbert.model.config import FlexBertConfig
 from flexbert.model.model import checkpointed_layers
 from flexbert.registry import ConfigError, unknown_choice
 from flexbert.train.optim import OptimizerConfig
-from flexbert.train.schedulers import parse_scheduler, parse_time
+from flexbert.train.schedulers import parse_scheduler
 
 PRECISIONS = ("auto", "fp32", "amp_bf16", "amp_fp16")
 DEVICES = ("auto", "cpu", "gpu")
@@ -149,9 +150,13 @@ class RunConfig:
             checkpointed_layers(self.activation_checkpointing, self.model.num_hidden_layers)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        _, unit = parse_time(self.max_duration, "max_duration")
-        if unit == "dur":
+        phase = parse_time(self.max_duration, "max_duration")
+        if phase[1] == "dur":
             raise ConfigError("max_duration: must be in tok, ba, sp or ep, not a fraction")
+        try:
+            self.data.mask_schedule.for_phase(phase)  # a masking schedule over the phase needs it in tok or ba
+        except MaskScheduleError as e:
+            raise ConfigError(str(e)) from None
         for key in ("max_duration", "eval_interval", "save_interval"):
             if parse_time(getattr(self, key), key)[0] <= 0:
                 raise ConfigError(f"{key}: must be more than zero, got {getattr(self, key)!r}")
