@@ -248,3 +248,33 @@ def test_a_temperature_mixture_trains_through_flexbert_train_and_evaluates_per_s
     assert last["batch"] == 2 and last["data/tokens/a"] > 0 and last["data/tokens/b"] > 0
     for label in ("eval", "eval_a", "eval_b"):
         assert 0 < last[f"metrics/{label}/MLMLoss"] < 10, label
+
+
+def test_two_launchers_racing_for_shared_memory_stop_in_one_line(sources, tmp_path_factory, monkeypatch):
+    """When the race cannot be retried (a rank of a multi-rank run, whose peers pick the prefix in
+    lock step; here a lone process that lost it every time) the loser says what happened in one
+    line instead of a bare FileExistsError."""
+    import streaming.base.shared.prefix as prefix
+
+    from data_fixtures.helpers import small_tokenizer_dir
+    from flexbert.data import streams
+    from flexbert.data.config import DataConfig
+
+    real, lost = prefix.SharedMemory, []
+
+    def taken(name, create=False, size=0, *a, **kw):
+        if create and name.endswith("_locals"):
+            lost.append(name)
+            raise FileExistsError(17, "File exists", name)
+        return real(name, create, size, *a, **kw)
+
+    monkeypatch.setattr(prefix, "SharedMemory", taken)
+    monkeypatch.setattr(streams._jitter, "uniform", lambda a, b: 0.0)
+    cfg = DataConfig.from_dict({"local": sources["sci"], "tokenizer": small_tokenizer_dir(tmp_path_factory),
+                                "max_seq_len": 8, "num_workers": 0})
+    clean_shm()
+    with pytest.raises(streams.SharedMemoryTaken, match="was taken by another launcher on this machine \\(two launchers "
+                                                        "on one node\\): start a second run a few seconds after the first"):
+        streams.build_dataset(cfg, "train", shuffle=False, seed=0, rank=0, world_size=1)
+    assert len(lost) == 6  # retried as long as a lone process may
+    clean_shm()

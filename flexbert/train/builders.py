@@ -34,6 +34,7 @@ from flexbert.train.microbatch import resolve_microbatch
 from flexbert.train.optim import build_optimizer
 from flexbert.train.parallelism import check_parallelism
 from flexbert.train.recipe import build_model, resolve_device, resolve_precision, trainer_settings
+from flexbert.train.rendezvous import meet
 from flexbert.train.run_folder import METRICS, RunFolder
 from flexbert.train.run_identity import check_rerun, record_start
 from flexbert.train.schedulers import parse_scheduler
@@ -153,6 +154,7 @@ def build_trainer(cfg: RunConfig, extra_callbacks: Optional[list] = None) -> Tra
 
 def _build_trainer(cfg: RunConfig, extra_callbacks: Optional[list]) -> TrainRun:
     device = resolve_device(cfg.device)
+    meet(device, cfg.dist_timeout, cfg.dist_init_timeout, cfg.resolved_run_dir)  # every rank here, or one line
     check_parallelism(cfg.parallelism, cfg.optimizer.name, device)
     source = data_source(cfg)
     cfg = with_data_source(cfg, source)  # the model's special ids from the tokenizer (ConfigError if they disagree)

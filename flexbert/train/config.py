@@ -133,7 +133,8 @@ class RunConfig:
     compile_mode: str = "default"  # default | reduce-overhead (CUDA graphs) | max-autotune | max-autotune-no-cudagraphs
     activation_checkpointing: str = "none"  # none | all | every_N: blocks recomputed in backward (less memory)
     profiler: ProfilerConfig = field(default_factory=ProfilerConfig)  # a torch profiler trace of chosen batches
-    dist_timeout: float = 300.0
+    dist_timeout: float = 300.0  # seconds every collective may wait (a checkpoint written while the others wait)
+    dist_init_timeout: float = 120.0  # seconds the ranks have to meet at start (flexbert/train/rendezvous.py)
     parallelism: str = "ddp"  # ddp | fsdp (sharded parameters, gradients, optimizer state: flexbert/train/parallelism.py)
     fsdp: FsdpConfig = field(default_factory=FsdpConfig)  # with parallelism: fsdp
 
@@ -160,6 +161,8 @@ class RunConfig:
         for key in ("max_duration", "eval_interval", "save_interval"):
             if parse_time(getattr(self, key), key)[0] <= 0:
                 raise ConfigError(f"{key}: must be more than zero, got {getattr(self, key)!r}")
+        if not (self.dist_timeout > 0 and self.dist_init_timeout > 0):
+            raise ConfigError(f"dist_timeout, dist_init_timeout: seconds > 0, got {self.dist_timeout}, {self.dist_init_timeout}")
         if self.save_num_to_keep == 0 or self.save_num_to_keep < -1:
             raise ConfigError(f"save_num_to_keep: must be >= 1 or -1 (keep all), got {self.save_num_to_keep}")
         if not self.run_name or "/" in self.run_name:

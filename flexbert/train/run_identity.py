@@ -37,7 +37,8 @@ from flexbert.train.run_folder import HISTORY, RunFolder, RunFolderError, iter_r
 RESUMABLE = (
     "run_name", "optimizer.", "scheduler", "max_duration", "eval_interval", "eval_subset_num_batches",
     "save_interval", "save_num_to_keep", "autoresume", "init_from", "load_path", "load_weights_only",
-    "load_optimizer_state", "reset_time", "precision", "device", "compile", "compile_mode", "dist_timeout", "loggers.",
+    "load_optimizer_state", "reset_time", "precision", "device", "compile", "compile_mode", "dist_timeout", "dist_init_timeout",
+    "loggers.",
     "callbacks.", "activation_checkpointing", "profiler.", "parallelism", "fsdp.",
     "data.num_workers", "data.predownload", "data.cache_limit", "data.download_timeout", "data.epochs",
     "data.return_doc_ids", "data.eval_split", "data.eval_mlm_probability", "data.eval_seed", "data.eval_rows_per_batch",
