@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -29,7 +30,7 @@ from flexbert.train.callback_table import build_callbacks
 from flexbert.train.composer_model import EVAL_METRICS, flexbert_data_spec, to_composer_time
 from flexbert.train.config import RunConfig, as_plain_dict, with_data_source
 from flexbert.train.loading import LoadPlan, SetupError, init_from_fingerprint, load_initial_weights, plan_load  # noqa: F401 (re-exported)
-from flexbert.train.loggers import ConsoleLogger, JSONLLogger
+from flexbert.train.loggers import ConsoleLogger, JSONLLogger, done_line, eval_note
 from flexbert.train.microbatch import resolve_microbatch
 from flexbert.train.optim import build_optimizer
 from flexbert.train.parallelism import check_parallelism
@@ -94,7 +95,12 @@ class TrainRun:
             return False
         if dist_env().is_main:
             record_start(RunFolder.of(self.cfg), self.cfg, self.changes, int(state.timestamp.batch), self.data)
+        t0 = time.time()
         self.trainer.fit()
+        if dist_env().is_main:
+            saved = self.saver.saved[-1] if self.saver is not None and self.saver.saved else None
+            print(done_line(state, time.time() - t0, saved, self.cfg.resolved_run_dir, self.cfg.run_name,
+                            shards_of(self.cfg)), flush=True)
         return True
 
     def close(self) -> None:
@@ -108,7 +114,8 @@ class TrainRun:
 def build_loggers(cfg: RunConfig, run_dir: str) -> list:
     loggers: list = []
     if cfg.loggers.console:
-        loggers.append(ConsoleLogger(cfg.loggers.console_interval))
+        note = eval_note(cfg.eval_subset_num_batches, cfg.data.eval_split, run_dir, shards_of(cfg))
+        loggers.append(ConsoleLogger(cfg.loggers.console_interval, final_note=note, done_line=False))
     if cfg.loggers.jsonl:
         loggers.append(JSONLLogger(os.path.join(run_dir, METRICS)))
     if cfg.loggers.wandb:
@@ -121,6 +128,11 @@ def build_loggers(cfg: RunConfig, run_dir: str) -> list:
             )
         )
     return loggers
+
+
+def shards_of(cfg: RunConfig) -> str:
+    """The shard folder to name in a command (``data.local``, else the first stream's)."""
+    return cfg.data.local or next((s.local or s.remote or "" for s in cfg.data.streams.values()), "") or "SHARDS"
 
 
 def run_identity(cfg: RunConfig, tokenizer: Optional[str]) -> dict:
