@@ -127,6 +127,9 @@ def load_yaml(path: str | None, overrides: list[str] | None = None) -> dict:
     for ov in overrides or []:
         if "=" not in ov:
             raise ConfigError(f"override '{ov}' is not of the form key=value")
+    # ``key=""`` reaches us as ``key=`` (the shell drops the quotes): the empty string, as written
+    # (OmegaConf reads a bare ``key=`` as null, the default); ``key=null`` is null
+    overrides = [f"{ov}''" if ov.endswith("=") else ov for ov in overrides or []]
     try:
         cli = OmegaConf.from_dotlist(list(overrides or []))
         merged = OmegaConf.merge(base, cli)

@@ -143,6 +143,14 @@ def test_an_auto_microbatch_run_is_evaluated_exported_averaged_and_continued(cha
     assert set(json.load(open(chain[0] / "tiny-context-extension" / "length_eval.json"))) == {"loss@128", "loss@256"}
 
 
+def test_the_phases_of_a_chain_share_one_wandb_group():
+    from flexbert.experiments.phases import plan_phases
+
+    groups = [ph.cfg.loggers.wandb_group for ph in plan_phases(CONFIGS, [])]
+    assert groups == ["tiny"] * 3  # the first phase's run name
+    assert [ph.cfg.loggers.wandb_group for ph in plan_phases(CONFIGS, ["loggers.wandb_group=mine"])] == ["mine"] * 3
+
+
 def test_two_phases_in_one_run_folder_are_refused(tmp_path):
     """A phase config that inherits the previous phase's run_name would be skipped as 'finished'."""
     from flexbert.config import ConfigError

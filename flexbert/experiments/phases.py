@@ -56,12 +56,14 @@ def split_overrides(overrides: list[str], n_phases: int) -> list[list[str]]:
 
 def plan_phases(configs: list[str], overrides: list[str], runs_root: Optional[str] = None) -> list[Phase]:
     """Validated RunConfigs of every phase (load_path of phase 2+ is filled in when it runs)."""
-    phases = []
+    phases: list[Phase] = []
     for path, ov in zip(configs, split_overrides(overrides, len(configs))):
         cfg = load_run_config(path, ov)
         if runs_root and not any(o.startswith("run_dir=") for o in ov):
             ov = ov + [f"run_dir={os.path.join(runs_root, cfg.run_name)}"]
-            cfg = load_run_config(path, ov)
+        if not any(o.startswith("loggers.wandb_group=") for o in ov):  # the chain is one wandb group
+            ov = ov + [f"loggers.wandb_group={phases[0].cfg.run_name if phases else cfg.run_name}"]
+        cfg = load_run_config(path, ov)
         phases.append(Phase(path, ov, cfg))
     seen: dict[str, int] = {}
     for i, ph in enumerate(phases, 1):

@@ -30,7 +30,7 @@ from flexbert.train.callback_table import build_callbacks
 from flexbert.train.composer_model import EVAL_METRICS, flexbert_data_spec, to_composer_time
 from flexbert.train.config import RunConfig, as_plain_dict, with_data_source
 from flexbert.train.loading import LoadPlan, SetupError, init_from_fingerprint, load_initial_weights, plan_load  # noqa: F401 (re-exported)
-from flexbert.train.loggers import ConsoleLogger, JSONLLogger, done_line, eval_note
+from flexbert.train.loggers import ConsoleLogger, JSONLLogger, done_line, eval_note, wandb_mode
 from flexbert.train.microbatch import resolve_microbatch
 from flexbert.train.optim import build_optimizer
 from flexbert.train.parallelism import check_parallelism
@@ -119,12 +119,17 @@ def build_loggers(cfg: RunConfig, run_dir: str) -> list:
     if cfg.loggers.jsonl:
         loggers.append(JSONLLogger(os.path.join(run_dir, METRICS)))
     if cfg.loggers.wandb:
+        mode, note = wandb_mode()
+        if note and dist_env().is_main:
+            print(note, flush=True)
         loggers.append(
             WandBLogger(
                 project=cfg.loggers.wandb_project,
                 entity=cfg.loggers.wandb_entity,
+                group=cfg.loggers.wandb_group,
                 tags=list(cfg.loggers.wandb_tags) or None,
-                init_kwargs={"config": as_plain_dict(cfg), "dir": run_dir, "name": cfg.run_name},
+                init_kwargs={"config": as_plain_dict(cfg), "dir": run_dir, "name": cfg.run_name,
+                             **({"mode": mode} if mode else {})},
             )
         )
     return loggers

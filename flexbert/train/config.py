@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 from flexbert.config import from_dict, load_yaml, parse_time, to_dict
 from flexbert.data.config import DataConfig
 from flexbert.data.mask_schedule import MaskScheduleError
+from flexbert.data.remote import is_remote
 from flexbert.data.source import DataSource, resolve_source
 from flexbert.model.compile import TORCH_COMPILE_MODES
 from flexbert.model.config import FlexBertConfig
@@ -65,9 +66,10 @@ class LoggersConfig:
     console: bool = True  # one line per console_interval batches, plus eval lines
     console_interval: int = 10  # batches
     jsonl: bool = True  # {run_dir}/metrics.jsonl: one record per batch (what sweeps read)
-    wandb: bool = False  # works offline: WANDB_MODE=offline
+    wandb: bool = False  # online when logged in (or WANDB_MODE=online), else offline with a note
     wandb_project: str = "flexbert"
     wandb_entity: Optional[str] = None
+    wandb_group: Optional[str] = None  # runs of one sweep or phase chain (set by them)
     wandb_tags: list[str] = field(default_factory=list)
 
     def validate(self, prefix: str = "loggers") -> None:
@@ -117,7 +119,7 @@ class RunConfig:
     eval_subset_num_batches: int = -1  # -1: the whole eval set
 
     # checkpoints
-    save_folder: Optional[str] = None  # default: {run_dir}/checkpoints; "" disables saving
+    save_folder: Optional[str] = None  # default: {run_dir}/checkpoints; "" disables saving; s3://...: uploaded there
     save_interval: str = "1000ba"
     save_num_to_keep: int = 3  # newest kept; -1 keeps all
     autoresume: bool = True  # resume from the newest intact checkpoint in save_folder
@@ -182,9 +184,19 @@ class RunConfig:
 
     @property
     def resolved_save_folder(self) -> Optional[str]:
+        """The local checkpoint folder (None: saving is off); with an object-store save_folder, the
+        local copies ``{run_dir}/checkpoints`` that are uploaded there."""
         if self.save_folder == "":
             return None
+        if is_remote(self.save_folder):
+            return os.path.join(self.resolved_run_dir, "checkpoints")
         return self.save_folder or os.path.join(self.resolved_run_dir, "checkpoints")
+
+    @property
+    def remote_save_folder(self) -> Optional[str]:
+        """An object-store ``save_folder`` (s3://...): every checkpoint is uploaded there, and a run
+        without local checkpoints resumes from the newest one there."""
+        return self.save_folder if is_remote(self.save_folder) else None
 
 
 def _load_with_inherit(path: str, seen: tuple[str, ...] = ()) -> dict:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import math
+import netrc
 import os
 import sys
 import time
-from typing import Any, Optional, TextIO
+import urllib.parse
+from typing import Any, Mapping, Optional, TextIO
 
 import torch
 from composer.core import State
@@ -213,3 +215,25 @@ def done_line(state: State, seconds: float, checkpoint: Optional[str], run_dir: 
         return f"{head}; no checkpoint saved (save_folder is empty)"
     return (f"{head}; checkpoint {checkpoint}; next: `flexbert export --run-dir {run_dir} --out hf/{run_name}` "
             f"(a Hugging Face folder) or `flexbert eval-mlm --model {run_dir} --data {shards}`")
+
+
+def wandb_logged_in(environ: Mapping[str, str]) -> bool:
+    """A wandb API key in the environment or in the netrc file wandb writes (``wandb login``)."""
+    if environ.get("WANDB_API_KEY"):
+        return True
+    host = urllib.parse.urlparse(environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname or ""
+    path = environ.get("NETRC") or os.path.join(os.path.expanduser("~"), ".netrc")
+    try:
+        return netrc.netrc(path).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def wandb_mode(environ: Optional[Mapping[str, str]] = None) -> tuple[Optional[str], Optional[str]]:
+    """(the mode to give wandb, a line saying so): ``WANDB_MODE`` wins when set (None, None); a
+    logged-in wandb goes online (None: wandb's own default); else offline, said in one line."""
+    env = os.environ if environ is None else environ
+    if env.get("WANDB_MODE") or wandb_logged_in(env):
+        return None, None
+    return "offline", ("[flexbert] wandb: offline (no wandb login found: `wandb login`, WANDB_API_KEY or "
+                       "WANDB_MODE=online sends runs to wandb); `wandb sync` uploads this one later")
