@@ -110,6 +110,10 @@ def run_chain(configs: list[str], overrides: list[str], runs_root: Optional[str]
             continue
         log(f"[phases] {i + 1}/{len(phases)} {cfg.run_name}: train.py {ph.config} {' '.join(ov)}")
         rc = train(ph.config, ov)
+        if rc == 2:  # refused before training (the line above says why): a rerun is refused the same way
+            raise RuntimeError(f"phase {i + 1} ({cfg.run_name}) was refused (the error above says why) and a rerun "
+                               f"will be too until that is fixed; if {cfg.resolved_run_dir} holds another run, give "
+                               "the chain folders of its own with --runs-root DIR")
         if rc != 0:
             raise RuntimeError(f"phase {i + 1} ({cfg.run_name}) failed with exit code {rc}; rerun to resume it")
         ckpt = final_checkpoint(cfg)
