@@ -41,9 +41,11 @@ wheelhouse:
 
 # The three-phase recipe at demo scale: tiny -> tiny-context-extension (512 tokens, theta 160k)
 # -> tiny-decay (1-sqrt), each phase from the previous one's final checkpoint; reruns skip
-# finished phases.  Needs `make demo`'s corpus and tokenizer.
+# finished phases.  Needs `make demo`'s corpus and tokenizer.  Its runs live in runs/phases-demo/, apart
+# from runs/tiny (a hand-run `train.py configs/tiny.yaml ...` of another model never blocks it).
 phases-demo: install
 	@test -f $(DEMO)/shards-512/stats.json || $(PY) -m flexbert tokenize \
 	    --input $(DEMO)/corpus/pretrain/train.jsonl --val-input $(DEMO)/corpus/pretrain/validation.jsonl \
 	    --tokenizer $(DEMO)/tokenizer --out $(DEMO)/shards-512 --max-seq-len 512 --overwrite
-	$(PY) -m flexbert phases configs/tiny.yaml configs/tiny-context-extension.yaml configs/tiny-decay.yaml
+	$(PY) -m flexbert phases configs/tiny.yaml configs/tiny-context-extension.yaml configs/tiny-decay.yaml \
+	    --runs-root runs/phases-demo

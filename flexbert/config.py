@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import types
 import typing
 from typing import Any, Mapping
@@ -21,7 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from flexbert.registry import ConfigError, unknown_choice
 
-__all__ = ["ConfigError", "IGNORE_INDEX", "from_dict", "to_dict", "load_yaml"]
+__all__ = ["ConfigError", "IGNORE_INDEX", "from_dict", "to_dict", "load_yaml", "parse_time"]
 
 # The label of every position the MLM / classification loss ignores (transformers' convention).
 # The contract between data (which writes it) and model (whose loss skips it); both sit above this
@@ -134,6 +135,9 @@ def load_yaml(path: str | None, overrides: list[str] | None = None) -> dict:
     for ov in overrides or []:
         if "=" not in ov:
             raise ConfigError(f"override '{ov}' is not of the form key=value")
+    # ``key=""`` reaches us as ``key=`` (the shell drops the quotes): the empty string, as written
+    # (OmegaConf reads a bare ``key=`` as null, the default); ``key=null`` is null
+    overrides = [f"{ov}''" if ov.endswith("=") else ov for ov in overrides or []]
     try:
         cli = OmegaConf.from_dotlist(list(overrides or []))
         merged = OmegaConf.merge(base, cli)
@@ -178,3 +182,30 @@ def count(text: str) -> int:
         return parse_count(text)
     except (ValueError, OverflowError):
         raise argparse.ArgumentTypeError(f"expected a count such as 2M, 500K or 2000000, got {text!r}") from None
+
+
+# --------------------------------------------------------------------------- time strings
+# Durations as the trainer reads them: "3Btok", "2000ba", "0.1dur" (a fraction of max_duration).
+# Here, at the bottom, because the data layer's masking schedule reads them too.
+_UNITS = ("tok", "ba", "sp", "ep", "dur")
+_SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "T": 10**12}
+_TIME_RE = re.compile(r"^\s*([0-9][0-9_]*\.?[0-9_]*(?:[eE][+-]?[0-9]+)?)\s*([KMBT]?)\s*(tok|ba|sp|ep|dur)\s*$")
+
+
+def parse_time(value: Any, key: str = "time") -> tuple[float, str]:
+    """``"3Btok"`` -> ``(3e9, "tok")``; raises ConfigError with the key on anything else."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        raise ConfigError(f"{key}: {value!r} has no unit; write e.g. '{value}ba', '{value}tok' or '{value}dur'")
+    m = _TIME_RE.match(str(value))
+    if not m:
+        raise ConfigError(
+            f"{key}: cannot read time {value!r}; expected a number with unit {'|'.join(_UNITS)} "
+            "and optional K/M/B/T, e.g. '3Btok', '500ba', '0.1dur'"
+        )
+    number = float(m.group(1).replace("_", "")) * _SUFFIX[m.group(2)]
+    unit = m.group(3)
+    if unit == "dur" and not 0.0 <= number <= 1.0:
+        raise ConfigError(f"{key}: a 'dur' time is a fraction of max_duration in [0, 1], got {value!r}")
+    if unit != "dur" and number != int(number):
+        raise ConfigError(f"{key}: {value!r} must be a whole number of {unit}")
+    return number, unit

@@ -3,7 +3,8 @@
 ``dist_env()`` is the one reader of ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` /
 ``LOCAL_WORLD_SIZE`` / ``NODE_RANK`` (set by ``composer -n N``, torchrun or a cluster's launcher;
 a plain ``python`` process is rank 0 of 1).  ``quiet_third_party()`` applies FlexBERT's defaults
-for its dependencies (tokenizers without fork warnings, wandb offline unless asked otherwise) and
+for its dependencies (tokenizers without fork warnings; wandb's mode is decided where the run's
+logger is built, flexbert/train/loggers.py ``wandb_mode``) and
 the one filter for their known, harmless notices; FlexBERT's own warnings stay visible.  Child
 processes get the same defaults (``flexbert/experiments/launcher.py`` ``child_env``).
 """
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from typing import Mapping, Optional
 
 # Environment defaults for FlexBERT processes and their children (a value already set wins).
-THIRD_PARTY_DEFAULTS = {"TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "offline"}
+THIRD_PARTY_DEFAULTS = {"TOKENIZERS_PARALLELISM": "false"}
 
 KNOWN_NOTICES = (
     # ScheduleStepper steps at BATCH_START, before the first optimizer.step(): intended.

@@ -28,6 +28,7 @@ import time
 
 import torch
 from bench_model import CONFIGS  # noqa: E402 (same folder)
+from tqdm import tqdm
 
 SETS = {"fixed-512": (512, None), "variable-512": (512, (256, 64)),
         "fixed-8192": (8192, None), "variable-8192": (8192, (4096, 1024))}
@@ -49,6 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", default=None, help="also write the figures here")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar on stderr")
     a = p.parse_args(argv)
     unknown = [s for s in a.sets.split(",") if s not in SETS]
     if unknown:
@@ -136,9 +138,13 @@ def measure(name: str, a, flex, hf, vocab: int, device, dtype) -> dict:
     for model, key in ((flex, "flex"), (hf, "hf")):
         run_pass(model, batches[:1], key, device, dtype)  # warm-up
     best = {"flex": float("inf"), "hf": float("inf")}
+    bar = tqdm(total=2 * a.repeats, desc=f"{name} passes", unit=" pass", file=sys.stderr, leave=False,
+               disable=not a.progress)  # a long set on a GPU takes minutes: show it moving (stderr: the table stays clean)
     for _ in range(a.repeats):
         for model, key in ((flex, "flex"), (hf, "hf")):
             best[key] = min(best[key], run_pass(model, batches, key, device, dtype))
+            bar.update()
+    bar.close()
     tokens = sum(b["tokens"] for b in batches)
     return {"set": name, "docs": n, "tokens": tokens, "flexbert_tokens_per_s": tokens / best["flex"],
             "transformers_tokens_per_s": tokens / best["hf"], "ratio": best["hf"] / best["flex"], "max_abs_diff": diff}

@@ -23,9 +23,10 @@ def test_help_lists_the_four_sets(capsys):
     assert "unknown set 'fixed-1024'" in capsys.readouterr().err
 
 
-def test_toy_run_reports_every_set(tmp_path):
+def test_toy_run_reports_every_set(tmp_path, capsys):
     out = tmp_path / "r.json"
     assert B.main(["--docs", "4", "--long-docs", "1", "--length-divisor", "32", "--repeats", "1", "--json", str(out)]) == 0
+    assert "fixed-512 passes" in capsys.readouterr().err  # progress on stderr, the table on stdout
     rows = json.loads(out.read_text())["rows"]
     assert [r["set"] for r in rows] == list(B.SETS)
     for r in rows:

@@ -87,3 +87,15 @@ def test_parsing_a_config_reads_no_file_of_its_data(tmp_path):
     assert cfg.data.remote == "s3://no-such-bucket/shards" and not (tmp_path / "absent").exists()
     with pytest.raises(FileNotFoundError, match="no tokenizer"):
         resolve_source(dataclasses.replace(cfg.data, remote=None))
+
+
+def test_the_readmes_output_folders_are_git_ignored():
+    """Every top-level folder a README command writes with --out (hf/, runs/, tok/, shards/) is in
+    .gitignore: a 600 MB export is never one `git add .` away from the repository."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    outs = {m.split("/")[0] for m in re.findall(r"--out (\S+)", (root / "README.md").read_text())}
+    ignored = {line.strip().strip("/") for line in (root / ".gitignore").read_text().splitlines()}
+    assert outs >= {"hf", "runs"} and outs <= ignored, sorted(outs - ignored)

@@ -169,3 +169,25 @@ def test_two_ranks_distil_from_a_teacher(tmp_path, data, reference):
         assert r["loss/train/total"] == pytest.approx(0.5 * r["loss/train/ce"] + 2.0 * r["loss/train/kl"], rel=1e-4)
     state = torch.load(run_dir / "checkpoints" / "ba2.pt", map_location="cpu", weights_only=False)["state"]["model"]
     assert not any("teacher" in k for k in state)
+
+
+def test_a_rank_whose_peers_never_come_stops_in_one_line_after_dist_init_timeout(tmp_path, data):
+    """Rank 0 of 2 started alone (its peer died before the rendezvous, or torchrun's workers never
+    met): one line naming the rendezvous and what to run instead, exit 2, the run folder's lock given
+    back, nothing trained - not 300 silent seconds."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", NODE_RANK="0", MASTER_ADDR="127.0.0.1",
+               MASTER_PORT=str(port), TORCHELASTIC_RUN_ID="test")  # what torchrun sets for its workers
+    run_dir = tmp_path / "run"
+    r = train_py([TINY, f"data.local={data}", f"run_dir={run_dir}", "max_duration=2ba", "dist_init_timeout=5"], env=env)
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert lines[-1] == (f"[rank 0] error: the 2 ranks did not all meet within 5 s (rendezvous at 127.0.0.1:{port}, this is "
+                         "rank 0 on node 0): a rank died before it or was never started (see the other ranks' and nodes' "
+                         "logs), or another run's launcher holds this port; dist_init_timeout waits longer; on CPU launch "
+                         "with `composer -n 2 train.py ...` instead of torchrun")
+    assert not os.path.exists(run_dir / ".lock") and not os.path.exists(run_dir / "checkpoints")

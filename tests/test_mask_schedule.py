@@ -25,7 +25,8 @@ def test_shapes():
 
 @pytest.mark.parametrize("value,message", [
     (1.2, "data.mlm_probability: a masking rate must be a number in (0, 1), got 1.2"),
-    ({"start": 0.3, "end": 0.1}, "data.mlm_probability.tokens: required"),
+    ({"start": 0.3, "end": 0.1, "tokens": "2ep"}, "data.mlm_probability.tokens: the span of the schedule: tokens (2000000, 2B, 2Btok), batches (1000ba) or a fraction of the phase (0.5dur), got '2ep'"),
+    ({"start": 0.3, "end": 0.1, "tokens": "1.5"}, "data.mlm_probability.tokens: the span of the schedule"),
     ({"start": 0.3, "end": 0.1, "tokens": 10, "shape": "exp"}, "data.mlm_probability.shape: unknown shape 'exp'; valid choices: linear, cosine, step"),
     ({"start": 0.3, "end": 0, "tokens": 10}, "data.mlm_probability.end: a masking rate must be a number in (0, 1), got 0"),
     ({"start": 0.3, "end": 0.1, "tokens": 10, "steps": 3}, "data.mlm_probability.steps: unknown key"),
@@ -34,6 +35,25 @@ def test_bad_schedules_are_one_line(value, message):
     with pytest.raises(ConfigError) as e:
         from_dict(DataConfig, {"local": "x", "mlm_probability": value}, "data")
     assert str(e.value).startswith(message)
+
+
+@pytest.mark.parametrize("tokens,span,unit", [(None, 1.0, "dur"), (2000, 2000, "tok"), ("2B", 2e9, "tok"),
+                                                ("2Btok", 2e9, "tok"), ("1000ba", 1000, "ba"), ("0.5dur", 0.5, "dur")])
+def test_the_span_takes_the_trainers_duration_forms_and_defaults_to_the_phase(tokens, span, unit):
+    value = {"start": 0.3, "end": 0.15, **({} if tokens is None else {"tokens": tokens})}
+    sched = parse_mask_schedule(value)
+    assert (sched.span, sched.unit) == (span, unit)
+    resolved = sched.for_phase((4000, "tok"))  # a fraction is taken of max_duration, the rest stay
+    assert (resolved.span, resolved.unit) == ((span * 4000, "tok") if unit == "dur" else (span, unit))
+    assert sched.for_phase((8, "ba")).rate(0, 0) == 0.3
+
+
+def test_a_schedule_over_the_phase_needs_max_duration_in_tok_or_ba():
+    from flexbert.train.config import load_run_config
+
+    with pytest.raises(ConfigError, match="data.mlm_probability.tokens: a schedule over the phase needs max_duration in tok or ba"):
+        load_run_config(None, ["data.local=x", "max_duration=2ep", "data.mlm_probability={start: 0.3, end: 0.15}"])
+    assert load_run_config(None, ["data.local=x", "max_duration=2ep", "data.mlm_probability={start: 0.3, end: 0.15, tokens: 1000ba}"])
 
 
 def _loader(data, **kw):
@@ -82,16 +102,17 @@ def test_each_step_is_masked_at_the_scheduled_rate_and_a_resume_masks_the_same(d
         assert _masked(next(again)) == _masked(b)
 
 
-def test_training_logs_the_rate_in_force(tmp_path, data):
+def test_a_schedule_without_tokens_trains_over_the_phase_and_logs_the_rate_in_force(tmp_path, data):
+    """{start, end, shape} without tokens spans the phase (max_duration: 6ba): the rate falls from
+    start at the first batch by a sixth of the way each batch."""
     from test_train_fixtures import build_and_fit, read_jsonl, run_config
 
     cfg = run_config(tmp_path, data, max_duration="6ba")
-    cfg["data"].update(mlm_probability=SCHEDULE, microbatch_size=8, global_batch_size=32)
+    cfg["data"].update(mlm_probability={"start": 0.4, "end": 0.1, "shape": "linear"}, microbatch_size=8, global_batch_size=32)
     build_and_fit(cfg)
     recs = [r for r in read_jsonl(os.path.join(cfg["run_dir"], "metrics.jsonl")) if "data/mlm_probability" in r]
-    sched = parse_mask_schedule(SCHEDULE)
     assert [r["batch"] for r in recs] == [1, 2, 3, 4, 5, 6]
     for r in recs:
-        assert r["data/mlm_probability"] == pytest.approx(sched.rate((r["batch"] - 1) * 32 * 128))
+        assert r["data/mlm_probability"] == pytest.approx(0.4 - 0.3 * (r["batch"] - 1) / 6)
     fractions = [r["data/masked_fraction"] for r in recs]  # masked / real tokens ([CLS]/[SEP] never masked)
     assert fractions[0] > fractions[-1] + 0.15

@@ -120,3 +120,117 @@ def test_cli_merges_exports_into_a_folder_transformers_loads(tmp_path, capsys):
     assert main(["--method", "linear", "--models", *paths, "--out", str(out)]) == 2  # not empty, no --overwrite
     assert "pass --overwrite" in capsys.readouterr().err
     assert main(["--method", "linear", "--models", *paths, "--out", str(out), "--overwrite"]) == 0
+
+
+# --------------------------------------------------------------------------- fine-tuned task models
+FILLER = "the value of a new object is returned by this method when it is called with an argument".split()
+
+
+def _write_task(folder, words: dict, n=192, seed=0):
+    """A separable two-label task: each text holds one keyword of its label among filler words."""
+    import random
+
+    rng, names = random.Random(seed), sorted(words)
+    os.makedirs(folder, exist_ok=True)
+    for split, count in (("train", n), ("validation", 64)):
+        with open(os.path.join(folder, f"{split}.jsonl"), "w") as f:
+            for i in range(count):
+                label = names[i % 2]
+                text = rng.sample(FILLER, 6) + [rng.choice(words[label])]
+                rng.shuffle(text)
+                f.write(json.dumps({"text": " ".join(text), "label": label}) + "\n")
+    return folder
+
+
+def _finetune(base, task, out, steps=60, seed=3):
+    """A classifier fine-tuned from ``base`` on ``task`` (a plain PyTorch loop: the test needs task
+    models, not the trainer) and written as `flexbert finetune` writes OUT/hf."""
+    import torch.nn.functional as F
+
+    from flexbert.eval.data import EncodedTask, encode_texts, loader
+    from flexbert.weights.load import classifier_model, load_pretrained
+    from flexbert.weights.writer import ModelWriter
+
+    rows = [json.loads(line) for line in open(os.path.join(task, "train.jsonl"))]
+    names = sorted({r["label"] for r in rows})
+    data = EncodedTask(encode_texts(base, [(r["text"],) for r in rows], 128), [names.index(r["label"]) for r in rows])
+    pre = load_pretrained(base)
+    torch.manual_seed(seed)
+    model = classifier_model(pre, len(names)).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    batches = iter(())
+    for _ in range(steps):
+        batch = next(batches, None) or next(batches := iter(loader(data, 32, shuffle=True, seed=seed)))
+        logits = model(input_ids=batch["input_ids"], cu_seqlens=batch["cu_seqlens"], max_seqlen=int(batch["max_seqlen"])).logits
+        F.cross_entropy(logits, batch["labels"]).backward()
+        opt.step()
+        opt.zero_grad()
+    writer = ModelWriter("finetune", out, inputs=[base, task])
+    writer.tokenizer(base, pre.tokenizer_fingerprint, f"model {base}", pre.config.vocab_size)
+    writer.write_classifier(model.eval(), names)
+    writer.record([base], {"task": "classification", "train": task})
+    return out
+
+
+@pytest.fixture(scope="module")
+def task_models(tmp_path_factory, data):
+    """A tiny pretrained-style base (Hugging Face folder) and two classifiers fine-tuned from it on
+    two different tasks, each above 90% on its own validation file."""
+    from flexbert.convert.hf import to_hf
+    from flexbert.model import FlexBertForMaskedLM
+    from flexbert.model.config import FlexBertConfig
+    from test_train_fixtures import model_overrides
+
+    tmp = tmp_path_factory.mktemp("task_models")
+    torch.manual_seed(0)
+    base = str(to_hf(FlexBertForMaskedLM(FlexBertConfig.from_dict(model_overrides(attn_out_dropout=0.0))), tmp / "base",
+                     tokenizer=os.path.join(data, "tokenizer", "tokenizer.json")))
+    tasks = {"sentiment": {"neg": "error exception warning".split(), "pos": "class function module".split()},
+             "topic": {"data": "list tuple dict".split(), "flow": "loop branch return".split()}}
+    models, dirs = [], []
+    for name, words in tasks.items():
+        task = _write_task(str(tmp / f"{name}-task"), words)
+        models.append(_finetune(base, task, str(tmp / name / "hf")))
+        dirs.append(task)
+        assert _accuracy(models[-1], task) >= 0.9
+    return base, models, dirs
+
+
+def _accuracy(folder, task):
+    """The classifier in ``folder`` (loaded as every evaluation loads --model) on ``task``'s validation file."""
+    from flexbert.eval.data import EncodedTask, encode_texts
+    from flexbert.eval.finetune import predict
+    from flexbert.weights.load import load_model
+
+    loaded = load_model(folder, "classifier", num_labels=2)
+    rows = [json.loads(line) for line in open(os.path.join(task, "validation.jsonl"))]
+    data = EncodedTask(encode_texts(folder, [(r["text"],) for r in rows], 128))
+    preds = predict(loaded.model, data).argmax(-1).tolist()
+    return sum(loaded.label_names[p] == r["label"] for p, r in zip(preds, rows)) / len(rows)
+
+
+@pytest.mark.parametrize("method", ["ties", "task_arithmetic"])
+def test_fine_tuned_classifiers_of_one_base_merge_their_encoder_and_keep_their_heads(tmp_path, task_models, method, capsys):
+    from safetensors.torch import load_file
+
+    from merge_checkpoints import main
+
+    base, (sentiment, topic), (sentiment_task, topic_task) = task_models
+    out = tmp_path / "merged"
+    assert main(["--method", method, "--base", base, "--models", sentiment, topic, "--out", str(out)]) == 0
+    assert "each keeps its own classification head" in capsys.readouterr().out
+    assert sorted(os.listdir(out)) == ["sentiment", "topic"]
+    merged, own = load_file(out / "sentiment" / "model.safetensors"), load_file(os.path.join(sentiment, "model.safetensors"))
+    assert torch.equal(merged["classifier.weight"], own["classifier.weight"])  # the head is the task's own
+    assert not torch.equal(merged["model.layers.0.attn.Wqkv.weight"], own["model.layers.0.attn.Wqkv.weight"])  # merged
+    assert _accuracy(str(out / "sentiment"), sentiment_task) >= 0.75 and _accuracy(str(out / "topic"), topic_task) >= 0.75
+    record = json.loads((out / "topic" / "flexbert_record.json").read_text())
+    assert record["settings"]["heads"] == "keep" and record["settings"]["head"] == topic
+
+    dropped = tmp_path / "encoder"
+    assert main(["--method", method, "--base", base, "--models", sentiment, topic, "--heads", "drop", "--out", str(dropped)]) == 0
+    mlm = load_file(dropped / "model.safetensors")
+    assert not any("classifier" in k for k in mlm)
+    assert torch.equal(mlm["model.layers.0.attn.Wqkv.weight"], merged["model.layers.0.attn.Wqkv.weight"])
+    assert main(["--method", method, "--models", sentiment, topic, "--heads", "drop", "--out", str(tmp_path / "x")]) == 2
+    assert "--heads drop writes a masked-LM folder" in capsys.readouterr().err and not (tmp_path / "x").exists()

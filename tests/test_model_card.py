@@ -41,6 +41,37 @@ def test_model_card_lists_the_real_training_config(tmp_path, two_phase_run):
     n_params = sum(p.numel() for p in AutoModelForMaskedLM.from_pretrained(str(out)).parameters())
     assert f"| parameters | {n_params:,} |" in card
     assert "SentenceTransformer" in card and "AutoModelForMaskedLM.from_pretrained" in card
+    from huggingface_hub import ModelCard
+
+    assert card.startswith("---\n")  # the Hub's metadata header, as the Hub reads it
+    meta = ModelCard.load(str(out / "README.md")).data
+    assert meta.library_name == "transformers" and meta.pipeline_tag == "fill-mask" and "modernbert" in meta.tags
+
+
+def test_push_to_hub_exports_then_says_in_one_line_that_the_hub_did_not_take_it(tmp_path, trained, monkeypatch, capsys):
+    """No network here: a Hub endpoint nobody answers on stands for it.  The export is written and
+    its card names the repo; the failed upload is one line saying where the folder is and how to
+    push it later.  A repo id the Hub would refuse stops before anything is written."""
+    import socket
+
+    from flexbert.cli.export import main
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("HF_TOKEN", "hf_flexbert_test")
+    cfg, _ = trained
+    out = tmp_path / "hf"
+    assert main(["--run-dir", cfg["run_dir"], "--out", str(out), "--push-to-hub", "me/tiny-bert"]) == 2
+    err = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
+    assert len(err) == 1 and err[0].startswith(f"error: --push-to-hub me/tiny-bert: the Hub at http://127.0.0.1:{port} "
+                                               "did not take it (") and "Traceback" not in err[0]
+    assert err[0].endswith(f"the export is in {out}: push it later with `huggingface-cli upload me/tiny-bert {out}` "
+                           "(after `huggingface-cli login`)")
+    assert (out / "config.json").exists() and 'AutoModelForMaskedLM.from_pretrained("me/tiny-bert")' in (out / "README.md").read_text()
+    assert main(["--run-dir", cfg["run_dir"], "--out", str(tmp_path / "x"), "--push-to-hub", "tiny bert"]) == 2
+    assert "--push-to-hub tiny bert: not a Hub repo id" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
 @pytest.mark.parametrize("pooling", ["mean", "cls"])

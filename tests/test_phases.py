@@ -143,6 +143,35 @@ def test_an_auto_microbatch_run_is_evaluated_exported_averaged_and_continued(cha
     assert set(json.load(open(chain[0] / "tiny-context-extension" / "length_eval.json"))) == {"loss@128", "loss@256"}
 
 
+def test_the_phases_of_a_chain_share_one_wandb_group():
+    from flexbert.experiments.phases import plan_phases
+
+    groups = [ph.cfg.loggers.wandb_group for ph in plan_phases(CONFIGS, [])]
+    assert groups == ["tiny"] * 3  # the first phase's run name
+    assert [ph.cfg.loggers.wandb_group for ph in plan_phases(CONFIGS, ["loggers.wandb_group=mine"])] == ["mine"] * 3
+
+
+def test_a_phase_whose_folder_holds_another_run_is_refused_without_rerun_advice(trained, data):
+    """A hand-run of another model in phase 1's folder (the README's ablation once wrote runs/tiny):
+    the chain says the phase was refused and how to give it folders of its own, not "rerun"."""
+    from flexbert.experiments.phases import run_chain
+
+    cfg, _ = trained
+    with pytest.raises(RuntimeError) as e:
+        run_chain(CONFIGS[:1], [f"data.local={data}", f"run_dir={cfg['run_dir']}", f"save_folder={cfg['save_folder']}"])
+    assert str(e.value) == (f"phase 1 (tiny) was refused (the error above says why) and a rerun will be too until that "
+                            f"is fixed; if {cfg['run_dir']} holds another run, give the chain folders of its own with "
+                            "--runs-root DIR")
+
+
+def test_the_readme_ablation_and_the_phase_demo_train_in_folders_of_their_own():
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    ablations = [x for x in readme.splitlines() if "train.py configs/tiny.yaml" in x and " model." in x]
+    assert ablations and all("run_name=" in x for x in ablations)
+    makefile = open(os.path.join(ROOT, "Makefile")).read()
+    assert "--runs-root runs/phases-demo" in makefile.split("phases-demo: install", 1)[1].split("\n\n", 1)[0]
+
+
 def test_two_phases_in_one_run_folder_are_refused(tmp_path):
     """A phase config that inherits the previous phase's run_name would be skipped as 'finished'."""
     from flexbert.config import ConfigError

@@ -212,3 +212,25 @@ def test_zero_durations_are_refused(override, message):
     with pytest.raises(ConfigError) as e:
         load_run_config(os.path.join(ROOT, "configs", "tiny.yaml"), [override])
     assert str(e.value) == message
+
+
+def test_a_run_folder_moved_elsewhere_resumes_as_the_same_run_with_a_note(trained, tmp_path, capsys):
+    """`mv` of a run folder (and of its save folder beside it): config.yaml still names the old
+    run_dir, and the rerun at the new path continues the run, saying so in one line."""
+    from test_train_fixtures import build_and_fit, read_jsonl
+
+    cfg, _ = trained
+    moved = dict(cfg, run_dir=str(tmp_path / "run"), save_folder=str(tmp_path / "elsewhere" / "ckpts"), max_duration="6ba")
+    shutil.copytree(cfg["run_dir"], moved["run_dir"])
+    shutil.copytree(cfg["save_folder"], moved["save_folder"])
+    assert yaml.safe_load(open(os.path.join(moved["run_dir"], "config.yaml")))["run_dir"] == cfg["run_dir"]
+    run = build_and_fit(moved)
+    assert run.plan.path == os.path.join(moved["save_folder"], "ba4.pt")  # resumed, not started over
+    assert os.path.exists(os.path.join(moved["save_folder"], "ba6.pt"))
+    note = [x for x in capsys.readouterr().err.splitlines() if "(moved)" in x]
+    assert note == [f"[flexbert] {moved['run_dir']} holds the run recorded at {cfg['run_dir']} (moved): resuming it "
+                    "here, its config, checkpoints and data identity unchanged"]
+    (entry,) = read_jsonl(os.path.join(moved["run_dir"], "config_history.jsonl"))
+    assert entry["changes"]["run_dir"] == [cfg["run_dir"], moved["run_dir"]] and entry["resumed_at_batch"] == 4
+    with pytest.raises(Exception, match="was trained with other settings: model.hidden_size"):  # still the same run only
+        build_and_fit(dict(moved, run_dir=str(tmp_path / "run"), max_duration="8ba", model=dict(cfg["model"], hidden_size=96)))

@@ -122,3 +122,18 @@ def test_training_from_an_unreachable_store_fails_in_one_line_naming_the_url(tmp
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and len(err) == 1, err
     assert f"{url}/tokenizer/tokenizer.json" in err[0] and "download failed" in err[0], err[0]
+
+
+def test_checkpoints_go_to_object_storage_and_a_fresh_machine_resumes_from_there(tmp_path, data, s3):
+    """save_folder: s3://... uploads every checkpoint as it is written (local copies in the run
+    folder); with the run folder gone, autoresume takes the newest checkpoint from the store."""
+    url = s3.url("ckpts", "run")
+    cfg = run_config(tmp_path, data, max_duration="4ba", save_interval="2ba", save_folder=url)
+    build_and_fit(cfg)
+    assert s3.keys("ckpts/run/") == ["ckpts/run/ba2.pt", "ckpts/run/ba4.pt"]
+    assert sorted(os.listdir(os.path.join(cfg["run_dir"], "checkpoints"))) == ["ba2.pt", "ba4.pt", "latest.pt"]
+    shutil.rmtree(cfg["run_dir"])  # a fresh machine: only the store has the run
+    run = build_and_fit(dict(cfg, max_duration="6ba"))
+    assert run.plan.kind == "resume" and run.plan.path == os.path.join(cfg["run_dir"], "checkpoints", "ba4.pt")
+    assert s3.keys("ckpts/run/") == ["ckpts/run/ba2.pt", "ckpts/run/ba4.pt", "ckpts/run/ba6.pt"]
+    assert [r["batch"] for r in read_jsonl(os.path.join(cfg["run_dir"], "metrics.jsonl")) if r["kind"] == "train"] == [5, 6]

@@ -11,8 +11,8 @@ import torch
 from composer.core import State, Timestamp
 from composer.devices import DeviceCPU
 
-from flexbert.config import ConfigError
-from flexbert.train.schedulers import SCHEDULERS, parse_scheduler, parse_time
+from flexbert.config import ConfigError, parse_time
+from flexbert.train.schedulers import SCHEDULERS, parse_scheduler
 
 MAX_TOK = 1_000_000
 

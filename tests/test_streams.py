@@ -226,3 +226,55 @@ def test_a_lost_shared_memory_race_is_retried(sources, tmp_path_factory, monkeyp
     ds = build_dataset(cfg, "train", shuffle=False, seed=0, rank=0, world_size=1)
     assert len(lost) == 2 and len(list(ds)) == SIZES["sci"]
     clean_shm()
+
+
+def test_a_temperature_mixture_trains_through_flexbert_train_and_evaluates_per_source(tmp_path, data, two_sources, capsys):
+    """data.streams_temperature with per-stream evaluation on (the default): `flexbert train` trains
+    and logs one eval loss per source.  The per-source eval configs once kept the temperature
+    without the streams and every such run stopped at start-up."""
+    import yaml
+
+    from flexbert.cli import train
+    from test_train_fixtures import read_jsonl, run_config
+
+    cfg = run_config(tmp_path, data, max_duration="2ba", eval_interval="2ba", eval_subset_num_batches=1)
+    cfg["data"].update(local="", tokenizer=os.path.join(data, "tokenizer"), streams_temperature=0.5,
+                       streams={"a": {"local": two_sources["a"]}, "b": {"local": two_sources["b"]}})
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    clean_shm()
+    assert train.main([str(tmp_path / "run.yaml")]) == 0, capsys.readouterr().err
+    clean_shm()
+    last = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "metrics/eval_a/MLMLoss" in r][-1]
+    assert last["batch"] == 2 and last["data/tokens/a"] > 0 and last["data/tokens/b"] > 0
+    for label in ("eval", "eval_a", "eval_b"):
+        assert 0 < last[f"metrics/{label}/MLMLoss"] < 10, label
+
+
+def test_two_launchers_racing_for_shared_memory_stop_in_one_line(sources, tmp_path_factory, monkeypatch):
+    """When the race cannot be retried (a rank of a multi-rank run, whose peers pick the prefix in
+    lock step; here a lone process that lost it every time) the loser says what happened in one
+    line instead of a bare FileExistsError."""
+    import streaming.base.shared.prefix as prefix
+
+    from data_fixtures.helpers import small_tokenizer_dir
+    from flexbert.data import streams
+    from flexbert.data.config import DataConfig
+
+    real, lost = prefix.SharedMemory, []
+
+    def taken(name, create=False, size=0, *a, **kw):
+        if create and name.endswith("_locals"):
+            lost.append(name)
+            raise FileExistsError(17, "File exists", name)
+        return real(name, create, size, *a, **kw)
+
+    monkeypatch.setattr(prefix, "SharedMemory", taken)
+    monkeypatch.setattr(streams._jitter, "uniform", lambda a, b: 0.0)
+    cfg = DataConfig.from_dict({"local": sources["sci"], "tokenizer": small_tokenizer_dir(tmp_path_factory),
+                                "max_seq_len": 8, "num_workers": 0})
+    clean_shm()
+    with pytest.raises(streams.SharedMemoryTaken, match="was taken by another launcher on this machine \\(two launchers "
+                                                        "on one node\\): start a second run a few seconds after the first"):
+        streams.build_dataset(cfg, "train", shuffle=False, seed=0, rank=0, world_size=1)
+    assert len(lost) == 6  # retried as long as a lone process may
+    clean_shm()

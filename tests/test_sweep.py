@@ -66,7 +66,8 @@ def test_list_times_grid(tmp_path):
 def test_emit_and_finetune_commands(tmp_path):
     sw = S.load_sweep(sweep_file(tmp_path, {"fixed": {"max_duration": "2Mtok"}, "grid": {"model.norm": ["rmsnorm"]}}))
     assert S.emit(sw) == [f"composer train.py {tmp_path / 'base.yaml'} max_duration=2Mtok model.norm=rmsnorm "
-                          f"run_name=norm-rmsnorm run_dir={tmp_path / 'out' / 'norm-rmsnorm'}"]
+                          f"run_name=norm-rmsnorm run_dir={tmp_path / 'out' / 'norm-rmsnorm'} loggers.wandb_group={sw.name}"]
+    assert S.load_run_config(sw.base, [*S.train_overrides(sw, sw.runs[0]), "data.local=x"]).loggers.wandb_group == sw.name
     ft = tmp_path / "ft.yaml"
     ft.write_text(yaml.safe_dump({"kind": "finetune", "out": "o", "fixed": {"model": "runs/demo/run", "text_columns": ["a", "b"]},
                                   "grid": {"lr": [5e-5], "seed": [1]}}))

@@ -38,6 +38,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.add_argument("--by-length", nargs="*", type=at_least(1), metavar="BOUND",
                    help="also the loss per document-length range, split at these token counts (default 128 512 2048)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar on stderr")
     p.add_argument("--out", help="write OUT/result.json (flexbert/eval/evaluation.py's schema)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out whole")
     return p

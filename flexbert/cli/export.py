@@ -7,6 +7,8 @@ The folder (config.json, model.safetensors, tokenizer files, and a model card RE
 architecture, the run's training config, tokens seen and phases) loads with
 ``AutoModelForMaskedLM.from_pretrained`` / ``AutoTokenizer.from_pretrained``, offline, and (unless
 ``--pooling none``) with ``SentenceTransformer(folder)`` as an encoder with mean or [CLS] pooling.
+``--push-to-hub owner/name`` then uploads the folder to the Hugging Face Hub (huggingface_hub;
+``HF_TOKEN`` or ``huggingface-cli login``; the card's snippets load ``owner/name``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import argparse
 
 from flexbert.cli.common import command, make_parser
 from flexbert.weights.export import export_to_hf
+from flexbert.weights.publish import check_repo_id, push_to_hub
 
 
 def parser() -> argparse.ArgumentParser:
@@ -28,15 +31,21 @@ def parser() -> argparse.ArgumentParser:
                    help="replace a non-empty --out whole (its files are deleted; never an input's folder)")
     p.add_argument("--pooling", default="mean", choices=["mean", "cls", "none"],
                    help="sentence-transformers pooling written with the export (none: no sentence-transformers files)")
+    p.add_argument("--push-to-hub", metavar="REPO", help="then upload the folder to the Hugging Face Hub as REPO (owner/name)")
+    p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
     return p
 
 
 def run(a: argparse.Namespace) -> int:
     if not a.run_dir and not a.checkpoint:
         parser().error("give --run-dir or --checkpoint")
+    if a.push_to_hub:
+        check_repo_id(a.push_to_hub)  # before anything is written
     info = export_to_hf(a.out, run_dir=a.run_dir, checkpoint=a.checkpoint, config=a.config, tokenizer=a.tokenizer,
-                        pooling=a.pooling, overwrite=a.overwrite)
-    print(f"exported {info['checkpoint']} -> {info['out']} (tokenizer: {info['tokenizer'] or 'none'})")
+                        pooling=a.pooling, overwrite=a.overwrite, name=a.push_to_hub or "")
+    print(f"exported {info['checkpoint']} -> {info['out']} (tokenizer: {info['tokenizer'] or 'none'})", flush=True)
+    if a.push_to_hub:
+        print(f"pushed {info['out']} -> {push_to_hub(info['out'], a.push_to_hub, a.private)}")
     return 0
 
 

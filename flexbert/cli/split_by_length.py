@@ -22,11 +22,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (one shard folder per range inside)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a non-empty --out whole (its files are deleted; never a folder holding an input)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar on stderr")
     return p
 
 
 def run(a: argparse.Namespace) -> int:
-    stats = split_by_length(a.src, a.out, a.bounds, a.overwrite)
+    stats = split_by_length(a.src, a.out, a.bounds, a.overwrite, a.progress)
     for name, s in stats.items():
         print(f"{os.path.join(a.out, name)}: {s['documents_written']:,} samples, {s['tokens_written']:,} tokens")
     return 0

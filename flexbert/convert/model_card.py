@@ -1,12 +1,25 @@
 """The model card (``README.md``) written next to an exported model.
 
 A renderer only: what it shows (architecture, this run's progress and config, the phases) is read
-from the run by the exporter (flexbert/weights/export.py) and handed in as plain values.
+from the run by the exporter (flexbert/weights/export.py) and handed in as plain values.  The card
+opens with the Hugging Face Hub's metadata header (YAML between ``---`` lines: library, pipeline,
+tags), written by huggingface_hub's ``ModelCardData`` so the Hub shows the right widget and filters.
 """
 
 from __future__ import annotations
 
 import os
+
+from huggingface_hub import ModelCardData
+
+TAGS = ["modernbert", "flexbert", "fill-mask", "masked-lm"]
+
+
+def metadata_header(sentence_transformers: bool = False) -> str:
+    """The Hub's metadata block of the card."""
+    tags = TAGS + (["sentence-transformers", "feature-extraction"] if sentence_transformers else [])
+    data = ModelCardData(library_name="transformers", pipeline_tag="fill-mask", tags=tags)
+    return f"---\n{data.to_yaml()}\n---\n"
 
 
 def _fmt(n) -> str:
@@ -40,7 +53,7 @@ def _sentence_usage(name: str, pooling: str) -> list[str]:
 def model_card(name: str, model_cfg, run: dict, phases: list[dict], n_params: int, pooling: str = "none") -> str:
     """``run``: run_name, max_seq_len, tokens, batches, config_yaml (the config the weights were
     trained with); ``phases``: oldest first, as flexbert/weights/export.py ``phase_history`` gives them."""
-    lines = [f"# {name}", "", f"A ModernBERT-architecture masked language model trained with FlexBERT (run `{run['run_name']}`).",
+    lines = [metadata_header(pooling != "none") + f"# {name}", "", f"A ModernBERT-architecture masked language model trained with FlexBERT (run `{run['run_name']}`).",
              "", "## Architecture", "", *_architecture(model_cfg, n_params), "",
              "## Training", "", f"This run: {_fmt(run['tokens'])} tokens in {_fmt(run['batches'])} batches "
              f"(sequence length {run['max_seq_len']}).", "", "### Phases", "",
@@ -60,9 +73,11 @@ def model_card(name: str, model_cfg, run: dict, phases: list[dict], n_params: in
     return "\n".join(lines)
 
 
-def write_model_card(out_dir: str, model_cfg, run: dict, phases: list[dict], n_params: int, pooling: str = "none") -> str:
+def write_model_card(out_dir: str, model_cfg, run: dict, phases: list[dict], n_params: int, pooling: str = "none",
+                     name: str = "") -> str:
+    """``OUT/README.md``; ``name``: what the usage snippets load (default: the folder's name; a Hub repo id)."""
     path = os.path.join(out_dir, "README.md")
-    name = os.path.basename(os.path.normpath(out_dir))
+    name = name or os.path.basename(os.path.normpath(out_dir))
     with open(path, "w") as f:
         f.write(model_card(name, model_cfg, run, phases, n_params, pooling))
     return path

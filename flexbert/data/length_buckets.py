@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Optional, Sequence
 
 import numpy as np
 from streaming import StreamingDataset
 from streaming.base.util import clean_stale_shared_memory
+from tqdm import tqdm
 
 from flexbert.data.fingerprint import STATS
 from flexbert.data.outputs import prepare_output_dir
@@ -41,18 +43,21 @@ def check_bounds(bounds: Sequence[int]) -> list[int]:
     return b
 
 
-def _read_split(src: str, split: str):
-    """(input_ids, length) of every sample of one split, in order (None when the split is absent)."""
+def _read_split(src: str, split: str, progress: bool = False):
+    """(input_ids, length) of every sample of one split, in order (None when the split is absent);
+    ``progress``: a bar on stderr (samples read of the split's)."""
     if not os.path.isfile(os.path.join(src, split, "index.json")):
         return None
     clean_stale_shared_memory()
     ds = StreamingDataset(local=src, split=split, shuffle=False, batch_size=1)
-    for i in range(ds.num_samples):
+    for i in tqdm(range(ds.num_samples), desc=f"split-by-length {split}", unit=" docs", disable=not progress,
+                  file=sys.stderr, mininterval=0.5):
         s = ds[i]
         yield np.asarray(s["input_ids"]), int(s["length"])
 
 
-def split_by_length(src: str, out: str, bounds: Sequence[int], overwrite: bool = False) -> dict[str, dict]:
+def split_by_length(src: str, out: str, bounds: Sequence[int], overwrite: bool = False,
+                    progress: bool = False) -> dict[str, dict]:
     """Write one shard folder per length range under ``out``; returns each folder's stats."""
     bounds = check_bounds(bounds)
     tok_dir = os.path.join(src, "tokenizer")
@@ -66,7 +71,7 @@ def split_by_length(src: str, out: str, bounds: Sequence[int], overwrite: bool =
     read = {s: 0 for s in SPLITS}
     try:
         for split in SPLITS:
-            for ids, n in _read_split(src, split) or ():
+            for ids, n in _read_split(src, split, progress) or ():
                 name = names[int(np.searchsorted(bounds, n, side="right"))]
                 writers[name].write(split, ids, [n])
                 c = counts[name][split]

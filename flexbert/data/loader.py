@@ -44,7 +44,7 @@ class PackedLoader:
 
     def __init__(self, cfg: DataConfig, split: str, *, training: bool, rank: Optional[int] = None,
                  world_size: Optional[int] = None, seed: Optional[int] = None, special: Optional[SpecialTokens] = None,
-                 objective: str = "mlm"):
+                 objective: str = "mlm", phase: Optional[tuple[float, str]] = None):
         cfg.validate()
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
@@ -56,7 +56,7 @@ class PackedLoader:
         self.max_seq_len = cfg.max_seq_len
         if training:
             self.warmup: Optional[BatchSizeWarmup] = warmup_from_config(cfg, self.world_size)
-            self.schedule = cfg.mask_schedule
+            self.schedule = cfg.mask_schedule.for_phase(phase)  # a span of the phase: in its max_duration's unit
             self.masker = MLMMasker(self.special, self.schedule.start, self.seed, cfg.mask_token_fraction,
                                     cfg.random_token_fraction)
         else:
@@ -152,7 +152,7 @@ class PackedLoader:
             return None
         rows = []
         first = self.rows_global + self.rank * n_rows
-        rate = self.schedule.rate(self.tokens_seen) if self.schedule is not None else self.masker.p
+        rate = self.schedule.rate(self.tokens_seen, self.steps) if self.schedule is not None else self.masker.p
         rate = 0.0 if self.objective == "clm" else rate  # nothing is masked (logged as data/mlm_probability)
         for j in range(n_rows):
             docs = self.packer.pop_row(refill=self._fill)
@@ -255,12 +255,14 @@ class PackedLoader:
 # --------------------------------------------------------------------------- builders
 def build_train_loader(cfg: DataConfig, seed: Optional[int] = None, rank: Optional[int] = None,
                        world_size: Optional[int] = None, source: Optional[DataSource] = None,
-                       objective: str = "mlm") -> PackedLoader:
+                       objective: str = "mlm", phase: Optional[tuple[float, str]] = None) -> PackedLoader:
     """The training loader; ``source``: the data section resolved (flexbert/data/source.py), else
-    resolved here; ``objective``: the run's (``mlm`` masks, ``clm`` labels next tokens)."""
+    resolved here; ``objective``: the run's (``mlm`` masks, ``clm`` labels next tokens); ``phase``:
+    the run's max_duration as (number, unit), what a masking schedule over the phase spans
+    (flexbert/data/mask_schedule.py)."""
     source = source or resolve_source(cfg)
     return PackedLoader(cfg, cfg.split, training=True, rank=rank, world_size=world_size, seed=seed, special=source.special,
-                        objective=objective)
+                        objective=objective, phase=phase)
 
 
 def build_eval_loader(cfg: DataConfig, rank: Optional[int] = None, world_size: Optional[int] = None,

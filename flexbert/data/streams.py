@@ -31,6 +31,7 @@ from streaming import Stream, StreamingDataset
 
 from flexbert.data.documents import _streaming_world, local_nodes
 from flexbert.data.stream_config import StreamConfig, temperature_proportions
+from flexbert.errors import FlexBertError
 
 if TYPE_CHECKING:
     from flexbert.data.config import DataConfig
@@ -132,6 +133,10 @@ def build_dataset(cfg: "DataConfig", split: str, *, shuffle: bool, seed: int, ra
 _jitter = random.Random()
 
 
+class SharedMemoryTaken(FlexBertError, FileExistsError):
+    """Another process on this machine took the shared-memory prefix Streaming picked (one line)."""
+
+
 def _construct(kwargs: dict, rank: int, world_size: int, attempts: int = 6) -> DocDataset:
     """``DocDataset(**kwargs)``, retried when another process on this machine took the shared-memory
     prefix Streaming had just picked (two runs starting together, e.g. a parallel sweep: Streaming
@@ -145,8 +150,13 @@ def _construct(kwargs: dict, rank: int, world_size: int, attempts: int = 6) -> D
                 return DocDataset(**kwargs)
         except FileExistsError as e:
             attempt += 1
-            if world_size > 1 or attempt == attempts or "_locals" not in str(e):
+            if "_locals" not in str(e):
                 raise
+            if world_size > 1 or attempt == attempts:
+                raise SharedMemoryTaken(f"Streaming's shared memory {e.filename or ''} was taken by another launcher on "
+                                        "this machine (two launchers on one node): start a second run a few seconds "
+                                        "after the first and rerun this one (it resumes); the nodes of one run need a "
+                                        "/dev/shm each") from None
             time.sleep(_jitter.uniform(0.05, 0.5) * attempt)  # a private RNG: seeded runs unaffected
 
 

@@ -21,11 +21,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import torch
 from streaming.base.util import clean_stale_shared_memory
+from tqdm import tqdm
 
 from flexbert.config import ConfigError, from_dict
 from flexbert.data.config import DataConfig
@@ -34,6 +36,7 @@ from flexbert.data.loader import build_eval_loader
 from flexbert.data.masking import OBJECTIVES
 from flexbert.data.outputs import check_output_dir, prepare_output_dir
 from flexbert.data.source import data_fingerprint, tokenizer_dir
+from flexbert.data.stream_config import StreamConfig, stream_tokens
 from flexbert.data.tokenizer import SpecialTokens
 from flexbert.eval.evaluation import Result, evaluation, settings_of
 from flexbert.registry import unknown_choice
@@ -122,19 +125,24 @@ class _ByLength:
 
 @torch.no_grad()
 def evaluate_mlm(model: torch.nn.Module, loader, max_batches: Optional[int] = None, device="cpu", shapes=None,
-                 bounds: Optional[Sequence[int]] = None, causal: bool = False) -> dict:
+                 bounds: Optional[Sequence[int]] = None, causal: bool = False, progress: bool = False,
+                 total_tokens: Optional[int] = None) -> dict:
     """``{"loss", "accuracy", "perplexity", "masked_tokens", "rows"}`` of ``model`` (a
     FlexBertForMaskedLM) over an eval loader's batches (all, or the first ``max_batches``, as
     Composer's ``eval_subset_num_batches``); with ``bounds`` (where length ranges end, in tokens)
     also ``"by_length"``: per range documents, masked tokens, loss and accuracy.  ``causal``: a CLM
-    model on a CLM loader's rows (``mlm_loader(..., "clm")``): the next-token loss, every call causal."""
+    model on a CLM loader's rows (``mlm_loader(..., "clm")``): the next-token loss, every call causal.
+    ``progress``: a bar on stderr counting tokens (of ``total_tokens``, the split's, when known: an ETA)."""
     metrics = eval_metrics()
     model = model.to(device).eval()
     groups = _ByLength(bounds, device) if bounds else None
     rows = 0
+    bar = tqdm(total=total_tokens, unit="tok", unit_scale=True, desc="eval-mlm", disable=not progress, file=sys.stderr,
+               leave=False)
     for i, batch in enumerate(loader):
         if max_batches is not None and max_batches >= 0 and i >= max_batches:
             break
+        bar.update(sum(int(r["num_tokens"]) for r in batch["rows"]))
         for row in batch["rows"]:
             row = _to(row, device)
             stats = row_outputs(model, row, shapes, causal).stats
@@ -143,6 +151,7 @@ def evaluate_mlm(model: torch.nn.Module, loader, max_batches: Optional[int] = No
             if groups is not None:
                 groups.add(model, row, causal)
             rows += 1
+    bar.close()
     if not rows or int(metrics["MLMLoss"].count) == 0:
         raise ValueError("no masked tokens to evaluate (empty eval split?)")
     loss = float(metrics["MLMLoss"].compute())
@@ -177,6 +186,7 @@ class MlmEvalConfig:
     max_batches: Optional[int] = None  # only the first N batches
     device: str = "cpu"
     objective: str = "mlm"  # clm: the next-token loss with causal attention (a CLM phase's own evaluation)
+    progress: bool = True  # a bar on stderr (tokens evaluated of the split's, with an ETA)
     by_length: Optional[list[int]] = None  # [] = DEFAULT_LENGTH_BOUNDS; where document-length ranges end
     out: Optional[str] = None  # write OUT/result.json
     overwrite: bool = False
@@ -206,8 +216,9 @@ def evaluate_shards(cfg: MlmEvalConfig) -> Result:
                            cfg.tokenizer, loaded.data)
     check_model_tokenizer(loaded, data_cfg, f"shards {cfg.data}")
     bounds = (sorted(set(cfg.by_length)) or list(DEFAULT_LENGTH_BOUNDS)) if cfg.by_length is not None else None
+    total = stream_tokens(StreamConfig(local=cfg.data), cfg.split) if cfg.max_batches is None else None
     out = evaluate_mlm(loaded.model, mlm_loader(data_cfg, cfg.objective), cfg.max_batches, cfg.device, bounds=bounds,
-                       causal=cfg.objective == "clm")
+                       causal=cfg.objective == "clm", progress=cfg.progress, total_tokens=total)
     if cfg.out:
         prepare_output_dir(cfg.out, overwrite=cfg.overwrite, inputs=[cfg.model, cfg.data])
     metrics = {k: out[k] for k in ("loss", "accuracy", "perplexity")}

@@ -58,12 +58,14 @@ def split_overrides(overrides: list[str], n_phases: int) -> list[list[str]]:
 
 def plan_phases(configs: list[str], overrides: list[str], runs_root: Optional[str] = None) -> list[Phase]:
     """Validated RunConfigs of every phase (load_path of phase 2+ is filled in when it runs)."""
-    phases = []
+    phases: list[Phase] = []
     for path, ov in zip(configs, split_overrides(overrides, len(configs))):
         cfg = load_run_config(path, ov)
         if runs_root and not any(o.startswith("run_dir=") for o in ov):
             ov = ov + [f"run_dir={os.path.join(runs_root, cfg.run_name)}"]
-            cfg = load_run_config(path, ov)
+        if not any(o.startswith("loggers.wandb_group=") for o in ov):  # the chain is one wandb group
+            ov = ov + [f"loggers.wandb_group={phases[0].cfg.run_name if phases else cfg.run_name}"]
+        cfg = load_run_config(path, ov)
         phases.append(Phase(path, ov, cfg))
     seen: dict[str, int] = {}
     for i, ph in enumerate(phases, 1):
@@ -110,6 +112,10 @@ def run_chain(configs: list[str], overrides: list[str], runs_root: Optional[str]
             continue
         log(f"[phases] {i + 1}/{len(phases)} {cfg.run_name}: train.py {ph.config} {' '.join(ov)}")
         rc = train(ph.config, ov)
+        if rc == 2:  # refused before training (the line above says why): a rerun is refused the same way
+            raise RuntimeError(f"phase {i + 1} ({cfg.run_name}) was refused (the error above says why) and a rerun "
+                               f"will be too until that is fixed; if {cfg.resolved_run_dir} holds another run, give "
+                               "the chain folders of its own with --runs-root DIR")
         if rc != 0:
             raise RuntimeError(f"phase {i + 1} ({cfg.run_name}) failed with exit code {rc}; rerun to resume it")
         ckpt = final_checkpoint(cfg)

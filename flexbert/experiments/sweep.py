@@ -167,8 +167,10 @@ def run_dir(sweep: Sweep, run: Run) -> str:
 
 def train_overrides(sweep: Sweep, run: Run) -> list[str]:
     """A train run's ``key=value`` arguments after its base config."""
-    args = [f"{k}={format_value(v)}" for k, v in {**sweep.fixed, **run.overrides}.items()]
-    return [*args, f"run_name={run.name}", f"run_dir={run_dir(sweep, run)}"]
+    given = {**sweep.fixed, **run.overrides}
+    args = [f"{k}={format_value(v)}" for k, v in given.items()]
+    group = [] if "loggers.wandb_group" in given else [f"loggers.wandb_group={sweep.name}"]  # one wandb group a sweep
+    return [*args, f"run_name={run.name}", f"run_dir={run_dir(sweep, run)}", *group]
 
 
 def command_args(sweep: Sweep, run: Run, launcher: bool = False) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -18,6 +19,7 @@ from composer.core import Evaluator
 from composer.loggers import WandBLogger
 from composer.utils import reproducibility
 
+from flexbert.config import parse_time
 from flexbert.data import loader as data_loader
 from flexbert.data.fingerprint import check_same
 from flexbert.data.source import DataSource, resolve_source
@@ -29,11 +31,12 @@ from flexbert.train.composer_model import EVAL_METRICS, flexbert_data_spec, to_c
 from flexbert.train.config import RunConfig, as_plain_dict, with_data_source
 from flexbert.train.distill import load_teacher
 from flexbert.train.loading import LoadPlan, SetupError, init_from_fingerprint, load_initial_weights, plan_load  # noqa: F401 (re-exported)
-from flexbert.train.loggers import ConsoleLogger, JSONLLogger
+from flexbert.train.loggers import ConsoleLogger, JSONLLogger, done_line, eval_note, wandb_mode
 from flexbert.train.microbatch import resolve_microbatch
 from flexbert.train.optim import build_optimizer
 from flexbert.train.parallelism import check_parallelism
 from flexbert.train.recipe import build_model, resolve_device, resolve_precision, trainer_settings
+from flexbert.train.rendezvous import meet
 from flexbert.train.run_folder import METRICS, RunFolder
 from flexbert.train.run_identity import check_rerun, record_start
 from flexbert.train.schedulers import parse_scheduler
@@ -49,7 +52,8 @@ def build_loaders(cfg: RunConfig, source: DataSource):
     if cfg.callbacks.audit_doc_ids:
         data_cfg = dataclasses.replace(data_cfg, return_doc_ids=True)
     try:
-        train = data_loader.build_train_loader(data_cfg, seed=cfg.seed, source=source, objective=cfg.objective)
+        train = data_loader.build_train_loader(data_cfg, seed=cfg.seed, source=source, objective=cfg.objective,
+                                               phase=parse_time(cfg.max_duration, "max_duration"))
         evaluation = {}
         if data_loader.has_eval(data_cfg):
             evaluation[K.EVAL_LABEL] = data_loader.build_eval_loader(data_cfg, source=source, objective=cfg.objective)
@@ -95,7 +99,12 @@ class TrainRun:
             return False
         if dist_env().is_main:
             record_start(RunFolder.of(self.cfg), self.cfg, self.changes, int(state.timestamp.batch), self.data)
+        t0 = time.time()
         self.trainer.fit()
+        if dist_env().is_main:
+            saved = self.saver.saved[-1] if self.saver is not None and self.saver.saved else None
+            print(done_line(state, time.time() - t0, saved, self.cfg.resolved_run_dir, self.cfg.run_name,
+                            shards_of(self.cfg)), flush=True)
         return True
 
     def close(self) -> None:
@@ -109,19 +118,30 @@ class TrainRun:
 def build_loggers(cfg: RunConfig, run_dir: str) -> list:
     loggers: list = []
     if cfg.loggers.console:
-        loggers.append(ConsoleLogger(cfg.loggers.console_interval))
+        note = eval_note(cfg.eval_subset_num_batches, cfg.data.eval_split, run_dir, shards_of(cfg))
+        loggers.append(ConsoleLogger(cfg.loggers.console_interval, final_note=note, done_line=False))
     if cfg.loggers.jsonl:
         loggers.append(JSONLLogger(os.path.join(run_dir, METRICS)))
     if cfg.loggers.wandb:
+        mode, note = wandb_mode()
+        if note and dist_env().is_main:
+            print(note, flush=True)
         loggers.append(
             WandBLogger(
                 project=cfg.loggers.wandb_project,
                 entity=cfg.loggers.wandb_entity,
+                group=cfg.loggers.wandb_group,
                 tags=list(cfg.loggers.wandb_tags) or None,
-                init_kwargs={"config": as_plain_dict(cfg), "dir": run_dir, "name": cfg.run_name},
+                init_kwargs={"config": as_plain_dict(cfg), "dir": run_dir, "name": cfg.run_name,
+                             **({"mode": mode} if mode else {})},
             )
         )
     return loggers
+
+
+def shards_of(cfg: RunConfig) -> str:
+    """The shard folder to name in a command (``data.local``, else the first stream's)."""
+    return cfg.data.local or next((s.local or s.remote or "" for s in cfg.data.streams.values()), "") or "SHARDS"
 
 
 def run_identity(cfg: RunConfig, tokenizer: Optional[str]) -> dict:
@@ -155,6 +175,7 @@ def build_trainer(cfg: RunConfig, extra_callbacks: Optional[list] = None) -> Tra
 
 def _build_trainer(cfg: RunConfig, extra_callbacks: Optional[list]) -> TrainRun:
     device = resolve_device(cfg.device)
+    meet(device, cfg.dist_timeout, cfg.dist_init_timeout, cfg.resolved_run_dir)  # every rank here, or one line
     check_parallelism(cfg.parallelism, cfg.optimizer.name, device)
     source = data_source(cfg)
     cfg = with_data_source(cfg, source)  # the model's special ids from the tokenizer (ConfigError if they disagree)

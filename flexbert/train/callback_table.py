@@ -43,7 +43,7 @@ def _metrics(cfg, loader, ident):
 
 def _saver(cfg, loader, ident):
     return AtomicCheckpointSaver(cfg.resolved_save_folder, to_composer_time(cfg.save_interval, "save_interval"),
-                                 cfg.save_num_to_keep, identity=ident)
+                                 cfg.save_num_to_keep, identity=ident, remote=cfg.remote_save_folder)
 
 
 def _doctor(cfg, loader, ident):

@@ -8,6 +8,12 @@ symlink the same way.  Resume never trusts the pointer: ``find_resume_checkpoint
 ``ba*.pt`` newest first and takes the first one whose zip archive is intact (torch.save writes a
 zip whose central directory is at the very end, so any truncation is caught; CRCs catch the
 rest), warning about every file it skips.
+
+An object-store ``save_folder`` (``s3://bucket/run``, as Composer's remote upload takes it) keeps
+the local copies in ``{run_dir}/checkpoints`` and uploads every checkpoint there once it is
+written (rank 0, before training goes on); rotation (``save_num_to_keep``) applies to the local
+copies only, the store keeps every checkpoint, as Composer's does.  A run with no local checkpoint
+(a fresh machine) resumes from the newest intact one in the store (``fetch_resume_checkpoint``).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from composer.utils import checkpoint as composer_checkpoint
 from composer.utils import dist
 from composer.utils.misc import create_interval_scheduler
 
+from flexbert.data.remote import download, join, list_keys, upload_tree
 from flexbert.train import metric_keys as K
 from flexbert.train.run_folder import LATEST, CheckpointWarning, checkpoint_problem, find_resume_checkpoint, list_checkpoints  # noqa: F401
 
@@ -60,8 +67,9 @@ class AtomicCheckpointSaver(Callback):
     """
 
     def __init__(self, folder: str, interval: str | int = "1000ba", num_to_keep: int = -1,
-                 identity: Optional[dict] = None):
+                 identity: Optional[dict] = None, remote: Optional[str] = None):
         self.folder = folder
+        self.remote = remote  # an object-store URL every checkpoint is uploaded to
         self.identity = identity or {}  # the run's config, folder and tokenizer: every checkpoint carries them
         self.num_to_keep = num_to_keep
         self.save_interval = create_interval_scheduler(interval, include_end_of_training=True)
@@ -108,6 +116,8 @@ class AtomicCheckpointSaver(Callback):
             _fsync_dir(self.folder)
             if final not in self.saved:
                 self.saved.append(final)
+            if self.remote:
+                upload_tree(self.folder, self.remote, only=[os.path.basename(final)])
             self._rotate()
             logger.log_metrics({K.CHECKPOINT_BATCH: batch})
             log.info("saved checkpoint %s", final)
@@ -155,3 +165,17 @@ class AtomicCheckpointSaver(Callback):
 def find_saver(state: State) -> Optional[AtomicCheckpointSaver]:
     """The run's checkpoint saver among the Trainer's callbacks (None when saving is off)."""
     return next((c for c in state.callbacks if isinstance(c, AtomicCheckpointSaver)), None)
+
+
+def fetch_resume_checkpoint(remote: str, folder: str) -> Optional[str]:
+    """The newest intact checkpoint in the object store ``remote``, downloaded into ``folder``
+    (newer ones that are cut or corrupt are skipped with a warning, as locally); None if none."""
+    names = [os.path.basename(k) for k in list_keys(remote, limit=10_000)]
+    batches = sorted((int(n[2:-3]), n) for n in names if n.startswith("ba") and n.endswith(".pt") and n[2:-3].isdigit())
+    for _, name in reversed(batches):
+        local = os.path.join(folder, name)
+        download(join(remote, name), local)
+        if find_resume_checkpoint(folder) == local:
+            log.info("resuming from %s (fetched from %s)", local, remote)
+            return local
+    return None

@@ -16,12 +16,12 @@ from composer.core import DataSpec, Time, TimeUnit
 from composer.models import ComposerModel
 from torchmetrics import Metric
 
+from flexbert.config import parse_time
 from flexbert.data.batch import num_masked, num_real_tokens, rows_of
 from flexbert.model.config import FlexBertConfig
 from flexbert.model.loss import LossStats
 from flexbert.model.model import FlexBertForMaskedLM
 from flexbert.model.static import StaticShapes
-from flexbert.train.schedulers import parse_time
 
 # --------------------------------------------------------------------------- metrics
 EVAL_METRICS = ("MLMLoss", "MLMAccuracy", "MLMPerplexity")
@@ -161,7 +161,7 @@ def flexbert_data_spec(dataloader) -> DataSpec:
 
 # --------------------------------------------------------------------------- time
 def to_composer_time(value: Any, key: str = "time"):
-    """A time string (flexbert/train/schedulers.py ``parse_time``) as a ``composer.core.Time``."""
+    """A time string (flexbert/config.py ``parse_time``) as a ``composer.core.Time``."""
     number, unit = parse_time(value, key)
     units = {"tok": TimeUnit.TOKEN, "ba": TimeUnit.BATCH, "sp": TimeUnit.SAMPLE, "ep": TimeUnit.EPOCH}
     if unit == "dur":

@@ -15,16 +15,18 @@ from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
-from flexbert.config import from_dict, load_yaml, to_dict
+from flexbert.config import from_dict, load_yaml, parse_time, to_dict
 from flexbert.data.config import DataConfig
+from flexbert.data.mask_schedule import MaskScheduleError
 from flexbert.data.masking import OBJECTIVES
+from flexbert.data.remote import is_remote
 from flexbert.data.source import DataSource, resolve_source
 from flexbert.model.compile import TORCH_COMPILE_MODES
 from flexbert.model.config import FlexBertConfig
 from flexbert.model.model import checkpointed_layers
 from flexbert.registry import ConfigError, unknown_choice
 from flexbert.train.optim import OptimizerConfig
-from flexbert.train.schedulers import parse_scheduler, parse_time
+from flexbert.train.schedulers import parse_scheduler
 
 PRECISIONS = ("auto", "fp32", "amp_bf16", "amp_fp16")
 DEVICES = ("auto", "cpu", "gpu")
@@ -65,9 +67,10 @@ class LoggersConfig:
     console: bool = True  # one line per console_interval batches, plus eval lines
     console_interval: int = 10  # batches
     jsonl: bool = True  # {run_dir}/metrics.jsonl: one record per batch (what sweeps read)
-    wandb: bool = False  # works offline: WANDB_MODE=offline
+    wandb: bool = False  # online when logged in (or WANDB_MODE=online), else offline with a note
     wandb_project: str = "flexbert"
     wandb_entity: Optional[str] = None
+    wandb_group: Optional[str] = None  # runs of one sweep or phase chain (set by them)
     wandb_tags: list[str] = field(default_factory=list)
 
     def validate(self, prefix: str = "loggers") -> None:
@@ -137,7 +140,7 @@ class RunConfig:
     eval_subset_num_batches: int = -1  # -1: the whole eval set
 
     # checkpoints
-    save_folder: Optional[str] = None  # default: {run_dir}/checkpoints; "" disables saving
+    save_folder: Optional[str] = None  # default: {run_dir}/checkpoints; "" disables saving; s3://...: uploaded there
     save_interval: str = "1000ba"
     save_num_to_keep: int = 3  # newest kept; -1 keeps all
     autoresume: bool = True  # resume from the newest intact checkpoint in save_folder
@@ -153,7 +156,8 @@ class RunConfig:
     compile_mode: str = "default"  # default | reduce-overhead (CUDA graphs) | max-autotune | max-autotune-no-cudagraphs
     activation_checkpointing: str = "none"  # none | all | every_N: blocks recomputed in backward (less memory)
     profiler: ProfilerConfig = field(default_factory=ProfilerConfig)  # a torch profiler trace of chosen batches
-    dist_timeout: float = 300.0
+    dist_timeout: float = 300.0  # seconds every collective may wait (a checkpoint written while the others wait)
+    dist_init_timeout: float = 120.0  # seconds the ranks have to meet at start (flexbert/train/rendezvous.py)
     parallelism: str = "ddp"  # ddp | fsdp (sharded parameters, gradients, optimizer state: flexbert/train/parallelism.py)
     fsdp: FsdpConfig = field(default_factory=FsdpConfig)  # with parallelism: fsdp
 
@@ -170,12 +174,18 @@ class RunConfig:
             checkpointed_layers(self.activation_checkpointing, self.model.num_hidden_layers)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        _, unit = parse_time(self.max_duration, "max_duration")
-        if unit == "dur":
+        phase = parse_time(self.max_duration, "max_duration")
+        if phase[1] == "dur":
             raise ConfigError("max_duration: must be in tok, ba, sp or ep, not a fraction")
+        try:
+            self.data.mask_schedule.for_phase(phase)  # a masking schedule over the phase needs it in tok or ba
+        except MaskScheduleError as e:
+            raise ConfigError(str(e)) from None
         for key in ("max_duration", "eval_interval", "save_interval"):
             if parse_time(getattr(self, key), key)[0] <= 0:
                 raise ConfigError(f"{key}: must be more than zero, got {getattr(self, key)!r}")
+        if not (self.dist_timeout > 0 and self.dist_init_timeout > 0):
+            raise ConfigError(f"dist_timeout, dist_init_timeout: seconds > 0, got {self.dist_timeout}, {self.dist_init_timeout}")
         if self.save_num_to_keep == 0 or self.save_num_to_keep < -1:
             raise ConfigError(f"save_num_to_keep: must be >= 1 or -1 (keep all), got {self.save_num_to_keep}")
         if not self.run_name or "/" in self.run_name:
@@ -207,9 +217,19 @@ class RunConfig:
 
     @property
     def resolved_save_folder(self) -> Optional[str]:
+        """The local checkpoint folder (None: saving is off); with an object-store save_folder, the
+        local copies ``{run_dir}/checkpoints`` that are uploaded there."""
         if self.save_folder == "":
             return None
+        if is_remote(self.save_folder):
+            return os.path.join(self.resolved_run_dir, "checkpoints")
         return self.save_folder or os.path.join(self.resolved_run_dir, "checkpoints")
+
+    @property
+    def remote_save_folder(self) -> Optional[str]:
+        """An object-store ``save_folder`` (s3://...): every checkpoint is uploaded there, and a run
+        without local checkpoints resumes from the newest one there."""
+        return self.save_folder if is_remote(self.save_folder) else None
 
 
 def _load_with_inherit(path: str, seen: tuple[str, ...] = ()) -> dict:

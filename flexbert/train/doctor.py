@@ -47,6 +47,9 @@ def verdict(seconds: dict[str, float], settings: Optional[dict] = None) -> str:
     if share["checkpoint"] >= CHECKPOINT_BOUND:
         return (f"checkpoint-bound: {100 * share['checkpoint']:.0f}% of the time saving ({parts}). Raise save_interval "
                 f"(now {s.get('save_interval', '?')}) or save to a faster disk")
+    if s.get("device") == "cpu":  # the GPU knobs below do not apply
+        return (f"compute-bound: {100 * share['step']:.0f}% of the time in forward/backward/optimizer ({parts}), as it "
+                "should be. On CPU the step is the model's arithmetic: a smaller model or fewer tokens finish sooner")
     return (f"compute-bound: {100 * share['step']:.0f}% of the time in forward/backward/optimizer ({parts}), as it "
             f"should be. To go faster: compile: model (now {s.get('compile', '?')}), the fastest attention_backend, a larger data.microbatch_size "
             "(docs/benchmarks-gpu.md). Under batch-size warmup the batches per second fall as the batch grows; "
@@ -97,6 +100,13 @@ class TimeLedger(Callback):
 
     def fit_start(self, state: State, logger: Logger) -> None:
         self._mark = self.clock()
+        self.settings = {**self.settings, "device": state.device.name}  # cpu | gpu, as resolved
+
+    def _log(self, logger: Logger) -> dict[str, float]:
+        logged = {k: round(v, 3) for k, v in self.seconds.items()}
+        if dist.get_global_rank() == 0:
+            logger.log_metrics({K.TIMING[k]: v for k, v in logged.items()})
+        return logged
 
     def before_dataloader(self, state: State, logger: Logger) -> None:
         self._charge("before_dataloader")
@@ -106,8 +116,6 @@ class TimeLedger(Callback):
 
     def batch_end(self, state: State, logger: Logger) -> None:
         self._charge("batch_end")
-        if dist.get_global_rank() == 0:
-            logger.log_metrics({K.TIMING[k]: round(v, 3) for k, v in self.seconds.items()})
 
     def eval_start(self, state: State, logger: Logger) -> None:
         self._charge("eval_start")
@@ -117,15 +125,17 @@ class TimeLedger(Callback):
 
     def batch_checkpoint(self, state: State, logger: Logger) -> None:
         self._charge("batch_checkpoint")
+        self._log(logger)  # the batch's record (written by the loggers after the callbacks) then holds it all
 
     def fit_end(self, state: State, logger: Logger) -> None:
+        logged = self._log(logger)  # the final record: the totals the verdict reads, so diagnose says the same
         if dist.get_global_rank() == 0:
-            self.echo(f"[doctor] {verdict(self.seconds, self.settings)}")
+            self.echo(f"[doctor] {verdict(logged, self.settings)}")
 
 
 def settings_of(cfg: Any) -> dict:
     return {"num_workers": cfg.data.num_workers, "eval_interval": cfg.eval_interval, "save_interval": cfg.save_interval,
-            "compile": cfg.compile}
+            "compile": cfg.compile, "device": cfg.device}
 
 
 def diagnose(records: list[dict], settings: Optional[dict] = None) -> str:
@@ -134,4 +144,7 @@ def diagnose(records: list[dict], settings: Optional[dict] = None) -> str:
     timed = [r for r in records if K.TIMING["step"] in r]
     if not timed:
         return "no timing in metrics.jsonl (a run from before the throughput doctor, or one that has not logged yet)"
+    settings = dict(settings or {})
+    if settings.get("device", "auto") == "auto":  # GPU runs log GPU memory (callbacks.memory)
+        settings["device"] = "gpu" if any(K.MEMORY_ALLOCATED in r for r in records) else "cpu"
     return verdict({k: float(timed[-1][key]) for k, key in K.TIMING.items()}, settings)

@@ -22,7 +22,7 @@ import torch
 from flexbert.convert.hf import from_hf, load_safetensors
 from flexbert.data.fingerprint import tokenizer_fingerprint
 from flexbert.errors import FlexBertError
-from flexbert.train.checkpointing import checkpoint_problem, find_resume_checkpoint
+from flexbert.train.checkpointing import checkpoint_problem, fetch_resume_checkpoint, find_resume_checkpoint
 from flexbert.train.config import RunConfig
 from flexbert.train.run_folder import RunFolderError, identity, load_weights, model_state
 
@@ -96,6 +96,8 @@ def plan_load(cfg: RunConfig) -> LoadPlan:
     folder = cfg.resolved_save_folder
     if cfg.autoresume and folder:
         found = find_resume_checkpoint(folder)
+        if not found and cfg.remote_save_folder:  # a fresh machine: the store has the run's checkpoints
+            found = fetch_resume_checkpoint(cfg.remote_save_folder, folder)
         if found:
             return LoadPlan(found, False, None, "resume")
     if cfg.load_path:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import math
+import netrc
 import os
 import sys
 import time
-from typing import Any, Optional, TextIO
+import urllib.parse
+from typing import Any, Mapping, Optional, TextIO
 
 import torch
 from composer.core import State
@@ -122,13 +124,16 @@ class JSONLLogger(LoggerDestination):
 class ConsoleLogger(LoggerDestination):
     """Readable progress on stdout (rank 0): a line per ``interval`` batches and one per eval."""
 
-    def __init__(self, interval: int = 10, stream: TextIO | None = None):
+    def __init__(self, interval: int = 10, stream: TextIO | None = None, final_note: str = "", done_line: bool = True):
         super().__init__()
         self.interval = interval
         self.stream = stream or sys.stdout
+        self.final_note = final_note  # said after the closing evaluation (what it was measured on)
+        self.done_line = done_line  # the "done" line at the end of fit (a pretraining run prints its own)
         self.latest: dict[str, Any] = {}
         self._eval: dict[str, Any] = {}
         self._t0: Optional[float] = None
+        self._fit_done = False
 
     def log_metrics(self, metrics: dict[str, Any], step: Optional[int] = None) -> None:
         for k, v in metrics.items():
@@ -143,6 +148,8 @@ class ConsoleLogger(LoggerDestination):
 
     def fit_start(self, state: State, logger: Logger) -> None:
         self._t0 = time.time()
+        elapsed = state.get_elapsed_duration()
+        self._frac0 = float(elapsed) if elapsed is not None else 0.0  # where this start began (a resume: > 0)
         where = f" (resumed at batch {int(state.timestamp.batch)})" if int(state.timestamp.batch) else ""
         self._print(f"[flexbert] training {state.run_name} for {state.max_duration}{where}")
 
@@ -155,20 +162,78 @@ class ConsoleLogger(LoggerDestination):
             v = self.latest
             parts = [f"[batch {batch}", f"tok {_fmt_tokens(int(ts.token))}"]
             if elapsed is not None:
-                parts.append(f"{100 * float(elapsed):.0f}%]")
-            line = " ".join(parts) + console_fields(v)
+                parts.append(f"{100 * float(elapsed):.0f}%" + self._eta(float(elapsed)))
+            line = " ".join(parts) + "]" + console_fields(v)
             self._print(line)
-        if self._eval:
-            e = self._eval
-            line = f"[eval @ batch {batch}]"
-            for key, label in ((K.EVAL_LOSS, "loss"), (K.EVAL_ACCURACY, "acc"), (K.EVAL_PERPLEXITY, "ppl")):
-                if key in e:
-                    line += f" {label} {e[key]:.4f}"
-            self._print(line)
-            self.latest.update(e)
-            self._eval = {}
+        if self._eval:  # the last batch's evaluation is the run's final one
+            self._print_eval(f"[eval{' final' if done else ''} @ batch {batch}]", self.final_note if done else "")
+
+    def _eta(self, frac: float) -> str:
+        """`` eta 12m05s``: the rest of the run at this start's pace so far (empty when unknown or done)."""
+        done = frac - getattr(self, "_frac0", 0.0)
+        if self._t0 is None or done <= 0 or frac >= 1.0:
+            return ""
+        left = int((time.time() - self._t0) * (1.0 - frac) / done)
+        h, rest = divmod(left, 3600)
+        return f" eta {h}h{rest // 60:02d}m" if h else f" eta {rest // 60}m{rest % 60:02d}s"
+
+    def _print_eval(self, line: str, note: str = "") -> None:
+        e = self._eval
+        for key, label in ((K.EVAL_LOSS, "loss"), (K.EVAL_ACCURACY, "acc"), (K.EVAL_PERPLEXITY, "ppl")):
+            if key in e:
+                line += f" {label} {e[key]:.4f}"
+        self._print(line + note)
+        self.latest.update(e)
+        self._eval = {}
+
+    def eval_end(self, state: State, logger: Logger) -> None:
+        # the closing evaluation runs after FIT_END (when the run does not end on an eval_interval
+        # boundary): no batch_checkpoint follows to print it
+        if self._fit_done and self._eval:
+            self._print_eval(f"[eval final @ batch {int(state.timestamp.batch)}]", self.final_note)
 
     def fit_end(self, state: State, logger: Logger) -> None:
-        if self._t0 is not None:
+        self._fit_done = True
+        if self._t0 is not None and self.done_line:
             self._print(f"[flexbert] done: {int(state.timestamp.batch)} batches, "
                         f"{_fmt_tokens(int(state.timestamp.token))} tokens in {time.time() - self._t0:.1f}s")
+
+
+def eval_note(subset_batches: int, split: Optional[str], run_dir: str, shards: str) -> str:
+    """What the run's final evaluation was measured on, said after its numbers."""
+    if subset_batches is None or subset_batches < 0:
+        return f" (all of the {split} split)"
+    return (f" (the first {subset_batches} batches of the {split} split: eval_subset_num_batches; "
+            f"`flexbert eval-mlm --model {run_dir} --data {shards}` scores all of it)")
+
+
+def done_line(state: State, seconds: float, checkpoint: Optional[str], run_dir: str, run_name: str, shards: str) -> str:
+    """The last line of a pretraining run: what it did, where its checkpoint is, what to run next."""
+    ts = state.timestamp
+    head = f"[flexbert] done: {int(ts.batch)} batches, {_fmt_tokens(int(ts.token))} tokens in {seconds:.1f}s"
+    if checkpoint is None:
+        return f"{head}; no checkpoint saved (save_folder is empty)"
+    return (f"{head}; checkpoint {checkpoint}; next: `flexbert export --run-dir {run_dir} --out hf/{run_name}` "
+            f"(a Hugging Face folder) or `flexbert eval-mlm --model {run_dir} --data {shards}`")
+
+
+def wandb_logged_in(environ: Mapping[str, str]) -> bool:
+    """A wandb API key in the environment or in the netrc file wandb writes (``wandb login``)."""
+    if environ.get("WANDB_API_KEY"):
+        return True
+    host = urllib.parse.urlparse(environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname or ""
+    path = environ.get("NETRC") or os.path.join(os.path.expanduser("~"), ".netrc")
+    try:
+        return netrc.netrc(path).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def wandb_mode(environ: Optional[Mapping[str, str]] = None) -> tuple[Optional[str], Optional[str]]:
+    """(the mode to give wandb, a line saying so): ``WANDB_MODE`` wins when set (None, None); a
+    logged-in wandb goes online (None: wandb's own default); else offline, said in one line."""
+    env = os.environ if environ is None else environ
+    if env.get("WANDB_MODE") or wandb_logged_in(env):
+        return None, None
+    return "offline", ("[flexbert] wandb: offline (no wandb login found: `wandb login`, WANDB_API_KEY or "
+                       "WANDB_MODE=online sends runs to wandb); `wandb sync` uploads this one later")

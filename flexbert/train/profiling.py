@@ -4,6 +4,8 @@ torch's profiler (CPU, and CUDA kernels on a GPU) records batches ``start_batch`
 ``start_batch + batches - 1`` (numbered as in metrics.jsonl: batch 1 is the first step), writes a
 Chrome-format trace per rank (``out/trace_rank{R}.json``: chrome://tracing or https://ui.perfetto.dev)
 and prints the operators that took the most time.  Only those batches pay the profiler's overhead.
+On a machine without a GPU the profiler library's own log (Kineto: ``gpuGetDeviceCount failed``
+on a CUDA build of torch) is turned off (``KINETO_LOG_LEVEL``, unless set), so a CPU run stays quiet.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ class StepProfiler(Callback):
             activities = [torch.profiler.ProfilerActivity.CPU]
             if torch.cuda.is_available() and state.device.name == "gpu":
                 activities.append(torch.profiler.ProfilerActivity.CUDA)
+            else:  # read when the profiler first starts: its library has no GPU to report on here
+                os.environ.setdefault("KINETO_LOG_LEVEL", "5")
             self.prof = torch.profiler.profile(activities=activities, record_shapes=True)
             self.prof.__enter__()
 

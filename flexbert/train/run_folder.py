@@ -256,10 +256,9 @@ class RunFolder:
     def save_folder(self, cfg: Optional[RunConfig] = None) -> Optional[str]:
         """Where the run's checkpoints are: its ``save_folder``, else ``{run_dir}/checkpoints``."""
         cfg = cfg or (load_run_config(self.config_path) if self.has_config() else None)
-        if cfg is None:
+        if cfg is None or cfg.save_folder is None or cfg.remote_save_folder:  # (an object store's local copies)
             return os.path.join(self.path, "checkpoints")
-        folder = cfg.save_folder if cfg.save_folder is not None else os.path.join(self.path, "checkpoints")
-        return folder or None
+        return cfg.save_folder or None
 
     def checkpoints(self, cfg: Optional[RunConfig] = None) -> list[tuple[int, str]]:
         """(batch, path) of every checkpoint, newest first."""

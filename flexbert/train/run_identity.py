@@ -11,6 +11,11 @@ compares the new config with the run's current one, key by key:
 * any other difference (the model, the tokenizer, the data, the row shape, masking, seed ...)
   refuses in one line naming the keys: such a run belongs in a new run folder.
 
+A run folder moved (or copied whole) to another path resumes there: the folder's own record
+(config.yaml, checkpoints, data identity) says which run it is, so ``run_dir`` - and a
+``save_folder`` that moved along with it - differing from the recorded one is a move, noted in
+one line and in the history, not another run.
+
 A run that trains nothing (already complete) changes nothing.  A folder that never trained gets the
 new config.  The run's current config is the last history entry's, else ``config.yaml``.
 """
@@ -18,6 +23,8 @@ new config.  The run's current config is the last history entry's, else ``config
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from typing import Any, Optional
 
@@ -30,7 +37,8 @@ from flexbert.train.run_folder import HISTORY, RunFolder, RunFolderError, iter_r
 RESUMABLE = (
     "run_name", "optimizer.", "scheduler", "max_duration", "eval_interval", "eval_subset_num_batches",
     "save_interval", "save_num_to_keep", "autoresume", "init_from", "load_path", "load_weights_only",
-    "load_optimizer_state", "reset_time", "precision", "device", "compile", "compile_mode", "dist_timeout", "loggers.",
+    "load_optimizer_state", "reset_time", "precision", "device", "compile", "compile_mode", "dist_timeout", "dist_init_timeout",
+    "loggers.",
     "callbacks.", "activation_checkpointing", "profiler.", "parallelism", "fsdp.",
     "data.num_workers", "data.predownload", "data.cache_limit", "data.download_timeout", "data.epochs",
     "data.return_doc_ids", "data.eval_split", "data.eval_mlm_probability", "data.eval_seed", "data.eval_rows_per_batch",
@@ -110,12 +118,38 @@ def check_rerun(run: RunFolder, cfg: RunConfig, data: Optional[dict] = None) -> 
     diff = differences(old, as_plain_dict(cfg))
     refused = [k for k in diff if not resumable(k)]
     if refused:
+        moved = moved_keys(run, old, cfg, diff)
+        refused = [k for k in refused if k not in moved]
+    if refused:
         shown = ", ".join(f"{k} ({diff[k][0]!r} -> {diff[k][1]!r})" for k in refused[:3])
         more = f" and {len(refused) - 3} more" if len(refused) > 3 else ""
         raise ConfigChanged(f"{run.path} was trained with other settings: {shown}{more}; a resume may change only "
                             "the LR, schedule, duration, intervals, loggers and such (docs/training.md, 'Run folders'): "
                             "use a new run_dir for another model or data")
     return diff
+
+
+def _abs(path: Optional[str]) -> Optional[str]:
+    return os.path.abspath(path) if path else path
+
+
+def moved_keys(run: RunFolder, old: dict, cfg: RunConfig, diff: dict) -> tuple[str, ...]:
+    """``run_dir`` (and a save folder that lay inside it and moved along) when this folder's record
+    names another path for the run: the folder was moved, and this is the same run (one line said).
+    A save folder counts as moved along when it stands where it stood relative to the run folder."""
+    if "run_dir" not in diff or os.path.abspath(run.path) != _abs(cfg.resolved_run_dir):
+        return ()
+    was = old.get("run_dir")
+    if _abs(was) == _abs(cfg.run_dir):
+        return ("run_dir",)  # the same place written another way (relative / absolute)
+    keys: tuple[str, ...] = ("run_dir",)
+    old_save, new_save = old.get("save_folder"), cfg.save_folder
+    if "save_folder" in diff and old_save and new_save and was and \
+            os.path.relpath(_abs(old_save), _abs(was)) == os.path.relpath(_abs(new_save), run.path):
+        keys += ("save_folder",)
+    print(f"[flexbert] {run.path} holds the run recorded at {was} (moved): resuming it here, its config, "
+          "checkpoints and data identity unchanged", file=sys.stderr, flush=True)
+    return keys
 
 
 def record_start(run: RunFolder, cfg: RunConfig, changes: Optional[dict], batch: int,

@@ -21,38 +21,13 @@ The decay shapes (``frac`` runs from 0 to 1 over the decay phase)::
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Mapping
 
-from flexbert.config import ConfigError, from_dict
+from flexbert.config import ConfigError, from_dict, parse_time
 from flexbert.registry import Registry, unknown_choice
 
 SCHEDULERS: Registry = Registry("scheduler")
-
-_UNITS = ("tok", "ba", "sp", "ep", "dur")
-_SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "T": 10**12}
-_TIME_RE = re.compile(r"^\s*([0-9][0-9_]*\.?[0-9_]*(?:[eE][+-]?[0-9]+)?)\s*([KMBT]?)\s*(tok|ba|sp|ep|dur)\s*$")
-
-
-def parse_time(value: Any, key: str = "time") -> tuple[float, str]:
-    """``"3Btok"`` -> ``(3e9, "tok")``; raises ConfigError with the key on anything else."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        raise ConfigError(f"{key}: {value!r} has no unit; write e.g. '{value}ba', '{value}tok' or '{value}dur'")
-    m = _TIME_RE.match(str(value))
-    if not m:
-        raise ConfigError(
-            f"{key}: cannot read time {value!r}; expected a number with unit {'|'.join(_UNITS)} "
-            "and optional K/M/B/T, e.g. '3Btok', '500ba', '0.1dur'"
-        )
-    number = float(m.group(1).replace("_", "")) * _SUFFIX[m.group(2)]
-    unit = m.group(3)
-    if unit == "dur" and not 0.0 <= number <= 1.0:
-        raise ConfigError(f"{key}: a 'dur' time is a fraction of max_duration in [0, 1], got {value!r}")
-    if unit != "dur" and number != int(number):
-        raise ConfigError(f"{key}: {value!r} must be a whole number of {unit}")
-    return number, unit
-
 
 # --------------------------------------------------------------------------- time arithmetic
 def _elapsed_and_point(value: str, state, ssr: float, key: str) -> tuple[float, float, str]:

@@ -86,9 +86,10 @@ def _tokenizer_dir(cfg: RunConfig, tokenizer: Optional[str]) -> Optional[str]:
 
 def export_to_hf(out_dir: str, run_dir: Optional[str] = None, checkpoint: Optional[str] = None,
                  config: Optional[str] = None, tokenizer: Optional[str] = None, pooling: str = "mean",
-                 overwrite: bool = False) -> dict:
+                 overwrite: bool = False, name: str = "") -> dict:
     """Write ``out_dir`` loadable by ``AutoModelForMaskedLM`` / ``AutoTokenizer`` and (unless
-    ``pooling`` is ``none``) ``SentenceTransformer``, with a model card; returns a summary.
+    ``pooling`` is ``none``) ``SentenceTransformer``, with a model card (``name``: what its usage
+    snippets load, default the folder's name); returns a summary.
 
     Everything is checked before ``out_dir`` is touched; a non-empty ``out_dir`` is replaced whole
     only with ``overwrite`` (flexbert/weights/writer.py), never when it holds an input."""
@@ -109,7 +110,7 @@ def export_to_hf(out_dir: str, run_dir: Optional[str] = None, checkpoint: Option
     n_params = sum(p.numel() for name, p in model.named_parameters() if name != "decoder.weight")
     run = {"run_name": cfg.run_name, "max_seq_len": cfg.data.max_seq_len, "tokens": tokens, "batches": batches,
            "config_yaml": yaml.safe_dump(as_plain_dict(cfg), sort_keys=False)}
-    write_model_card(out_dir, cfg.model, run, phase_history(cfg, ckpt), n_params, pooling)
+    write_model_card(out_dir, cfg.model, run, phase_history(cfg, ckpt), n_params, pooling, name)
     writer.record([checkpoint], {"pooling": pooling, "tokens": tokens, "batches": batches})
     return {"checkpoint": checkpoint, "run_dir": found.path if found else None, "tokenizer": writer.tokenizer_dir,
             "out": out_dir, "tokenizer_fingerprint": fingerprint}
