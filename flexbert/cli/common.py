@@ -29,7 +29,7 @@ DEBUG_ENV = "FLEXBERT_DEBUG"
 
 class Parser(argparse.ArgumentParser):
     """argparse's parser whose refusal is one line like every other refused input:
-    ``error: argument --density: expected a number in (0, 1], got nan (flexbert merge --help)``, exit 2
+    ``error: argument --density: expected a number in (0, 1], got nan (see flexbert merge --help)``, exit 2
     (argparse would print its usage block above it; ``--help`` shows that)."""
 
     def error(self, message: str):
@@ -39,8 +39,8 @@ class Parser(argparse.ArgumentParser):
 def make_parser(doc: Optional[str], prog: Optional[str] = None, **kw) -> argparse.ArgumentParser:
     """A parser whose description is the first paragraph of ``doc`` and whose epilog is the rest."""
     head, _, rest = (doc or "").strip().partition("\n\n")
-    return Parser(prog=prog, description=head, epilog=rest or None,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
+    return Parser(prog=prog, description=head, epilog=rest or None, formatter_class=argparse.RawDescriptionHelpFormatter,
+                  **kw)
 
 
 def debug_wanted(argv: list[str]) -> tuple[bool, list[str]]:

@@ -129,7 +129,7 @@ class ZeroLossStop(TrainerCallback):
         """Refuse (one line) a run whose loss never left 0: stopped early, or shorter than ``steps``."""
         if self.stopped or (losses and not any(losses)):
             raise RetrievalTrainingError(
-                f"the loss was exactly 0 for the first {len(self.first)} step(s): the batches hold nothing to tell "
+                f"the loss was exactly 0 for the first {len(self.first) or len(losses)} step(s): the batches hold nothing to tell "
                 "apart, so nothing is learned; training stopped and nothing was written")
 
 
