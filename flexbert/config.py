@@ -12,17 +12,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import re
 import types
 import typing
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from flexbert.registry import ConfigError, unknown_choice
 
-__all__ = ["ConfigError", "IGNORE_INDEX", "from_dict", "to_dict", "load_yaml", "parse_time"]
+__all__ = ["ConfigError", "IGNORE_INDEX", "from_dict", "to_dict", "load_yaml", "parse_time", "at_least", "finite", "count"]
 
 # The label of every position the MLM / classification loss ignores (transformers' convention).
 # The contract between data (which writes it) and model (whose loss skips it); both sit above this
@@ -92,6 +93,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(f"{key}: expected int, got {type(value).__name__} {value!r}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{key}: expected a finite number, got {value!r}")
             return float(value)
         raise ConfigError(f"{key}: expected float, got {type(value).__name__} {value!r}")
     if tp is str:
@@ -124,6 +127,14 @@ def to_dict(obj: Any) -> dict:
     return dataclasses.asdict(obj)
 
 
+def _yaml_problem(e: Exception) -> str:
+    """PyYAML's own words for a syntax error, with the line it is on ("line 3: expected ...")."""
+    problem, mark = getattr(e, "problem", None), getattr(e, "problem_mark", None)
+    if problem and mark is not None:
+        return f"line {mark.line + 1}: {problem}"
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
 def load_yaml(path: str | None, overrides: list[str] | None = None) -> dict:
     """Load a YAML file (optional) and merge ``key=value`` overrides; returns a plain dict."""
     try:
@@ -131,7 +142,7 @@ def load_yaml(path: str | None, overrides: list[str] | None = None) -> dict:
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except Exception as e:  # YAML syntax errors
-        raise ConfigError(f"cannot parse config {path}: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"cannot parse config {path}: {_yaml_problem(e)} (fix the YAML there)") from None
     for ov in overrides or []:
         if "=" not in ov:
             raise ConfigError(f"override '{ov}' is not of the form key=value")
@@ -158,6 +169,32 @@ def at_least(minimum: int):
             raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def finite(lo: Optional[float] = None, hi: Optional[float] = None, *, lo_open: bool = False,
+           hi_open: bool = False):
+    """An argparse ``type=``: a finite float within [lo, hi] (an end left out is unbounded; ``lo_open``
+    / ``hi_open`` exclude that end), else argparse's one-line error naming the flag.  ``nan``,
+    ``inf`` and words are refused: a merge weight, a learning rate or a fraction is a number."""
+    left = "" if lo is None else f"{'>' if lo_open else '>='} {lo:g}"
+    right = "" if hi is None else f"{'<' if hi_open else '<='} {hi:g}"
+    if lo is not None and hi is not None:
+        wanted = f"a number in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+    else:
+        wanted = f"a number {left or right}".strip() if (left or right) else "a finite number"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
+        below = lo is not None and (value <= lo if lo_open else value < lo)
+        above = hi is not None and (value >= hi if hi_open else value > hi)
+        if not math.isfinite(value) or below or above:
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text}")
         return value
 
     return parse

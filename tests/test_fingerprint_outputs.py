@@ -104,7 +104,7 @@ def test_train_tokenizer_refuses_a_non_empty_out_before_training(tmp_path, capsy
     out = tmp_path / "shards"
     out.mkdir()
     (out / "tokenizer.json").write_text("the shard folder's own tokenizer")
-    args = ["bpe", "--input", str(corpus), "--vocab-size", "256", "--out", str(out)]
+    args = ["bpe", "--input", str(corpus), "--vocab-size", "320", "--out", str(out)]
     main = runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "data_prep", "train_tokenizer.py"))["main"]
     assert main(args) == 2 and "not empty; pass --overwrite" in capsys.readouterr().err
     assert (out / "tokenizer.json").read_text() == "the shard folder's own tokenizer"

@@ -80,6 +80,42 @@ def test_bad_merges_are_one_line():
         merge_states("linear", None, [_state(1)], [1.0, 2.0])
     with pytest.raises(MergeError, match="--density must be in"):
         merge_states("ties", _state(0), [_state(1)], density=0)
+    with pytest.raises(MergeError, match="every weight must be a finite number, got nan"):
+        merge_states("linear", None, [_state(1), _state(2)], [float("nan"), 1.0])
+    with pytest.raises(MergeError, match="--scale must be a finite number, got inf"):
+        merge_states("task_arithmetic", _state(0), [_state(1)], scale=float("inf"))
+
+
+def test_models_with_other_weights_are_refused_naming_the_tensor():
+    from types import SimpleNamespace
+
+    from flexbert.weights.merging import _check_same
+
+    def pre(state):
+        return SimpleNamespace(config="same", state=state)
+
+    extra = dict(_state(1), **{"classifier.weight": torch.zeros(2, 4)})
+    with pytest.raises(MergeError, match=r"b has other weights than a: classifier.weight is only in b \(1 tensor"):
+        _check_same(["a", "b"], [pre(_state(0)), pre(extra)])
+    wider = dict(_state(1), b=torch.zeros(5))
+    with pytest.raises(MergeError, match=r"b has other weights than a: b is \(5,\) there, \(4,\) in a"):
+        _check_same(["a", "b"], [pre(_state(0)), pre(wider)])
+
+
+def test_the_writer_refuses_weights_that_are_not_finite(tmp_path):
+    """A diverged run or an overflowing merge is never written as a model (flexbert/weights/writer.py)."""
+    from flexbert.model import FlexBertForMaskedLM
+    from flexbert.model.config import FlexBertConfig
+    from flexbert.weights.writer import ModelWriter, WriteError
+
+    model = FlexBertForMaskedLM(FlexBertConfig.from_dict(dict(vocab_size=128, hidden_size=32, intermediate_size=48,
+                                                              num_hidden_layers=1, num_attention_heads=2)))
+    with torch.no_grad():
+        model.head.dense.weight[0, 0] = float("nan")
+    with pytest.raises(WriteError, match=r"export: the model has weights that are not finite \(head.dense.weight: 1 nan, "
+                                         r"0 inf of 1024\); nothing was written"):
+        ModelWriter("export", str(tmp_path / "out")).write_mlm(model)
+    assert not (tmp_path / "out").exists()
 
 
 def test_cli_merges_exports_into_a_folder_transformers_loads(tmp_path, capsys):

@@ -50,12 +50,14 @@ def test_bm25_on_a_known_ranking_gives_the_metrics_computed_by_hand(tmp_path, ca
     saved = read_result(str(tmp_path / "out"))
     assert saved.task == "retrieval" and saved.model["ref"] == "bm25" and saved.settings["split"] == "test"
     assert saved.metrics == {"test": {k: got[k] for k in ("ndcg@10", "mrr@10", "recall@100")}}
-    # recall@100 counts relevant documents past rank 10: q1 has 12 relevant ones, 11 of them found
+    # recall@100 counts relevant documents past rank 10: q1 has 11 relevant ones (top 10 alone: 10/11), all
+    # found; its 12th judgement names d9, which the corpus lacks: left out (said), not scored as a miss
     many = {f"x{i}": f"apple banana filler{i}" for i in range(11)}
     folder2 = write_beir(tmp_path / "beir2", docs=dict(DOCS, **many), qrels=[("q1", d, 1) for d in list(many) + ["d9"]])
     assert main(["--bm25", "--data", folder2, "--json"]) == 0
-    got = json.loads(capsys.readouterr().out)
-    assert got["recall@100"] == pytest.approx(11 / 12) and got["queries"] == 1
+    out, err = capsys.readouterr()
+    got = json.loads(out)
+    assert got["recall@100"] == 1.0 and got["queries"] == 1 and "corpus.jsonl lacks 1 document they name (d9)" in err
     # a second run into the same --out needs --overwrite
     assert main(["--bm25", "--data", folder, "--out", str(tmp_path / "out")]) == 2
     assert "pass --overwrite" in capsys.readouterr().err
@@ -171,10 +173,46 @@ def test_bad_folders_are_one_line(tmp_path, capsys):
 
     folder = write_beir(tmp_path / "beir", qrels=[("q9", "d1", 1)])
     assert main(["--bm25", "--data", folder]) == 2
-    assert "qrels name query 'q9'" in capsys.readouterr().err
+    assert "none of its 1 judgement can be scored: queries.jsonl lacks 1 query they name (q9)" in capsys.readouterr().err
     os.remove(os.path.join(folder, "qrels", "test.tsv"))
     assert main(["--bm25", "--data", folder]) == 2
     assert "no qrels/test.tsv (BEIR layout" in capsys.readouterr().err
+
+
+def test_judgements_the_folder_cannot_score_are_left_out_and_said(tmp_path, capsys):
+    """Some qrels name a document the corpus lacks: they are left out of the scores (not counted as
+    misses), and the warning is printed and kept in result.json; the all-missing, blank-query and
+    duplicate-id folders are refused (tests/test_errors.py runs those through docs/errors.md)."""
+    from eval_retrieval import main
+
+    # q1's relevant d2 is found at rank 2; q2 and q3 name only documents the corpus lacks
+    folder = write_beir(tmp_path / "beir", qrels=[("q1", "d2", 1), ("q2", "x3", 1), ("q3", "x5", 1), ("q3", "d5", 1)])
+    assert main(["--bm25", "--data", folder, "--out", str(tmp_path / "out")]) == 0
+    captured = capsys.readouterr()
+    warning = (f"{folder}/qrels/test.tsv: 2 of 4 judgements left out of the scores: corpus.jsonl lacks 2 documents "
+               "they name (x3, x5); the metrics cover the other 2")
+    assert captured.err.splitlines() == [f"warning: {warning}"]
+    saved = read_result(str(tmp_path / "out"))
+    assert saved.details["warnings"] == [warning] and saved.details["queries"] == 2
+    assert saved.metrics["test"]["recall@100"] == 1.0  # q2 (nothing left to find) is not scored as a miss
+    assert saved.metrics["test"]["mrr@10"] == pytest.approx((1 / 2 + 1) / 2)
+
+
+def test_skip_empty_leaves_blank_records_out_and_counts_them(tmp_path, capsys):
+    from eval_retrieval import main
+
+    folder = write_beir(tmp_path / "beir", docs=dict(DOCS, d7="  "), queries=dict(QUERIES, q4=""),
+                        qrels=QRELS + [("q4", "d1", 1), ("q3", "d7", 1)])
+    assert main(["--bm25", "--data", folder]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {folder}/queries.jsonl:4: query 'q4' has no text;")
+    assert main(["--bm25", "--data", folder, "--skip-empty", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert err.splitlines() == [
+        f"warning: {folder}: left out 1 blank query and 1 blank document (--skip-empty)",
+        f"warning: {folder}/qrels/test.tsv: 2 of 6 judgements left out of the scores: 2 name a blank record "
+        "(--skip-empty); the metrics cover the other 4"]
+    got = json.loads(out)
+    assert got["queries"] == 3 and got["documents"] == 6 and got["recall@100"] == 1.0
 
 
 def _tiny_encoder(tmp_path, data):
@@ -207,7 +245,7 @@ def test_retrieval_finetune_lowers_the_loss_and_writes_a_sentence_transformer(tm
     enc = _tiny_encoder(tmp_path, data)
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps({"query": f"what about the {t} {i}", "positive": f"a text on the {t} number {i}"}) + "\n"
-                             for i in range(4) for t in TOPICS))
+                             for i in range(4) for t in TOPICS) + json.dumps({"query": "a query", "positive": " "}) + "\n")
     # decoys share the query's wording, the relevant passage only its topic: an untrained encoder
     # (mean of token vectors) prefers the decoys
     docs = dict({f"d{t}": f"a text on the {t} number 9" for t in TOPICS}, **{f"x{t}": f"what about the {t}s 9" for t in TOPICS})
@@ -215,8 +253,9 @@ def test_retrieval_finetune_lowers_the_loss_and_writes_a_sentence_transformer(tm
                       queries={f"q{t}": f"what about the {t} 9" for t in TOPICS}, qrels=[(f"q{t}", f"d{t}", 1) for t in TOPICS])
     out = tmp_path / "retriever"
     assert main(["--model", str(enc), "--train", str(pairs), "--out", str(out), "--epochs", "4", "--batch-size", "8",
-                 "--lr", "1e-3", "--warmup", "0", "--eval", beir, "--no-progress"]) == 0
+                 "--lr", "1e-3", "--warmup", "0", "--eval", beir, "--no-progress", "--skip-empty"]) == 0
     info = read_result(str(out))
+    assert info.details["warnings"] == [f"{pairs}: left out 1 row(s) with a blank text (--skip-empty)"]
     losses = info.details["losses"]
     assert info.task == "retrieval-finetune" and info.details["steps"] == len(losses) == 16 and info.details["kind"] == "pairs"
     assert sum(losses[-4:]) / 4 < 0.7 * sum(losses[:4]) / 4, losses  # it learned to match queries to passages
@@ -286,3 +325,44 @@ def test_random_init_gives_fresh_weights_of_the_same_shape_by_seed(tmp_path, dat
         torch.testing.assert_close(fresh[0][k], fresh[1][k], rtol=0, atol=0)
         if v.ndim == 2:  # matrices are random draws, never the loaded ones
             assert not torch.equal(fresh[0][k], v), k
+
+
+def test_pairs_the_sampler_can_only_batch_alone_are_refused_with_the_count(tmp_path):
+    """The no-duplicates sampler takes no text twice in a batch: pairs sharing one positive come one
+    per batch (no in-batch negative, a loss of exactly 0) and are refused before training; a last
+    batch of one that only the row count leaves is not; with a negative column every batch has one."""
+    from flexbert.eval.retrieval_finetune import RetrievalTrainingError, check_batches, read_pairs
+
+    shared = {"anchor": [f"q{i}" for i in range(12)], "positive": ["p"] * 12}
+    with pytest.raises(RetrievalTrainingError, match="12 of 12 batches would hold a single pair"):
+        check_batches(shared, 4, 0, "pairs.jsonl")
+    half = {"anchor": [f"q{i}" for i in range(12)], "positive": ["p", "r"] * 6}  # two distinct positives: batches of 2
+    assert check_batches(half, 4, 0, "pairs.jsonl") == [2] * 6
+    assert check_batches({"anchor": list("abcdefghi"), "positive": list("ABCDEFGHI")}, 4, 0, "p") == [4, 4, 1]
+    assert check_batches(dict(shared, negative=[f"n{i}" for i in range(12)]), 4, 0, "p") == [1] * 12
+    path = tmp_path / "pairs.tsv"
+    path.write_text("query\tpositive\n\tx\nc\td\ne\tf\n")
+    assert read_pairs(str(path), skip_empty=True) == ({"anchor": ["c", "e"], "positive": ["d", "f"]}, [2])
+
+
+def test_a_loss_that_stays_zero_stops_the_trainer_and_is_refused():
+    """sentence-transformers' trainer calls ``on_log`` with each step's loss (logging_steps=1)."""
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from flexbert.eval.retrieval_finetune import ZERO_LOSS_STEPS, RetrievalTrainingError, ZeroLossStop
+
+    args, state = TrainingArguments(output_dir="unused", report_to="none"), TrainerState()
+    stop, control = ZeroLossStop(), TrainerControl()
+    for step in range(ZERO_LOSS_STEPS):
+        assert not control.should_training_stop
+        stop.on_log(args, state, control, logs={"loss": 0.0, "learning_rate": 1e-5})
+    assert control.should_training_stop
+    with pytest.raises(RetrievalTrainingError, match=f"exactly 0 for the first {ZERO_LOSS_STEPS} step"):
+        stop.check([0.0] * ZERO_LOSS_STEPS)
+    learning, control = ZeroLossStop(), TrainerControl()
+    for loss in (0.0, 0.5, 0.0, 0.0, 0.0, 0.0):
+        learning.on_log(args, state, control, logs={"loss": loss})
+    assert not control.should_training_stop
+    learning.check([0.0, 0.5, 0.0, 0.0, 0.0, 0.0])  # it moved: not refused
+    with pytest.raises(RetrievalTrainingError):
+        ZeroLossStop().check([0.0, 0.0])  # a run shorter than the window, all 0

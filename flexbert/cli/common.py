@@ -8,6 +8,7 @@ A command module defines ``parser()`` (an ``argparse.ArgumentParser``) and ``run
 * maps a ``FlexBertError`` (the root of every refused input: flexbert/errors.py) - and the
   classes a command names in ``also`` - to ``error: <first line>`` on stderr and exit code 2;
   a missing file to ``error: file not found: PATH``; Ctrl-C to exit 130;
+* refuses a bad flag in one line too (``Parser``: ``error: argument --lr: ...``, exit 2);
 * leaves anything else (a bug) to Python's traceback.  ``--debug`` or ``FLEXBERT_DEBUG=1`` shows
   the traceback of a refused input too.
 """
@@ -26,11 +27,20 @@ from flexbert.errors import FlexBertError
 DEBUG_ENV = "FLEXBERT_DEBUG"
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser whose refusal is one line like every other refused input:
+    ``error: argument --density: expected a number in (0, 1], got nan (see flexbert merge --help)``, exit 2
+    (argparse would print its usage block above it; ``--help`` shows that)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def make_parser(doc: Optional[str], prog: Optional[str] = None, **kw) -> argparse.ArgumentParser:
     """A parser whose description is the first paragraph of ``doc`` and whose epilog is the rest."""
     head, _, rest = (doc or "").strip().partition("\n\n")
-    return argparse.ArgumentParser(prog=prog, description=head, epilog=rest or None,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
+    return Parser(prog=prog, description=head, epilog=rest or None, formatter_class=argparse.RawDescriptionHelpFormatter,
+                  **kw)
 
 
 def debug_wanted(argv: list[str]) -> tuple[bool, list[str]]:
@@ -48,6 +58,13 @@ def fail(message: str, code: int = 2, exc: Optional[BaseException] = None, debug
     first = (message.strip().splitlines() or [""])[0]
     print(f"{prefix}error: {first}", file=sys.stderr, flush=True)
     return code
+
+
+def warn(details: dict) -> None:
+    """A result's ``details["warnings"]`` (what an input check left out: judgements, blank records),
+    one ``warning: ...`` line each on stderr; the result file keeps them too."""
+    for line in details.get("warnings", []):
+        print(f"warning: {line}", file=sys.stderr, flush=True)
 
 
 def refused(e: BaseException, debug: bool, also: Sequence[type] = ()) -> Optional[int]:

@@ -7,8 +7,10 @@
 --model is a run folder or checkpoint (exported first, mean pooling) or a SentenceTransformer folder:
 a FlexBERT export (flexbert export writes the pooling files), a retrieval fine-tune
 (flexbert finetune-retrieval) or any sentence-transformers model.  --out writes OUT/result.json
-(the metrics and the settings used).  The layout and the metrics: flexbert/eval/retrieval.py and
-docs/evaluation.md.
+(the metrics and the settings used).  The folder is checked before anything is scored: repeated
+ids and blank texts are refused (--skip-empty leaves blank ones out), judgements naming what the
+folder lacks are left out with a warning (printed and kept in result.json), or refused when none is
+left.  The layout and the metrics: flexbert/eval/retrieval.py and docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from flexbert.cli.common import command, make_parser
+from flexbert.cli.common import command, make_parser, warn
 from flexbert.config import at_least
 from flexbert.eval.evaluation import run_evaluation
 
@@ -29,6 +31,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--bm25", action="store_true", help="the BM25 baseline (bm25s), beside --model or alone")
     p.add_argument("--data", required=True, help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv")
     p.add_argument("--split", default="test")
+    p.add_argument("--skip-empty", action="store_true",
+                   help="leave blank queries and documents out (and say how many) instead of refusing the folder")
     p.add_argument("--out", help="write OUT/result.json (flexbert/eval/evaluation.py's schema)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out whole")
     p.add_argument("--max-seq-len", type=at_least(8), help="truncate inputs (default: the model's)")
@@ -42,6 +46,7 @@ def run(a: argparse.Namespace) -> int:
     options = {k: v for k, v in vars(a).items() if k != "json" and v is not None}
     result = run_evaluation("retrieval", options)
     metrics, d = result.metrics[a.split], result.details
+    warn(d)
     if a.json:  # the metrics at the top level, BM25's under "bm25" when both ran, and the settings
         print(json.dumps({**metrics, "model": result.model["ref"], "data": a.data, "split": a.split, **d}))
         return 0

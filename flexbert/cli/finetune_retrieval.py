@@ -9,6 +9,9 @@ any table format of the reader registry (.jsonl, .csv, .tsv, .parquet, compresse
 and a positive column, and a negative column for triplets (--query-column, --positive-column,
 --negative-column).  The output is a SentenceTransformer folder with result.json (the
 loss of every step; with --eval, nDCG@10 / MRR@10 / Recall@100 before and after).
+Before training: blank texts and repeated rows are refused naming file:line (--skip-empty leaves blank
+ones out), and pairs the no-duplicates sampler could only batch one at a time (no in-batch negative)
+are refused with the count; a loss that stays 0 for the first steps stops the run.
 flexbert/eval/retrieval_finetune.py says what it does and why.
 """
 
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 
-from flexbert.cli.common import command, make_parser
+from flexbert.cli.common import command, make_parser, warn
 from flexbert.config import at_least
 from flexbert.eval.evaluation import run_evaluation
 
@@ -30,6 +33,8 @@ def parser() -> argparse.ArgumentParser:
                    help="replace a non-empty --out whole (its files are deleted; never a folder holding an input)")
     p.add_argument("--eval", help="BEIR folder scored before and after training (docs/evaluation.md)")
     p.add_argument("--split", default="test", help="the --eval qrels split")
+    p.add_argument("--skip-empty", action="store_true",
+                   help="leave rows, queries and documents with a blank text out (and say how many) instead of refusing")
     p.add_argument("--epochs", type=at_least(1), default=1)
     p.add_argument("--max-steps", type=at_least(1), help="stop after this many steps (before --epochs end)")
     p.add_argument("--batch-size", type=at_least(2), default=32, help="rows per batch (the in-batch negatives)")
@@ -51,6 +56,7 @@ def run(a: argparse.Namespace) -> int:
     options = {k: v for k, v in vars(a).items() if v is not None and k != "no_progress"}
     result = run_evaluation("retrieval-finetune", {**options, "progress": not a.no_progress})
     d = result.details
+    warn(d)
     print(f"{d['steps']} steps; loss {d['losses'][0]:.4f} -> {d['losses'][-1]:.4f}; model: {a.out}")
     if result.metrics:
         b, f = d["metrics_before"][a.split], result.metrics[a.split]

@@ -21,6 +21,7 @@ import argparse
 import os
 
 from flexbert.cli.common import command, make_parser
+from flexbert.config import finite
 from flexbert.weights.merging import HEADS, METHODS, merge_models
 
 
@@ -29,9 +30,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--method", required=True, choices=METHODS)
     p.add_argument("--models", nargs="+", required=True, help="run folders, checkpoints or Hugging Face folders")
     p.add_argument("--base", help="the model the others were trained from (task_arithmetic, ties)")
-    p.add_argument("--weights", nargs="+", type=float, help="one per --models entry (default: 1 each)")
-    p.add_argument("--density", type=float, default=0.5, help="ties: fraction of each task vector kept (default 0.5)")
-    p.add_argument("--scale", type=float, default=1.0, help="task_arithmetic, ties: multiplier of the merged task vector")
+    p.add_argument("--weights", nargs="+", type=finite(), help="one per --models entry (default: 1 each)")
+    p.add_argument("--density", type=finite(0, 1, lo_open=True), default=0.5, help="ties: fraction of each task vector kept (default 0.5)")
+    p.add_argument("--scale", type=finite(), default=1.0, help="task_arithmetic, ties: multiplier of the merged task vector")
     p.add_argument("--heads", choices=HEADS, default="keep",
                    help="fine-tuned classifiers: keep each one's classification head (OUT/<task> per model, the "
                         "default) or drop them (OUT: one masked-LM folder with --base's MLM head)")

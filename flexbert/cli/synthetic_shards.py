@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from flexbert.cli.common import command, make_parser
-from flexbert.config import count
+from flexbert.config import count, finite
 from flexbert.data.synthetic import LENGTHS, write_synthetic
 
 
@@ -23,7 +23,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--documents", type=count, default=0, help="number of documents")
     p.add_argument("--tokens", type=count, default=0, help="or: stop after this many tokens, e.g. 20M")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--val-fraction", type=float, default=0.01)
+    p.add_argument("--val-fraction", type=finite(0, 1, hi_open=True), default=0.01)
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out (its contents are deleted)")
     return p
 

@@ -19,6 +19,7 @@ import json
 import os
 
 from flexbert.cli.common import command, make_parser
+from flexbert.config import finite
 from flexbert.data.shards import ShardOptions, tokenize_to_mds
 
 
@@ -40,7 +41,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     p.add_argument("--field", default="text", help="JSONL field / parquet column holding the text (default: text)")
     p.add_argument("--txt-mode", choices=["line", "paragraph"], default="line", help=".txt: a document per line or per blank-line paragraph")
-    p.add_argument("--val-fraction", type=float, default=None, help="share of documents hashed into validation (default 0.01, 0 with --val-input)")
+    p.add_argument("--val-fraction", type=finite(0, 1, hi_open=True), default=None, help="share of documents hashed into validation (default 0.01, 0 with --val-input)")
     p.add_argument("--truncate", action="store_true", help="keep only the first max-seq-len tokens of long documents instead of chunking them")
     p.add_argument("--errors", choices=["strict", "replace"], default="strict", help="invalid UTF-8: fail naming file:line, or replace with U+FFFD")
     p.add_argument("--shard-size", default="64mb", help="MDS shard size limit (default 64mb)")

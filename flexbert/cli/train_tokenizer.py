@@ -16,6 +16,7 @@ import argparse
 import time
 
 from flexbert.cli.common import command, make_parser
+from flexbert.config import at_least
 from flexbert.data import tokenizer as T
 from flexbert.data.demo_sources import gpt2_tiktoken_path
 from flexbert.data.outputs import check_output_dir, prepare_output_dir
@@ -29,7 +30,7 @@ def parser() -> argparse.ArgumentParser:
                    help="corpus files or folders: .txt, .jsonl, .json, .csv, .tsv, .parquet, optionally compressed")
     b.add_argument("--field", default="text")
     b.add_argument("--vocab-size", type=int, default=8192, help="total size, rounded up to a multiple of 64")
-    b.add_argument("--min-frequency", type=int, default=2)
+    b.add_argument("--min-frequency", type=at_least(1), default=2)
     m = sub.add_parser("modernbert", help="GPT-2 BPE with ModernBERT's special-token ids (50,368)")
     m.add_argument("--tiktoken", default=None, help="path to gpt2.tiktoken (default: from the whisper sdist in the cache)")
     m.add_argument("--cache", default=None, help="download cache (default $FLEXBERT_CACHE or ./cache)")
@@ -37,7 +38,7 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--out", required=True, help="output folder")
         s.add_argument("--overwrite", action="store_true",
                        help="replace a non-empty --out whole (its files are deleted; never a folder holding an input)")
-        s.add_argument("--model-max-length", type=int, default=8192)
+        s.add_argument("--model-max-length", type=at_least(1), default=8192)
     return p
 
 
@@ -46,7 +47,8 @@ def run(a: argparse.Namespace) -> int:
     inputs = a.input if a.kind == "bpe" else [a.tiktoken]
     check_output_dir(a.out, inputs)  # before training: a refused --out costs nothing
     if a.kind == "bpe":
-        tok = T.train_bpe(T.iter_texts_from_files(a.input, a.field), a.vocab_size, a.min_frequency, show_progress=True)
+        tok = T.train_bpe(T.iter_texts_from_files(a.input, a.field), a.vocab_size, a.min_frequency, show_progress=True,
+                          source=f"--input {' '.join(a.input)} (field '{a.field}')")
     else:
         tok = T.build_modernbert_tokenizer(a.tiktoken or gpt2_tiktoken_path(a.cache))
     prepare_output_dir(a.out, overwrite=a.overwrite, inputs=inputs)

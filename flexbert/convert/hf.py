@@ -95,9 +95,10 @@ def load_safetensors(file: Path) -> dict[str, torch.Tensor]:
         with safe_open(str(file), "pt") as f:
             recorded = (f.metadata() or {}).get(DIGEST_KEY)
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error types; one line each
-        raise ConversionError(f"{file}: not a complete safetensors file ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        raise ConversionError(f"{file}: not a complete safetensors file ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                              "copy or export it again") from None
     if recorded is not None and tensors_digest(tensors) != recorded:
-        raise ConversionError(f"{file}: corrupt (its tensors do not match the checksum written with them)")
+        raise ConversionError(f"{file}: corrupt (its tensors do not match the checksum written with them); copy or export it again")
     return tensors
 
 

@@ -81,7 +81,7 @@ class DataConfig:
                 if not s.local and self.local:
                     s.local = os.path.join(self.local, name)  # the download cache of a remote-only stream
         elif not self.local and not self.remote:
-            raise bad("local", "set the folder of the MDS shards (data_prep/tokenize_to_mds.py --out)")
+            raise bad("local", "set the folder of the MDS shards (flexbert tokenize --out)")
         if self.streams_temperature is not None:
             if not self.streams or not 0 <= self.streams_temperature <= 1:
                 raise bad("streams_temperature", f"a temperature in [0, 1] for data.streams, got {self.streams_temperature}"

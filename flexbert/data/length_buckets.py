@@ -62,7 +62,7 @@ def split_by_length(src: str, out: str, bounds: Sequence[int], overwrite: bool =
     bounds = check_bounds(bounds)
     tok_dir = os.path.join(src, "tokenizer")
     if not os.path.isfile(os.path.join(tok_dir, "tokenizer.json")):
-        raise FileNotFoundError(f"{src}: no tokenizer/ copy next to the shards (write them with tokenize_to_mds.py)")
+        raise FileNotFoundError(f"{src}: no tokenizer/ copy next to the shards (write them with flexbert tokenize)")
     prepare_output_dir(out, overwrite=overwrite, inputs=[src])
     tok = load_tokenizer(tok_dir)
     names = bucket_names(bounds)

@@ -109,7 +109,7 @@ def build_dataset(cfg: "DataConfig", split: str, *, shuffle: bool, seed: int, ra
     for local, remote in cfg.sources():
         if not remote and not os.path.isfile(os.path.join(local, split, "index.json")):
             raise FileNotFoundError(f"no MDS index at {os.path.join(local, split, 'index.json')} "
-                                    "(write shards with data_prep/tokenize_to_mds.py)")
+                                    "(write shards with flexbert tokenize)")
     if cfg.streams:
         source: dict = dict(streams=build_streams(cfg.streams, split, cfg.download_timeout, weighted, cfg.streams_temperature),
                             epoch_size=cfg.epoch_size if weighted else None)

@@ -16,6 +16,7 @@ tokenizer.json + tokenizer_config.json + special_tokens_map.json so that
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import os
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ import numpy as np
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 from flexbert.data.sources import iter_documents
+from flexbert.errors import FlexBertError
 
 CLS, SEP, MASK, PAD, UNK = "[CLS]", "[SEP]", "[MASK]", "[PAD]", "[UNK]"
 BERT_SPECIALS = (PAD, UNK, CLS, SEP, MASK)  # id order of the small trained tokenizers
@@ -33,6 +35,12 @@ BERT_SPECIALS = (PAD, UNK, CLS, SEP, MASK)  # id order of the small trained toke
 MODERNBERT_VOCAB_SIZE = 50368
 MODERNBERT_SPECIAL_IDS = {UNK: 50280, CLS: 50281, SEP: 50282, PAD: 50283, MASK: 50284}
 GPT2_EOT = "<|endoftext|>"
+# a byte-level BPE holds every byte as a symbol and the special tokens before its first merge
+MIN_BPE_VOCAB = 256 + len(BERT_SPECIALS)
+
+
+class TokenizerError(FlexBertError, ValueError):
+    """A tokenizer that cannot be built as asked (one line naming the option or input)."""
 
 
 # --------------------------------------------------------------------------- special ids
@@ -55,7 +63,7 @@ class SpecialTokens:
         for name in (PAD, CLS, SEP, MASK, UNK):
             i = tok.token_to_id(name)
             if i is None:
-                raise ValueError(f"tokenizer has no {name} token; FlexBERT needs BERT special tokens")
+                raise TokenizerError(f"tokenizer has no {name} token; FlexBERT needs BERT special tokens (flexbert train-tokenizer)")
             ids[name] = i
         special = sorted(i for i, t in tok.get_added_tokens_decoder().items() if t.special)
         return cls(
@@ -136,13 +144,20 @@ def pad_vocab(tok, multiple: int = 64, target: int | None = None, prefix: str = 
 
 
 # --------------------------------------------------------------------------- small trained BPE
-def train_bpe(
-    texts: Iterable[str], vocab_size: int = 8192, min_frequency: int = 2, multiple: int = 64, show_progress: bool = False
-):
+def train_bpe(texts: Iterable[str], vocab_size: int = 8192, min_frequency: int = 2, multiple: int = 64,
+              show_progress: bool = False, source: str = "the input"):
     """Train a byte-level BPE with BERT special tokens; total vocab padded to ``multiple``.
 
-    ``vocab_size`` counts everything (specials + merges); it is rounded up to ``multiple``.
+    ``vocab_size`` counts everything (specials + merges, at least ``MIN_BPE_VOCAB``); it is rounded
+    up to ``multiple``.  Blank texts are skipped; none left is a ``TokenizerError`` naming ``source``.
     """
+    if vocab_size < MIN_BPE_VOCAB:  # the trainer would silently give the bytes-only vocabulary instead
+        raise TokenizerError(f"--vocab-size {vocab_size} is below the minimum of a byte-level BPE, {MIN_BPE_VOCAB} "
+                             f"(256 byte symbols + {len(BERT_SPECIALS)} special tokens); give {MIN_BPE_VOCAB} or more")
+    texts = (t for t in texts if t and t.strip())
+    first = next(texts, None)
+    if first is None:  # the trainer would "train" the bytes-only vocabulary on nothing
+        raise TokenizerError(f"no text to train on in {source}: 0 non-blank documents (check the files and the field)")
     tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False))
     # Byte-level: every string is representable, so [UNK] is never produced (it exists for BERT
     # compatibility); no normaliser, so decoding gives back the exact text.
@@ -156,7 +171,7 @@ def train_bpe(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=show_progress,
     )
-    tok.train_from_iterator(texts, trainer=trainer)
+    tok.train_from_iterator(itertools.chain([first], texts), trainer=trainer)
     # the trainer may stop short of the target (small corpus): pad with unused tokens
     pad_vocab(tok, multiple)
     _bert_template(tok, tok.token_to_id(CLS), tok.token_to_id(SEP))
@@ -173,11 +188,8 @@ def _byte_to_unicode() -> dict[int, str]:
     keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     out, shift = {}, 0
     for b in range(256):
-        if b in keep:
-            out[b] = chr(b)
-        else:
-            out[b] = chr(256 + shift)
-            shift += 1
+        out[b] = chr(b) if b in keep else chr(256 + shift)
+        shift += b not in keep
     return out
 
 
@@ -185,10 +197,14 @@ def read_tiktoken_ranks(path: str) -> dict[bytes, int]:
     """Parse a ``.tiktoken`` file: one ``base64(token) rank`` per line."""
     ranks = {}
     with open(path, "rb") as f:
-        for line in f:
+        for lineno, line in enumerate(f, 1):
             if line.strip():
-                tok, rank = line.split()
-                ranks[base64.b64decode(tok)] = int(rank)
+                try:
+                    tok, rank = line.split()
+                    ranks[base64.b64decode(tok, validate=True)] = int(rank)
+                except ValueError:  # binascii.Error is a ValueError too
+                    raise TokenizerError(f"{path}:{lineno}: not a .tiktoken line ('<base64 token> <rank>'); give "
+                                         "gpt2.tiktoken (--tiktoken, or leave it out to fetch it)") from None
     return ranks
 
 
@@ -225,7 +241,7 @@ def bpe_from_tiktoken(ranks: dict[bytes, int]) -> tuple[dict[str, int], list[tup
             continue
         parts = _lowest_rank_split(ranks, token, rank)
         if len(parts) != 2:
-            raise ValueError(f"rank {rank} ({token!r}) is not the merge of two lower-ranked tokens")
+            raise TokenizerError(f"rank {rank} ({token!r}) is not the merge of two lower-ranked tokens (not a BPE rank file)")
         merges.append((s(parts[0]), s(parts[1])))
     return vocab, merges
 
@@ -234,7 +250,7 @@ def build_modernbert_tokenizer(tiktoken_path: str):
     """GPT-2 BPE (ids preserved) + ModernBERT's special-token layout, 50,368 ids in total."""
     ranks = read_tiktoken_ranks(tiktoken_path)
     if sorted(ranks.values()) != list(range(len(ranks))):
-        raise ValueError(f"{tiktoken_path}: ranks are not 0..{len(ranks) - 1}")
+        raise TokenizerError(f"{tiktoken_path}: ranks are not 0..{len(ranks) - 1} (not gpt2.tiktoken)")
     vocab, merges = bpe_from_tiktoken(ranks)
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
     # GPT-2's pre-tokenizer: its contraction/letters/digits/punctuation/whitespace regex, on bytes

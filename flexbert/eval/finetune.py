@@ -67,6 +67,10 @@ class FinetuneConfig:
         for key in ("epochs", "batch_size", "max_seq_len"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}: must be >= 1, got {getattr(self, key)}")
+        least = 3 if len(self.text_columns) < 2 else 5  # the special tokens and one token of each text
+        if self.max_seq_len < least:  # below it no text is left, or the tokenizer does not cut at all
+            shape = "[CLS] text [SEP]" if least == 3 else "[CLS] text [SEP] text [SEP]"
+            raise ConfigError(f"max_seq_len: must be >= {least} ({shape}, a token of text each), got {self.max_seq_len}")
         if not self.lr > 0:
             raise ConfigError(f"lr: must be > 0, got {self.lr}")
         if not 0 <= self.warmup < 1:

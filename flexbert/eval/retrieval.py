@@ -77,6 +77,7 @@ class RetrievalConfig:
     model: Optional[str] = None  # run folder, checkpoint, or SentenceTransformer folder
     bm25: bool = False  # the BM25 baseline, beside the model or alone
     split: str = "test"
+    skip_empty: bool = False  # leave blank queries and documents out (counted in details["warnings"]) instead of refusing
     max_seq_len: Optional[int] = None  # truncate inputs (default: the model's)
     batch_size: int = 32
     device: Optional[str] = None
@@ -95,11 +96,14 @@ class RetrievalConfig:
 @evaluation("retrieval", RetrievalConfig)
 def evaluate_retrieval(cfg: RetrievalConfig) -> Result:
     """nDCG@10, MRR@10, Recall@100 of ``cfg.model`` (cosine over its embeddings) and/or BM25 on
-    ``cfg.data``'s split; the model's metrics lead, BM25's go to ``details["bm25"]`` beside them."""
+    ``cfg.data``'s split; the model's metrics lead, BM25's go to ``details["bm25"]`` beside them,
+    what the folder's checks left out to ``details["warnings"]`` (flexbert/data/beir.py)."""
     if cfg.out:
         check_output_dir(cfg.out, [cfg.model, cfg.data])
-    data = load_beir(cfg.data, cfg.split)
+    data = load_beir(cfg.data, cfg.split, cfg.skip_empty)
     details: dict = {"queries": len(data.qrels), "documents": len(data.corpus)}
+    if data.warnings:  # judgements left out, records skipped: the result says what it covers
+        details["warnings"] = list(data.warnings)
     model_ref = {"ref": "bm25", "kind": "bm25"}
     if cfg.model:
         loaded = load_model(cfg.model, "encoder", max_seq_len=cfg.max_seq_len, device=cfg.device)

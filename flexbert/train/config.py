@@ -251,13 +251,14 @@ def _load_with_inherit(path: str, seen: tuple[str, ...] = ()) -> dict:
     return OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(base), OmegaConf.create(raw)), resolve=True)
 
 
-def load_run_config(path: Optional[str], overrides: Optional[list[str]] = None) -> RunConfig:
-    """YAML (with optional ``inherit:``) + ``key=value`` overrides -> a validated RunConfig."""
+def load_run_config(path: Optional[str], overrides: Optional[list[str]] = None, where: str = "") -> RunConfig:
+    """YAML (with optional ``inherit:``) + ``key=value`` overrides -> a validated RunConfig (a bad
+    value's message starts with ``where``: the file, when it is a saved one)."""
     raw: dict[str, Any] = _load_with_inherit(path) if path else {}
     if overrides:
         with_cli = load_yaml(None, overrides)
         raw = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(raw), OmegaConf.create(with_cli)), resolve=True)
-    return config_from_dict(raw)
+    return config_from_dict(raw, where)
 
 
 def config_from_dict(raw: dict, where: str = "") -> RunConfig:

@@ -10,9 +10,8 @@ A run folder (``run_dir``, default ``runs/{run_name}``) holds:
 ``checkpoints/``         ``ba{N}.pt`` + ``latest.pt`` (or the configured ``save_folder``)
 ``.lock``                the process training in it (one writer per run folder)
 
-Every consumer (weight tools, model loading, experiments, reports) reads through here, with no
-Composer import.  A checkpoint carries its run's identity (config, run folder, tokenizer
-fingerprint), so a checkpoint found anywhere still knows its model.
+Every consumer (weight tools, model loading, experiments, reports) reads through here, with no Composer import.
+A checkpoint carries its run's identity (config, run folder, tokenizer fingerprint): found anywhere, it knows its model.
 """
 
 from __future__ import annotations
@@ -208,8 +207,9 @@ class RunFolder:
     def load_config(self, overrides: Optional[list[str]] = None) -> RunConfig:
         """The config the run was trained with (``microbatch_size: auto`` resolved)."""
         if not self.has_config():
-            raise RunFolderError(f"{self.path}: no {CONFIG} (not a train.py run folder, or it never started)")
-        return self.resolved(load_run_config(self.config_path, overrides))
+            why = "does not exist" if not os.path.exists(self.path) else "is a file" if os.path.isfile(self.path) else f"has no {CONFIG}"
+            raise RunFolderError(f"{self.path}: {why} (give a train.py run folder: the run_dir a run wrote)")
+        return self.resolved(load_run_config(self.config_path, overrides, where=self.config_path))
 
     def resolved(self, cfg: RunConfig) -> RunConfig:
         """``cfg`` with ``data.microbatch_size: auto`` replaced by this run's recorded choice."""

@@ -65,7 +65,11 @@ def encoder_model(path: str, max_seq_len: Optional[int] = None, device: Optional
             check_weights(path)
         except ConversionError as e:
             raise ModelLoadError(f"--model {path}: {e}") from None
-        model = SentenceTransformer(path, device=device)
+        try:
+            model = SentenceTransformer(path, device=device)
+        except Exception as e:  # noqa: BLE001 - a folder of another architecture: its files, sentence-transformers' checks
+            raise ModelLoadError(f"--model {path}: sentence-transformers cannot load it ({type(e).__name__}: "
+                                 f"{(str(e).strip().splitlines() or [''])[0]})") from e
     else:
         with tempfile.TemporaryDirectory() as scratch:
             folder = os.path.join(scratch, "hf")

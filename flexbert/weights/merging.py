@@ -31,6 +31,7 @@ be larger than the formulas.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from typing import Optional, Sequence
@@ -42,7 +43,7 @@ from flexbert.data.outputs import prepare_output_dir
 from flexbert.errors import FlexBertError
 from flexbert.model.model import FlexBertForMaskedLM, FlexBertForSequenceClassification
 from flexbert.weights.load import load_pretrained, mlm_model
-from flexbert.weights.writer import ModelWriter
+from flexbert.weights.writer import ModelWriter, nonfinite
 
 METHODS = ("linear", "task_arithmetic", "ties")
 HEADS = ("keep", "drop")  # what becomes of fine-tuned task models' classification heads
@@ -57,9 +58,7 @@ def _floats(state: dict) -> list[str]:
 
 
 def merge_linear(states: Sequence[dict], weights: Sequence[float]) -> dict:
-    total = float(sum(weights))
-    if total <= 0:
-        raise MergeError(f"--weights must sum to more than 0, got {list(weights)}")
+    total = float(sum(weights))  # > 0: check_options
     out = dict(states[0])
     for k in _floats(states[0]):
         acc = sum(w * s[k].float() for w, s in zip(weights, states)) / total
@@ -100,28 +99,43 @@ def ties_tensor(base: torch.Tensor, others: Sequence[torch.Tensor], weights: Seq
 
 
 def merge_ties(base: dict, states: Sequence[dict], weights: Sequence[float], density: float, scale: float = 1.0) -> dict:
-    if not 0 < density <= 1:
-        raise MergeError(f"--density must be in (0, 1], got {density}")
     out = dict(base)
     for k in _floats(base):
         out[k] = ties_tensor(base[k], [s[k] for s in states], weights, density, scale)
     return out
 
 
+def check_options(method: str, n_models: int, weights: Optional[Sequence[float]] = None, density: float = 0.5,
+                  scale: float = 1.0, base: bool = False) -> list[float]:
+    """Refuse (one line naming the flag) what no merge can use, before any model is read; the
+    weights, one per model (default 1 each)."""
+    if method not in METHODS:
+        raise MergeError(f"--method: unknown method '{method}'; valid choices: {', '.join(METHODS)}")
+    if n_models < 1:
+        raise MergeError("--models: give at least one model to merge")
+    weights = [float(w) for w in weights] if weights is not None else [1.0] * n_models
+    if len(weights) != n_models:
+        raise MergeError(f"--weights: {len(weights)} weight(s) for {n_models} model(s)")
+    bad = next((w for w in weights if not math.isfinite(w)), None)
+    if bad is not None:
+        raise MergeError(f"--weights: every weight must be a finite number, got {bad}")
+    if method == "linear" and not sum(weights) > 0:
+        raise MergeError(f"--weights must sum to more than 0, got {weights}")
+    if not math.isfinite(scale):
+        raise MergeError(f"--scale must be a finite number, got {scale}")
+    if method == "ties" and not 0 < density <= 1:
+        raise MergeError(f"--density must be in (0, 1], got {density}")
+    if method != "linear" and not base:
+        raise MergeError(f"--method {method} needs --base (task vectors are differences from it)")
+    return weights
+
+
 def merge_states(method: str, base: Optional[dict], states: Sequence[dict], weights: Optional[Sequence[float]] = None,
                  density: float = 0.5, scale: float = 1.0) -> dict:
     """The merged state dict (FlexBERT names) of ``states`` by ``method``."""
-    if method not in METHODS:
-        raise MergeError(f"--method: unknown method '{method}'; valid choices: {', '.join(METHODS)}")
-    if not states:
-        raise MergeError("--models: give at least one model to merge")
-    weights = list(weights) if weights is not None else [1.0] * len(states)
-    if len(weights) != len(states):
-        raise MergeError(f"--weights: {len(weights)} weight(s) for {len(states)} model(s)")
+    weights = check_options(method, len(states), weights, density, scale, base is not None)
     if method == "linear":
         return merge_linear(states, weights)
-    if base is None:
-        raise MergeError(f"--method {method} needs --base (task vectors are differences from it)")
     if method == "task_arithmetic":
         return merge_task_arithmetic(base, states, weights, scale)
     return merge_ties(base, states, weights, density, scale)
@@ -135,8 +149,15 @@ def _check_same(paths: Sequence[str], pres: Sequence) -> None:
                           if getattr(first.config, f.name) != getattr(pre.config, f.name))
             raise MergeError(f"{path} has another model config than {paths[0]} (model.{', model.'.join(diff[:4])}); "
                              "only models of one architecture and size merge")
-        if set(pre.state) != set(first.state) or any(pre.state[k].shape != first.state[k].shape for k in first.state):
-            raise MergeError(f"{path} has other weights (names or shapes) than {paths[0]}")
+        only = sorted(set(pre.state) ^ set(first.state))
+        if only:
+            where = paths[0] if only[0] in first.state else path
+            raise MergeError(f"{path} has other weights than {paths[0]}: {only[0]} is only in {where} "
+                             f"({len(only)} tensor(s) in one but not the other); only models of one architecture merge")
+        shape = next((k for k in first.state if pre.state[k].shape != first.state[k].shape), None)
+        if shape is not None:
+            raise MergeError(f"{path} has other weights than {paths[0]}: {shape} is {tuple(pre.state[shape].shape)} "
+                             f"there, {tuple(first.state[shape].shape)} in {paths[0]}; only models of one size merge")
 
 
 def merge_models(method: str, models: Sequence[str], out_dir: str, base: Optional[str] = None,
@@ -144,6 +165,7 @@ def merge_models(method: str, models: Sequence[str], out_dir: str, base: Optiona
                  overwrite: bool = False, heads: str = "keep") -> dict:
     """Merge ``models`` (and ``base``) and write ``out_dir`` as a Hugging Face folder (classifiers:
     see ``merge_task_models``)."""
+    weights = check_options(method, len(models), weights, density, scale, bool(base))
     paths = ([base] if base else []) + list(models)
     writer = ModelWriter("merge", out_dir, overwrite, inputs=paths, keep=paths)
     pres = [load_pretrained(p) for p in paths]
@@ -155,6 +177,10 @@ def merge_models(method: str, models: Sequence[str], out_dir: str, base: Optiona
     writer.inputs = [*writer.inputs, *(p.path for p in pres)]
     states = [mlm_model(p).state_dict() for p in pres]
     merged = merge_states(method, states[0] if base else None, states[1:] if base else states, weights, density, scale)
+    bad = nonfinite(merged)
+    if bad:
+        raise MergeError(f"the merged weights are not finite ({bad}): the inputs or --weights/--scale overflow "
+                         f"float32; nothing was written to {out_dir}")
     model = FlexBertForMaskedLM(pres[0].config)
     model.load_state_dict(merged)
     model.tie_weights()
@@ -227,6 +253,10 @@ def merge_task_models(writer: ModelWriter, paths: Sequence[str], pres: Sequence,
     density, scale = (settings[k] if settings[k] is not None else d for k, d in (("density", 0.5), ("scale", 1.0)))
     merged = merge_states(settings["method"], encs[0] if has_base else None, encs[1:] if has_base else encs,
                           settings["weights"], density, scale)
+    bad = nonfinite(merged)
+    if bad:
+        raise MergeError(f"the merged weights are not finite ({bad}): the inputs or --weights/--scale overflow "
+                         f"float32; nothing was written to {writer.out}")
     fingerprint = common_fingerprint({f"model {p}": pre.tokenizer_fingerprint for p, pre in zip(paths, pres)})
     tok_dir = next((p.tokenizer_dir for p in pres if p.tokenizer_dir), None)
     writer.tokenizer(tok_dir, fingerprint, f"model {paths[0]}", pres[0].config.vocab_size)  # before anything is written

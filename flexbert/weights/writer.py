@@ -54,6 +54,16 @@ def read_record(folder: str) -> Optional[dict]:
         return json.load(f)
 
 
+def nonfinite(state: dict) -> Optional[str]:
+    """None when every floating-point tensor of ``state`` is finite; else the first bad one, in
+    words ("model.layers.0.mlp.Wo.weight: 12 nan, 0 inf of 4096")."""
+    for k, v in state.items():
+        if torch.is_tensor(v) and torch.is_floating_point(v) and not bool(torch.isfinite(v).all()):
+            nan, inf = int(torch.isnan(v).sum()), int(torch.isinf(v).sum())
+            return f"{k}: {nan} nan, {inf} inf of {v.numel()}"
+    return None
+
+
 def check_tokenizer(tok, tok_dir: Optional[str], fingerprint: Optional[str], source: str, vocab_size: int) -> None:
     """``tok`` must be the tokenizer ``source`` was trained with (``fingerprint``, when known) and
     hold no more ids than its ``vocab_size`` embeddings; one line naming both sides otherwise."""
@@ -94,6 +104,13 @@ class ModelWriter:
         return tok
 
     # -- the folder
+    def check_finite(self, state: dict, source: str = "the model") -> None:
+        """Refuse to write weights that are not all finite (a diverged run, an overflowing merge)."""
+        bad = nonfinite(state)
+        if bad:
+            raise WriteError(f"{self.tool}: {source} has weights that are not finite ({bad}); nothing was "
+                             f"written to {self.out} (a diverged run: use an earlier checkpoint)")
+
     def _open(self) -> None:
         prepare_output_dir(self.out, overwrite=self.overwrite, inputs=self.inputs, keep=self.keep)
 
@@ -101,6 +118,7 @@ class ModelWriter:
         """A Hugging Face ModernBERT folder of a FlexBertForMaskedLM; FlexBERT-named safetensors
         when transformers cannot express it (``fallback``; else the ConversionError).  Returns what
         ``init_from`` takes."""
+        self.check_finite(model.state_dict())
         self._open()
         try:
             to_hf(model.eval(), self.out, tokenizer=self._tok)
@@ -113,6 +131,7 @@ class ModelWriter:
 
     def write_classifier(self, model: torch.nn.Module, label_names: Optional[list[str]]) -> str:
         """A ModernBertForSequenceClassification folder (label names kept), else FlexBERT safetensors."""
+        self.check_finite(model.state_dict())
         self._open()
         tok = self._tok if self._tok is not None else (
             os.path.join(self.tokenizer_dir, "tokenizer.json") if self.tokenizer_dir else None)
@@ -133,6 +152,7 @@ class ModelWriter:
     def write_checkpoint(self, ckpt: dict, cfg, batch: int) -> str:
         """A run folder: ``checkpoints/ba{batch}.pt`` (written atomically) and the config.yaml it
         was trained with (run_dir pointing here).  Returns the checkpoint path."""
+        self.check_finite(ckpt["state"]["model"], "the checkpoint")
         self._open()
         folder = os.path.join(self.out, "checkpoints")
         os.makedirs(folder, exist_ok=True)
