@@ -1,60 +1,48 @@
-"""Retrieval fine-tuning: (query, positive[, negative]) rows, in-batch negatives.
+"""The contrastive stage: fine-tune a pretrained encoder into a retriever on (query, positive[,
+negative]) rows with in-batch negatives, on one process or many.
 
-Driven by sentence-transformers' own ``SentenceTransformerTrainer`` (the maintained recipe: a
-no-duplicates batch sampler so no batch holds a passage twice, linear decay after warmup, a progress
-bar, per-step loss records) with ``MultipleNegativesRankingLoss``: every query against every passage
-of its batch (and the hard negatives, when the file has a negative column), cross-entropy towards
-its own.  ``mini_batch_size`` switches to ``CachedMultipleNegativesRankingLoss`` (GradCache), which
-gives a large batch of negatives at the memory of a small one.  The trainer needs ``datasets`` and
-``accelerate`` (pinned with the 'retrieval' extra to releases that accept transformers 4.53's
-huggingface_hub).  The model is anything ``--model`` takes (flexbert/weights/load.py, ``encoder``
-head: a run folder or checkpoint is exported first); the output is a SentenceTransformer folder,
-for ``flexbert eval-retrieval``, with the ``retrieval-finetune`` evaluation's result.json.
+Driven by sentence-transformers' own trainer and losses (flexbert/eval/contrastive.py says which
+and why): ``MultipleNegativesRankingLoss``, its cached (GradCache) form for batches larger than
+memory (``mini_batch_size``), ``MatryoshkaLoss`` (``matryoshka_dims``), SPLADE on the MLM head
+(``sparse``), negatives gathered across processes, the no-duplicates batch sampler over the global
+batch, several pair files in one run (flexbert/eval/pairs.py), query/passage prompts stored in the
+saved model (``SentenceTransformer(OUT).encode(texts, prompt_name="query")``), checkpoints in
+``OUT/work`` that a rerun continues from.  The trainer needs ``datasets`` and ``accelerate``
+(pinned with the 'retrieval' extra to releases that accept transformers 4.53's huggingface_hub).
+
+Several processes: ``torchrun --nproc-per-node N -m flexbert finetune-retrieval ...`` (or
+``accelerate launch -m flexbert finetune-retrieval ...``); gloo on CPU, NCCL on GPUs; the batch
+size is the global one.  The model is anything ``--model`` takes (flexbert/weights/load.py); the
+output is a SentenceTransformer (or SparseEncoder) folder, for ``flexbert eval-retrieval``, with the
+``retrieval-finetune`` evaluation's result.json.
 """
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Literal, Optional, Sequence, Union
 
-import torch
 from transformers import set_seed
-from transformers.trainer_callback import PrinterCallback
 
-from flexbert.config import ConfigError
+from flexbert.config import ConfigError, options_from_file
 from flexbert.data.beir import load_beir
-from flexbert.data.outputs import check_output_dir, prepare_output_dir
-from flexbert.data.readers import InputError, read_records
+from flexbert.data.outputs import check_output_dir
+from flexbert.env import dist_env
+from flexbert.eval.contrastive import (
+    Progress,
+    barrier,
+    build_loss,
+    build_trainer,
+    close_work,
+    open_work,
+    resume_checkpoint,
+    train,
+    training_args,
+    work_folder,
+)
 from flexbert.eval.evaluation import Result, evaluation, settings_of
-from flexbert.eval.retrieval import rank_dense, ranking_metrics
-from flexbert.weights.load import load_model
-
-
-def read_pairs(path: str, query_column: str = "query", positive_column: str = "positive",
-               negative_column: str = "negative") -> dict[str, list[str]]:
-    """Columns ``anchor``, ``positive`` (and ``negative`` when every row has one) from any table
-    format of the reader registry (.jsonl, .csv, .tsv, ...)."""
-    def text(row: dict, column: str) -> bool:
-        return isinstance(row.get(column), str) and bool(row[column].strip())
-
-    rows = []
-    for r in read_records(path):
-        row = r.value if isinstance(r.value, dict) else {}
-        missing = [c for c in (query_column, positive_column) if not text(row, c)]
-        if missing:
-            raise InputError(f"{path}:{r.line}: no text in column '{missing[0]}' (columns: {', '.join(row) or 'none'})")
-        rows.append((r.line, row))
-    if len(rows) < 2:
-        raise InputError(f"{path}: {len(rows)} pair(s); in-batch negatives need at least 2")
-    table = {"anchor": [row[query_column] for _, row in rows], "positive": [row[positive_column] for _, row in rows]}
-    has_negative = [text(row, negative_column) for _, row in rows]
-    if any(has_negative):
-        if not all(has_negative):
-            line = rows[has_negative.index(False)][0]
-            raise InputError(f"{path}:{line}: no text in column '{negative_column}' (other rows are triplets)")
-        table["negative"] = [row[negative_column] for _, row in rows]
-    return table
+from flexbert.eval.pairs import column_prompts, pair_datasets, read_pairs  # noqa: F401 - read_pairs: the pairs reader's public name
+from flexbert.eval.retrieval import load_retriever, score_model
 
 
 def reinitialize(model) -> None:
@@ -67,52 +55,26 @@ def reinitialize(model) -> None:
         transformer.tie_weights()
 
 
-def _loss(model, mini_batch_size: Optional[int]):
-    from sentence_transformers import losses
-
-    if mini_batch_size:
-        return losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=mini_batch_size)
-    return losses.MultipleNegativesRankingLoss(model)
-
-
-def _evaluate(model, eval_dir: Optional[str], split: str) -> Optional[dict]:
-    if eval_dir is None:
-        return None
-    data = load_beir(eval_dir, split)
-    return ranking_metrics(rank_dense(model, data), data.qrels)
-
-
-def _train(model, table: dict, loss, *, epochs: int, batch_size: int, lr: float, warmup: float, seed: int,
-           progress: bool, max_steps: int = -1) -> list[float]:
-    """Run the trainer; the loss of every optimizer step."""
-    from datasets import Dataset
-    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
-    from sentence_transformers.training_args import BatchSamplers
-
-    with tempfile.TemporaryDirectory() as scratch:  # the trainer's output_dir: nothing is saved there
-        args = SentenceTransformerTrainingArguments(
-            output_dir=scratch, num_train_epochs=epochs, max_steps=max_steps, per_device_train_batch_size=batch_size, learning_rate=lr,
-            warmup_ratio=warmup, seed=seed, data_seed=seed, batch_sampler=BatchSamplers.NO_DUPLICATES,
-            logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=not progress,
-            dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available())
-        trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=Dataset.from_dict(table), loss=loss)
-        if not progress:  # without a bar the trainer prints every step's record instead: neither
-            trainer.remove_callback(PrinterCallback)
-        trainer.train()
-    return [rec["loss"] for rec in trainer.state.log_history if "loss" in rec]
-
-
 @dataclass
 class RetrievalFinetuneConfig:
     model: str = ""  # run folder, checkpoint, or SentenceTransformer folder
-    train: str = ""  # a table of (query, positive[, negative]) rows
-    out: str = ""  # the output SentenceTransformer folder (with result.json)
+    train: Union[str, list[str]] = ""  # one or more tables of (query, positive[, negative]) rows
+    out: str = ""  # the output SentenceTransformer folder (with result.json; OUT/work while training)
+    config: Optional[str] = None  # the YAML these options came from, for the record
     eval: Optional[str] = None  # a BEIR folder scored before and after training
     split: str = "test"  # the eval folder's qrels split
     epochs: int = 1
     max_steps: Optional[int] = None  # stop after this many steps (before the epochs end)
-    batch_size: int = 32  # rows per batch: the in-batch negatives
+    batch_size: int = 32  # rows per step over all processes: the in-batch negatives
     mini_batch_size: Optional[int] = None  # the cached loss (GradCache): embed the batch in chunks of this size
+    gather: bool = True  # on several processes, every query meets every process's passages
+    mix: Literal["proportional", "round_robin"] = "proportional"  # how batches are drawn from several files
+    query_prompt: Optional[str] = None  # text put before every query, stored as the model's "query" prompt
+    passage_prompt: Optional[str] = None  # before every passage, stored as its "passage" prompt
+    matryoshka_dims: Optional[list[int]] = None  # train nested widths (MatryoshkaLoss); scored at each
+    sparse: bool = False  # SPLADE: train and score the MLM head as a SparseEncoder
+    query_regularizer: float = 5e-5  # SPLADE's FLOPS weight on query vectors
+    document_regularizer: float = 3e-5  # and on passage vectors
     lr: float = 2e-5
     warmup: float = 0.1  # fraction of the steps with a rising learning rate
     max_seq_len: Optional[int] = None
@@ -121,47 +83,106 @@ class RetrievalFinetuneConfig:
     query_column: str = "query"
     positive_column: str = "positive"
     negative_column: str = "negative"
+    save_steps: int = 500  # a checkpoint in OUT/work every this many steps (a rerun continues from it)
     progress: bool = True
     overwrite: bool = False
+
+    @property
+    def train_files(self) -> list[str]:
+        return [self.train] if isinstance(self.train, str) else list(self.train)
 
     def validate(self, prefix: str = "") -> None:
         for key in ("model", "train", "out"):
             if not getattr(self, key):
-                raise ConfigError(f"{key}: required")
+                raise ConfigError(f"{key}: required (--{key} or in --config)")
         if not self.lr > 0:
             raise ConfigError(f"lr: must be > 0, got {self.lr}")
         if not 0 <= self.warmup < 1:
             raise ConfigError(f"warmup: must be in [0, 1), got {self.warmup}")
         if self.batch_size < 2:
             raise ConfigError(f"batch_size: in-batch negatives need at least 2 rows per batch, got {self.batch_size}")
-        for key in ("epochs", "max_steps", "mini_batch_size"):
+        for key in ("epochs", "max_steps", "mini_batch_size", "save_steps"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ConfigError(f"{key}: must be >= 1, got {getattr(self, key)}")
+        if self.matryoshka_dims is not None and (not self.matryoshka_dims or min(self.matryoshka_dims) < 1):
+            raise ConfigError(f"matryoshka_dims: widths >= 1, got {self.matryoshka_dims}")
+        if self.sparse and (self.matryoshka_dims or self.mini_batch_size or self.random_init):
+            raise ConfigError("sparse: SPLADE takes neither matryoshka_dims, mini_batch_size nor random_init")
 
 
-@evaluation("retrieval-finetune", RetrievalFinetuneConfig)
-def finetune_retrieval(cfg: RetrievalFinetuneConfig, log: Callable[[str], None] = print) -> Result:
-    """Fine-tune, save a SentenceTransformer to ``cfg.out``; the result: with ``cfg.eval``, the
-    BEIR metrics after training (before it in ``details``), the loss of every step."""
-    check_output_dir(cfg.out, [cfg.model, cfg.train, cfg.eval])
-    table = read_pairs(cfg.train, cfg.query_column, cfg.positive_column, cfg.negative_column)
-    if cfg.eval is not None:
-        load_beir(cfg.eval, cfg.split)  # a bad folder fails before any training
-    set_seed(cfg.seed)
-    loaded = load_model(cfg.model, "encoder", max_seq_len=cfg.max_seq_len)
+def load_retrieval_finetune_config(path: Optional[str], given: dict) -> RetrievalFinetuneConfig:
+    """A YAML file of RetrievalFinetuneConfig keys, the command line's over them (one line naming
+    the file and the key for an unknown key or a wrong value)."""
+    return options_from_file(RetrievalFinetuneConfig, path, given)
+
+
+def _load(cfg: RetrievalFinetuneConfig):
+    loaded = load_retriever(cfg.model, cfg.sparse, max_seq_len=cfg.max_seq_len)
     model = loaded.model
     if cfg.random_init:
         reinitialize(model)
-    before = _evaluate(model, cfg.eval, cfg.split)
-    kind = "triplets" if "negative" in table else "pairs"
-    log(f"[finetune_retrieval] {len(table['anchor'])} {kind}, batch {cfg.batch_size}, {cfg.epochs} epoch(s), "
-        f"{'cached ' if cfg.mini_batch_size else ''}MultipleNegativesRankingLoss")
-    losses = _train(model, table, _loss(model, cfg.mini_batch_size), epochs=cfg.epochs, batch_size=cfg.batch_size,
-                    lr=cfg.lr, warmup=cfg.warmup, seed=cfg.seed, progress=cfg.progress, max_steps=cfg.max_steps or -1)
-    after = _evaluate(model, cfg.eval, cfg.split)
-    prepare_output_dir(cfg.out, overwrite=cfg.overwrite, inputs=[cfg.model, cfg.train, cfg.eval])
-    model.save(cfg.out)
-    details = {"rows": len(table["anchor"]), "kind": kind, "steps": len(losses), "losses": losses,
-               "metrics_before": {cfg.split: before} if before is not None else None}
+    width = model.get_sentence_embedding_dimension()
+    if cfg.matryoshka_dims and max(cfg.matryoshka_dims) > width:
+        raise ConfigError(f"matryoshka_dims: {max(cfg.matryoshka_dims)} is wider than {cfg.model}'s {width} dimensions")
+    given = {"query": cfg.query_prompt, "passage": cfg.passage_prompt}
+    if any(given.values()):  # sentence-transformers' empty defaults ("document": "") would shadow "passage"
+        model.prompts = {k: v for k, v in {**model.prompts, **given}.items() if v}
+    return loaded, model
+
+
+def _evaluate(model, cfg: RetrievalFinetuneConfig, main: bool) -> tuple[Optional[dict], list]:
+    if cfg.eval is None or not main:
+        return None, []
+    return score_model(model, load_beir(cfg.eval, cfg.split), cfg.matryoshka_dims)
+
+
+def _prompts(model, names: Optional[list[str]]):
+    """The trainer's prompts: the model's stored query and passage prompts, per column."""
+    p = model.prompts
+    return column_prompts(names, p.get("query"), p.get("passage") or p.get("document"))
+
+
+@evaluation("retrieval-finetune", RetrievalFinetuneConfig)
+def finetune_retrieval(cfg: RetrievalFinetuneConfig, log: Callable[[str], None] = print,
+                       callbacks: Sequence = ()) -> Result:
+    """Fine-tune, save the model to ``cfg.out``; the result: with ``cfg.eval``, the BEIR metrics
+    after training (before it in ``details``; one row per Matryoshka width in ``details["dims"]``),
+    the loss of every step.  ``callbacks``: more transformers TrainerCallbacks (tests)."""
+    env = dist_env()
+    main = env.rank == 0
+    inputs = [cfg.model, *cfg.train_files, cfg.eval]
+    check_output_dir(cfg.out, inputs)
+    columns = (cfg.query_column, cfg.positive_column, cfg.negative_column)
+    data, summary = pair_datasets(cfg.train_files, columns)
+    if cfg.eval is not None:
+        load_beir(cfg.eval, cfg.split)  # a bad folder fails before any training
+    set_seed(cfg.seed)
+    loaded, model = _load(cfg)
+    # the arguments first: making them starts the process group (several processes) the barrier needs
+    args = training_args(cfg, work_folder(cfg.out), env.world_size,
+                         _prompts(model, list(summary) if len(summary) > 1 else None))
+    work = open_work(cfg.out, settings_of(cfg), cfg.overwrite, inputs, main)
+    barrier()  # the main process has prepared the work folder
+    before, _ = _evaluate(model, cfg, main)
+    kinds = ", ".join(f"{name}: {n} {kind}" for name, (n, kind) in summary.items())
+    loss = build_loss(model, cfg, env.world_size)
+    if main:
+        log(f"[finetune_retrieval] {kinds}; batch {cfg.batch_size} over {env.world_size} process(es), "
+            f"{cfg.epochs} epoch(s), {type(loss).__name__}")
+    trainer = build_trainer(model, data, loss, args, [Progress(log, cfg.progress), *callbacks])
+    resume = resume_checkpoint(work)
+    train(trainer, resume)
+    losses = [rec["loss"] for rec in trainer.state.log_history if "loss" in rec]
+    after, rows = _evaluate(model, cfg, main)
+    if main:
+        model.save(cfg.out)
+        close_work(cfg.out)
+    barrier()
+    details = {"rows": sum(n for n, _ in summary.values()), "datasets": {k: n for k, (n, _) in summary.items()},
+               "kind": "triplets" if all(k == "triplets" for _, k in summary.values()) else "pairs",
+               "steps": len(losses), "losses": losses, "processes": env.world_size, "resumed_from": resume,
+               "prompts": dict(model.prompts), "metrics_before": {cfg.split: before} if before is not None else None}
+    if rows:
+        details["dims"] = rows
     return Result("retrieval-finetune", loaded.ref(random_init=cfg.random_init), settings_of(cfg),
                   {cfg.split: after} if after is not None else {}, details)
