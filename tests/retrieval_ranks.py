@@ -1,7 +1,8 @@
 """One step of the contrastive stage, recorded: the loss, the gradients after the step's backward
 (DDP-averaged on several processes) and the rows of every global batch.  Run under
-``torchrun --nproc-per-node 2 tests/retrieval_ranks.py ENCODER PAIRS BATCH OUT.json`` (gloo on
-CPU) by tests/test_retrieval_stage.py, and in-process on one process for the reference.
+``torchrun --nproc-per-node 2 tests/retrieval_ranks.py ENCODER PAIRS BATCH MINI OUT.json`` (gloo
+on CPU; the plain loss, then the cached one with mini-batches of MINI) by
+tests/test_retrieval_stage.py, and in-process on one process for the reference.
 
 It builds the stage from the stage's own pieces (flexbert/eval/contrastive.py: the loss with
 negatives gathered across processes, the trainer arguments that split the global batch, the
@@ -13,6 +14,7 @@ import json
 import os
 import sys
 import tempfile
+from typing import Optional
 
 import torch
 from transformers import TrainerCallback, set_seed
@@ -46,11 +48,11 @@ class Gradients(TrainerCallback):
             self.grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def one_step(encoder: str, pairs: str, batch_size: int) -> dict:
+def one_step(encoder: str, pairs: str, batch_size: int, mini_batch_size: Optional[int] = None) -> dict:
     """The first step's loss (averaged over the processes), gradients and global batches' rows."""
     env = dist_env()
     cfg = RetrievalFinetuneConfig(model=encoder, train=pairs, out="unused", batch_size=batch_size, max_steps=1, lr=1e-3,
-                                  warmup=0.0, seed=3, progress=False)
+                                  warmup=0.0, seed=3, progress=False, mini_batch_size=mini_batch_size)
     set_seed(cfg.seed)
     model = load_model(encoder, "encoder").model
     data, _ = pair_datasets([pairs])
@@ -74,8 +76,8 @@ def one_step(encoder: str, pairs: str, batch_size: int) -> dict:
 
 
 if __name__ == "__main__":
-    encoder, pairs, batch, out = sys.argv[1:5]
-    record = one_step(encoder, pairs, int(batch))
+    encoder, pairs, batch, mini, out = sys.argv[1:6]
+    record = {"plain": one_step(encoder, pairs, int(batch)), "cached": one_step(encoder, pairs, int(batch), int(mini))}
     if dist_env().rank == 0:
         with open(out + ".tmp", "w") as f:
             json.dump(record, f)

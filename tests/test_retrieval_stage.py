@@ -36,9 +36,10 @@ def _topic_pairs(path, n=4, shared=False):
 
 def test_negatives_gathered_over_two_ranks_equal_one_process_on_the_global_batch(tmp_path, encoder):
     """torchrun, 2 CPU ranks (gloo), 4 rows each, negatives gathered: the loss and the DDP gradients
-    of the first step equal one process's on the 8-row global batch (1e-5); each global batch is the
-    one process's batch, and no passage appears twice in it although every passage is the positive
-    of 4 queries - so no query's positive is ever another query's negative."""
+    of the first step equal one process's on the 8-row global batch (1e-5), with the plain loss and
+    with the cached one (mini-batches of 2); each global batch is the one process's batch, and no
+    passage appears twice in it although every passage is the positive of 4 queries - so no query's
+    positive is ever another query's negative."""
     from retrieval_ranks import one_step
 
     pairs = _topic_pairs(tmp_path / "shared.jsonl", shared=True)
@@ -46,20 +47,21 @@ def test_negatives_gathered_over_two_ranks_equal_one_process_on_the_global_batch
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "tests")]), OMP_NUM_THREADS="1",
                TOKENIZERS_PARALLELISM="false", WANDB_MODE="offline")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           os.path.join(ROOT, "tests", "retrieval_ranks.py"), encoder, pairs, "8", str(out)],
+                           os.path.join(ROOT, "tests", "retrieval_ranks.py"), encoder, pairs, "8", "2", str(out)],
                           env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    two = json.loads(out.read_text())
     one = one_step(encoder, pairs, 8)
-    assert two["processes"] == 2 and one["processes"] == 1
-    assert two["batches"] == one["batches"] and len(one["batches"]) == 4
-    for batch in two["batches"]:
-        assert len(batch) == 8 and len(set(batch)) == 8, batch
-    assert two["loss"] == pytest.approx(one["loss"], abs=1e-5)
-    assert set(two["grads"]) == set(one["grads"]) and len(one["grads"]) > 4
-    for name, g in one["grads"].items():
-        torch.testing.assert_close(torch.tensor(two["grads"][name]), torch.tensor(g), rtol=0, atol=1e-5)
+    assert one["processes"] == 1 and len(one["batches"]) == 4
     assert max(torch.tensor(g).abs().max().item() for g in one["grads"].values()) > 1e-3  # a real signal
+    for kind, two in json.loads(out.read_text()).items():
+        assert two["processes"] == 2 and two["batches"] == one["batches"], kind
+        for batch in two["batches"]:
+            assert len(batch) == 8 and len(set(batch)) == 8, (kind, batch)
+        assert two["loss"] == pytest.approx(one["loss"], abs=1e-5), kind
+        assert set(two["grads"]) == set(one["grads"]) and len(one["grads"]) > 4
+        for name, g in one["grads"].items():
+            torch.testing.assert_close(torch.tensor(two["grads"][name]), torch.tensor(g), rtol=0, atol=1e-5,
+                                       msg=lambda m: f"{kind} {name}: {m}")
 
 
 def test_config_file_prompts_several_files_and_matryoshka(tmp_path, encoder, capsys):
