@@ -23,7 +23,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from flexbert.registry import ConfigError, unknown_choice
 
-__all__ = ["ConfigError", "IGNORE_INDEX", "from_dict", "to_dict", "load_yaml", "parse_time", "at_least", "finite", "count"]
+__all__ = ["ConfigError", "IGNORE_INDEX", "from_dict", "to_dict", "load_yaml", "parse_time", "at_least", "finite", "count",
+           "options_from_file"]
 
 # The label of every position the MLM / classification loss ignores (transformers' convention).
 # The contract between data (which writes it) and model (whose loss skips it); both sit above this
@@ -158,6 +159,26 @@ def load_yaml(path: str | None, overrides: list[str] | None = None) -> dict:
     if not isinstance(out, dict):
         raise ConfigError(f"config {path} must be a mapping at the top level")
     return out
+
+
+def options_from_file(cls: type, path: str | None, given: Mapping[str, Any]) -> Any:
+    """Dataclass ``cls`` from a YAML file of its keys (a command's ``--config``) with ``given`` (the
+    command line; None = not given) over them.  A key of the file that ``cls`` lacks, or a value there
+    of the wrong type, fails in one line naming the file and the key; a ``config`` field records the file."""
+    raw = load_yaml(path) if path else {}
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    for k, v in raw.items():
+        if k not in names:
+            raise ConfigError(f"{path}: " + unknown_choice(None, "config key", k, names, valid="valid keys"))
+        try:
+            _coerce(v, hints[k], k)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+    merged = {**raw, **{k: v for k, v in given.items() if v is not None}}
+    if path and "config" in names:
+        merged["config"] = path
+    return from_dict(cls, merged, "")
 
 
 def at_least(minimum: int):

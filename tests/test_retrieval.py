@@ -331,7 +331,7 @@ def test_pairs_the_sampler_can_only_batch_alone_are_refused_with_the_count(tmp_p
     """The no-duplicates sampler takes no text twice in a batch: pairs sharing one positive come one
     per batch (no in-batch negative, a loss of exactly 0) and are refused before training; a last
     batch of one that only the row count leaves is not; with a negative column every batch has one."""
-    from flexbert.eval.retrieval_finetune import RetrievalTrainingError, check_batches, read_pairs
+    from flexbert.eval.pairs import RetrievalTrainingError, check_batches, read_pairs
 
     shared = {"anchor": [f"q{i}" for i in range(12)], "positive": ["p"] * 12}
     with pytest.raises(RetrievalTrainingError, match="12 of 12 batches would hold a single pair"):
@@ -342,7 +342,9 @@ def test_pairs_the_sampler_can_only_batch_alone_are_refused_with_the_count(tmp_p
     assert check_batches(dict(shared, negative=[f"n{i}" for i in range(12)]), 4, 0, "p") == [1] * 12
     path = tmp_path / "pairs.tsv"
     path.write_text("query\tpositive\n\tx\nc\td\ne\tf\n")
-    assert read_pairs(str(path), skip_empty=True) == ({"anchor": ["c", "e"], "positive": ["d", "f"]}, [2])
+    skipped: list = []
+    assert read_pairs(str(path), skip_empty=True, skipped=skipped) == {"anchor": ["c", "e"], "positive": ["d", "f"]}
+    assert skipped == [2]
 
 
 def test_a_loss_that_stays_zero_stops_the_trainer_and_is_refused():

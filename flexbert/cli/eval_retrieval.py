@@ -3,14 +3,19 @@
     flexbert eval-retrieval --model runs/tiny/hf --data beir/scifact --out runs/tiny/beir-scifact
     flexbert eval-retrieval --model runs/tiny --bm25 --data beir/scifact    # BM25 printed beside it
     flexbert eval-retrieval --bm25 --data beir/scifact                       # the lexical baseline only
+    flexbert eval-retrieval --model runs/retriever --dims 128 64 32 --data beir/scifact   # one row per width
+    flexbert eval-retrieval --model runs/splade --bm25 --data beir/scifact   # a SPLADE model beside BM25
 
 --model is a run folder or checkpoint (exported first, mean pooling) or a SentenceTransformer folder:
 a FlexBERT export (flexbert export writes the pooling files), a retrieval fine-tune
-(flexbert finetune-retrieval) or any sentence-transformers model.  --out writes OUT/result.json
-(the metrics and the settings used).  The folder is checked before anything is scored: repeated
-ids and blank texts are refused (--skip-empty leaves blank ones out), judgements naming what the
-folder lacks are left out with a warning (printed and kept in result.json), or refused when none is
-left.  The layout and the metrics: flexbert/eval/retrieval.py and docs/evaluation.md.
+(flexbert finetune-retrieval) or any sentence-transformers model; a SparseEncoder folder (finetune-
+retrieval --sparse) is scored as SPLADE (dot product of sparse vectors), and --sparse scores any
+model's MLM head that way.  A model's stored "query" and "passage" prompts are applied.  --out writes
+OUT/result.json (the metrics and the settings used).  The folder is checked before anything is
+scored: repeated ids and blank texts are refused (--skip-empty leaves blank ones out), judgements
+naming what the folder lacks are left out with a warning (printed and kept in result.json), or
+refused when none is left.  The layout and the metrics: flexbert/eval/retrieval.py and
+docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -29,6 +34,11 @@ def parser() -> argparse.ArgumentParser:
     p = make_parser(__doc__, "flexbert eval-retrieval")
     p.add_argument("--model", help="run folder, checkpoint, or SentenceTransformer folder (e.g. a FlexBERT export)")
     p.add_argument("--bm25", action="store_true", help="the BM25 baseline (bm25s), beside --model or alone")
+    p.add_argument("--sparse", action="store_true", help="score --model's MLM head as SPLADE (automatic for a SparseEncoder)")
+    p.add_argument("--dims", type=at_least(1), nargs="+", metavar="DIM",
+                   help="also score the embeddings cut to these widths (Matryoshka), one row each")
+    p.add_argument("--query-prompt-name", help="the model's prompt for queries (default: its 'query' prompt, if any)")
+    p.add_argument("--passage-prompt-name", help="its prompt for passages (default: 'document' / 'passage', if any)")
     p.add_argument("--data", required=True, help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv")
     p.add_argument("--split", default="test")
     p.add_argument("--skip-empty", action="store_true",
@@ -54,6 +64,8 @@ def run(a: argparse.Namespace) -> int:
     rows = [(result.model["ref"], metrics)] + ([("bm25", d["bm25"])] if "bm25" in d else [])
     for name, m in rows:
         print(f"{name} {head}: " + ", ".join(f"{k} {m[k]:.4f}" for k in KEYS))
+    for row in d.get("dims", []):
+        print(f"  dim {row['dim']:>5d}: " + ", ".join(f"{k} {row[k]:.4f}" for k in KEYS))
     return 0
 
 

@@ -34,7 +34,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval-mlm": ("eval_mlm", "held-out MLM loss and accuracy (optionally by document length)"),
     "finetune": ("finetune", "fine-tune on a GLUE-style classification or regression task"),
     "eval-retrieval": ("eval_retrieval", "nDCG@10, MRR@10, Recall@100 on a BEIR folder (dense and/or BM25)"),
-    "finetune-retrieval": ("finetune_retrieval", "contrastive fine-tuning on (query, positive[, negative]) rows"),
+    "mine-negatives": ("mine_negatives", "hard negatives (BM25 or a dense model) for a file of (query, positive) pairs"),
+    "finetune-retrieval": ("finetune_retrieval", "the contrastive stage: (query, positive[, negative]) rows, one or many processes"),
     "demo": ("demo", "the whole loop on CPU in minutes (what `make demo` runs)"),
 }
 

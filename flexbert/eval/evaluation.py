@@ -8,9 +8,9 @@ An evaluation is registered once::
 
 ``run_evaluation(name, options)`` validates the options against the config dataclass (unknown
 keys, wrong types and bad values fail in one line naming the key), runs it, and writes
-``OUT/result.json`` when the config has an ``out`` folder.  Every evaluation - held-out MLM loss,
-classification and regression fine-tuning, retrieval, retrieval fine-tuning, and the next ones -
-writes the same schema (``RESULT_SCHEMA``)::
+``OUT/result.json`` when the config has an ``out`` folder (the main process, when several run
+it).  Every evaluation - held-out MLM loss, classification and regression fine-tuning, retrieval,
+retrieval fine-tuning, and the next ones - writes the same schema (``RESULT_SCHEMA``)::
 
     {"schema": "flexbert.result/1", "task": "classification",
      "model": {"ref": "runs/x", "kind": "run", ...},      # what was evaluated (flexbert/weights/load.py)
@@ -33,6 +33,7 @@ from typing import Any, Callable, Mapping, Optional, Union
 
 from flexbert.config import from_dict
 from flexbert.data.outputs import write_json
+from flexbert.env import dist_env
 from flexbert.errors import FlexBertError
 from flexbert.registry import Registry
 
@@ -133,6 +134,6 @@ def run_evaluation(name: str, options: Union[Mapping[str, Any], Any]) -> Result:
     cfg = options if isinstance(options, ev.config) else from_dict(ev.config, dict(options), "")
     result = ev.run(cfg)
     out = getattr(cfg, "out", None)
-    if out:
+    if out and dist_env().rank == 0:  # one writer when an evaluation runs on several processes
         write_result(out, result)
     return result

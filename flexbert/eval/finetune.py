@@ -20,7 +20,7 @@ from typing import Optional
 
 import torch
 
-from flexbert.config import ConfigError, from_dict, load_yaml
+from flexbert.config import ConfigError, options_from_file
 from flexbert.data.outputs import prepare_output_dir
 from flexbert.eval import metrics as M
 from flexbert.eval.classifier import KeepBest, build_classifier_trainer, predictions, seed_everything
@@ -99,12 +99,7 @@ class FinetuneConfig:
 def load_finetune_config(path: Optional[str], given: dict) -> FinetuneConfig:
     """Options from a YAML file of FinetuneConfig keys (a fine-tuning sweep's ``base``), then the
     ``given`` ones (command line) over them; unknown keys, wrong types and bad values fail in one line."""
-    raw = load_yaml(path) if path else {}
-    raw.update({k: v for k, v in given.items() if v is not None})
-    if path:
-        raw["config"] = path
-    return from_dict(FinetuneConfig, raw, "")
-
+    return options_from_file(FinetuneConfig, path, given)
 
 # ----------------------------------------------------------------------------- the run
 @torch.no_grad()

@@ -21,7 +21,7 @@ from flexbert.data.beir import Beir, load_beir
 from flexbert.data.outputs import check_output_dir, prepare_output_dir
 from flexbert.errors import FlexBertError
 from flexbert.eval.evaluation import Result, evaluation, settings_of
-from flexbert.weights.load import load_model
+from flexbert.weights.load import is_sparse_encoder, load_model
 
 
 class RetrievalError(FlexBertError, ValueError):
@@ -57,25 +57,66 @@ def rank_bm25(data: Beir, k: int = 100) -> dict[str, list[str]]:
     return {q: [ids[j] for j in row] for q, row in zip(qids, docs)}
 
 
-def rank_dense(model, data: Beir, k: int = 100, batch_size: int = 32) -> dict[str, list[str]]:
-    """Rank by cosine similarity of ``model``'s embeddings (a SentenceTransformer)."""
+def check_prompt(model, name: Optional[str], ref: str) -> None:
+    """Refuse (one line naming the model and the key) a prompt name the model does not store."""
+    if name is not None and name not in model.prompts:
+        raise RetrievalError(f"{ref}: no prompt {name!r} in its config_sentence_transformers.json "
+                             f"(prompts: {', '.join(model.prompts) or 'none'}; finetune-retrieval --query-prompt stores them)")
+
+
+def is_sparse(model) -> bool:
+    """A sentence-transformers SparseEncoder (SPLADE over the MLM head) rather than a dense one."""
+    return type(model).__name__ == "SparseEncoder"
+
+
+def rank_model(model, data: Beir, k: int = 100, batch_size: int = 32, dim: Optional[int] = None,
+               query_prompt_name: Optional[str] = None, passage_prompt_name: Optional[str] = None) -> dict[str, list[str]]:
+    """Rank ``data``'s corpus for each query by ``model``: a SentenceTransformer by the cosine of its
+    embeddings (cut to the first ``dim`` dimensions first: Matryoshka), a SparseEncoder by the dot
+    product of its sparse vectors.  ``encode_query`` / ``encode_document`` apply the model's stored
+    "query" and "passage" (or "document") prompts unless other prompt names are given."""
     from sentence_transformers import util
 
+    sparse = is_sparse(model)
+    kw: dict = {"batch_size": batch_size, "convert_to_tensor": True, "show_progress_bar": False}
+    if not sparse:
+        kw.update(normalize_embeddings=True, truncate_dim=dim)
     ids, qids = list(data.corpus), list(data.queries)
-    docs = model.encode([data.corpus[i] for i in ids], batch_size=batch_size, convert_to_tensor=True,
-                        normalize_embeddings=True, show_progress_bar=False)
-    queries = model.encode([data.queries[q] for q in qids], batch_size=batch_size, convert_to_tensor=True,
-                           normalize_embeddings=True, show_progress_bar=False)
-    hits = util.semantic_search(queries, docs, top_k=min(k, len(ids)))
+    docs = model.encode_document([data.corpus[i] for i in ids], prompt_name=passage_prompt_name, **kw)
+    queries = model.encode_query([data.queries[q] for q in qids], prompt_name=query_prompt_name, **kw)
+    hits = util.semantic_search(queries, docs, top_k=min(k, len(ids)),
+                                score_function=model.similarity if sparse else util.cos_sim)
     return {q: [ids[h["corpus_id"]] for h in row] for q, row in zip(qids, hits)}
+
+
+def rank_dense(model, data: Beir, k: int = 100, batch_size: int = 32) -> dict[str, list[str]]:
+    """Rank by cosine similarity of ``model``'s embeddings (a SentenceTransformer)."""
+    return rank_model(model, data, k, batch_size)
+
+
+def score_model(model, data: Beir, dims: Optional[list[int]] = None, **kw) -> tuple[dict[str, float], list[dict]]:
+    """(the metrics at the model's full width, one row ``{"dim": d, metrics...}`` per Matryoshka
+    dimension in ``dims``, widest first)."""
+    width = model.get_sentence_embedding_dimension()
+    wide = [d for d in dims or [] if d > width or d < 1]
+    if wide:
+        raise RetrievalError(f"dims: {wide[0]} is not a width of this model's {width}-dimensional embeddings")
+    full = ranking_metrics(rank_model(model, data, **kw), data.qrels)
+    rows = [{"dim": d, **(full if d == width else ranking_metrics(rank_model(model, data, dim=d, **kw), data.qrels))}
+            for d in sorted(set(dims or []), reverse=True)]
+    return full, rows
 
 
 # --------------------------------------------------------------------------- the evaluation
 @dataclass
 class RetrievalConfig:
     data: str = ""  # a BEIR folder (flexbert/data/beir.py)
-    model: Optional[str] = None  # run folder, checkpoint, or SentenceTransformer folder
+    model: Optional[str] = None  # run folder, checkpoint, SentenceTransformer or SparseEncoder folder
     bm25: bool = False  # the BM25 baseline, beside the model or alone
+    sparse: bool = False  # score the model's MLM head as a SPLADE SparseEncoder (automatic for a SparseEncoder folder)
+    dims: Optional[list[int]] = None  # also score the embeddings cut to these widths (Matryoshka), one row each
+    query_prompt_name: Optional[str] = None  # default: the model's "query" prompt, when it stores one
+    passage_prompt_name: Optional[str] = None  # default: its "document" / "passage" / "corpus" prompt
     split: str = "test"
     skip_empty: bool = False  # leave blank queries and documents out (counted in details["warnings"]) instead of refusing
     max_seq_len: Optional[int] = None  # truncate inputs (default: the model's)
@@ -91,12 +132,21 @@ class RetrievalConfig:
             raise ConfigError("give --model, --bm25, or both")
         if self.batch_size < 1 or (self.max_seq_len is not None and self.max_seq_len < 8):
             raise ConfigError("batch_size must be >= 1 and max_seq_len >= 8")
+        if self.dims and self.sparse:
+            raise ConfigError("dims: Matryoshka widths are for dense embeddings, not --sparse")
+
+
+def load_retriever(ref: str, sparse: bool = False, **options):
+    """``load_model`` with the head that scores ``ref``: ``sparse`` (SPLADE) when asked or when the
+    folder is a SparseEncoder, else ``encoder``."""
+    return load_model(ref, "sparse" if sparse or is_sparse_encoder(ref) else "encoder", **options)
 
 
 @evaluation("retrieval", RetrievalConfig)
 def evaluate_retrieval(cfg: RetrievalConfig) -> Result:
-    """nDCG@10, MRR@10, Recall@100 of ``cfg.model`` (cosine over its embeddings) and/or BM25 on
-    ``cfg.data``'s split; the model's metrics lead, BM25's go to ``details["bm25"]`` beside them,
+    """nDCG@10, MRR@10, Recall@100 of ``cfg.model`` (dense: cosine over its embeddings; sparse: the
+    dot product of its SPLADE vectors) and/or BM25 on ``cfg.data``'s split; the model's metrics lead,
+    BM25's go to ``details["bm25"]`` beside them, one row per ``cfg.dims`` width to ``details["dims"]``,
     what the folder's checks left out to ``details["warnings"]`` (flexbert/data/beir.py)."""
     if cfg.out:
         check_output_dir(cfg.out, [cfg.model, cfg.data])
@@ -106,9 +156,14 @@ def evaluate_retrieval(cfg: RetrievalConfig) -> Result:
         details["warnings"] = list(data.warnings)
     model_ref = {"ref": "bm25", "kind": "bm25"}
     if cfg.model:
-        loaded = load_model(cfg.model, "encoder", max_seq_len=cfg.max_seq_len, device=cfg.device)
-        metrics = ranking_metrics(rank_dense(loaded.model, data, batch_size=cfg.batch_size), data.qrels)
-        model_ref = loaded.ref()
+        loaded = load_retriever(cfg.model, cfg.sparse, max_seq_len=cfg.max_seq_len, device=cfg.device)
+        for name in (cfg.query_prompt_name, cfg.passage_prompt_name):
+            check_prompt(loaded.model, name, cfg.model)
+        metrics, rows = score_model(loaded.model, data, cfg.dims, batch_size=cfg.batch_size,
+                                    query_prompt_name=cfg.query_prompt_name, passage_prompt_name=cfg.passage_prompt_name)
+        model_ref = loaded.ref(sparse=is_sparse(loaded.model))
+        if rows:
+            details["dims"] = rows
     if cfg.bm25:
         bm25 = ranking_metrics(rank_bm25(data), data.qrels)
         if cfg.model:

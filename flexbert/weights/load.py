@@ -16,6 +16,8 @@ the tokenizer folder and fingerprint it was trained with, and ``model``, built f
 ``mlm``        ``FlexBertForMaskedLM`` in eval mode
 ``classifier`` ``FlexBertForSequenceClassification`` (``num_labels``; config overrides)
 ``encoder``    a ``SentenceTransformer`` (run folders and checkpoints are exported first, mean pooling)
+``sparse``     a sentence-transformers ``SparseEncoder``: SPLADE over the MLM head (``MLMTransformer``
+               then ``SpladePooling``, max over log(1 + relu(logits))), or a saved SparseEncoder folder
 =============  ==========================================================================
 
 Run folders and checkpoints are read through the run folder (flexbert/train/run_folder.py: the
@@ -28,6 +30,7 @@ flexbert/train/pretrained.py, so that training can load a distillation teacher t
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tempfile
 from typing import Any, Callable, Optional
@@ -54,27 +57,60 @@ def classifier_model(pre: LoadedModel, num_labels: int, **overrides) -> FlexBert
     return model
 
 
-def encoder_model(path: str, max_seq_len: Optional[int] = None, device: Optional[str] = None):
-    """A SentenceTransformer from a Hugging Face / sentence-transformers folder (a FlexBERT export
-    carries its pooling files; its safetensors are checked first), or from a run folder or
-    checkpoint, exported first (mean pooling) to a scratch folder by the one export path."""
-    from sentence_transformers import SentenceTransformer  # noqa: PLC0415 - optional: the 'retrieval' extra
+def _hf_folder(path: str) -> bool:
+    return os.path.isdir(path) and os.path.exists(os.path.join(path, "config.json"))
 
-    if os.path.isdir(path) and os.path.exists(os.path.join(path, "config.json")):
+
+def _as_model_folder(path: str, build: Callable[[str], Any]) -> Any:
+    """``build(folder)`` on a Hugging Face / sentence-transformers folder (its safetensors checked
+    first), or on a run folder or checkpoint exported first to a scratch folder by the one export path."""
+    if _hf_folder(path):
         try:
             check_weights(path)
         except ConversionError as e:
             raise ModelLoadError(f"--model {path}: {e}") from None
         try:
-            model = SentenceTransformer(path, device=device)
+            return build(path)
         except Exception as e:  # noqa: BLE001 - a folder of another architecture: its files, sentence-transformers' checks
             raise ModelLoadError(f"--model {path}: sentence-transformers cannot load it ({type(e).__name__}: "
                                  f"{(str(e).strip().splitlines() or [''])[0]})") from e
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = os.path.join(scratch, "hf")
+        export_to_hf(folder, run_dir=path if os.path.isdir(path) else None, checkpoint=None if os.path.isdir(path) else path)
+        return build(folder)
+
+
+def encoder_model(path: str, max_seq_len: Optional[int] = None, device: Optional[str] = None):
+    """A SentenceTransformer from a Hugging Face / sentence-transformers folder (a FlexBERT export
+    carries its pooling files), or from a run folder or checkpoint (mean pooling)."""
+    from sentence_transformers import SentenceTransformer  # noqa: PLC0415 - optional: the 'retrieval' extra
+
+    model = _as_model_folder(path, lambda folder: SentenceTransformer(folder, device=device))
+    if max_seq_len:
+        model.max_seq_length = max_seq_len
+    return model
+
+
+def is_sparse_encoder(path: Optional[str]) -> bool:
+    """A folder that sentence-transformers saved as a SparseEncoder (its config_sentence_transformers.json says so)."""
+    try:
+        with open(os.path.join(str(path), "config_sentence_transformers.json")) as f:
+            return json.load(f).get("model_type") == "SparseEncoder"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def sparse_model(path: str, max_seq_len: Optional[int] = None, device: Optional[str] = None):
+    """A SparseEncoder: a saved one as it is, else SPLADE built on the model's masked-LM head (a
+    FlexBERT export or ModernBERT folder, or a run folder or checkpoint exported first)."""
+    from sentence_transformers.sparse_encoder import SparseEncoder  # noqa: PLC0415 - optional: the 'retrieval' extra
+    from sentence_transformers.sparse_encoder.models import MLMTransformer, SpladePooling  # noqa: PLC0415 - same
+
+    if is_sparse_encoder(path):
+        model = SparseEncoder(path, device=device)
     else:
-        with tempfile.TemporaryDirectory() as scratch:
-            folder = os.path.join(scratch, "hf")
-            export_to_hf(folder, run_dir=path if os.path.isdir(path) else None, checkpoint=None if os.path.isdir(path) else path)
-            model = SentenceTransformer(folder, device=device)
+        model = _as_model_folder(path, lambda folder: SparseEncoder(
+            modules=[MLMTransformer(folder), SpladePooling(pooling_strategy="max")], device=device))
     if max_seq_len:
         model.max_seq_length = max_seq_len
     return model
@@ -90,11 +126,12 @@ def load_model(ref: str, head: str = "mlm", **options) -> LoadedModel:
     """The model behind ``ref`` (run folder, checkpoint or Hugging Face folder) with ``head`` built
     as ``.model`` (see the module docstring); ``options`` go to the head (``num_labels``, config
     overrides; ``max_seq_len``, ``device`` for ``encoder``)."""
-    if head == "encoder":
+    if head in ("encoder", "sparse"):
         if not os.path.exists(ref):
             raise ModelLoadError(f"--model {ref}: does not exist (give a run folder, a checkpoint or a model folder)")
         facts = _encoder_facts(ref)
-        facts.model = encoder_model(ref, options.get("max_seq_len"), options.get("device"))
+        build = encoder_model if head == "encoder" else sparse_model
+        facts.model = build(ref, options.get("max_seq_len"), options.get("device"))
         return facts
     build = HEADS.get(head, "head")
     loaded = load_pretrained(ref)
