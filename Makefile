@@ -46,4 +46,4 @@ phases-demo: install
 	@test -f $(DEMO)/shards-512/stats.json || $(PY) -m flexbert tokenize \
 	    --input $(DEMO)/corpus/pretrain/train.jsonl --val-input $(DEMO)/corpus/pretrain/validation.jsonl \
 	    --tokenizer $(DEMO)/tokenizer --out $(DEMO)/shards-512 --max-seq-len 512 --overwrite
-	$(PY) -m flexbert phases configs/tiny.yaml configs/tiny-context-extension.yaml configs/tiny-decay.yaml
+	$(PY) -m flexbert phases configs/tiny.yaml configs/tiny-context-extension.yaml configs/tiny-decay.yaml --niah

@@ -3,12 +3,14 @@
     flexbert eval-retrieval --model runs/tiny/hf --data beir/scifact --out runs/tiny/beir-scifact
     flexbert eval-retrieval --model runs/tiny --bm25 --data beir/scifact    # BM25 printed beside it
     flexbert eval-retrieval --bm25 --data beir/scifact                       # the lexical baseline only
+    flexbert eval-retrieval --model runs/tiny/hf --data beir/scifact --by-length 256 1024   # by document length
 
 --model is a run folder or checkpoint (exported first, mean pooling) or a SentenceTransformer folder:
 a FlexBERT export (flexbert export writes the pooling files), a retrieval fine-tune
 (flexbert finetune-retrieval) or any sentence-transformers model.  --out writes OUT/result.json
-(the metrics and the settings used).  The layout and the metrics: flexbert/eval/retrieval.py and
-docs/evaluation.md.
+(the metrics and the settings used).  --by-length adds the metrics per range of the relevant
+document's length in tokens (the model's tokenizer, or --tokenizer).  The layout and the metrics:
+flexbert/eval/retrieval.py and docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 from flexbert.cli.common import command, make_parser
 from flexbert.config import at_least
 from flexbert.eval.evaluation import run_evaluation
+from flexbert.eval.retrieval import format_by_length
 
 KEYS = ("ndcg@10", "mrr@10", "recall@100")
 
@@ -34,6 +37,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-seq-len", type=at_least(8), help="truncate inputs (default: the model's)")
     p.add_argument("--batch-size", type=at_least(1), default=32)
     p.add_argument("--device", default=None)
+    p.add_argument("--by-length", nargs="*", type=at_least(1), metavar="BOUND",
+                   help="also the metrics per relevant-document length range, split at these token counts "
+                        "(default 128 512 2048)")
+    p.add_argument("--tokenizer", help="folder with tokenizer.json counting --by-length tokens (default: the model's)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON line")
     return p
 
@@ -49,6 +56,8 @@ def run(a: argparse.Namespace) -> int:
     rows = [(result.model["ref"], metrics)] + ([("bm25", d["bm25"])] if "bm25" in d else [])
     for name, m in rows:
         print(f"{name} {head}: " + ", ".join(f"{k} {m[k]:.4f}" for k in KEYS))
+    if "by_length" in d:
+        print(format_by_length(d["by_length"]))
     return 0
 
 

@@ -34,6 +34,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "finetune": ("finetune", "fine-tune on a GLUE-style classification or regression task"),
     "eval-retrieval": ("eval_retrieval", "nDCG@10, MRR@10, Recall@100 on a BEIR folder (dense and/or BM25)"),
     "finetune-retrieval": ("finetune_retrieval", "contrastive fine-tuning on (query, positive[, negative]) rows"),
+    "eval-mteb": ("eval_mteb", "MTEB tasks by mteb's own API, or a local BEIR folder as an mteb task"),
+    "eval-niah": ("eval_niah", "needle in a haystack: the MLM head fills in a value by input length and depth"),
     "demo": ("demo", "the whole loop on CPU in minutes (what `make demo` runs)"),
 }
 

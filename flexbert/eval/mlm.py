@@ -29,7 +29,7 @@ from streaming.base.util import clean_stale_shared_memory
 
 from flexbert.config import ConfigError, from_dict
 from flexbert.data.config import DataConfig
-from flexbert.data.length_buckets import bucket_names
+from flexbert.data.length_buckets import DEFAULT_LENGTH_BOUNDS, bucket_names
 from flexbert.data.loader import build_eval_loader
 from flexbert.data.outputs import check_output_dir, prepare_output_dir
 from flexbert.data.source import data_fingerprint, tokenizer_dir
@@ -37,8 +37,6 @@ from flexbert.data.tokenizer import SpecialTokens
 from flexbert.eval.evaluation import Result, evaluation, settings_of
 from flexbert.train.composer_model import eval_metrics, row_outputs
 from flexbert.weights.load import ModelLoadError, load_model
-
-DEFAULT_LENGTH_BOUNDS = (128, 512, 2048)
 
 
 # --------------------------------------------------------------------------- the data
