@@ -21,7 +21,8 @@ def _folder(tmp_path):
     docs = dict(DOCS, **{f"d{t}": f"a text on the {t} number 9" for t in TOPICS},
                 **{f"x{t}": f"what about the {t}s 9" for t in TOPICS})
     queries = dict(QUERIES, **{f"q{t}": f"what about the {t} 9" for t in TOPICS})
-    qrels = QRELS + [(f"q{t}", f"d{t}", 1) for t in TOPICS] + [("qriver", "xcity", 2)]
+    # qriver: its near-copy decoy xriver is relevant too, less than driver: graded gains count
+    qrels = QRELS + [(f"q{t}", f"d{t}", 2 if t == "river" else 1) for t in TOPICS] + [("qriver", "xriver", 1)]
     return write_beir(tmp_path / "beir", docs=docs, queries=queries, qrels=qrels)
 
 

@@ -80,6 +80,34 @@ def needle_model(tmp_path_factory, data):
     return str(root / "hf"), str(filler), values
 
 
+def test_the_needle_and_the_question_sit_where_the_input_says(data):
+    """The generator itself (the model below learns whatever it is given, so it cannot check it):
+    exactly ``length`` tokens, the masks where ``at`` says and nowhere else, the value ``distance``
+    tokens before them in the needle, the question repeating the needle's words, the needle right
+    after [CLS] at depth 0 and right before the question at depth 1."""
+    from flexbert.data.tokenizer import SpecialTokens, load_tokenizer
+    from flexbert.eval.niah import filler_ids, make_needle
+
+    tok = load_tokenizer(os.path.join(data, "tokenizer"))
+    special = SpecialTokens.from_tokenizer(tok)
+    ids = filler_ids(tok, None, 2048)  # the default filler: Python's documentation
+    rng = np.random.default_rng(3)
+    dot = tok.encode(".", add_special_tokens=False).ids
+    for depth in (0.0, 0.5, 1.0):
+        n = make_needle(rng, tok, special, ids, ["417", "zebra crossing"], 200, depth)
+        k, value_at = len(n.value), n.at - n.distance
+        head = n.ids[n.needle_at:value_at]
+        assert len(n.ids) == 200 and n.ids[0] == special.cls_id and n.ids[-1] == special.sep_id
+        assert n.ids[n.at:n.at + k] == [special.mask_id] * k and n.ids.count(special.mask_id) == k
+        assert n.ids[value_at:value_at + k] == n.value and tok.decode(n.value).strip() in ("417", "zebra crossing")
+        assert tok.decode(head).strip().startswith("The secret number of") and n.ids[n.at - len(head):n.at] == head
+        assert n.ids[value_at + k:value_at + k + len(dot)] == dot and n.ids[n.at + k:n.at + k + len(dot)] == dot
+        if depth == 0.0:
+            assert n.needle_at == 1
+        if depth == 1.0:
+            assert n.at - len(head) == value_at + k + len(dot)  # the question follows the needle
+
+
 def test_a_model_that_reads_everything_fills_in_the_value(needle_model, tmp_path, capsys):
     from eval_niah import main
 
@@ -98,8 +126,6 @@ def test_a_model_that_reads_everything_fills_in_the_value(needle_model, tmp_path
     assert is_png(str(out / "niah.png"))
     far = next(r for r in table if r["length"] == 256 and r["depth"] == 0.0)
     assert far["distance"] > 230  # the needle at depth 0 is across the whole input from the question
-    assert main(args + ["--json"]) == 2  # a second run into the same --out needs --overwrite
-    assert "pass --overwrite" in capsys.readouterr().err
     assert main(args + ["--json", "--overwrite"]) == 0
     assert json.loads(capsys.readouterr().out)["table"] == table  # the same needles every run
 

@@ -1,7 +1,7 @@
 """Needle in a haystack for an encoder: a key-value needle at chosen depths of filler text of
 chosen lengths, the value filled in by the MLM head (flexbert/eval/niah.py).
 
-    flexbert eval-niah --model runs/tiny-decay --out runs/tiny-decay/niah
+    flexbert eval-niah --model runs/tiny-decay --out runs/niah-tiny-decay
     flexbert eval-niah --model runs/demo/hf --lengths 128 512 2048 --depths 0 0.5 1 --samples 20 \\
         --filler runs/demo/corpus/pretrain/validation.jsonl --out runs/demo/niah
 

@@ -57,6 +57,7 @@ class Needle:
     at: int  # first masked position (in the question)
     value: list[int]  # the value's token ids (the labels of at, at + 1, ...)
     distance: int  # tokens from the needle's value to the question's masked value
+    needle_at: int  # where the needle starts
 
 
 # --------------------------------------------------------------------------- the haystacks
@@ -91,7 +92,7 @@ def make_needle(rng: np.random.Generator, tok, special: SpecialTokens, filler: n
     p = int(round(depth * n))
     ids = [special.cls_id] + fill[:p] + needle + fill[p:] + question + [special.sep_id]
     at = 1 + n + len(needle) + len(head)
-    return Needle(ids, at, val, at - (1 + p + len(head)))
+    return Needle(ids, at, val, at - (1 + p + len(head)), 1 + p)
 
 
 def cell_needles(cfg: "NiahConfig", tok, special: SpecialTokens, filler: np.ndarray, length: int,
