@@ -26,7 +26,7 @@ def test_split_overrides():
 
 def _run(root, args):
     return subprocess.run([PY, os.path.join(ROOT, "scripts/run_phases.py"), *CONFIGS, "--runs-root", str(root), *args],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600,
+                          capture_output=True, text=True, cwd=ROOT, timeout=1200,  # a hang guard; --niah adds an evaluation per phase
                           env=dict(os.environ, PYTHONPATH=ROOT, WANDB_MODE="offline", TOKENIZERS_PARALLELISM="false"))
 
 
