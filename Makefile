@@ -48,4 +48,4 @@ phases-demo: install
 	    --input $(DEMO)/corpus/pretrain/train.jsonl --val-input $(DEMO)/corpus/pretrain/validation.jsonl \
 	    --tokenizer $(DEMO)/tokenizer --out $(DEMO)/shards-512 --max-seq-len 512 --overwrite
 	$(PY) -m flexbert phases configs/tiny.yaml configs/tiny-context-extension.yaml configs/tiny-decay.yaml \
-	    --runs-root runs/phases-demo
+	    --runs-root runs/phases-demo --niah

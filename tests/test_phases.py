@@ -11,7 +11,9 @@ import yaml
 
 from test_train_fixtures import PY, ROOT, data_dir, model_overrides, read_jsonl, to_overrides
 
+from flexbert.eval.evaluation import read_result
 from flexbert.experiments.phases import split_overrides
+from flexbert.experiments.plots import is_png
 
 CONFIGS = [os.path.join(ROOT, "configs", f) for f in ("tiny.yaml", "tiny-context-extension.yaml", "tiny-decay.yaml")]
 
@@ -24,7 +26,7 @@ def test_split_overrides():
 
 def _run(root, args):
     return subprocess.run([PY, os.path.join(ROOT, "scripts/run_phases.py"), *CONFIGS, "--runs-root", str(root), *args],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600,
+                          capture_output=True, text=True, cwd=ROOT, timeout=1200,  # a hang guard; --niah adds an evaluation per phase
                           env=dict(os.environ, PYTHONPATH=ROOT, WANDB_MODE="offline", TOKENIZERS_PARALLELISM="false"))
 
 
@@ -40,6 +42,7 @@ def chain(tmp_path_factory, data):
         "1:data.microbatch_size=auto",  # phase 1 resolves its row size; the chain and every tool read it back
         f"2:data.local={long_data}", "2:data.max_seq_len=256", "2:max_duration=4ba",
         f"3:data.local={long_data}", "3:data.max_seq_len=256", "3:max_duration=4ba",
+        "--niah",  # each phase's needle-in-a-haystack table and heatmap
     ]
     r = _run(root, args)
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
@@ -72,6 +75,12 @@ def test_chain_runs_each_phase_from_the_previous_one(chain):
         assert [b["range"] for b in buckets] == ["len-0-127", "len-128-511", "len-512-2047", "len-2048-max"]
         assert sum(b["masked_tokens"] for b in buckets) > 0 and all(b["loss"] is None or 0 < b["loss"] < 20 for b in buckets)
     assert r.stdout.count("eval loss by document length") == 3
+    for name in ("tiny", "tiny-context-extension", "tiny-decay"):  # each phase: the needle table up to 256 tokens
+        niah = read_result(str(root / name / "niah"))
+        assert niah.task == "niah" and niah.details["lengths"] == [64, 128, 256] and len(niah.details["table"]) == 15
+        assert niah.model["path"].endswith(".pt") and 0 <= niah.metric("test_accuracy") <= 1
+        assert is_png(str(root / name / "niah" / "niah.png"))
+    assert r.stdout.count("needle in a haystack (value accuracy by length and depth)") == 3
 
 
 @pytest.mark.slow

@@ -368,3 +368,44 @@ def test_a_loss_that_stays_zero_stops_the_trainer_and_is_refused():
     learning.check([0.0, 0.5, 0.0, 0.0, 0.0, 0.0])  # it moved: not refused
     with pytest.raises(RetrievalTrainingError):
         ZeroLossStop().check([0.0, 0.0])  # a run shorter than the window, all 0
+
+
+def test_by_length_groups_queries_by_their_most_relevant_document(tmp_path, data, capsys):
+    """--by-length: each query falls in the range of its most relevant document's token count (not
+    its longest relevant one; a count equal to a bound opens the next range), and each range holds
+    the mean of its queries' metrics, BM25's prefixed beside the model's."""
+    from tokenizers import Tokenizer
+
+    from eval_retrieval import main
+
+    tok_dir = os.path.join(data, "tokenizer")
+    docs = dict(DOCS, d4="cherry lemon " + "lemon " * 20)  # q2: d3 (grade 2) short, d4 (grade 1) long
+    folder = write_beir(tmp_path / "beir", docs=docs)
+    tok = Tokenizer.from_file(os.path.join(tok_dir, "tokenizer.json"))
+    n = {d: len(tok.encode(t, add_special_tokens=False).ids) for d, t in docs.items()}
+    assert n["d2"] < n["d3"] < n["d5"] < n["d4"]
+    out = tmp_path / "out"
+    assert main(["--bm25", "--data", folder, "--tokenizer", tok_dir, "--by-length", str(n["d3"]), str(n["d5"]),
+                 "--out", str(out)]) == 0
+    assert "relevant doc length" in capsys.readouterr().out
+    result = read_result(str(out))
+    rows = result.details["by_length"]
+    assert [(r["range"], r["queries"]) for r in rows] == [
+        (f"len-0-{n['d3'] - 1}", 1), (f"len-{n['d3']}-{n['d5'] - 1}", 1), (f"len-{n['d5']}-max", 1)]
+    # q1: relevant at rank 2; q2: ideal ranking; q3: rank 1 (the ranking test above)
+    assert rows[0]["ndcg@10"] == pytest.approx(1 / math.log2(3)) and rows[0]["mrr@10"] == 0.5
+    assert rows[1]["ndcg@10"] == pytest.approx(1.0) and rows[2]["mrr@10"] == 1.0
+    overall = sum(r["ndcg@10"] * r["queries"] for r in rows) / 3
+    assert overall == pytest.approx(result.metric("test_ndcg@10"))
+    # an empty range reports no metrics; BM25 beside a model is prefixed (the model's tokenizer counts)
+    from flexbert.data.beir import load_beir
+    from flexbert.eval.retrieval import by_length, rank_bm25
+
+    beir = load_beir(folder)
+    ranked = rank_bm25(beir)
+    both = by_length({"": ranked, "bm25": ranked}, beir, {"q1": 1, "q2": 1, "q3": 1}, [5])
+    assert both[1] == {"range": "len-5-max", "queries": 0, **{k: None for k in both[1] if k not in ("range", "queries")}}
+    assert both[0]["bm25_ndcg@10"] == both[0]["ndcg@10"] and set(both[0]) >= {"bm25_mrr@10", "bm25_recall@100"}
+    # nothing to count tokens with: one line
+    assert main(["--bm25", "--data", folder, "--by-length"]) == 2
+    assert "give --model or --tokenizer" in capsys.readouterr().err

@@ -5,17 +5,19 @@
     flexbert eval-retrieval --bm25 --data beir/scifact                       # the lexical baseline only
     flexbert eval-retrieval --model runs/retriever --dims 128 64 32 --data beir/scifact   # one row per width
     flexbert eval-retrieval --model runs/splade --bm25 --data beir/scifact   # a SPLADE model beside BM25
+    flexbert eval-retrieval --model runs/tiny/hf --data beir/scifact --by-length 256 1024   # by document length
 
 --model is a run folder or checkpoint (exported first, mean pooling) or a SentenceTransformer folder:
 a FlexBERT export (flexbert export writes the pooling files), a retrieval fine-tune
 (flexbert finetune-retrieval) or any sentence-transformers model; a SparseEncoder folder (finetune-
 retrieval --sparse) is scored as SPLADE (dot product of sparse vectors), and --sparse scores any
 model's MLM head that way.  A model's stored "query" and "passage" prompts are applied.  --out writes
-OUT/result.json (the metrics and the settings used).  The folder is checked before anything is
-scored: repeated ids and blank texts are refused (--skip-empty leaves blank ones out), judgements
-naming what the folder lacks are left out with a warning (printed and kept in result.json), or
-refused when none is left.  The layout and the metrics: flexbert/eval/retrieval.py and
-docs/evaluation.md.
+OUT/result.json (the metrics and the settings used).  --by-length adds the metrics per range of the
+relevant document's length in tokens (the model's tokenizer, or --tokenizer).  The folder is checked
+before anything is scored: repeated ids and blank texts are refused (--skip-empty leaves blank ones
+out), judgements naming what the folder lacks are left out with a warning (printed and kept in
+result.json), or refused when none is left.  The layout and the metrics: flexbert/eval/retrieval.py
+and docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import json
 from flexbert.cli.common import command, make_parser, warn
 from flexbert.config import at_least
 from flexbert.eval.evaluation import run_evaluation
+from flexbert.eval.retrieval import format_by_length
 
 KEYS = ("ndcg@10", "mrr@10", "recall@100")
 
@@ -48,6 +51,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-seq-len", type=at_least(8), help="truncate inputs (default: the model's)")
     p.add_argument("--batch-size", type=at_least(1), default=32)
     p.add_argument("--device", default=None)
+    p.add_argument("--by-length", nargs="*", type=at_least(1), metavar="BOUND",
+                   help="also the metrics per relevant-document length range, split at these token counts "
+                        "(default 128 512 2048)")
+    p.add_argument("--tokenizer", help="folder with tokenizer.json counting --by-length tokens (default: the model's)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON line")
     return p
 
@@ -66,6 +73,8 @@ def run(a: argparse.Namespace) -> int:
         print(f"{name} {head}: " + ", ".join(f"{k} {m[k]:.4f}" for k in KEYS))
     for row in d.get("dims", []):
         print(f"  dim {row['dim']:>5d}: " + ", ".join(f"{k} {row[k]:.4f}" for k in KEYS))
+    if "by_length" in d:
+        print(format_by_length(d["by_length"]))
     return 0
 
 

@@ -36,6 +36,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval-retrieval": ("eval_retrieval", "nDCG@10, MRR@10, Recall@100 on a BEIR folder (dense and/or BM25)"),
     "mine-negatives": ("mine_negatives", "hard negatives (BM25 or a dense model) for a file of (query, positive) pairs"),
     "finetune-retrieval": ("finetune_retrieval", "the contrastive stage: (query, positive[, negative]) rows, one or many processes"),
+    "eval-mteb": ("eval_mteb", "MTEB tasks by mteb's own API, or a local BEIR folder as an mteb task"),
+    "eval-niah": ("eval_niah", "needle in a haystack: the MLM head fills in a value by input length and depth"),
     "demo": ("demo", "the whole loop on CPU in minutes (what `make demo` runs)"),
 }
 

@@ -31,6 +31,9 @@ from flexbert.data.shard_writer import ShardWriter
 from flexbert.data.tokenizer import load_tokenizer
 
 
+DEFAULT_LENGTH_BOUNDS = (128, 512, 2048)  # where document-length ranges end, in tokens (evaluations by length)
+
+
 def bucket_names(bounds: Sequence[int]) -> list[str]:
     edges = [0, *bounds]
     return [f"len-{lo}-{hi - 1}" for lo, hi in zip(edges, edges[1:])] + [f"len-{edges[-1]}-max"]

@@ -41,7 +41,7 @@ RESULT = "result.json"
 RESULT_SCHEMA = "flexbert.result/1"
 # the modules that register evaluations (imported by ``evaluations()``); a new one is one line here
 EVALUATION_MODULES = ("flexbert.eval.mlm", "flexbert.eval.finetune", "flexbert.eval.retrieval",
-                      "flexbert.eval.retrieval_finetune")
+                      "flexbert.eval.retrieval_finetune", "flexbert.eval.mteb_eval", "flexbert.eval.niah")
 
 
 class ResultError(FlexBertError, ValueError):

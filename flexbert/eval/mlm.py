@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from flexbert.config import ConfigError, from_dict
 from flexbert.data.config import DataConfig
-from flexbert.data.length_buckets import bucket_names
+from flexbert.data.length_buckets import DEFAULT_LENGTH_BOUNDS, bucket_names
 from flexbert.data.loader import build_eval_loader
 from flexbert.data.masking import OBJECTIVES
 from flexbert.data.outputs import check_output_dir, prepare_output_dir
@@ -42,8 +42,6 @@ from flexbert.eval.evaluation import Result, evaluation, settings_of
 from flexbert.registry import unknown_choice
 from flexbert.train.composer_model import eval_metrics, row_outputs
 from flexbert.weights.load import ModelLoadError, load_model
-
-DEFAULT_LENGTH_BOUNDS = (128, 512, 2048)
 
 
 # --------------------------------------------------------------------------- the data

@@ -7,7 +7,9 @@ new ``max_seq_len``, RoPE theta, LR and schedule).  A finished phase leaves
 phase that changes the sequence length, its final weights are evaluated at both lengths (the
 previous phase's eval data and its own) into ``{run_dir}/length_eval.json``.  Phases may differ in
 ``objective`` (CLM then MLM: configs/tiny-clm.yaml -> configs/tiny-clm-mlm.yaml); each phase is
-evaluated with its own.
+evaluated with its own.  With ``niah``, each phase's final weights also get the needle-in-a-haystack
+table (flexbert/eval/niah.py) in ``{run_dir}/niah/`` (result.json, niah.png), at lengths up to the
+chain's longest sequence.
 
 Overrides: ``key=value`` applies to every phase, ``N:key=value`` only to phase N (1-based).
 """
@@ -23,8 +25,11 @@ from typing import Callable, Optional
 from flexbert.config import ConfigError
 from flexbert.data.loader import has_eval
 from flexbert.data.outputs import write_json
+from flexbert.eval.evaluation import run_evaluation
 from flexbert.eval.mlm import DEFAULT_LENGTH_BOUNDS, evaluate_mlm, format_by_length, mlm_loader
+from flexbert.eval.niah import format_table
 from flexbert.experiments.launcher import flexbert_command, run_command
+from flexbert.experiments.plots import niah_heatmap
 from flexbert.train.config import load_run_config
 from flexbert.train.loading import load_initial_weights
 from flexbert.train.recipe import build_model
@@ -98,9 +103,10 @@ def train_subprocess(config: str, overrides: list[str]) -> int:
 
 
 def run_chain(configs: list[str], overrides: list[str], runs_root: Optional[str] = None,
-              train: Callable[[str, list[str]], int] = train_subprocess, log=print) -> list[str]:
+              train: Callable[[str, list[str]], int] = train_subprocess, log=print, niah: bool = False) -> list[str]:
     """Run the phases; returns each phase's final checkpoint."""
     phases = plan_phases(configs, overrides, runs_root)
+    longest = max(ph.cfg.data.max_seq_len for ph in phases)
     finals: list[str] = []
     for i, ph in enumerate(phases):
         ov = ph.overrides + ([f"load_path={finals[-1]}"] if finals else [])
@@ -127,6 +133,8 @@ def run_chain(configs: list[str], overrides: list[str], runs_root: Optional[str]
         if by_length is not None:
             write_json(RunFolder.of(cfg).file("length_buckets_eval.json"), by_length)
             log(f"[phases] {cfg.run_name} eval loss by document length:\n{format_by_length(by_length)}")
+        if niah:
+            phase_niah(cfg, ckpt, longest, log)
         write_json(RunFolder.of(cfg).file(DONE), {"checkpoint": ckpt, "config": os.path.abspath(ph.config), "overrides": ov})
         finals.append(ckpt)
     return finals
@@ -157,3 +165,13 @@ def phase_by_length(cfg, checkpoint: str) -> Optional[list]:
     load_initial_weights(model, checkpoint)
     return evaluate_mlm(model.model, mlm_loader(data_cfg, cfg.objective), max_batches=max(1, cfg.eval_subset_num_batches),
                         bounds=DEFAULT_LENGTH_BOUNDS, causal=cfg.causal)["by_length"]
+
+
+def phase_niah(cfg, checkpoint: str, longest: int, log=print) -> None:
+    """The phase's needle-in-a-haystack table at 64, 128, ... up to ``longest`` tokens, in ``{run_dir}/niah``."""
+    out = RunFolder.of(cfg).file("niah")
+    lengths = [n for n in (64 * 2 ** k for k in range(16)) if n < longest] + [longest]
+    result = run_evaluation("niah", {"model": checkpoint, "lengths": lengths, "out": out, "overwrite": True})
+    niah_heatmap(result.details["table"], os.path.join(out, "niah.png"), title=f"needle in a haystack: {cfg.run_name}")
+    log(f"[phases] {cfg.run_name} needle in a haystack (value accuracy by length and depth):\n"
+        f"{format_table(result.details['table'])}")

@@ -3,7 +3,9 @@
 * ``loss_curves``: train loss (smoothed) and eval loss of every run against tokens, one colour per
   group (variant), one line style per seed;
 * ``final_metric``: the headline metric per group, each seed a dot, the mean a bar with the
-  min-max spread.
+  min-max spread;
+* ``niah_heatmap``: a needle-in-a-haystack table (flexbert/eval/niah.py) as accuracy by input
+  length (rows) and needle depth (columns).
 """
 
 from __future__ import annotations
@@ -96,6 +98,26 @@ def final_metric(results: list[RunResult], metric: str, path: str, title: str = 
     better = "lower" if lower_is_better(metric) else "higher"
     ax.set(ylabel=metric, title=title or f"final {metric} per variant ({better} is better; dots = seeds, bar = min-max)")
     ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def niah_heatmap(rows: list[dict], path: str, title: str = "") -> None:
+    """``rows`` (length, depth, accuracy per cell) as a heatmap PNG, each cell's accuracy written in it."""
+    plt = _pyplot()
+    lengths, depths = sorted({r["length"] for r in rows}), sorted({r["depth"] for r in rows})
+    grid = [[next(r["accuracy"] for r in rows if r["length"] == n and r["depth"] == d) for d in depths] for n in lengths]
+    fig, ax = plt.subplots(figsize=(1.0 * len(depths) + 3, 0.6 * len(lengths) + 2))
+    image = ax.imshow(grid, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto", origin="lower")
+    for i, line in enumerate(grid):
+        for j, v in enumerate(line):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="white" if v < 0.6 else "black", fontsize=8)
+    ax.set_xticks(range(len(depths)), [f"{d:g}" for d in depths])
+    ax.set_yticks(range(len(lengths)), [f"{n:,}" for n in lengths])
+    ax.set(xlabel="needle depth (0: start of the input, 1: next to the question)", ylabel="input length (tokens)",
+           title=title or "needle in a haystack: value tokens filled in (top-1 accuracy)")
+    fig.colorbar(image, ax=ax, label="accuracy")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
