@@ -6,7 +6,6 @@ import subprocess
 
 import pytest
 import torch
-import yaml
 
 from test_train_fixtures import PY, ROOT, build_and_fit, run_config
 

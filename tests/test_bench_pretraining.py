@@ -33,7 +33,7 @@ def test_both_stacks_exports_of_one_model_get_the_same_loss(trained, data, tmp_p
 
     from flexbert.experiments.pretraining_bench import BenchOptions, evaluate_folder
     from flexbert.experiments.trainer_leg import save_checkpoint
-    from flexbert.train.export import export_to_hf
+    from flexbert.weights.export import export_to_hf
     from flexbert.train.run_folder import RunFolder
 
     cfg, _ = trained
@@ -109,12 +109,11 @@ def test_end_to_end_writes_result_table_and_plots(bench):
 
 
 def test_help_documents_every_option():
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    import bench_pretraining
+    from flexbert.cli.bench_pretraining import parser
 
     p = subprocess.run([sys.executable, SCRIPT, "--help"], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
     assert p.returncode == 0
-    for action in bench_pretraining.parser()._actions:
+    for action in parser()._actions:
         assert action.help, f"{action.dest} has no help"
         assert any(flag in p.stdout for flag in action.option_strings or [action.metavar or action.dest])
 

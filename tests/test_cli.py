@@ -2,7 +2,6 @@
 
 import os
 
-import pytest
 
 from test_train_fixtures import ROOT, train_py
 

@@ -4,10 +4,8 @@ the reason when offline): the fine-tuning comparison in
 ``make demo`` measures generalisation, not memorisation."""
 
 import bz2
-import os
 import re
 import subprocess
-import sys
 import zipfile
 
 import pytest

@@ -4,7 +4,6 @@ tokenizer or vocabulary is refused in one line naming ``teacher.model``, and a d
 its loss terms and resumes exactly.  (Two ranks: tests/test_ddp.py; the with-teacher-better row:
 docs/ablations.md.)"""
 
-import os
 
 import pytest
 import torch

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from flexbert.model.config import FlexBertConfig
-from flexbert.model import FlexBertForMaskedLM
 from flexbert.model.attention import batch_info
 from flexbert.model.backends import SDPABackend
 from flexbert.model.compile import compile_model

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import sys
 
-import pytest
 
 from data_fixtures.helpers import sentences, small_tokenizer_dir
 from flexbert.data.tokenizer import (

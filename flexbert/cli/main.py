@@ -38,6 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "finetune-retrieval": ("finetune_retrieval", "the contrastive stage: (query, positive[, negative]) rows, one or many processes"),
     "eval-mteb": ("eval_mteb", "MTEB tasks by mteb's own API, or a local BEIR folder as an mteb task"),
     "eval-niah": ("eval_niah", "needle in a haystack: the MLM head fills in a value by input length and depth"),
+    "bench-pretraining": ("bench_pretraining", "time to the same held-out loss: FlexBERT against transformers' Trainer, side by side"),
     "demo": ("demo", "the whole loop on CPU in minutes (what `make demo` runs)"),
 }
 

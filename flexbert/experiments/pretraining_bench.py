@@ -34,21 +34,22 @@ import torch
 
 from flexbert.config import ConfigError
 from flexbert.data.outputs import prepare_output_dir
-from flexbert.eval.mlm import check_model_tokenizer, data_config, evaluate_mlm
+from flexbert.errors import FlexBertError
+from flexbert.eval.mlm import check_model_tokenizer, data_config, evaluate_mlm, mlm_loader
 from flexbert.experiments.bench_report import leg_summary, machine, summarize, write
 from flexbert.experiments.trainer_leg import LegSpec
 from flexbert.train import metric_keys as K
 from flexbert.train.config import load_run_config
-from flexbert.train.export import export_to_hf
-from flexbert.train.jobs import ROOT, subprocess_env
-from flexbert.train.pretrained import load_pretrained, mlm_model
+from flexbert.experiments.launcher import child_env, flexbert_command
 from flexbert.train.run_folder import RunFolder
+from flexbert.weights.export import export_to_hf
+from flexbert.weights.load import load_model
 
 STACKS = {"flexbert": None, "transformers": "padded", "transformers-sparse": "sparse", "transformers-unpadded": "unpadded"}
 BASELINE = "transformers"
 
 
-class BenchError(ValueError):
+class BenchError(FlexBertError, ValueError):
     """Bad input to the benchmark: one line naming the option and the fix."""
 
 
@@ -134,10 +135,10 @@ def plan(o: BenchOptions, stats: dict) -> list[Leg]:
             out = os.path.join(o.out, "legs", f"{stack}-seed{seed}")
             if stack == "flexbert":
                 every = o.tokens // o.points
-                cmd = [sys.executable, os.path.join(ROOT, "train.py"), os.path.abspath(o.config), *o.overrides,
+                cmd = flexbert_command("train", os.path.abspath(o.config), *o.overrides,
                        f"data.local={data}", f"seed={seed}", f"run_dir={out}", "save_folder=null", f"max_duration={o.tokens}tok",
                        f"save_interval={every}tok", "save_num_to_keep=-1", "autoresume=false", "data.eval_split=null",
-                       "loggers.wandb=false", f"device={'gpu' if o.device == 'cuda' else 'cpu'}"]
+                       "loggers.wandb=false", f"device={'gpu' if o.device == 'cuda' else 'cpu'}")
             else:
                 spec = LegSpec(os.path.abspath(o.config), list(o.overrides), data, o.tokens, seed, out, marks(o), o.device,
                                o.threads, STACKS[stack], mean_doc)
@@ -177,10 +178,10 @@ class LoadSampler:
 
 def _start(leg: Leg, threads: int):
     os.makedirs(leg.out, exist_ok=True)
-    env = subprocess_env(threads)
+    env = child_env(threads)
     env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     log = open(os.path.join(os.path.dirname(leg.out), f"{os.path.basename(leg.out)}.log"), "w")
-    proc = subprocess.Popen(leg.command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(leg.command, env=env, stdout=log, stderr=subprocess.STDOUT)
     return proc, log, time.perf_counter()
 
 
@@ -237,10 +238,10 @@ def collect_points(leg: Leg, o: BenchOptions) -> list[dict]:
 
 def evaluate_folder(path: str, o: BenchOptions) -> dict:
     """The one evaluator: held-out MLM loss of an HF folder on the shards' validation split."""
-    pre = load_pretrained(path)
+    loaded = load_model(path, "mlm")
     cfg = data_config(os.path.abspath(o.data), "validation", o.eval_mlm_probability, o.eval_seed)
-    check_model_tokenizer(pre, cfg, f"shards {o.data}")
-    r = evaluate_mlm(mlm_model(pre), cfg, o.eval_max_batches, o.device)
+    check_model_tokenizer(loaded, cfg, f"shards {o.data}")
+    r = evaluate_mlm(loaded.model, mlm_loader(cfg), o.eval_max_batches, o.device)
     return {"loss": r["loss"], "accuracy": r["accuracy"], "masked_tokens": r["masked_tokens"]}
 
 
@@ -253,7 +254,7 @@ def run(o: BenchOptions, command: str = "", echo=print) -> dict:
         run_legs(legs, o.parallel, o.threads, echo)
     bad = next((leg for leg in legs if leg.result["rc"] != 0), None)
     if bad is not None:
-        raise RuntimeError(f"{bad.stack} seed {bad.seed} failed (exit {bad.result['rc']}); its log: {bad.out}.log")
+        raise BenchError(f"{bad.stack} seed {bad.seed} failed (exit {bad.result['rc']}); its log: {bad.out}.log")
     curves: dict = {stack: {} for stack in o.stacks}
     torch.set_num_threads(o.threads)  # a loaded machine punishes more threads than cores (OpenMP spinning)
     for leg in legs:

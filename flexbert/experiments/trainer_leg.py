@@ -40,10 +40,9 @@ from streaming import StreamingDataset
 from transformers import (AutoTokenizer, DataCollatorForLanguageModeling, ModernBertForMaskedLM, Trainer,
                           TrainerCallback, TrainingArguments)
 
-from flexbert.config import ConfigError
+from flexbert.config import ConfigError, parse_time
 from flexbert.convert.hf_config import config_to_hf
 from flexbert.train.config import load_run_config
-from flexbert.train.schedulers import parse_time
 
 VARIANTS = ("padded", "sparse", "unpadded")
 _DECAY_TYPES = {"linear": "linear", "one_minus_sqrt": "1-sqrt", "cosine": "cosine"}
