@@ -323,3 +323,15 @@ def test_the_docs_list_the_callbacks_in_their_event_order():
     from flexbert.train.callback_table import markdown_table
 
     assert markdown_table() in (ROOT / "docs" / "training.md").read_text()
+
+
+MAX_TRAIN_MODULES = 22  # flexbert/train/ holds the Composer run only (issue 25: it had 35 files)
+
+
+def test_train_holds_the_run_and_no_more_than_its_modules():
+    """flexbert/train/ stays the Composer pretraining run: at most MAX_TRAIN_MODULES modules
+    (__init__ included), none named for a weight tool, an evaluation or a launcher."""
+    names = sorted(p.name for p in (ROOT / "flexbert" / "train").glob("*.py"))
+    assert len(names) <= MAX_TRAIN_MODULES, f"{len(names)} modules in flexbert/train/ (at most {MAX_TRAIN_MODULES}): {names}"
+    elsewhere = {"export", "averaging", "merging", "tiling", "pruning", "jobs", "phases", "sweep", "mlm_eval", "classifier"}
+    assert not elsewhere & {n[:-3] for n in names}, names

@@ -1,4 +1,4 @@
-"""Distillation (``teacher:`` in the run config, flexbert/train/distill.py): the KL term is the
+"""Distillation (``teacher:`` in the run config, flexbert/train/pretrained.py): the KL term is the
 definition with its gradients, a student equal to its teacher has KL 0, a teacher of another
 tokenizer or vocabulary is refused in one line naming ``teacher.model``, and a distilled run logs
 its loss terms and resumes exactly.  (Two ranks: tests/test_ddp.py; the with-teacher-better row:
@@ -52,7 +52,7 @@ def test_a_student_equal_to_its_teacher_has_kl_zero(teacher_run, data, tmp_path)
     from flexbert.data.loader import build_eval_loader
     from flexbert.data.source import data_fingerprint
     from flexbert.train.config import config_from_dict
-    from flexbert.train.distill import load_teacher
+    from flexbert.train.pretrained import load_teacher
     from flexbert.train.pretrained import load_pretrained, mlm_model
 
     cfg = config_from_dict(run_config(tmp_path, data))
@@ -70,7 +70,7 @@ def test_a_student_equal_to_its_teacher_has_kl_zero(teacher_run, data, tmp_path)
 
 
 def test_a_teacher_of_another_tokenizer_or_vocabulary_is_refused(teacher_run, tmp_path):
-    from flexbert.train.distill import load_teacher
+    from flexbert.train.pretrained import load_teacher
     from flexbert.train.loading import SetupError
 
     cfg = TeacherConfig(teacher_run)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 from typing import Optional, Union
 
+import torch
+
 from flexbert.data.readers import InputError, read_records
 from flexbert.errors import FlexBertError
 
@@ -84,8 +86,7 @@ def check_batches(table: dict[str, list[str]], batch_size: int, seed: int, path:
     """The rows per batch of the first epoch as sentence-transformers' no-duplicates sampler makes
     them (no text twice in a batch); pairs whose batches hold one pair - no in-batch negative, a loss
     of exactly 0 - beyond the one a row count may leave at the end are refused, with the count."""
-    import torch
-    from sentence_transformers.sampler import NoDuplicatesBatchSampler
+    from sentence_transformers.sampler import NoDuplicatesBatchSampler  # optional: the 'retrieval' extra
 
     sizes = [len(b) for b in NoDuplicatesBatchSampler(_Rows(table), batch_size=batch_size, drop_last=False,
                                                       generator=torch.Generator(), seed=seed)]

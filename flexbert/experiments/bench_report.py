@@ -13,7 +13,10 @@ import json
 import os
 import platform
 import statistics
+from importlib.metadata import version
 from typing import Optional
+
+import torch
 
 NEAR = 0.05  # a curve's first or last point stands for a token count this close (a step crosses the mark)
 
@@ -146,9 +149,6 @@ def plots(r: dict, out: str) -> list[str]:
 
 
 def machine() -> dict:
-    import torch
-    import transformers
-
     name = platform.processor() or "unknown CPU"
     try:
         with open("/proc/cpuinfo") as f:
@@ -157,7 +157,7 @@ def machine() -> dict:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"cpu": name, "cores": os.cpu_count(), "gpu": gpu, "torch": torch.__version__,
-            "transformers": transformers.__version__, "python": platform.python_version()}
+            "transformers": version("transformers"), "python": platform.python_version()}
 
 
 def write(r: dict, out: str) -> dict[str, str]:

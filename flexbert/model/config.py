@@ -7,8 +7,9 @@ backend, init, MLM loss) are checked against the model's registries (flexbert/mo
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from flexbert.config import ConfigError, from_dict
 from flexbert.model import registries as R
@@ -122,3 +123,35 @@ class FlexBertConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None, prefix: str = "model") -> "FlexBertConfig":
         return from_dict(cls, data, prefix)
+
+
+# The model's special-token ids come from the tokenizer (the one source of truth): an id the config
+# leaves at FlexBertConfig's default is taken from the tokenizer; one set otherwise must agree with it.
+SPECIAL_ID_FIELDS = {"pad_token_id": ("pad_id", "[PAD]"), "cls_token_id": ("cls_id", "[CLS]"),
+                     "sep_token_id": ("sep_id", "[SEP]"), "mask_token_id": ("mask_id", "[MASK]")}
+
+
+def tokenizer_mismatch(model: FlexBertConfig, special: Any, tokenizer_dir: str) -> Optional[str]:
+    """One line naming the first model.* key that disagrees with the tokenizer's special tokens
+    (``special``: flexbert/data/tokenizer.py's SpecialTokens), or None."""
+    for key, (attr, token) in SPECIAL_ID_FIELDS.items():
+        if getattr(model, key) != getattr(special, attr):
+            return (f"model.{key}: {getattr(model, key)} disagrees with the tokenizer at {tokenizer_dir} "
+                    f"({token} = {getattr(special, attr)}); set it to {getattr(special, attr)} or leave it out")
+    if model.vocab_size < special.vocab_size:
+        return (f"model.vocab_size: {model.vocab_size} is smaller than the tokenizer's vocabulary "
+                f"({special.vocab_size} at {tokenizer_dir})")
+    return None
+
+
+def with_tokenizer_ids(model: FlexBertConfig, special: Any, tokenizer_dir: str) -> FlexBertConfig:
+    """``model`` with the special ids it leaves at their defaults taken from the tokenizer;
+    ConfigError (one line naming the key) when a set id or the vocabulary size disagrees with it."""
+    defaults = FlexBertConfig()
+    filled = {k: getattr(special, attr) for k, (attr, _) in SPECIAL_ID_FIELDS.items()
+              if getattr(model, k) == getattr(defaults, k)}
+    model = dataclasses.replace(model, **filled)
+    problem = tokenizer_mismatch(model, special, tokenizer_dir)
+    if problem:
+        raise ConfigError(problem)
+    return model

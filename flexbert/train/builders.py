@@ -29,14 +29,13 @@ from flexbert.train import run_lock
 from flexbert.train.callback_table import build_callbacks
 from flexbert.train.composer_model import EVAL_METRICS, flexbert_data_spec, to_composer_time
 from flexbert.train.config import RunConfig, as_plain_dict, with_data_source
-from flexbert.train.distill import load_teacher
 from flexbert.train.loading import LoadPlan, SetupError, init_from_fingerprint, load_initial_weights, plan_load  # noqa: F401 (re-exported)
 from flexbert.train.loggers import ConsoleLogger, JSONLLogger, done_line, eval_note, wandb_mode
 from flexbert.train.microbatch import resolve_microbatch
 from flexbert.train.optim import build_optimizer
-from flexbert.train.parallelism import check_parallelism
+from flexbert.train.parallelism import check_parallelism, meet
+from flexbert.train.pretrained import load_teacher
 from flexbert.train.recipe import build_model, resolve_device, resolve_precision, trainer_settings
-from flexbert.train.rendezvous import meet
 from flexbert.train.run_folder import METRICS, RunFolder
 from flexbert.train.run_identity import check_rerun, record_start
 from flexbert.train.schedulers import parse_scheduler

@@ -16,9 +16,8 @@ from flexbert.model.flops import body_flops_per_token, head_flops_per_prediction
 from flexbert.train import callbacks as cb
 from flexbert.train.checkpointing import AtomicCheckpointSaver
 from flexbert.train.composer_model import to_composer_time
-from flexbert.train.doctor import TimeLedger, settings_of
+from flexbert.train.doctor import StepProfiler, TimeLedger, settings_of
 from flexbert.train.preemption import GracefulStop
-from flexbert.train.profiling import StepProfiler
 
 
 @dataclass(frozen=True)

@@ -78,7 +78,7 @@ def row_outputs(model: torch.nn.Module, row: dict[str, Any], shapes=None, causal
     """``FlexBertForMaskedLM`` on one packed row: loss and counts, no logits.  ``shapes``
     (flexbert/model/static.py) pads the row to the fixed shapes a compiled model was traced with;
     ``causal``: CLM attention (``objective: clm``, the row's labels its next tokens); ``teacher``
-    (flexbert/train/distill.py): the loss adds the distillation term."""
+    (flexbert/train/pretrained.py): the loss adds the distillation term."""
     if shapes is not None:
         shape_args = shapes.row_inputs(row)
     else:
@@ -95,7 +95,7 @@ class FlexBertMLM(ComposerModel):
     ``shapes`` (flexbert/model/static.py) pads each row to fixed shapes at this boundary, so a
     compiled model traces once; without it rows go in as they come (eager use, tests).  ``causal``:
     every call, training and evaluation, with causal attention (``objective: clm``).  ``teacher``
-    (set by the run's builder, flexbert/train/distill.py): training rows add the distillation loss;
+    (set by the run's builder, flexbert/train/pretrained.py): training rows add the distillation loss;
     evaluation measures the student alone."""
 
     def __init__(self, config: FlexBertConfig, model: torch.nn.Module | None = None, train_metrics: bool = True,

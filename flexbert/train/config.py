@@ -22,7 +22,7 @@ from flexbert.data.masking import OBJECTIVES
 from flexbert.data.remote import is_remote
 from flexbert.data.source import DataSource, resolve_source
 from flexbert.model.compile import TORCH_COMPILE_MODES
-from flexbert.model.config import FlexBertConfig
+from flexbert.model.config import FlexBertConfig, with_tokenizer_ids
 from flexbert.model.model import checkpointed_layers
 from flexbert.registry import ConfigError, unknown_choice
 from flexbert.train.optim import OptimizerConfig
@@ -106,7 +106,7 @@ class CallbacksConfig:
 
 @dataclass
 class TeacherConfig:
-    """Distillation (flexbert/train/distill.py): the loss is ``(1 - weight) * CE + weight * T^2 *
+    """Distillation (flexbert/train/pretrained.py): the loss is ``(1 - weight) * CE + weight * T^2 *
     KL(teacher || student)`` at the predicted positions, both distributions at temperature T."""
 
     model: str = ""  # a run folder, a checkpoint or a Hugging Face folder, of the run's tokenizer
@@ -157,7 +157,7 @@ class RunConfig:
     activation_checkpointing: str = "none"  # none | all | every_N: blocks recomputed in backward (less memory)
     profiler: ProfilerConfig = field(default_factory=ProfilerConfig)  # a torch profiler trace of chosen batches
     dist_timeout: float = 300.0  # seconds every collective may wait (a checkpoint written while the others wait)
-    dist_init_timeout: float = 120.0  # seconds the ranks have to meet at start (flexbert/train/rendezvous.py)
+    dist_init_timeout: float = 120.0  # seconds the ranks have to meet at start (flexbert/train/parallelism.py)
     parallelism: str = "ddp"  # ddp | fsdp (sharded parameters, gradients, optimizer state: flexbert/train/parallelism.py)
     fsdp: FsdpConfig = field(default_factory=FsdpConfig)  # with parallelism: fsdp
 
@@ -271,36 +271,10 @@ def config_from_dict(raw: dict, where: str = "") -> RunConfig:
         raise ConfigError(f"{where}: {e}" if where else str(e)) from None
 
 
-# The model's special-token ids come from the tokenizer (the one source of truth): an id the config
-# leaves at FlexBertConfig's default is taken from the tokenizer; one set otherwise must agree with it.
-SPECIAL_ID_FIELDS = {"pad_token_id": ("pad_id", "[PAD]"), "cls_token_id": ("cls_id", "[CLS]"),
-                     "sep_token_id": ("sep_id", "[SEP]"), "mask_token_id": ("mask_id", "[MASK]")}
-
-
-def tokenizer_mismatch(model: FlexBertConfig, special, tokenizer_dir: str) -> Optional[str]:
-    """One line naming the first model.* key that disagrees with the tokenizer, or None."""
-    for key, (attr, token) in SPECIAL_ID_FIELDS.items():
-        if getattr(model, key) != getattr(special, attr):
-            return (f"model.{key}: {getattr(model, key)} disagrees with the tokenizer at {tokenizer_dir} "
-                    f"({token} = {getattr(special, attr)}); set it to {getattr(special, attr)} or leave it out")
-    if model.vocab_size < special.vocab_size:
-        return (f"model.vocab_size: {model.vocab_size} is smaller than the tokenizer's vocabulary "
-                f"({special.vocab_size} at {tokenizer_dir})")
-    return None
-
-
 def with_data_source(cfg: RunConfig, source: DataSource) -> RunConfig:
     """``cfg`` with the model ids it leaves at their defaults taken from the data's tokenizer;
     ConfigError when a set id (or the vocabulary size) disagrees with it."""
-    defaults = FlexBertConfig()
-    special = source.special
-    filled = {k: getattr(special, attr) for k, (attr, _) in SPECIAL_ID_FIELDS.items()
-              if getattr(cfg.model, k) == getattr(defaults, k)}
-    model = dataclasses.replace(cfg.model, **filled)
-    problem = tokenizer_mismatch(model, special, source.tokenizer_dir)
-    if problem:
-        raise ConfigError(problem)
-    return dataclasses.replace(cfg, model=model)
+    return dataclasses.replace(cfg, model=with_tokenizer_ids(cfg.model, source.special, source.tokenizer_dir))
 
 
 def with_known_data(cfg: RunConfig) -> RunConfig:

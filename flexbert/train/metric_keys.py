@@ -70,7 +70,7 @@ COMPOSER_TIME_PREFIX = "time/"  # Composer's own clock keys: not written to metr
 TIMING_PREFIX = "timing/"
 TIMING = {part: f"{TIMING_PREFIX}{part}_s" for part in ("data", "step", "eval", "checkpoint")}
 
-# --- distillation (flexbert/train/distill.py): the terms of the loss dict; Composer logs each
+# --- distillation (flexbert/train/pretrained.py): the terms of the loss dict; Composer logs each
 # entry of a loss dict as loss/train/<name> beside the total
 CE_TERM, KL_TERM = "ce", "kl"
 TRAIN_LOSS_CE = f"loss/train/{CE_TERM}"  # the hard-label cross-entropy (mean over predicted tokens)
