@@ -14,7 +14,6 @@ import argparse
 
 from flexbert.cli.common import command, make_parser
 from flexbert.config import at_least
-from flexbert.weights.averaging import average_checkpoints, best_checkpoints
 
 
 def parser() -> argparse.ArgumentParser:
@@ -31,6 +30,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run(a: argparse.Namespace) -> int:
+    # deferred: --help and refused flags answer before torch and the model libraries load
+    from flexbert.weights.averaging import average_checkpoints, best_checkpoints
+
     if bool(a.checkpoints) == bool(a.run_dir):
         parser().error("give checkpoints or --run-dir (not both)")
     paths = a.checkpoints or best_checkpoints(a.run_dir, a.best_k, a.metric, a.maximize)

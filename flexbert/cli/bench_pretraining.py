@@ -23,7 +23,8 @@ import sys
 
 from flexbert.cli.common import command, make_parser
 from flexbert.config import at_least, parse_time
-from flexbert.experiments.pretraining_bench import STACKS, BenchOptions, run as run_bench
+from flexbert.experiments.pretraining_bench import STACKS, BenchOptions
+from flexbert.experiments.pretraining_bench import run as run_bench
 
 
 def tokens(text: str) -> int:

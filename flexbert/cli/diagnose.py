@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 
 from flexbert.cli.common import command, make_parser
-from flexbert.train.doctor import diagnose, settings_of
 from flexbert.train.run_folder import RunFolder
 
 
@@ -21,6 +20,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run(a: argparse.Namespace) -> int:
+    # deferred: --help and refused flags answer before torch and the model libraries load
+    from flexbert.train.doctor import diagnose, settings_of
+
     folder = RunFolder(a.run_dir)
     cfg = folder.load_config()
     print(f"{a.run_dir}: {diagnose(folder.metrics(), settings_of(cfg))}")

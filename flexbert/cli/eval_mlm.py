@@ -18,7 +18,6 @@ from flexbert.cli.common import command, make_parser
 from flexbert.config import at_least
 from flexbert.data.masking import OBJECTIVES
 from flexbert.eval.evaluation import run_evaluation
-from flexbert.eval.mlm import format_by_length
 
 
 def parser() -> argparse.ArgumentParser:
@@ -45,6 +44,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run(a: argparse.Namespace) -> int:
+    # deferred: --help and refused flags answer before torch and the model libraries load
+    from flexbert.eval.mlm import format_by_length
+
     options = {k: v for k, v in vars(a).items() if k != "json" and v is not None}
     result = run_evaluation("mlm", options)
     m = result.metrics[a.split]

@@ -28,7 +28,6 @@ import json
 from flexbert.cli.common import command, make_parser, warn
 from flexbert.config import at_least
 from flexbert.eval.evaluation import run_evaluation
-from flexbert.eval.retrieval import format_by_length
 
 KEYS = ("ndcg@10", "mrr@10", "recall@100")
 
@@ -60,6 +59,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run(a: argparse.Namespace) -> int:
+    # deferred: --help and refused flags answer before torch and the model libraries load
+    from flexbert.eval.retrieval import format_by_length
+
     options = {k: v for k, v in vars(a).items() if k != "json" and v is not None}
     result = run_evaluation("retrieval", options)
     metrics, d = result.metrics[a.split], result.details

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 
 from flexbert.cli.common import command, make_parser
-from flexbert.weights.export import export_to_hf
 from flexbert.weights.publish import check_repo_id, push_to_hub
 
 
@@ -37,6 +36,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run(a: argparse.Namespace) -> int:
+    # deferred: --help and refused flags answer before torch and the model libraries load
+    from flexbert.weights.export import export_to_hf
+
     if not a.run_dir and not a.checkpoint:
         parser().error("give --run-dir or --checkpoint")
     if a.push_to_hub:

@@ -30,7 +30,6 @@ from flexbert.cli.common import command, make_parser, warn
 from flexbert.config import at_least
 from flexbert.env import dist_env
 from flexbert.eval.evaluation import RESULT, run_evaluation
-from flexbert.eval.retrieval_finetune import load_retrieval_finetune_config
 
 KEYS = ("ndcg@10", "mrr@10", "recall@100")
 
@@ -74,6 +73,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run(a: argparse.Namespace) -> int:
+    # deferred: --help and refused flags answer before torch and the model libraries load
+    from flexbert.eval.retrieval_finetune import load_retrieval_finetune_config
+
     cfg = load_retrieval_finetune_config(a.config, {k: v for k, v in vars(a).items() if k != "config"})
     result = run_evaluation("retrieval-finetune", cfg)
     d = result.details

@@ -45,7 +45,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = [f"usage: flexbert COMMAND [ARGS] (flexbert COMMAND --help for its options)", "", "commands:"]
+    lines = ["usage: flexbert COMMAND [ARGS] (flexbert COMMAND --help for its options)", "", "commands:"]
     lines += [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
     return "\n".join(lines)
 

@@ -20,7 +20,6 @@ import json
 
 from flexbert.cli.common import command, make_parser
 from flexbert.config import at_least, from_dict
-from flexbert.eval.hard_negatives import MineConfig, mine_negatives
 
 
 def parser() -> argparse.ArgumentParser:
@@ -45,6 +44,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run(a: argparse.Namespace) -> int:
+    # deferred: --help and refused flags answer before torch and the model libraries load
+    from flexbert.eval.hard_negatives import MineConfig, mine_negatives
+
     summary = mine_negatives(from_dict(MineConfig, {k: v for k, v in vars(a).items() if v is not None}))
     print(json.dumps(summary))
     return 0

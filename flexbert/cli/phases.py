@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 
 from flexbert.cli.common import command, make_parser
-from flexbert.experiments.phases import run_chain
 
 
 def parser() -> argparse.ArgumentParser:
@@ -27,6 +26,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run(a: argparse.Namespace) -> int:
+    # deferred: --help and refused flags answer before torch and the model libraries load
+    from flexbert.experiments.phases import run_chain
+
     configs = [x for x in a.args if x.endswith((".yaml", ".yml")) and "=" not in x]
     overrides = [x for x in a.args if x not in configs]
     finals = run_chain(configs, overrides, a.runs_root, niah=a.niah)

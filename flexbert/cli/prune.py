@@ -18,7 +18,6 @@ import argparse
 
 from flexbert.cli.common import command, make_parser
 from flexbert.config import at_least
-from flexbert.weights.pruning import write_pruned
 
 
 def layer_list(text: str) -> list[int]:
@@ -44,6 +43,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run(a: argparse.Namespace) -> int:
+    # deferred: --help and refused flags answer before torch and the model libraries load
+    from flexbert.weights.pruning import write_pruned
+
     info = write_pruned(a.src, a.out, a.keep, a.every, a.depth, a.mlp_width, a.tokenizer, a.overwrite)
     print(f"pruned {info['source']}: layers {info['layers']} of {info['source_layers']}, MLP width {info['mlp_width']} "
           f"of {info['source_mlp_width']}, {info['parameters']:,} of {info['source_parameters']:,} parameters -> "

@@ -16,7 +16,6 @@ import argparse
 
 from flexbert.cli.common import command, make_parser
 from flexbert.model.tiling import MODES
-from flexbert.weights.tiling import write_tiled
 
 
 def parser() -> argparse.ArgumentParser:
@@ -37,6 +36,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run(a: argparse.Namespace) -> int:
+    # deferred: --help and refused flags answer before torch and the model libraries load
+    from flexbert.weights.tiling import write_tiled
+
     info = write_tiled(a.src, a.config, a.out, a.mode, a.seed, a.tokenizer, a.overrides, a.rescale, a.overwrite)
     print(f"tiled {info['source']} ({info['mode']}; target layer <- source layer {info['layers']}) -> "
           f"init_from: {info['init_from']}")

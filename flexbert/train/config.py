@@ -21,12 +21,17 @@ from flexbert.data.mask_schedule import MaskScheduleError
 from flexbert.data.masking import OBJECTIVES
 from flexbert.data.remote import is_remote
 from flexbert.data.source import DataSource, resolve_source
+from flexbert.errors import FlexBertError
 from flexbert.model.compile import TORCH_COMPILE_MODES
 from flexbert.model.config import FlexBertConfig, with_tokenizer_ids
 from flexbert.model.model import checkpointed_layers
 from flexbert.registry import ConfigError, unknown_choice
 from flexbert.train.optim import OptimizerConfig
 from flexbert.train.schedulers import parse_scheduler
+
+class SetupError(FlexBertError, RuntimeError):
+    """The run cannot start (missing data, unreadable checkpoint...); the message is one line."""
+
 
 PRECISIONS = ("auto", "fp32", "amp_bf16", "amp_fp16")
 DEVICES = ("auto", "cpu", "gpu")

@@ -21,14 +21,9 @@ import torch
 
 from flexbert.convert.hf import from_hf, load_safetensors
 from flexbert.data.fingerprint import tokenizer_fingerprint
-from flexbert.errors import FlexBertError
 from flexbert.train.checkpointing import checkpoint_problem, fetch_resume_checkpoint, find_resume_checkpoint
-from flexbert.train.config import RunConfig
+from flexbert.train.config import RunConfig, SetupError  # noqa: F401 (SetupError: its callers' name for it)
 from flexbert.train.run_folder import RunFolderError, identity, load_weights, model_state
-
-
-class SetupError(FlexBertError, RuntimeError):
-    """The run cannot start (missing data, unreadable checkpoint...); the message is one line."""
 
 
 def init_from_fingerprint(path: str) -> Optional[str]:

@@ -50,8 +50,7 @@ from flexbert.model.config import FlexBertConfig
 from flexbert.model.loss import distill_kl
 from flexbert.model.model import FlexBertForMaskedLM, MaskedLMOutput
 from flexbert.train import metric_keys as K
-from flexbert.train.config import TeacherConfig
-from flexbert.train.loading import SetupError
+from flexbert.train.config import SetupError, TeacherConfig
 from flexbert.train.run_folder import (
     RunFolder,
     RunFolderError,
