@@ -46,6 +46,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-empty", action="store_true",
                    help="leave blank queries and documents out (and say how many) instead of refusing the folder")
     p.add_argument("--out", help="write OUT/result.json (flexbert/eval/evaluation.py's schema)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars on stderr while encoding")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out whole")
     p.add_argument("--max-seq-len", type=at_least(8), help="truncate inputs (default: the model's)")
     p.add_argument("--batch-size", type=at_least(1), default=32)

@@ -84,7 +84,8 @@ def is_sparse(model) -> bool:
 
 
 def rank_model(model, data: Beir, k: int = 100, batch_size: int = 32, dim: Optional[int] = None,
-               query_prompt_name: Optional[str] = None, passage_prompt_name: Optional[str] = None) -> dict[str, list[str]]:
+               query_prompt_name: Optional[str] = None, passage_prompt_name: Optional[str] = None,
+               progress: bool = False) -> dict[str, list[str]]:
     """Rank ``data``'s corpus for each query by ``model``: a SentenceTransformer by the cosine of its
     embeddings (cut to the first ``dim`` dimensions first: Matryoshka), a SparseEncoder by the dot
     product of its sparse vectors.  ``encode_query`` / ``encode_document`` apply the model's stored
@@ -92,7 +93,7 @@ def rank_model(model, data: Beir, k: int = 100, batch_size: int = 32, dim: Optio
     from sentence_transformers import util
 
     sparse = is_sparse(model)
-    kw: dict = {"batch_size": batch_size, "convert_to_tensor": True, "show_progress_bar": False}
+    kw: dict = {"batch_size": batch_size, "convert_to_tensor": True, "show_progress_bar": progress}  # bars on stderr
     if not sparse:
         kw.update(normalize_embeddings=True, truncate_dim=dim)
     ids, qids = list(data.corpus), list(data.queries)
@@ -190,6 +191,7 @@ class RetrievalConfig:
     tokenizer: Optional[str] = None  # counts the tokens for by_length (default: the model's)
     out: Optional[str] = None  # write OUT/result.json
     overwrite: bool = False
+    progress: bool = False  # bars on stderr while the corpus and the queries are encoded
 
     def validate(self, prefix: str = "") -> None:
         if not self.data:
@@ -232,7 +234,7 @@ def evaluate_retrieval(cfg: RetrievalConfig) -> Result:
         model, model_ref = loaded.model, loaded.ref(sparse=is_sparse(loaded.model))
         kw = dict(batch_size=cfg.batch_size, query_prompt_name=cfg.query_prompt_name,
                   passage_prompt_name=cfg.passage_prompt_name)
-        rankings[""] = rank_model(model, data, **kw)
+        rankings[""] = rank_model(model, data, progress=cfg.progress, **kw)
         if cfg.dims:
             details["dims"] = score_model(model, data, cfg.dims, ranked=rankings[""], **kw)[1]
     if cfg.bm25:
