@@ -205,6 +205,7 @@ OPTIONAL_DEPENDENCIES = {
     "torch.nn.attention.varlen": "torch's varlen attention (torch >= 2.10)", "bm25s": "'flexbert[retrieval]'",
     "sentence_transformers": "'flexbert[retrieval]' / 'flexbert[sentence]'", "datasets": "'flexbert[retrieval]'",
     "mteb": "MTEB evaluation, optional", "matplotlib": "plots (Agg), only when a report is drawn",
+    "streaming.base.storage": "object-store I/O only (importing streaming loads its whole package: seconds)",
     "pyarrow": "'flexbert[parquet]'", "zstandard": ".zst inputs", "boto3": "object stores", "botocore": "object stores",
 }
 MAX_LOCAL_OWN_IMPORTS = 10

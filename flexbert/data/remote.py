@@ -14,9 +14,6 @@ import os
 import tempfile
 import urllib.parse
 
-from streaming.base.storage.download import CloudDownloader
-from streaming.base.storage.upload import CloudUploader
-
 from flexbert.errors import FlexBertError
 
 
@@ -74,6 +71,8 @@ def check_writable(url: str, overwrite: bool) -> None:
 
 def uploader(url: str, local: str):
     """Streaming's uploader from ``local`` to ``url`` (kept local files: ``keep_local=True``)."""
+    from streaming.base.storage.upload import CloudUploader  # on use: importing streaming loads its whole package
+
     try:
         return CloudUploader.get(out=(local, url), keep_local=True, exist_ok=True)
     except Exception as e:  # noqa: BLE001
@@ -95,6 +94,8 @@ def upload_tree(local: str, url: str, only: list[str] | None = None) -> list[str
 def download(url: str, local: str, timeout: float = 60.0) -> None:
     """Fetch one object to ``local`` (parent folders created); raises StoreError naming the URL."""
     os.makedirs(os.path.dirname(local) or ".", exist_ok=True)
+    from streaming.base.storage.download import CloudDownloader  # on use: importing streaming loads its whole package
+
     tmp = f"{local}.part{os.getpid()}"  # ranks may fetch the same file at once: rename into place
     try:
         CloudDownloader.direct_download(url, tmp, timeout)
