@@ -72,8 +72,10 @@ class DrivenClock(Callback):
 
 def test_a_run_on_a_driven_clock_logs_exact_totals_and_diagnose_reads_them(tmp_path, data, capsys):
     """6 batches, an evaluation (2 batches) every 2: at fit end data 9 s, step 6 s, eval 3 s (the
-    evaluations at 2, 4 and 6); the last record (batch 6's end, before its evaluation) holds data
-    9, step 6, eval 2 -> 53% data-bound; the first record is all step (compute-bound)."""
+    evaluations at 2, 4 and 6).  Each batch's record is written after its evaluation and its save
+    (BATCH_CHECKPOINT), and fit end writes the totals once more, so the last record holds data 9,
+    step 6, eval 3 and diagnose says what the end-of-run verdict said (50% data-bound); the first
+    record is all step (compute-bound)."""
     from diagnose import main
 
     from flexbert.config import from_dict
@@ -92,11 +94,13 @@ def test_a_run_on_a_driven_clock_logs_exact_totals_and_diagnose_reads_them(tmp_p
     assert ("[doctor] data-bound: 50% of the time waiting for the next batch (data 50%, step 33%, eval 17%, "
             "checkpoint 0%)") in capsys.readouterr().out
     timed = [r for r in read_jsonl(os.path.join(cfg["run_dir"], "metrics.jsonl")) if "timing/step_s" in r]
-    assert [r["batch"] for r in timed] == [1, 2, 3, 4, 5, 6]
+    assert [r["batch"] for r in timed] == [1, 2, 3, 4, 5, 6, 6]  # the last: fit end's totals
     assert {k: timed[0][f"timing/{k}_s"] for k in ("data", "step", "eval", "checkpoint")} == \
         {"data": 0.0, "step": 1.0, "eval": 0.0, "checkpoint": 0.0}
-    assert {k: timed[-1][f"timing/{k}_s"] for k in ("data", "step", "eval", "checkpoint")} == \
-        {"data": 9.0, "step": 6.0, "eval": 2.0, "checkpoint": 0.0}
+    assert {k: timed[-2][f"timing/{k}_s"] for k in ("data", "step", "eval", "checkpoint")} == \
+        {"data": 9.0, "step": 6.0, "eval": 3.0, "checkpoint": 0.0}  # batch 6, after its evaluation
+    assert {k: v for k, v in timed[-1].items() if k.startswith("timing/")} == \
+        {k: v for k, v in timed[-2].items() if k.startswith("timing/")}  # fit end: the same totals
     assert main([cfg["run_dir"]]) == 0
     said = capsys.readouterr().out
-    assert "data-bound: 53% of the time waiting for the next batch (data 53%, step 35%, eval 12%, checkpoint 0%)" in said
+    assert "data-bound: 50% of the time waiting for the next batch (data 50%, step 33%, eval 17%, checkpoint 0%)" in said

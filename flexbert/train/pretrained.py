@@ -166,6 +166,7 @@ def mlm_model(pre: LoadedModel) -> FlexBertForMaskedLM:
     return model.eval()
 
 
+@dataclass
 class DistilledOutput(MaskedLMOutput):
     terms: dict[str, torch.Tensor] = field(default_factory=dict)  # loss term name -> value (metric_keys.LOSS_TERMS)
 
