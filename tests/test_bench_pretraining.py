@@ -88,7 +88,7 @@ def bench(data, tmp_path_factory):
 
 
 def test_end_to_end_writes_result_table_and_plots(bench):
-    from flexbert.eval.plots import is_png
+    from flexbert.experiments.plots import is_png
 
     out, stdout = bench
     r = json.loads((out / "result.json").read_text())

@@ -15,6 +15,8 @@ import platform
 import statistics
 from typing import Optional
 
+from flexbert.experiments.plots import _pyplot  # matplotlib (Agg) is imported when a plot is drawn
+
 NEAR = 0.05  # a curve's first or last point stands for a token count this close (a step crosses the mark)
 
 
@@ -125,8 +127,6 @@ def markdown(r: dict) -> str:
 
 
 def plots(r: dict, out: str) -> list[str]:
-    from flexbert.eval.plots import _pyplot  # matplotlib, Agg
-
     plt = _pyplot()
     paths = []
     for x, label in (("tokens", "tokens trained"), ("seconds", "training seconds")):
