@@ -15,6 +15,9 @@ import platform
 import statistics
 from typing import Optional
 
+import torch
+import transformers
+
 from flexbert.experiments.plots import _pyplot  # matplotlib (Agg) is imported when a plot is drawn
 
 NEAR = 0.05  # a curve's first or last point stands for a token count this close (a step crosses the mark)
@@ -146,9 +149,6 @@ def plots(r: dict, out: str) -> list[str]:
 
 
 def machine() -> dict:
-    import torch
-    import transformers
-
     name = platform.processor() or "unknown CPU"
     try:
         with open("/proc/cpuinfo") as f:
