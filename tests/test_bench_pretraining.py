@@ -66,6 +66,11 @@ def test_speedup_is_baseline_seconds_over_flexbert_seconds_to_the_baseline_final
     assert r["stacks"]["transformers"]["legs"]["1"]["to_other_final"] is None  # never reaches 4.6
     assert r["stacks"]["flexbert"]["loss_at_tokens"]["200"] == pytest.approx(4.8)
     assert time_to_loss(curves["flexbert"][1]["points"], 5.3)["upper_bound"] is True
+    # a seed where FlexBERT never gets to transformers' final loss leaves the mean and is counted out
+    curves["flexbert"][2] = leg([(100, 30, 6.2), (200, 50, 5.8), (300, 70, 5.6)])
+    curves["transformers"][2] = leg([(100, 40, 6.0), (200, 70, 5.5), (300, 100, 5.0)])
+    r = summarize(curves, "transformers", [100, 200, 300], {})
+    assert r["speedup"] == pytest.approx(2.5) and r["speedup_per_seed"]["2"] is None and r["speedup_seeds_reached"] == 1
 
 
 @pytest.fixture(scope="module")
