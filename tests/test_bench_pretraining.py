@@ -6,7 +6,8 @@
 * the speedup reads the curves the right way round (> 1 when FlexBERT reaches transformers' final
   held-out loss sooner);
 * the command, end to end on a tiny budget, writes result.json, table.md and both plots (no timing
-  is asserted); ``--help`` documents every option; bad input is one line, exit 2, nothing written.
+  is asserted); ``--help`` documents every option; bad input is one line, exit 2, nothing written
+  (these two in this process, through the command's ``main``).
 """
 
 from __future__ import annotations
@@ -65,6 +66,11 @@ def test_speedup_is_baseline_seconds_over_flexbert_seconds_to_the_baseline_final
     assert r["stacks"]["transformers"]["legs"]["1"]["to_other_final"] is None  # never reaches 4.6
     assert r["stacks"]["flexbert"]["loss_at_tokens"]["200"] == pytest.approx(4.8)
     assert time_to_loss(curves["flexbert"][1]["points"], 5.3)["upper_bound"] is True
+    # a seed where FlexBERT never gets to transformers' final loss leaves the mean and is counted out
+    curves["flexbert"][2] = leg([(100, 30, 6.2), (200, 50, 5.8), (300, 70, 5.6)])
+    curves["transformers"][2] = leg([(100, 40, 6.0), (200, 70, 5.5), (300, 100, 5.0)])
+    r = summarize(curves, "transformers", [100, 200, 300], {})
+    assert r["speedup"] == pytest.approx(2.5) and r["speedup_per_seed"]["2"] is None and r["speedup_seeds_reached"] == 1
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +94,7 @@ def bench(data, tmp_path_factory):
 
 
 def test_end_to_end_writes_result_table_and_plots(bench):
-    from flexbert.eval.plots import is_png
+    from flexbert.experiments.plots import is_png
 
     out, stdout = bench
     r = json.loads((out / "result.json").read_text())
@@ -108,14 +114,26 @@ def test_end_to_end_writes_result_table_and_plots(bench):
     assert "speedup" in stdout
 
 
-def test_help_documents_every_option():
+def _main(args: list[str], capsys) -> tuple[int, str, str]:
+    """The command in this process (argparse's refusals exit; the command's return its code)."""
+    from flexbert.cli.bench_pretraining import main
+
+    try:
+        code = main(args)
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_help_documents_every_option(capsys):
     from flexbert.cli.bench_pretraining import parser
 
-    p = subprocess.run([sys.executable, SCRIPT, "--help"], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
-    assert p.returncode == 0
+    code, out, _ = _main(["--help"], capsys)
+    assert code == 0
     for action in parser()._actions:
         assert action.help, f"{action.dest} has no help"
-        assert any(flag in p.stdout for flag in action.option_strings or [action.metavar or action.dest])
+        assert any(flag in out for flag in action.option_strings or [action.metavar or action.dest])
 
 
 @pytest.mark.parametrize("args, says", [
@@ -124,11 +142,10 @@ def test_help_documents_every_option():
     (["--stacks", "flexbert", "keras"], "--stacks"),
     (["--config", "/nonexistent.yaml"], "--config"),
 ])
-def test_bad_input_is_one_line_exit_2_nothing_written(args, says, data, tmp_path):
+def test_bad_input_is_one_line_exit_2_nothing_written(args, says, data, tmp_path, capsys):
     out = tmp_path / "out"
-    cmd = [sys.executable, SCRIPT, "--data", data, "--out", str(out), "--tokens", "2K", *args]
-    p = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=180)
-    assert p.returncode == 2, p.stderr
-    lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:") and says in lines[0], p.stderr
+    code, _, err = _main(["--data", data, "--out", str(out), "--tokens", "2K", *args], capsys)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and says in lines[0], err
     assert not out.exists()

@@ -18,6 +18,8 @@ from typing import Optional
 
 import torch
 
+from flexbert.experiments.plots import _pyplot  # matplotlib (Agg) is imported when a plot is drawn
+
 NEAR = 0.05  # a curve's first or last point stands for a token count this close (a step crosses the mark)
 
 
@@ -82,6 +84,8 @@ def summarize(curves: dict, baseline: str, marks: list[int], header: dict) -> di
         }
     flex = result["stacks"]["flexbert"]
     result["speedup"] = flex["speedup"]  # transformers' seconds / FlexBERT's, to transformers' final held-out loss
+    # the mean above is over the seeds where FlexBERT got there: say how many those are
+    result["speedup_seeds_reached"] = sum(curves["flexbert"][s]["speedup"] is not None for s in seeds)
     result["speedup_per_seed"] = {str(s): curves["flexbert"][s]["speedup"] for s in seeds}
     result["speedup_vs"] = {stack: _mean([_versus(curves, stack, s) for s in seeds]) for stack in curves if stack != "flexbert"}
     return result
@@ -121,15 +125,14 @@ def markdown(r: dict) -> str:
     for m in r["marks"]:
         lines.append(f"| {m:,} | " + " | ".join(_fmt(s["loss_at_tokens"][str(m)], ".3f", "-") for s in r["stacks"].values()) + " |")
     lines += ["", f"speedup (transformers' seconds / FlexBERT's seconds to transformers' final held-out loss): "
-              f"**{_fmt(r['speedup'], '.2f')}x**; per seed " + ", ".join(f"{k}: {_fmt(v, '.2f')}" for k, v in r["speedup_per_seed"].items()),
+              f"**{_fmt(r['speedup'], '.2f')}x** (mean over the {r['speedup_seeds_reached']} of {len(r['seeds'])} seeds where "
+              f"FlexBERT reached it); per seed " + ", ".join(f"{k}: {_fmt(v, '.2f')}" for k, v in r["speedup_per_seed"].items()),
               f"load average during the legs: {r['load']['mean']} (min {r['load']['min']}, max {r['load']['max']}; "
               f"the legs themselves account for about {r['load']['our_threads']})"]
     return "\n".join(lines) + "\n"
 
 
 def plots(r: dict, out: str) -> list[str]:
-    from flexbert.eval.plots import _pyplot  # matplotlib, Agg
-
     plt = _pyplot()
     paths = []
     for x, label in (("tokens", "tokens trained"), ("seconds", "training seconds")):

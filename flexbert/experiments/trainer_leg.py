@@ -42,7 +42,8 @@ from transformers import (AutoTokenizer, DataCollatorForLanguageModeling, Modern
 
 from flexbert.config import ConfigError, parse_time
 from flexbert.convert.hf_config import config_to_hf
-from flexbert.train.config import load_run_config
+from flexbert.data.source import resolve_source
+from flexbert.train.config import load_run_config, with_data_source
 
 VARIANTS = ("padded", "sparse", "unpadded")
 _DECAY_TYPES = {"linear": "linear", "one_minus_sqrt": "1-sqrt", "cosine": "cosine"}
@@ -188,8 +189,10 @@ def run_leg(spec: LegSpec) -> dict:
     """Train, save at the marks, write and return ``leg.json``."""
     torch.set_num_threads(spec.threads)
     cfg = load_run_config(spec.config, [*spec.overrides, f"data.local={spec.shards}", f"seed={spec.seed}"])
+    source = resolve_source(cfg.data)
+    cfg = with_data_source(cfg, source)  # the model's special ids from the tokenizer, as train.py takes them
     shape = step_shape(cfg, spec.mean_doc_tokens, spec.tokens)
-    tokenizer = AutoTokenizer.from_pretrained(cfg.data.tokenizer_dir())
+    tokenizer = AutoTokenizer.from_pretrained(source.tokenizer_dir)
     collator = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=cfg.data.max_mlm_probability)
     model = build_model(cfg, spec.variant)
     on_cuda = spec.device == "cuda"
