@@ -143,7 +143,7 @@ def test_bad_inputs_are_one_line_naming_file_and_key(tmp_path, encoder, capsys):
 
     pairs = _pairs(tmp_path / "pairs.jsonl", [{"question": "q", "positive": "p"}, {"question": "r", "positive": "s"}])
     assert main(["--model", encoder, "--train", pairs, "--out", str(tmp_path / "o")]) == 2
-    assert "pairs.jsonl:1: no text in column 'query' (columns: question, positive)" in capsys.readouterr().err
+    assert "pairs.jsonl:1: no column 'query' (columns: question, positive; name yours with --query-column)" in capsys.readouterr().err
     config = tmp_path / "stage.yaml"
     config.write_text("batchsize: 8\n")
     assert main(["--config", str(config), "--model", encoder, "--train", pairs, "--out", str(tmp_path / "o")]) == 2

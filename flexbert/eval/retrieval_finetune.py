@@ -157,7 +157,9 @@ def _load(cfg: RetrievalFinetuneConfig):
     width = model.get_sentence_embedding_dimension()
     if cfg.matryoshka_dims and max(cfg.matryoshka_dims) > width:
         raise ConfigError(f"matryoshka_dims: {max(cfg.matryoshka_dims)} is wider than {cfg.model}'s {width} dimensions")
-    given = {"query": cfg.query_prompt, "passage": cfg.passage_prompt}
+    # "document" too: the name sentence-transformers' encode_document looks up first (it adds an empty
+    # one to every model it loads, which would shadow "passage" in a saved model)
+    given = {"query": cfg.query_prompt, "passage": cfg.passage_prompt, "document": cfg.passage_prompt}
     if any(given.values()):  # sentence-transformers' empty defaults ("document": "") would shadow "passage"
         model.prompts = {k: v for k, v in {**model.prompts, **given}.items() if v}
     return loaded, model
