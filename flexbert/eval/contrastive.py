@@ -12,7 +12,8 @@ Everything here is sentence-transformers' own (5.1.2), assembled, not rewritten:
 * the batches: the trainer's no-duplicates batch sampler, over the global batch, in the order
   ``seed`` draws (``build_trainer`` hands it the seed).  Accelerate's ``split_batches`` hands each
   process one slice of that batch, so the gathered batch is exactly the sampled one: no text twice
-  in it, hence no query's positive (nor a twin of it) among another query's negatives.  ``dataloader_drop_last`` on several processes: the gather needs equal slices;
+  in it, hence no query's positive (nor a twin of it) among another query's negatives.
+  ``dataloader_drop_last`` on several processes: the gather needs equal slices;
 * the trainer: ``SentenceTransformerTrainer`` / ``SparseEncoderTrainer`` (transformers' Trainer:
   DDP over gloo or NCCL, linear decay after warmup, checkpoints with optimizer, scheduler and RNG
   state, and their resume);
