@@ -205,3 +205,25 @@ def test_splade_trains_and_is_scored_beside_bm25(tmp_path, encoder, capsys):
     assert result.model["sparse"] is True and set(result.metrics["test"]) == {"ndcg@10", "mrr@10", "recall@100"}
     assert all(0 <= v <= 1 for v in result.metrics["test"].values()) and result.details["bm25"]["recall@100"] == 1.0
     assert capsys.readouterr().out.count(" on ") == 2
+
+
+def test_the_seed_sets_the_batch_order(tmp_path, encoder):
+    """--seed reaches the no-duplicates batch sampler: two seeds give two batch orders, one seed
+    the same order twice (sentence-transformers 5.1.2 alone builds the sampler with seed 0)."""
+    from flexbert.eval.contrastive import build_loss, build_trainer, training_args
+    from flexbert.eval.pairs import pair_datasets
+    from flexbert.eval.retrieval_finetune import RetrievalFinetuneConfig, _load
+
+    pairs = _topic_pairs(tmp_path / "pairs.jsonl", n=4)
+
+    def order(seed):
+        cfg = RetrievalFinetuneConfig(model=encoder, train=pairs, out=str(tmp_path / f"out{seed}"), seed=seed,
+                                      batch_size=4, progress=False)
+        data, _, _ = pair_datasets(cfg.train_files, batch_size=cfg.batch_size, seed=seed)
+        _, model = _load(cfg)
+        args = training_args(cfg, str(tmp_path / f"work{seed}"), 1, None)
+        trainer = build_trainer(model, data, build_loss(model, cfg, 1), args)
+        return [list(b) for b in trainer.get_train_dataloader().batch_sampler]
+
+    assert order(17) == order(17)
+    assert order(17) != order(18)

@@ -9,10 +9,11 @@ Everything here is sentence-transformers' own (5.1.2), assembled, not rewritten:
   ``SparseMultipleNegativesRankingLoss`` (with the FLOPS regularizers that keep vectors sparse).
   On several processes ``gather_across_devices`` gathers every process's passages (with their
   gradients) so each query meets the whole global batch as negatives;
-* the batches: the trainer's no-duplicates batch sampler, over the global batch.  Accelerate's
-  ``split_batches`` hands each process one slice of that batch, so the gathered batch is exactly
-  the sampled one: no text twice in it, hence no query's positive (nor a twin of it) among another
-  query's negatives.  ``dataloader_drop_last`` on several processes: the gather needs equal slices;
+* the batches: the trainer's no-duplicates batch sampler, over the global batch, in the order
+  ``seed`` draws (``build_trainer`` hands it the seed).  Accelerate's ``split_batches`` hands each
+  process one slice of that batch, so the gathered batch is exactly the sampled one: no text twice
+  in it, hence no query's positive (nor a twin of it) among another query's negatives.
+  ``dataloader_drop_last`` on several processes: the gather needs equal slices;
 * the trainer: ``SentenceTransformerTrainer`` / ``SparseEncoderTrainer`` (transformers' Trainer:
   DDP over gloo or NCCL, linear decay after warmup, checkpoints with optimizer, scheduler and RNG
   state, and their resume);
@@ -120,8 +121,17 @@ def build_trainer(model, data, loss, args, callbacks=()) -> Any:
     from sentence_transformers import SentenceTransformerTrainer
     from sentence_transformers.sparse_encoder import SparseEncoderTrainer
 
-    cls = SparseEncoderTrainer if type(model).__name__ == "SparseEncoder" else SentenceTransformerTrainer
-    trainer = cls(model=model, args=args, train_dataset=data, loss=loss, callbacks=list(callbacks))
+    base = SparseEncoderTrainer if type(model).__name__ == "SparseEncoder" else SentenceTransformerTrainer
+
+    class SeededTrainer(base):
+        """The batch order follows ``args.seed``: sentence-transformers 5.1.2 builds each dataset's
+        batch sampler without the seed (so at 0), and its no-duplicates sampler reseeds its generator
+        with that 0 every epoch, so without this every seed trains on the same batches."""
+
+        def get_batch_sampler(self, *args, **kwargs):
+            return super().get_batch_sampler(*args, **{**kwargs, "seed": self.args.seed})
+
+    trainer = SeededTrainer(model=model, args=args, train_dataset=data, loss=loss, callbacks=list(callbacks))
     trainer.remove_callback(PrinterCallback)  # it prints every step's record: the bar or Progress instead
     return trainer
 
