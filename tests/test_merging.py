@@ -269,4 +269,7 @@ def test_fine_tuned_classifiers_of_one_base_merge_their_encoder_and_keep_their_h
     assert not any("classifier" in k for k in mlm)
     assert torch.equal(mlm["model.layers.0.attn.Wqkv.weight"], merged["model.layers.0.attn.Wqkv.weight"])
     assert main(["--method", method, "--models", sentiment, topic, "--heads", "drop", "--out", str(tmp_path / "x")]) == 2
+    assert "needs --base" in capsys.readouterr().err and not (tmp_path / "x").exists()  # the method's own need first
+    # a linear merge needs no base, but dropping the heads does (its MLM head comes from --base)
+    assert main(["--method", "linear", "--models", sentiment, topic, "--heads", "drop", "--out", str(tmp_path / "x")]) == 2
     assert "--heads drop writes a masked-LM folder" in capsys.readouterr().err and not (tmp_path / "x").exists()
