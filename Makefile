@@ -19,15 +19,20 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	@touch $(STAMP)
 
-# Three pytest processes, by test file name: Streaming keeps every dataset's shared-memory blocks (and
-# their file descriptors) until the process exits, and one process over the whole suite runs out of
-# descriptors near its end (stop 31's CI, and a 769-test run here at a limit of 20000).  Every group
-# runs; the exit code is non-zero when any failed.
-TEST_GROUPS := a-e f-r s-z
+# The suite runs on two pytest-xdist workers (the machine's two cores: much of a test's time is a
+# process importing torch and Composer, or waiting on its ranks), each taking whole test files
+# (--dist loadfile: a file's module fixtures are built once); tests/conftest.py puts the files with
+# multi-minute tests first.  Two runs by file name rather than one: Streaming keeps every dataset's
+# shared-memory blocks (and their file descriptors) until its process exits, and one process over
+# the whole suite ran out of descriptors near its end (stop 31's CI).  Both runs go; the exit code
+# is non-zero when either failed.  PYTEST_WORKERS=0 runs each group in one process.
+TEST_GROUPS := a-m n-z
+PYTEST_WORKERS ?= 2
 test: install
 	@rc=0; for g in $(TEST_GROUPS); do \
-	    echo "== pytest: tests/test_[$$g]*.py"; \
-	    $(PY) -m pytest -q $$(ls tests/test_[$$g]*.py) || rc=1; \
+	    echo "== pytest: tests/test_[$$g]*.py ($(PYTEST_WORKERS) workers)"; \
+	    $(PY) -m pytest -q $$( [ "$(PYTEST_WORKERS)" = 0 ] || echo -n "-n $(PYTEST_WORKERS) --dist loadfile" ) \
+	        $$(ls tests/test_[$$g]*.py) || rc=1; \
 	done; exit $$rc
 
 demo: install

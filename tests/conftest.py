@@ -37,3 +37,13 @@ def trained(tmp_path_factory, data):
     config = tmp / "run.yaml"
     config.write_text(yaml.safe_dump(cfg))
     return cfg, str(config)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The tests marked ``slow`` (the multi-minute, multi-process ones) run first, in file order.
+
+    ``make test`` runs two pytest-xdist workers that take whole files (``--dist loadfile``) in this
+    order: a worker starts a long file while the other works through the many short ones, so
+    neither idles at the end waiting on the other's last long file."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: file order kept within each

@@ -100,6 +100,7 @@ def test_refuses_checkpoints_of_different_configs(tmp_path, run):
     assert "different model config" in r.stderr and "model.local_rope_theta" in r.stderr
 
 
+@pytest.mark.slow
 def test_averaged_checkpoint_exports_loads_and_inits(tmp_path, run):
     from transformers import AutoModelForMaskedLM
 

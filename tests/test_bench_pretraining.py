@@ -93,6 +93,7 @@ def bench(data, tmp_path_factory):
     return out, p.stdout
 
 
+@pytest.mark.slow
 def test_end_to_end_writes_result_table_and_plots(bench):
     from flexbert.experiments.plots import is_png
 

@@ -52,6 +52,7 @@ def test_scripts_are_shims_without_path_edits():
         assert "__file__" not in text and "sys.path" not in text, f"{path}: a library module locates the checkout"
 
 
+@pytest.mark.slow
 def test_a_refused_input_is_one_line_and_exit_2_in_every_command(tmp_path):
     """The error root (flexbert/errors.py) through the common runner: a missing model is one line."""
     missing = str(tmp_path / "nope")

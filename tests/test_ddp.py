@@ -65,6 +65,7 @@ def reference(tmp_path_factory, data):
     return run_dir
 
 
+@pytest.mark.slow
 def test_two_ranks_tiny_config_disjoint_data(reference):
     ids = {}
     for rank in (0, 1):
@@ -90,6 +91,7 @@ def test_two_ranks_tiny_config_disjoint_data(reference):
     assert os.path.exists(reference / "checkpoints" / "ba4.pt")
 
 
+@pytest.mark.slow
 def test_two_ranks_resume_equals_uninterrupted(tmp_path, data, reference):
     run_dir = tmp_path / "split"
     launch(data, run_dir, 2)
@@ -104,6 +106,7 @@ def test_two_ranks_resume_equals_uninterrupted(tmp_path, data, reference):
     assert loss(run_dir) == loss(reference)
 
 
+@pytest.mark.slow
 def test_sigterm_to_one_rank_stops_both_after_the_same_batch(tmp_path, data, reference):
     """A signal reaching only rank 1 stops both ranks after the same batch with one checkpoint, and
     the resumed run trains on the reference's documents at every step with its weights."""
@@ -158,6 +161,7 @@ def test_sigterm_to_one_rank_stops_both_after_the_same_batch(tmp_path, data, ref
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_two_ranks_distil_from_a_teacher(tmp_path, data, reference):
     """teacher: each rank holds the frozen teacher (no DDP wrapper, no checkpoint entry); the loss
     terms are logged as the ranks' mean."""

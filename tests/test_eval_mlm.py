@@ -50,6 +50,7 @@ def test_run_checkpoint_and_hf_folder_agree_with_training_eval(trained, data):
     assert other["masked_tokens"] > 1.5 * ref["masked_tokens"]
 
 
+@pytest.mark.slow
 def test_cli(trained, data):
     run_dir, _, _ = trained
     env = dict(os.environ, PYTHONPATH=ROOT)

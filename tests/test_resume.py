@@ -92,6 +92,7 @@ def _wait_for(path, proc, timeout=180.0):
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_sigkill_then_autoresume_equals_uninterrupted(tmp_path, data, reference):
     ref_w, ref_losses = reference
     cfg = make_cfg(tmp_path, data, "killed")
@@ -130,6 +131,7 @@ def test_sigkill_then_autoresume_equals_uninterrupted(tmp_path, data, reference)
     assert got == ref_losses
 
 
+@pytest.mark.slow
 def test_sigterm_saves_the_batch_in_flight_and_resume_equals_uninterrupted(tmp_path, data, reference):
     """callbacks.graceful_stop: SIGTERM mid-run finishes the batch, saves it (off the 2-batch save
     schedule when it falls between), exits 143 in one line; rerunning continues exactly there."""

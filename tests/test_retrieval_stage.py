@@ -34,6 +34,7 @@ def _topic_pairs(path, n=4, shared=False):
                          for i in range(n) for t in TOPICS])
 
 
+@pytest.mark.slow
 def test_negatives_gathered_over_two_ranks_equal_one_process_on_the_global_batch(tmp_path, encoder):
     """torchrun, 2 CPU ranks (gloo), 4 rows each, negatives gathered: the loss and the DDP gradients
     of the first step equal one process's on the 8-row global batch (1e-5), with the plain loss and

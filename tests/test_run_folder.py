@@ -61,6 +61,7 @@ def test_a_custom_save_folder_is_found_by_every_consumer(trained, tmp_path):
     assert torch.equal(mlm_model(pre).state_dict()["head.dense.weight"], mlm_model(load_pretrained(cfg["run_dir"])).state_dict()["head.dense.weight"])
 
 
+@pytest.mark.slow
 def test_a_second_writer_refuses_and_a_dead_writers_lock_is_taken_over(trained, tmp_path):
     cfg, config = _copy_run(trained, tmp_path)
     lock = os.path.join(cfg["run_dir"], ".lock")
@@ -115,6 +116,7 @@ def test_a_rerun_with_another_model_refuses_and_changes_nothing(trained, tmp_pat
     assert sorted(os.listdir(cfg["save_folder"])) == ["ba2.pt", "ba4.pt", "latest.pt"]
 
 
+@pytest.mark.slow
 def test_a_resume_may_change_the_lr_and_a_run_that_trains_nothing_changes_nothing(trained, tmp_path):
     cfg, config = _copy_run(trained, tmp_path)
     run_dir = cfg["run_dir"]

@@ -41,7 +41,8 @@ from flexbert.registry import Registry
 from flexbert.train.pretrained import LoadedModel, ModelLoadError, load_pretrained, load_state, mlm_model
 from flexbert.weights.export import export_to_hf
 
-__all__ = ["LoadedModel", "ModelLoadError", "classifier_model", "encoder_model", "load_model", "load_pretrained", "mlm_model"]
+__all__ = ["LoadedModel", "ModelLoadError", "classifier_model", "encoder_model", "load_model", "load_pretrained", "load_source",
+           "mlm_model"]
 
 
 def classifier_model(pre: LoadedModel, num_labels: int, **overrides) -> FlexBertForSequenceClassification:
@@ -137,6 +138,19 @@ def load_model(ref: str, head: str = "mlm", **options) -> LoadedModel:
     loaded = load_pretrained(ref)
     loaded.model = build(loaded, **options)
     return loaded
+
+
+def load_source(src: str, writer, error: type[Exception]) -> LoadedModel:
+    """The MLM model a weight tool reads from ``--from src`` (tiling, pruning): a load failure is
+    re-raised as ``error`` naming ``--from``, and the source's files join ``writer.inputs`` so the
+    output folder can never be one of them.  ``.model`` is the FlexBERT MLM model."""
+    try:
+        source = load_pretrained(src)
+        source.model = mlm_model(source)
+    except ModelLoadError as e:
+        raise error(str(e).replace("--model ", "--from ", 1)) from None
+    writer.inputs = [*writer.inputs, source.path]
+    return source
 
 
 def _encoder_facts(ref: str) -> LoadedModel:

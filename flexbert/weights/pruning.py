@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from flexbert.model.pruning import PruningError, prune_model, select_layers
-from flexbert.weights.load import ModelLoadError, load_pretrained, mlm_model
+from flexbert.weights.load import load_source
 from flexbert.weights.writer import ModelWriter
 
 
@@ -29,12 +29,8 @@ def write_pruned(src: str, out_dir: str, keep: Optional[Sequence[int]] = None, e
     """Prune the model at ``src`` and write ``out_dir``; everything is checked before ``out_dir``
     is touched.  Returns a summary: the layers kept, the new shape, what ``init_from`` takes."""
     writer = ModelWriter("prune", out_dir, overwrite, keep=[src])
-    try:
-        source = load_pretrained(src)
-        src_model = mlm_model(source)
-    except ModelLoadError as e:
-        raise PruningError(str(e).replace("--model ", "--from ", 1)) from None
-    writer.inputs = [*writer.inputs, source.path]
+    source = load_source(src, writer, PruningError)
+    src_model = source.model
     writer.check()
     n = source.config.num_hidden_layers
     layers = select_layers(n, keep, every, depth)

@@ -12,7 +12,7 @@ import torch
 from flexbert.model.model import FlexBertForMaskedLM
 from flexbert.model.tiling import TilingError, gopher_layer_map, tile_model
 from flexbert.train.config import load_run_config, with_known_data
-from flexbert.weights.load import ModelLoadError, load_pretrained, mlm_model
+from flexbert.weights.load import load_source
 from flexbert.weights.writer import ModelWriter
 
 
@@ -27,12 +27,8 @@ def write_tiled(src: str, target_config: str, out_dir: str, mode: str = "center_
     (a non-empty one is replaced whole only with ``overwrite``).  Returns a summary.
     """
     writer = ModelWriter("tile", out_dir, overwrite, inputs=[target_config], keep=[src])
-    try:
-        source = load_pretrained(src)
-        src_model = mlm_model(source)
-    except ModelLoadError as e:
-        raise TilingError(str(e).replace("--model ", "--from ", 1)) from None
-    writer.inputs = [*writer.inputs, source.path]
+    source = load_source(src, writer, TilingError)
+    src_model = source.model
     tgt_cfg = with_known_data(load_run_config(target_config, overrides)).model
     torch.manual_seed(seed)  # the fresh init `center` keeps around the source
     target = tile_model(src_model, FlexBertForMaskedLM(tgt_cfg), mode, rescale).eval()
