@@ -102,6 +102,11 @@ def _fmt(value, spec: str = ".3f", none: str = "not reached") -> str:
     return none if value is None else format(value, spec)
 
 
+def _ratio(value) -> str:
+    """``2.54x``, or ``not reached`` (no ``x`` after it)."""
+    return _fmt(value, ".2f") + ("x" if value is not None else "")
+
+
 def markdown(r: dict) -> str:
     seeds, budget = r["seeds"], r["marks"][-1]
     lines = [f"Held-out MLM loss at {r['eval']['mlm_probability']:.0%} masking (seed {r['eval']['seed']}) on {r['data']}/validation; "
@@ -119,13 +124,13 @@ def markdown(r: dict) -> str:
                      f"{_fmt(s['final_loss'])} ({', '.join(_fmt(leg['final_loss']) for leg in legs)}) | "
                      f"{', '.join(_fmt(leg['train_seconds'], '.0f') for leg in legs)} | "
                      f"{', '.join(_fmt(leg.get('cpu_seconds'), '.0f', '-') for leg in legs)} | {to_other} | "
-                     f"**{_fmt(s['speedup'], '.2f')}x** ({', '.join(_fmt(leg['speedup'], '.2f') for leg in legs)}) |")
+                     f"**{_ratio(s['speedup'])}** ({', '.join(_fmt(leg['speedup'], '.2f') for leg in legs)}) |")
     lines += ["", f"Held-out loss at equal tokens (mean over seeds; {budget:,} = the budget):", "",
               "| tokens | " + " | ".join(r["stacks"]) + " |", "|---:|" + "---:|" * len(r["stacks"])]
     for m in r["marks"]:
         lines.append(f"| {m:,} | " + " | ".join(_fmt(s["loss_at_tokens"][str(m)], ".3f", "-") for s in r["stacks"].values()) + " |")
     lines += ["", f"speedup (transformers' seconds / FlexBERT's seconds to transformers' final held-out loss): "
-              f"**{_fmt(r['speedup'], '.2f')}x** (mean over the {r['speedup_seeds_reached']} of {len(r['seeds'])} seeds where "
+              f"**{_ratio(r['speedup'])}** (mean over the {r['speedup_seeds_reached']} of {len(r['seeds'])} seeds where "
               f"FlexBERT reached it); per seed " + ", ".join(f"{k}: {_fmt(v, '.2f')}" for k, v in r["speedup_per_seed"].items()),
               f"load average during the legs: {r['load']['mean']} (min {r['load']['min']}, max {r['load']['max']}; "
               f"the legs themselves account for about {r['load']['our_threads']})"]
