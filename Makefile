@@ -31,7 +31,7 @@ PYTEST_WORKERS ?= 2
 test: install
 	@rc=0; for g in $(TEST_GROUPS); do \
 	    echo "== pytest: tests/test_[$$g]*.py ($(PYTEST_WORKERS) workers)"; \
-	    $(PY) -m pytest -q $$( [ "$(PYTEST_WORKERS)" = 0 ] || echo -n "-n $(PYTEST_WORKERS) --dist loadfile" ) \
+	    $(PY) -m pytest -q --durations=20 $$( [ "$(PYTEST_WORKERS)" = 0 ] || echo -n "-n $(PYTEST_WORKERS) --dist loadfile" ) \
 	        $$(ls tests/test_[$$g]*.py) || rc=1; \
 	done; exit $$rc
 

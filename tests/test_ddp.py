@@ -7,8 +7,8 @@ import time
 import pytest
 import torch
 
-from test_train_fixtures import (COMPOSER, DIST_TIMEOUTS, ROOT, ProcessGroup, free_port, gave_up, lost_rendezvous,
-                                 read_jsonl, retried, run_group, train_py)
+from test_train_fixtures import (COMPOSER, DIST_TIMEOUTS, ROOT, ProcessGroup, as_node, free_port, gave_up,
+                                 lost_rendezvous, read_jsonl, retried, run_group, train_py)
 
 TINY = os.path.join(ROOT, "configs", "tiny.yaml")
 
@@ -125,6 +125,8 @@ def test_sigterm_to_one_rank_stops_both_after_the_same_batch(tmp_path, data, ref
         port = free_port()
         cmd = [COMPOSER, "-n", "2", "--master_port", str(port), os.path.join(ROOT, "train.py"), *args,
                f"dist_timeout={dist_timeout}"]
+        (tmp_path / f"node-tmp-{port}").mkdir()
+        cmd, env = as_node(cmd, env, str(tmp_path / f"node-tmp-{port}"))  # apart from parallel test workers' launches
         with ProcessGroup(cmd, env=env) as launcher:  # every rank ended when the block is left, whatever happened
             t0 = time.time()
             while not first.exists() and not launcher.exited():

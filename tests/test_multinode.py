@@ -9,25 +9,16 @@ and two nodes sharing one /dev/shm would register the same names (FileExistsErro
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from collections import Counter
 
 import pytest
 
 from test_elastic import N_DOCS, _args, _run, shards  # noqa: F401  (the module's shard fixture)
-from test_train_fixtures import (COMPOSER, DIST_TIMEOUTS, ROOT, ProcessGroup, free_port, gave_up, lost_rendezvous,
-                                 read_jsonl, retried)
+from test_train_fixtures import (COMPOSER, DIST_TIMEOUTS, ROOT, ProcessGroup, as_node, free_port, gave_up,
+                                 lost_rendezvous, private_shm_works, read_jsonl, retried)
 
 
-def _private_shm_works() -> bool:
-    if shutil.which("unshare") is None:
-        return False
-    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs tmpfs /dev/shm"], capture_output=True)
-    return probe.returncode == 0
-
-
-pytestmark = pytest.mark.skipif(not _private_shm_works(),
+pytestmark = pytest.mark.skipif(not private_shm_works(),
                                 reason="needs `unshare -rm` (user + mount namespaces) for a private /dev/shm per node")
 
 
@@ -36,15 +27,14 @@ def _node(rank: int, port: int, args: list[str], tmp) -> ProcessGroup:
     TMPDIR, in a process group of its own (ended whole when the node is left)."""
     tmpdir = tmp / f"node{rank}-tmp"
     tmpdir.mkdir(exist_ok=True)
-    env = dict(os.environ, PYTHONPATH=ROOT, WANDB_MODE="offline", TOKENIZERS_PARALLELISM="false", TMPDIR=str(tmpdir))
+    env = dict(os.environ, PYTHONPATH=ROOT, WANDB_MODE="offline", TOKENIZERS_PARALLELISM="false")
     if rank == 0:  # the SLURM-style launch of docs/training.md: flags
         where = ["--world_size", "4", "--node_rank", "0", "--master_addr", "127.0.0.1", "--master_port", str(port)]
     else:  # the environment a scheduler sets (Kubernetes' PyTorchJob, torchrun-style): variables
         where = []
         env.update(WORLD_SIZE="4", NODE_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     launcher = [COMPOSER, "-n", "2", *where, os.path.join(ROOT, "train.py"), *args]
-    cmd = ["unshare", "-rm", "sh", "-c", 'mount -t tmpfs tmpfs /dev/shm && exec "$@"', "node", *launcher]
-    return ProcessGroup(cmd, env=env, cwd=ROOT)
+    return ProcessGroup(*as_node(launcher, env, str(tmpdir)), cwd=ROOT)
 
 
 def _two_nodes(args: list[str], tmp) -> None:

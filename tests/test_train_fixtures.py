@@ -259,17 +259,44 @@ def lost_rendezvous(stderr: str) -> bool:
     return any(e in (stderr or "") for e in RENDEZVOUS_ERRORS)
 
 
+def private_shm_works() -> bool:
+    """Can a command run in a mount namespace of its own with a fresh /dev/shm (``unshare -rm``)?"""
+    if "private_shm" not in _CACHE:
+        import shutil
+
+        ok = shutil.which("unshare") is not None and subprocess.run(
+            ["unshare", "-rm", "sh", "-c", "mount -t tmpfs tmpfs /dev/shm"], capture_output=True).returncode == 0
+        _CACHE["private_shm"] = ok
+    return _CACHE["private_shm"]
+
+
+def as_node(cmd: list[str], env: dict, tmpdir: str) -> tuple[list[str], dict]:
+    """``cmd`` as a machine of its own would run it: a private /dev/shm (``unshare -rm``, when the
+    kernel allows it) and its own TMPDIR.  Streaming coordinates a node's ranks through shared
+    memory names and temp-dir file locks that it picks from what it finds free, so two launchers
+    sharing them (parallel test workers; two "nodes" of a multinode test) can pick the same names.
+    ``unshare`` execs the command in place: the returned command's pid is the launcher's."""
+    env = dict(env, TMPDIR=tmpdir)
+    if not private_shm_works():
+        return cmd, env
+    return ["unshare", "-rm", "sh", "-c", 'mount -t tmpfs tmpfs /dev/shm && exec "$@"', "node", *cmd], env
+
+
 def launch_ranks(args: list[str], n: int = 2, env: dict | None = None, cwd: str | None = None, timeout: float = 300,
                  dist_timeouts: tuple[int, ...] = DIST_TIMEOUTS) -> subprocess.CompletedProcess:
     """``composer -n N train.py ARGS`` on a port picked here: a lost rendezvous is tried again with
     a fresh port and the next, longer ``dist_timeout``; any other outcome is returned.  Each try may
     run ``timeout`` seconds beyond its ``dist_timeout`` (the ranks may wait that long to meet)."""
+    import tempfile
+
     tried = []
     for dist_timeout in dist_timeouts:
         port = free_port()
         cmd = [COMPOSER, "-n", str(n), "--master_port", str(port), os.path.join(ROOT, "train.py"), *args,
                f"dist_timeout={dist_timeout}"]
-        proc = run_group(cmd, env=env or dict(os.environ), cwd=cwd or ROOT, timeout=timeout + dist_timeout)
+        with tempfile.TemporaryDirectory(prefix="node-tmp-") as tmpdir:
+            cmd, e = as_node(cmd, env or dict(os.environ), tmpdir)  # apart from parallel test workers' launches
+            proc = run_group(cmd, env=e, cwd=cwd or ROOT, timeout=timeout + dist_timeout)
         if proc.returncode == 0 or not lost_rendezvous(proc.stderr):
             return proc
         tried.append(f"port {port}, dist_timeout {dist_timeout} s")
