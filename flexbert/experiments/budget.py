@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from flexbert.eval.evaluation import RESULT, read_result
-from flexbert.experiments.launcher import Job, flexbert_command, run_jobs
+from flexbert.experiments.launcher import Job, flexbert_command, run_jobs, said_finished
 from flexbert.experiments.plots import _pyplot
 from flexbert.train import metric_keys as K
 from flexbert.train.run_folder import RunFolder
@@ -71,7 +71,8 @@ def _fresh(done: str, model: str) -> bool:
     return os.path.getmtime(done) > os.path.getmtime(newest)
 
 
-def finetune_all(runs: list[Pretrained], tasks: list[Task], out: str, seeds: list[int], parallel: int = 1) -> list[str]:
+def finetune_all(runs: list[Pretrained], tasks: list[Task], out: str, seeds: list[int], parallel: int = 1,
+                 tag: str = "budget") -> list[str]:
     """Fine-tune every pretrained run (its own seed) and a random init per seed on every task; the failed names."""
     jobs = []
     for task in tasks:
@@ -80,13 +81,31 @@ def finetune_all(runs: list[Pretrained], tasks: list[Task], out: str, seeds: lis
         for name, model, seed, extra in specs:
             folder = os.path.join(out, task.name, name)
             if _fresh(os.path.join(folder, RESULT), model):
-                print(f"[budget] {task.name} {name}: fine-tune already done", flush=True)
+                print(f"[{tag}] {task.name} {name}: fine-tune already done", flush=True)
                 continue
             cmd = flexbert_command(task.command, "--model", model, *task.args, "--seed", str(seed), "--out", folder,
                                    "--overwrite", *extra)
             jobs.append(Job(f"{task.name}-{name}", cmd, os.path.join(out, "logs", f"{task.name}-{name}.log"),
                             os.path.join(out, "logs", f"{task.name}-{name}")))
-    return run_jobs(jobs, parallel, echo=lambda m: print(m, flush=True))
+    echo = lambda m: print(m, flush=True)  # noqa: E731
+    return run_jobs(jobs, parallel, finished=said_finished(echo, tag), echo=echo, tag=tag)
+
+
+def compare_inits(model: str, task: Task, out: str, seeds: list[int], parallel: int = 1, tag: str = "budget") -> dict:
+    """One pretrained model against the same architecture from a random init on ``task``, each
+    fine-tuned once per seed (OUT/TASK/pretrained_seedS, OUT/TASK/random-init_seedS).  Per init its
+    scores (``_stats``), and ``gap`` (pretrained mean - random-init mean) against ``spread`` (the
+    larger of the two inits' ranges over seeds); raises when a fine-tune failed."""
+    runs = [Pretrained(f"pretrained_seed{s}", model, s, 0) for s in seeds]
+    failed = finetune_all(runs, [task], out, seeds, parallel, tag)
+    if failed:
+        raise RuntimeError(f"fine-tunes failed: {', '.join(failed)} (logs in {os.path.join(out, 'logs')})")
+    scores = {"pretrained": [task.score(os.path.join(out, task.name, r.name)) for r in runs],
+              "random_init": [task.score(os.path.join(out, task.name, RANDOM.format(s))) for s in seeds]}
+    result = {name: _stats(v) for name, v in scores.items()}
+    result["gap"] = result["pretrained"]["mean"] - result["random_init"]["mean"]
+    result["spread"] = max(max(v) - min(v) for v in scores.values())
+    return result
 
 
 def _stats(values: list[float]) -> dict:

@@ -59,11 +59,21 @@ def _start(job: Job, threads: Optional[int]):
     return proc, log, time.time()
 
 
+def said_finished(echo: Callable[[str], None], tag: str) -> Callable[[Job, int, float], bool]:
+    """A ``finished`` for ``run_jobs`` that says how each job ended (its log on failure)."""
+    def finished(job: Job, rc: int, seconds: float) -> bool:
+        echo(f"[{tag}] {job.name}: done in {seconds:.0f}s" if rc == 0 else
+             f"[{tag}] {job.name}: FAILED (exit {rc}) after {seconds:.0f}s; see {job.log}")
+        return rc == 0
+    return finished
+
+
 def run_jobs(jobs: list[Job], parallel: int = 1, skip: Callable[[Job], bool] = lambda j: False,
-             finished: Callable[[Job, int, float], bool] = lambda j, rc, s: rc == 0, echo=print) -> list[str]:
+             finished: Callable[[Job, int, float], bool] = lambda j, rc, s: rc == 0, echo=print,
+             tag: str = "sweep") -> list[str]:
     """Run ``jobs`` ``parallel`` at a time; ``skip(job)`` is asked again just before each start
     (another runner may have done it meanwhile); ``finished(job, rc, seconds)`` says whether it
-    succeeded.  Returns the names of the jobs that failed."""
+    succeeded; ``tag`` begins what it says.  Returns the names of the jobs that failed."""
     threads = max(1, (os.cpu_count() or 1) // parallel) if parallel > 1 else None
     pending, active, failed = list(jobs), [], []
     total, started = len(pending), 0
@@ -76,9 +86,9 @@ def run_jobs(jobs: list[Job], parallel: int = 1, skip: Callable[[Job], bool] = l
                     raise run_lock.RunLocked("done meanwhile")
                 run_lock.acquire(job.lock, f"runner of {job.name}")
             except run_lock.RunLocked:
-                echo(f"[sweep] {job.name}: done or running elsewhere, skipped")
+                echo(f"[{tag}] {job.name}: done or running elsewhere, skipped")
                 continue
-            echo(f"[sweep] ({started}/{total}) {job.name}: running, log {job.log}")
+            echo(f"[{tag}] ({started}/{total}) {job.name}: running, log {job.log}")
             active.append((job, *_start(job, threads)))
         time.sleep(0.2)
         for item in list(active):
