@@ -117,3 +117,28 @@ def test_word_order_set_pairs_held_out_reviews_with_their_shuffles():
     assert not originals["train"] & originals["validation"] and not originals["test"] & (originals["train"] | originals["validation"])
     assert not set().union(*originals.values()) & set(pretrain)
     assert not {norm(t) for t in set().union(*originals.values())} & {norm(t) for t in pretrain}
+
+
+def test_a_corpus_from_before_the_word_order_task_gets_it_without_fetching(tmp_path, capsys):
+    """``build`` on a demo corpus written before the word-order task (its manifest has the
+    retrieval set, not ``word_order``) adds the task from its own Rotten Tomatoes files - no
+    download, nothing else rewritten - and a second build leaves it alone."""
+    import json
+
+    out = tmp_path / "corpus"
+    reviews = {"validation": [f"the {w} film was a quiet and moving portrait of a family" for w in ("first", "second", "third")],
+               "test": ["an uneven but often funny comedy with two great leads", "too short"]}
+    for split, texts in reviews.items():
+        (out / "rotten_tomatoes").mkdir(parents=True, exist_ok=True)
+        (out / "rotten_tomatoes" / f"{split}.jsonl").write_text("".join(json.dumps({"text": t, "label": 1}) + "\n" for t in texts))
+    (out / "manifest.json").write_text(json.dumps({"rt_retrieval": {"corpus": 1}}))
+    manifest = corpus.build(str(out), cache=str(tmp_path / "no-downloads-here"))
+    rows = {s: [json.loads(x) for x in (out / "word_order" / f"{s}.jsonl").read_text().splitlines()]
+            for s in ("train", "validation", "test")}
+    assert manifest["word_order"] == {s: len(r) for s, r in rows.items()} and manifest["rt_retrieval"] == {"corpus": 1}
+    assert len(rows["train"]) + len(rows["validation"]) == 6 and len(rows["test"]) == 2  # "too short": under 6 words
+    assert json.loads((out / "manifest.json").read_text())["word_order"] == manifest["word_order"]
+    assert not (tmp_path / "no-downloads-here").exists()
+    assert "added the word-order task" in capsys.readouterr().err
+    corpus.build(str(out))
+    assert "added" not in capsys.readouterr().err
