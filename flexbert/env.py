@@ -18,7 +18,11 @@ from dataclasses import dataclass
 from typing import Mapping, Optional
 
 # Environment defaults for FlexBERT processes and their children (a value already set wins).
-THIRD_PARTY_DEFAULTS = {"TOKENIZERS_PARALLELISM": "false"}
+# TORCH_WARM_POOL=0: importing torch._inductor.async_compile (Composer's imports do) otherwise starts
+# Inductor's compile-worker pool at once, a process that imports torch and Inductor again (~12 s of
+# CPU on a 2-core machine) in every process and every rank, compile or not; with 0 a run that
+# compiles starts the pool at its first compile instead.
+THIRD_PARTY_DEFAULTS = {"TOKENIZERS_PARALLELISM": "false", "TORCH_WARM_POOL": "0"}
 
 KNOWN_NOTICES = (
     # ScheduleStepper steps at BATCH_START, before the first optimizer.step(): intended.

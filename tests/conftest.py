@@ -14,6 +14,14 @@ _soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 if _hard == resource.RLIM_INFINITY or _soft < _hard:
     resource.setrlimit(resource.RLIMIT_NOFILE, (_hard if _hard != resource.RLIM_INFINITY else max(_soft, 65536), _hard))
 
+# FlexBERT's environment defaults, as its commands set them, before any test imports torch's
+# modules: without TORCH_WARM_POOL=0 every process importing Composer (each pytest worker, every
+# train.py and rank a test starts) also starts Inductor's compile-worker pool, ~12 s of CPU each.
+from flexbert.env import THIRD_PARTY_DEFAULTS  # noqa: E402
+
+for _key, _value in THIRD_PARTY_DEFAULTS.items():
+    os.environ.setdefault(_key, _value)
+
 sys.path.insert(0, os.path.dirname(__file__))  # tests import helpers from test_train_fixtures
 
 from test_train_fixtures import build_and_fit, data_dir, run_config  # noqa: E402

@@ -52,3 +52,21 @@ def test_usage_and_debug_flag(tmp_path):
     assert "config file not found" in line
     dbg = train_py([TINY, "optimizer.lrr=1", "--debug"])
     assert dbg.returncode == 2 and "Traceback" in dbg.stderr  # --debug shows where it came from
+
+
+def test_a_flexbert_process_starts_no_compile_worker_pool_unless_it_compiles():
+    """Importing Composer loads torch._inductor.async_compile, which (with triton installed) starts
+    Inductor's compile-worker pool at once: a second process importing torch and Inductor, ~12 s of
+    CPU, in every process and rank.  FlexBERT's entry points set TORCH_WARM_POOL=0 first (where
+    unset), so the trainer's imports leave the pool unstarted."""
+    import subprocess
+    import sys
+
+    code = (f"from flexbert.cli.train import main; assert main([{TINY!r}, 'optimizer.lrr=1']) == 2; "  # a refused key
+            "import flexbert.train.builders; from torch._inductor import async_compile as ac; "
+            "print('pools', len(ac._pool_set))")
+    env = {k: v for k, v in os.environ.items() if k != "TORCH_WARM_POOL"}  # as a user's shell has it
+    proc = subprocess.run([sys.executable, "-c", code], env=dict(env, PYTHONPATH=ROOT), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "pools 0"

@@ -12,6 +12,7 @@ import importlib.metadata
 import sys
 from typing import Optional
 
+from flexbert.env import quiet_third_party
 from flexbert.registry import did_you_mean
 
 # name -> (module under flexbert.cli, one line of help); in the order a user meets them
@@ -63,6 +64,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"error: unknown command '{name}'{did_you_mean(name, COMMANDS)}; commands: {', '.join(COMMANDS)}",
               file=sys.stderr)
         return 2
+    quiet_third_party()  # before the command's imports: some defaults act when torch's modules load
     module = importlib.import_module(f"flexbert.cli.{COMMANDS[name][0]}")
     sys.argv[0] = f"flexbert {name}"
     return module.main(rest)
