@@ -155,8 +155,14 @@ def _results(tasks: Iterable, tokenizer_dir: str, opts: ShardOptions, tok=None) 
         for t in tasks:
             yield _encode_task(t)
         return
+    # Workers come from a forkserver (a clean process that has imported this module), not forked
+    # from this one: here a progress bar's monitor, torch's or a test runner's threads may hold a
+    # lock at the moment of a fork, and the child then waits on it forever (a test's pool hung so).
     methods = mp.get_all_start_methods()
-    ctx = mp.get_context("fork" if "fork" in methods else "spawn")
+    method = "forkserver" if "forkserver" in methods else "spawn"
+    ctx = mp.get_context(method)
+    if method == "forkserver":
+        ctx.set_forkserver_preload([__name__])
     # each worker is one core: keep the Rust tokenizer from spawning its own thread pool
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     with ctx.Pool(opts.workers, initializer=_init_worker, initargs=init_args) as pool:
