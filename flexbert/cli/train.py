@@ -16,7 +16,7 @@ import yaml
 
 from flexbert.cli.common import debug_wanted, fail, refused
 from flexbert.env import dist_env, quiet_third_party
-from flexbert.train.config import as_plain_dict, load_run_config, require_data_folder, with_known_data
+from flexbert.train.config import as_plain_dict, load_run_config, with_known_data
 
 USAGE = "usage: train.py CONFIG.yaml [key=value ...] [--debug] [--print-config]"
 
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         if print_config:
             print(yaml.safe_dump(as_plain_dict(with_known_data(cfg)), sort_keys=False))
             return 0
-        require_data_folder(cfg.data)  # before Composer's import: a missing folder answers at once
+        cfg.data.require_local()  # before Composer's import: a missing folder answers at once
     except Exception as e:  # noqa: BLE001 - classified below
         return _handle(e, debug)
     return run(cfg, debug)

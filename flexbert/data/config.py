@@ -16,8 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union  # noqa: E402,I001 - data.microbatch_size: int or "auto"
 
 from flexbert.config import ConfigError, from_dict
+from flexbert.errors import FlexBertError
 from flexbert.data.mask_schedule import MaskScheduleError, parse_mask_schedule
 from flexbert.data.stream_config import load_streams
+
+
+class DataMissing(FlexBertError, FileNotFoundError):
+    """The data a run reads is not where its config says (the message is one line)."""
 
 
 @dataclass
@@ -146,6 +151,12 @@ class DataConfig:
         if self.microbatch_size == "auto":
             raise ValueError("data.microbatch_size: auto has no row size until training resolves it (flexbert/train/microbatch.py)")
         return self.microbatch_size * self.max_seq_len
+
+    def require_local(self) -> None:
+        """DataMissing when the run reads a local shard folder that is not there (train.py asks
+        before it imports Composer: the answer takes a second, not half a minute)."""
+        if not self.streams and not self.remote and not os.path.isdir(self.local):
+            raise DataMissing(f"data.local: folder {self.local} does not exist (write shards with `flexbert tokenize`)")
 
     def sources(self) -> list[tuple[str, Optional[str]]]:
         """(local, remote) of every source: the streams, or data.local/remote."""

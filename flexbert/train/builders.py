@@ -28,7 +28,7 @@ from flexbert.train import metric_keys as K
 from flexbert.train import run_lock
 from flexbert.train.callback_table import build_callbacks
 from flexbert.train.composer_model import EVAL_METRICS, flexbert_data_spec, to_composer_time
-from flexbert.train.config import RunConfig, as_plain_dict, require_data_folder, with_data_source
+from flexbert.train.config import RunConfig, as_plain_dict, with_data_source
 from flexbert.train.loading import LoadPlan, SetupError, init_from_fingerprint, load_initial_weights, plan_load  # noqa: F401 (re-exported)
 from flexbert.train.loggers import ConsoleLogger, JSONLLogger, done_line, eval_note, wandb_mode
 from flexbert.train.microbatch import resolve_microbatch
@@ -66,7 +66,7 @@ def build_loaders(cfg: RunConfig, source: DataSource):
 def data_source(cfg: RunConfig) -> DataSource:
     """The data section resolved once: tokenizer, special ids, fingerprint, digest (SetupError when missing)."""
     data_cfg = cfg.data
-    require_data_folder(data_cfg)
+    data_cfg.require_local()
     try:
         return resolve_source(data_cfg)
     except FileNotFoundError as e:

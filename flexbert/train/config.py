@@ -33,13 +33,6 @@ class SetupError(FlexBertError, RuntimeError):
     """The run cannot start (missing data, unreadable checkpoint...); the message is one line."""
 
 
-def require_data_folder(data_cfg: DataConfig) -> None:
-    """SetupError when the run reads a local shard folder that is not there (train.py asks before
-    it imports Composer, so the answer takes a second, not half a minute)."""
-    if not data_cfg.streams and not data_cfg.remote and not os.path.isdir(data_cfg.local):
-        raise SetupError(f"data.local: folder {data_cfg.local} does not exist (write shards with `flexbert tokenize`)")
-
-
 PRECISIONS = ("auto", "fp32", "amp_bf16", "amp_fp16")
 DEVICES = ("auto", "cpu", "gpu")
 COMPILE = ("none", "model", "blocks")
