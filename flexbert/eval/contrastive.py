@@ -132,8 +132,9 @@ def build_trainer(model, data, loss, args, callbacks=()) -> Any:
             return super().get_batch_sampler(*args, **{**kwargs, "seed": self.args.seed})
 
     if args.disable_tqdm and hasattr(model, "model_card_data"):
-        # the model card's widget examples are computed under a bar of their own ("Computing widget
-        # examples") that disable_tqdm does not reach; without bars they are left out of the card
+        # without bars the model card's widget examples are not embedded; sentence-transformers
+        # still samples their candidates under a short bar of its own ("Computing widget examples")
+        # that neither setting reaches (5.1.2)
         model.model_card_data.generate_widget_examples = False
     trainer = SeededTrainer(model=model, args=args, train_dataset=data, loss=loss, callbacks=list(callbacks))
     trainer.remove_callback(PrinterCallback)  # it prints every step's record: the bar or Progress instead
