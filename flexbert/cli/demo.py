@@ -136,7 +136,7 @@ def finetune_word_order(out: str, run_dir: str) -> dict:
 
 
 def finetune_retrieval(out: str, hf: str, ckpt: str) -> dict:
-    """Step 8: contrastive fine-tuning on (review, plot) pairs of the train movies, scored on the
+    """Step 9: contrastive fine-tuning on (review, plot) pairs of the train movies, scored on the
     held-out movies (flexbert/data/demo_corpus.py: nothing there was pretraining text)."""
     step("9/9 retrieval, review -> plot of held-out movies: pretrained vs random init, fine-tuned; BM25 beside")
     data = os.path.join(out, "corpus", "rt_retrieval")

@@ -1,6 +1,6 @@
 """Fine-tuning recipes that more than one caller runs: one definition each.
 
-``make demo``'s steps 7 and 8 and the budget study (``flexbert budget``) fine-tune with the same
+``make demo``'s steps 7 to 9 and the budget study (``flexbert budget``) fine-tune with the same
 settings, so a recipe is data here, a mapping of the command's options (``FinetuneConfig`` keys
 for ``flexbert finetune``, ``flexbert finetune-retrieval``'s flags), turned into a command line by
 ``as_flags``.

@@ -7,7 +7,7 @@ architecture from a random init once per seed, on each task:
 * ``classification``: ``flexbert finetune`` on a task folder's train/validation/test files (the
   recipe of ``make demo``'s step 7), scored by a metric of its result such as ``test_accuracy``;
 * ``retrieval`` (optional): ``flexbert finetune-retrieval`` on a BEIR folder's
-  ``train_pairs.jsonl``, scored by nDCG@10 on its test split after fine-tuning (step 8's recipe).
+  ``train_pairs.jsonl``, scored by nDCG@10 on its test split after fine-tuning (step 9's recipe).
 
 Every fine-tune's score is read through its ``result.json`` (flexbert/eval/evaluation.py), the
 same way for every task.
