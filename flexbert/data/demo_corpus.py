@@ -50,6 +50,7 @@ import zipfile
 from typing import Callable
 
 from flexbert.data.beir import write_beir
+from flexbert.data.outputs import write_json
 from flexbert.data.demo_sources import (
     GENSIM,
     HAMLET_MEMBER,
@@ -157,7 +158,7 @@ def build(out: str, cache: str | None = None, force: bool = False) -> dict:
         if "rt_retrieval" in manifest and "word_order" not in manifest:  # a corpus from before the task
             rt = {s: _read_jsonl(os.path.join(out, "rotten_tomatoes", f"{s}.jsonl")) for s in ("validation", "test")}
             manifest["word_order"] = _write_word_order(out, rt)
-            _write_manifest(manifest_path, manifest)
+            write_json(manifest_path, manifest)
             print(f"{out}: added the word-order task to the demo corpus", file=sys.stderr)
         if "rt_retrieval" in manifest:
             print(f"{out}: demo corpus already present (use --force to rebuild)", file=sys.stderr)
@@ -198,15 +199,9 @@ def build(out: str, cache: str | None = None, force: bool = False) -> dict:
         "word_order": _write_word_order(out, rt_splits),
         "packages": {os.path.basename(p): sha256(p) for p in (gensim_whl, st_whl)},
     }
-    _write_manifest(manifest_path, manifest)
+    write_json(manifest_path, manifest)
     return manifest
 
-
-def _write_manifest(path: str, manifest: dict) -> None:
-    with open(path + ".tmp", "w") as f:
-        json.dump(manifest, f, indent=2)
-        f.write("\n")
-    os.replace(path + ".tmp", path)
 
 
 def retrieval_set(csv_text: str, split_of: Callable[[str], str]) -> tuple[dict, dict, dict, list[dict]]:
