@@ -203,7 +203,6 @@ def build(out: str, cache: str | None = None, force: bool = False) -> dict:
     return manifest
 
 
-
 def retrieval_set(csv_text: str, split_of: Callable[[str], str]) -> tuple[dict, dict, dict, list[dict]]:
     """(corpus, queries, qrels by split, training pairs) from the raw CSV (columns category, text,
     movie_name); ``split_of(movie)`` is ``train``, ``validation`` or ``test``."""
