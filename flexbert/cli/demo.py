@@ -8,9 +8,9 @@
     -> what pretraining bought at this scale, in numbers
 
 Each step skips work already done (a second run only re-checks), so ``make demo`` is cheap to
-repeat.  Everything lands under ``--out`` (default runs/demo).  Extra ``key=value`` arguments go to
-``flexbert train``, e.g. ``flexbert demo --out runs/demo max_duration=500Ktok``.  Run it from the
-checkout (``--config`` defaults to configs/tiny.yaml there).
+repeat.  Everything lands under ``--out`` (default runs/demo).  ``--tokens 2M`` pretrains longer;
+extra ``key=value`` arguments go to ``flexbert train``, e.g. ``flexbert demo optimizer.lr=1e-3``.
+Run it from the checkout (``--config`` defaults to configs/tiny.yaml there).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from flexbert.eval.evaluation import RESULT, read_result
 from flexbert.eval.recipes import RT_CLASSIFICATION, RT_RETRIEVAL, WORD_ORDER, as_flags
 from flexbert.eval.retrieval import rank_bm25, ranking_metrics
 from flexbert.experiments.budget import Task, compare_inits
-from flexbert.experiments.launcher import flexbert_command, run_command
+from flexbert.experiments.launcher import Job, flexbert_command, run_command, run_jobs, said_finished
 from flexbert.train import metric_keys as K
 from flexbert.train.run_folder import RunFolder
 
@@ -42,6 +42,12 @@ PROMPTS = (
     "He was born in a small [MASK] in the north.",
     "To be, or not to [MASK], that is the question.",
 )
+
+INITS = (("pretrained", []), ("random-init", ["--random-init"]))
+# Pretraining tokens of the demo's run (``--tokens``): the word-order row is won by 1M
+# (docs/ablations.md: 0.87-0.89 against a random init's 0.50-0.59), and each further million costs
+# about 4 minutes on 2 cores.
+DEMO_TOKENS = "1M"
 
 
 def step(title: str) -> None:
@@ -72,19 +78,27 @@ def last_records(run_dir: str) -> tuple[dict, dict]:
     return (train or [{}])[-1], (evaluation or [{}])[-1]
 
 
-def both_inits(prefix: str, ckpt: str, cmd: list[str]) -> dict:
+def both_inits(prefix: str, ckpt: str, cmd: list[str], logs: str) -> dict:
     """``cmd`` (a fine-tuning command line, less --out) from the pretrained weights and from a
-    random init, each skipped when its result.json is newer than the checkpoint; both Results."""
-    results = {}
-    for name, extra in (("pretrained", []), ("random-init", ["--random-init"])):
+    random init, the two at a time (a core each; logs under ``logs``), each skipped when its
+    result.json is newer than the checkpoint; both Results."""
+    jobs = []
+    for name, extra in INITS:
         ft = f"{prefix}-{name}"
         done = os.path.join(ft, RESULT)
         if os.path.exists(done) and os.path.getmtime(done) > os.path.getmtime(ckpt):
             print(f"already there: {ft}")
-        else:
-            run([*cmd, "--out", ft, "--overwrite", *extra])
-        results[name] = read_result(ft)
-    return results
+            continue
+        job = [*cmd, "--out", ft, "--overwrite", *extra]
+        print("$ " + shown(job), flush=True)
+        base = os.path.join(logs, os.path.basename(ft))
+        jobs.append(Job(os.path.basename(ft), job, base + ".log", base))
+    echo = lambda m: print(m, flush=True)  # noqa: E731
+    failed = run_jobs(jobs, parallel=2, finished=said_finished(echo, "demo"), echo=echo, tag="demo")
+    if failed:
+        print(f"demo: step failed: {', '.join(failed)} (logs in {logs})", file=sys.stderr)
+        sys.exit(1)
+    return {name: read_result(f"{prefix}-{name}") for name, _ in INITS}
 
 
 def finetune_rt(out: str, run_dir: str, ckpt: str, epochs: int) -> dict:
@@ -98,7 +112,8 @@ def finetune_rt(out: str, run_dir: str, ckpt: str, epochs: int) -> dict:
                          flexbert_command("finetune", "--model", run_dir, "--train", os.path.join(rt, "train.jsonl"),
                                           "--validation", os.path.join(rt, "validation.jsonl"),
                                           "--test", os.path.join(rt, "test.jsonl"),
-                                          *as_flags({**RT_CLASSIFICATION, "epochs": epochs})))
+                                          *as_flags({**RT_CLASSIFICATION, "epochs": epochs})),
+                         os.path.join(out, "downstream", "logs"))
     with open(os.path.join(rt, "test.jsonl")) as f:
         labels = [json.loads(line)["label"] for line in f]
     majority = max(sum(labels), len(labels) - sum(labels)) / len(labels)
@@ -143,7 +158,8 @@ def finetune_retrieval(out: str, hf: str, ckpt: str) -> dict:
     results = {name: r.metrics["test"] for name, r in both_inits(
         os.path.join(out, "retrieval"), ckpt,
         flexbert_command("finetune-retrieval", "--model", hf, "--train", os.path.join(data, "train_pairs.jsonl"),
-                         "--eval", data, "--split", "test", *as_flags(RT_RETRIEVAL))).items()}
+                         "--eval", data, "--split", "test", *as_flags(RT_RETRIEVAL)),
+        os.path.join(out, "downstream", "logs")).items()}
     beir = load_beir(data, "test")
     results["BM25"] = ranking_metrics(rank_bm25(beir), beir.qrels)
     print(f"\nretrieval on {len(beir.qrels)} reviews of held-out movies against {len(beir.corpus)} plots "
@@ -194,11 +210,12 @@ def prepare_data(out: str, vocab_size: int, max_seq_len: int) -> str:
     return shards
 
 
-def train(config: str, shards: str, run_dir: str, overrides: list[str]) -> str:
-    """Step 4: composer train.py, then its final metrics; the newest checkpoint."""
+def train(config: str, shards: str, run_dir: str, tokens: str, overrides: list[str]) -> str:
+    """Step 4: composer train.py for ``tokens`` (an override in ``overrides`` wins), then its final
+    metrics; the newest checkpoint."""
     step("4/9 train: composer -m flexbert train " + config)
     run([os.path.join(BIN, "composer"), "-m", "flexbert", "train", config, f"data.local={shards}", f"run_dir={run_dir}",
-         *overrides])
+         f"max_duration={tokens}tok", *overrides])
     train_rec, evaluation = last_records(run_dir)
     ckpt = str(RunFolder(run_dir).newest_checkpoint())
     print(f"final train loss {train_rec.get(K.TRAIN_LOSS, float('nan')):.4f} after {train_rec.get(K.BATCH)} steps, "
@@ -238,6 +255,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=os.path.join("configs", "tiny.yaml"))
     p.add_argument("--vocab-size", type=int, default=8192)
     p.add_argument("--max-seq-len", type=int, default=128)
+    p.add_argument("--tokens", default=DEMO_TOKENS,
+                   help="pretraining tokens (step 4), e.g. 1M, 2M, 500K; a max_duration=... override wins")
     p.add_argument("--finetune-epochs", type=int, default=RT_CLASSIFICATION["epochs"],
                    help="Rotten Tomatoes fine-tuning epochs (step 7)")
     p.add_argument("overrides", nargs="*", help="key=value overrides for flexbert train")
@@ -249,7 +268,7 @@ def run_demo(a: argparse.Namespace) -> int:
     run_dir, hf = os.path.join(out, "run"), os.path.join(out, "hf")
     t0 = time.time()
     shards = prepare_data(out, a.vocab_size, a.max_seq_len)
-    ckpt = train(a.config, shards, run_dir, a.overrides)
+    ckpt = train(a.config, shards, run_dir, a.tokens, a.overrides)
     export_and_fill(run_dir, ckpt, hf)
     rt = finetune_rt(out, run_dir, ckpt, a.finetune_epochs)
     order = finetune_word_order(out, run_dir)
