@@ -55,3 +55,31 @@ def pytest_collection_modifyitems(config, items):
     neither idles at the end waiting on the other's last long file."""
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.path not in slow_files)  # stable: file order kept within each
+
+
+# FLEXBERT_TEST_CPU=FILE: one JSON line per test (setup, call and teardown together) with its wall
+# seconds and the CPU seconds of the pytest process and of the processes it started and waited for
+# (ranks count through their launcher).  What docs/internals.md's table of the suite's CPU is made
+# from: on a 2-core machine the suite's wall time is about its CPU over two.
+_CPU_LOG = os.environ.get("FLEXBERT_TEST_CPU")
+
+
+def _cpu() -> tuple[float, float]:
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
+
+
+if _CPU_LOG:
+    import json
+    import time
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_protocol(item, nextitem):
+        t0, (self0, kids0) = time.time(), _cpu()
+        yield
+        self1, kids1 = _cpu()
+        line = json.dumps({"test": item.nodeid, "wall": round(time.time() - t0, 2), "cpu_self": round(self1 - self0, 2),
+                           "cpu_children": round(kids1 - kids0, 2),
+                           "worker": os.environ.get("PYTEST_XDIST_WORKER", "main")})
+        with open(_CPU_LOG, "a") as f:
+            f.write(line + "\n")

@@ -58,21 +58,25 @@ def test_sharded_memory_estimate_shrinks_the_state_only():
 
 @pytest.mark.slow
 def test_fsdp_matches_ddp_resumes_exactly_and_exports(tmp_path, data):
-    ddp, fsdp, split = tmp_path / "ddp", tmp_path / "fsdp", tmp_path / "split"
+    """Three 2-rank launches: DDP for 4 batches; FSDP (full sharding) stopped at batch 2 and
+    resumed to 4 with hybrid sharding (one node: a 1 x 2 mesh). The resumed FSDP run trains DDP's
+    steps: its losses and final weights equal DDP's to float noise (sharded reductions sum in
+    another order), where a step replayed or skipped, or optimizer state lost at the resume, moves
+    them by far more. (Until 2026-12-06 this test also ran FSDP uninterrupted, a fourth launch, and
+    found the resumed run equal to it bit for bit.)"""
+    ddp, fsdp = tmp_path / "ddp", tmp_path / "fsdp"
     _launch(data, ddp, 4)
-    _launch(data, fsdp, 4, "parallelism=fsdp")
-    # the same steps: sharded reductions sum in another order, so equal to float noise
+    _launch(data, fsdp, 2, "parallelism=fsdp")
+    b2 = _state(fsdp, 2)
+    assert all(not hasattr(t, "to_local") for t in b2["model"].values())  # saved gathered, not as shards
+    _launch(data, fsdp, 4, "parallelism=fsdp", "fsdp.sharding=hybrid")  # autoresume from ba2
+    assert [r["batch"] for r in read_jsonl(fsdp / "metrics.jsonl") if r["kind"] == "train"] == [1, 2, 3, 4]
     assert _losses(fsdp) == pytest.approx(_losses(ddp), rel=1e-5)
     a, b = _state(ddp, 4), _state(fsdp, 4)
     assert set(a["model"]) == set(b["model"]) and all(not hasattr(t, "to_local") for t in b["model"].values())
     assert set(a["optimizers"]["AdamW"]["state"]) == set(b["optimizers"]["AdamW"]["state"])  # the same format
-
-    _launch(data, split, 2, "parallelism=fsdp", "fsdp.sharding=hybrid")  # one node: a 1 x 2 mesh
-    _launch(data, split, 4, "parallelism=fsdp", "fsdp.sharding=hybrid")  # autoresume from ba2
-    assert _losses(split) == _losses(fsdp)
-    c = _state(split, 4)["model"]
-    for k, v in b["model"].items():
-        torch.testing.assert_close(c[k], v, rtol=0, atol=0)
+    for k, v in a["model"].items():
+        torch.testing.assert_close(b["model"][k], v, rtol=1e-3, atol=5e-4)  # Adam magnifies float noise in rare rows (5e-5 seen); a lost state moves ~lr=3e-3
 
     from transformers import AutoModelForMaskedLM
 
