@@ -75,8 +75,8 @@ def test_fsdp_matches_ddp_resumes_exactly_and_exports(tmp_path, data):
     a, b = _state(ddp, 4), _state(fsdp, 4)
     assert set(a["model"]) == set(b["model"]) and all(not hasattr(t, "to_local") for t in b["model"].values())
     assert set(a["optimizers"]["AdamW"]["state"]) == set(b["optimizers"]["AdamW"]["state"])  # the same format
-    for k, v in a["model"].items():
-        torch.testing.assert_close(b["model"][k], v, rtol=1e-3, atol=5e-4)  # Adam magnifies float noise in rare rows (5e-5 seen); a lost state moves ~lr=3e-3
+    for k, v in a["model"].items():  # Adam magnifies float noise in rarely-seen rows (5e-5 seen); a lost state moves ~lr
+        torch.testing.assert_close(b["model"][k], v, rtol=1e-3, atol=5e-4)
 
     from transformers import AutoModelForMaskedLM
 
