@@ -22,7 +22,9 @@ $(STAMP): pyproject.toml
 # The suite runs on two pytest-xdist workers (the machine's two cores: much of a test's time is a
 # process importing torch and Composer, or waiting on its ranks), each taking whole test files
 # (--dist loadfile: a file's module fixtures are built once); tests/conftest.py puts the files with
-# multi-minute tests first.  Two runs by file name rather than one: Streaming keeps every dataset's
+# multi-minute tests first, and --no-loadscope-reorder keeps that order (xdist's default hands out
+# the files with the most tests first, which left the few-test, multi-minute files for the end and
+# one worker idle while the other finished them).  Two runs by file name rather than one: Streaming keeps every dataset's
 # shared-memory blocks (and their file descriptors) until its process exits, and one process over
 # the whole suite ran out of descriptors near its end (stop 31's CI).  Both runs go; the exit code
 # is non-zero when either failed.  PYTEST_WORKERS=0 runs each group in one process.
@@ -31,7 +33,7 @@ PYTEST_WORKERS ?= 2
 test: install
 	@rc=0; for g in $(TEST_GROUPS); do \
 	    echo "== pytest: tests/test_[$$g]*.py ($(PYTEST_WORKERS) workers)"; \
-	    $(PY) -m pytest -q --durations=20 $$( [ "$(PYTEST_WORKERS)" = 0 ] || echo -n "-n $(PYTEST_WORKERS) --dist loadfile" ) \
+	    $(PY) -m pytest -q --durations=20 $$( [ "$(PYTEST_WORKERS)" = 0 ] || echo -n "-n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder" ) \
 	        $$(ls tests/test_[$$g]*.py) || rc=1; \
 	done; exit $$rc
 

@@ -5,12 +5,11 @@ same logits, and bad inputs stop with one line."""
 import json
 import os
 import random
-import subprocess
 
 import pytest
 import torch
 
-from test_train_fixtures import PY, ROOT, model_overrides
+from test_train_fixtures import ROOT, model_overrides
 
 GOOD = "class function module".split()
 BAD = "error exception warning".split()
@@ -172,13 +171,16 @@ def test_regression_learns_more_than_the_mean(tmp_path, tiny_hf):
     assert AutoConfig.from_pretrained(tmp_path / "out" / "hf").num_labels == 1
 
 
-def test_cli_bad_column_is_one_line(tmp_path, tiny_hf):
+def test_cli_bad_column_is_one_line(tmp_path, tiny_hf, capsys):
+    """In this process (the command's ``main``, what scripts/finetune.py and ``flexbert finetune`` run):
+    a process of its own cost ~15 s of imports for the same line."""
+    from flexbert.cli.finetune import main
+
     task = write_task(str(tmp_path / "task"), 4, 4)
-    res = subprocess.run([PY, "scripts/finetune.py", "--model", tiny_hf, "--train", f"{task}/train.jsonl",
-                          "--validation", f"{task}/validation.jsonl", "--text-columns", "sentence", "--out", str(tmp_path / "o")],
-                         cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=300)
-    assert res.returncode == 2
-    assert res.stderr.strip() == f"error: {task}/train.jsonl: text column 'sentence' not found; columns: text, label"
+    capsys.readouterr()
+    assert main(["--model", tiny_hf, "--train", f"{task}/train.jsonl", "--validation", f"{task}/validation.jsonl",
+                 "--text-columns", "sentence", "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {task}/train.jsonl: text column 'sentence' not found; columns: text, label"
 
 
 def test_finetune_sweep_with_a_base_runs(tmp_path, tiny_hf):
