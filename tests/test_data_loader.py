@@ -280,9 +280,11 @@ RANK_SCRIPT = textwrap.dedent(
     resumed = take(b, 60)  # crosses the epoch boundary (~{{steps}} steps per epoch)
     json.dump({{"ids": ids, "steps": steps, "resume_ok": resumed == ref[60:120], "skip": state["skip"],
                "epoch": b.docs.epoch}}, open(out, "w"))
-    dist.destroy_process_group()
-    # The results are written; leave without waiting on Streaming's background threads at
-    # interpreter exit (seen to hang for minutes on an overloaded machine).
+    # The results are written: both ranks meet once more, then leave at once, without
+    # destroy_process_group (one rank was seen waiting in it for minutes after its peer had left,
+    # 2026-12-06) or Streaming's background threads at interpreter exit (seen to hang for minutes on
+    # an overloaded machine).
+    dist.barrier()
     sys.stdout.flush()
     import os; os._exit(0)
     """
