@@ -31,8 +31,8 @@ from flexbert.data.beir import load_beir
 from flexbert.eval.evaluation import RESULT, read_result
 from flexbert.eval.recipes import RT_CLASSIFICATION, RT_RETRIEVAL, WORD_ORDER, as_flags
 from flexbert.eval.retrieval import rank_bm25, ranking_metrics
-from flexbert.experiments.budget import Task, compare_inits
-from flexbert.experiments.launcher import Job, flexbert_command, run_command, run_jobs, said_finished
+from flexbert.experiments.budget import Task, compare_inits, fresh_result
+from flexbert.experiments.launcher import Job, flexbert_command, run_command, run_jobs_said
 from flexbert.train import metric_keys as K
 from flexbert.train.run_folder import RunFolder
 
@@ -85,16 +85,14 @@ def both_inits(prefix: str, ckpt: str, cmd: list[str], logs: str) -> dict:
     jobs = []
     for name, extra in INITS:
         ft = f"{prefix}-{name}"
-        done = os.path.join(ft, RESULT)
-        if os.path.exists(done) and os.path.getmtime(done) > os.path.getmtime(ckpt):
+        if fresh_result(os.path.join(ft, RESULT), ckpt):
             print(f"already there: {ft}")
             continue
         job = [*cmd, "--out", ft, "--overwrite", *extra]
         print("$ " + shown(job), flush=True)
         base = os.path.join(logs, os.path.basename(ft))
         jobs.append(Job(os.path.basename(ft), job, base + ".log", base))
-    echo = lambda m: print(m, flush=True)  # noqa: E731
-    failed = run_jobs(jobs, parallel=2, finished=said_finished(echo, "demo"), echo=echo, tag="demo")
+    failed = run_jobs_said(jobs, 2, "demo")
     if failed:
         print(f"demo: step failed: {', '.join(failed)} (logs in {logs})", file=sys.stderr)
         sys.exit(1)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from flexbert.eval.evaluation import RESULT, read_result
-from flexbert.experiments.launcher import Job, flexbert_command, run_jobs, said_finished
+from flexbert.experiments.launcher import Job, flexbert_command, run_jobs_said
 from flexbert.experiments.plots import _pyplot
 from flexbert.train import metric_keys as K
 from flexbert.train.run_folder import RunFolder
@@ -64,7 +64,8 @@ def tokens_seen(run_dir: str) -> int:
     return int(max(seen))
 
 
-def _fresh(done: str, model: str) -> bool:
+def fresh_result(done: str, model: str) -> bool:
+    """Whether the result file ``done`` is newer than ``model`` (a checkpoint, or a run folder's newest one)."""
     if not os.path.exists(done):
         return False
     newest = RunFolder(model).newest_checkpoint() if os.path.isdir(model) else model
@@ -80,15 +81,14 @@ def finetune_all(runs: list[Pretrained], tasks: list[Task], out: str, seeds: lis
         specs += [(RANDOM.format(s), runs[0].run_dir, s, ["--random-init"]) for s in seeds]
         for name, model, seed, extra in specs:
             folder = os.path.join(out, task.name, name)
-            if _fresh(os.path.join(folder, RESULT), model):
+            if fresh_result(os.path.join(folder, RESULT), model):
                 print(f"[{tag}] {task.name} {name}: fine-tune already done", flush=True)
                 continue
             cmd = flexbert_command(task.command, "--model", model, *task.args, "--seed", str(seed), "--out", folder,
                                    "--overwrite", *extra)
             jobs.append(Job(f"{task.name}-{name}", cmd, os.path.join(out, "logs", f"{task.name}-{name}.log"),
                             os.path.join(out, "logs", f"{task.name}-{name}")))
-    echo = lambda m: print(m, flush=True)  # noqa: E731
-    return run_jobs(jobs, parallel, finished=said_finished(echo, tag), echo=echo, tag=tag)
+    return run_jobs_said(jobs, parallel, tag)
 
 
 def compare_inits(model: str, task: Task, out: str, seeds: list[int], parallel: int = 1, tag: str = "budget") -> dict:

@@ -100,3 +100,9 @@ def run_jobs(jobs: list[Job], parallel: int = 1, skip: Callable[[Job], bool] = l
                 if not finished(job, proc.returncode, time.time() - t0):
                     failed.append(job.name)
     return failed
+
+
+def run_jobs_said(jobs: list[Job], parallel: int, tag: str) -> list[str]:
+    """``run_jobs`` saying on standard output (flushed) how each job started and ended; the failed names."""
+    echo = lambda m: print(m, flush=True)  # noqa: E731
+    return run_jobs(jobs, parallel, finished=said_finished(echo, tag), echo=echo, tag=tag)
